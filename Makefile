@@ -1,0 +1,67 @@
+# featx — `make help` lists every target.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+FEATX  := $(BIN)/featx
+
+# Defaults point at the generated demo dataset so `make extract && make classify` work out of the box.
+backbone    ?= vgg16
+weights     ?= auto
+manifest    ?= demo/data/manifest.csv
+data        ?= demo/data
+features    ?= features
+results     ?= results
+pooling     ?= avg
+classifiers ?= logreg,xgboost,dense
+backbones   ?=
+cv          ?= 5
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: help install test test-slow test-all demo data extract classify leaderboard report bench clean
+
+help:  ## list every target with its one-line description
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+
+$(BIN)/featx: setup.cfg setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $(BIN)/featx
+
+install: $(BIN)/featx  ## create .venv and install featx with its test extra
+
+test: install  ## run the fast test suite (offline, random weights)
+	$(BIN)/pytest -m "not slow" -q
+
+test-slow: install  ## run only the slow tests (full-size backbones, long fits)
+	$(BIN)/pytest -m slow -q
+
+test-all: install  ## run every test
+	$(BIN)/pytest -q
+
+demo: install  ## offline end-to-end demo: phantom data -> 2 backbones -> 3 classifiers -> leaderboard + report
+	$(FEATX) demo
+
+data: install  ## generate the phantom dataset only (demo/data), the default for extract/classify
+	$(FEATX) demo --data-only
+
+extract: install  ## stage one: make extract backbone=vgg16 [weights=auto|imagenet|random|PATH manifest=... data=... pooling=avg]
+	@if [ "$(manifest)" = "demo/data/manifest.csv" ] && [ ! -f "$(manifest)" ]; then $(FEATX) demo --data-only; fi
+	$(FEATX) extract --backbone $(backbone) --weights $(weights) --manifest $(manifest) --data-root $(data) --out $(features) --pooling $(pooling)
+
+classify: install  ## stage two: make classify [classifiers=logreg,xgboost,dense backbones=vgg16,resnet50 cv=5]
+	$(FEATX) classify --features $(features) --out $(results) --classifier $(classifiers) --cv $(cv) $(if $(backbones),--backbone $(backbones),)
+
+leaderboard: install  ## print the backbone x classifier leaderboard from results/
+	$(FEATX) leaderboard --results $(results)
+
+report: install  ## write results/report.html with plots
+	$(FEATX) report --results $(results)
+
+bench: install  ## benchmarks: extract (bare forward vs full path, peak RSS) and classify (default grids)
+	$(FEATX) bench extract
+	$(FEATX) bench classify
+
+clean:  ## remove generated demo data, features and results (keeps .venv)
+	rm -rf demo features results

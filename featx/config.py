@@ -1,0 +1,29 @@
+"""Cache locations: the only place featx reads the environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def keras_home() -> Path:
+    """Where Keras keeps downloaded weights (KERAS_HOME, else ~/.keras)."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser()
+
+
+def keras_models_dir() -> Path:
+    """The folder Keras's get_file(cache_subdir='models') reads and writes."""
+    return keras_home() / "models"
+
+
+def kaggle_credentials_present() -> bool:
+    """True when kagglehub can authenticate (env vars or ~/.kaggle/kaggle.json)."""
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return True
+    config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle")).expanduser()
+    return (config_dir / "kaggle.json").is_file()
+
+
+def default_workers() -> int:
+    """Decode threads: one per core, at least one."""
+    return max(1, os.cpu_count() or 1)

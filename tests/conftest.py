@@ -1,0 +1,31 @@
+"""Shared test set-up: quiet TensorFlow, CPU only, the realdata marker."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import pytest  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+KERMANY_TRAIN = SHARED_DATA / "kermany224" / "train"
+
+
+@pytest.fixture
+def kermany_train() -> Path:
+    """The 5,216 real training images in ../shared (skips where absent)."""
+    if not KERMANY_TRAIN.is_dir():
+        pytest.skip("../shared/data/kermany224 is not present")
+    return KERMANY_TRAIN
+
+
+@pytest.fixture(autouse=True)
+def _isolated_keras_home(tmp_path_factory, monkeypatch):
+    """Never touch the user's ~/.keras: imagenet weights are absent unless a test puts them there."""
+    home = tmp_path_factory.getbasetemp() / "keras_home"
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    return home
