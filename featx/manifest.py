@@ -1,0 +1,729 @@
+"""Manifests: read, write, scan and check the CSV that lists every image.
+
+A manifest has one row per image with the columns of DESIGN.md: `path`
+(relative to a data root), `label` (several joined by `|` for multi-label),
+`split` (train | val | test), `patient_id` and optionally `sha256`.
+
+Patient IDs come from file names through PATIENT_PARSERS, one entry per
+dataset. Kermany IDs keep their file-name family verbatim (`person123`,
+`IM-0115`, `NORMAL2-IM-0115`): the families are separate numbering schemes,
+so keeping the prefix is what stops `person115` and `IM-0115` from merging.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import random
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+
+from featx.errors import ManifestError, closest, one_of_message
+
+COLUMNS = ("path", "label", "split", "patient_id", "sha256")
+REQUIRED_COLUMNS = COLUMNS[:4]
+SPLITS = ("train", "val", "test")
+SPLIT_POLICIES = ("all-train", "patient-holdout")
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff")
+LABEL_SEPARATOR = "|"
+NEGATIVE_NAMES = ("normal", "no finding", "negative", "healthy")
+IGNORED_NAMES = ("__MACOSX",)
+
+
+# ---------------------------------------------------------------- the manifest
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path | None
+    sha256_hex: str
+    paths: tuple[str, ...]
+    labels: tuple[tuple[str, ...], ...]
+    splits: tuple[str, ...]
+    patient_ids: tuple[str, ...]
+    file_sha256: tuple[str, ...] | None
+    classes: tuple[str, ...]
+    multilabel: bool
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def label_array(self) -> np.ndarray:
+        """(N,) int8 class indices, or (N, K) int8 0/1 indicators when multi-label."""
+        index = {name: i for i, name in enumerate(self.classes)}
+        if self.multilabel:
+            array = np.zeros((len(self.paths), len(self.classes)), dtype=np.int8)
+            for row, names in enumerate(self.labels):
+                array[row, [index[name] for name in names]] = 1
+            return array
+        return np.array([index[names[0]] for names in self.labels], dtype=np.int8)
+
+
+def order_classes(names: Iterable[str]) -> tuple[str, ...]:
+    """Sorted class names, negative-like ones (normal, no finding, ...) first.
+
+    For a binary task the positive class is then classes[1]: NORMAL vs
+    PNEUMONIA gives positive PNEUMONIA whatever the alphabet says.
+    """
+    unique = set(names)
+
+    def key(name: str):
+        negative = name.strip().lower().replace("_", " ") in NEGATIVE_NAMES
+        return (not negative, name)
+
+    return tuple(sorted(unique, key=key))
+
+
+@dataclass(frozen=True)
+class _Row:
+    line: int
+    path: str
+    labels: tuple[str, ...]
+    split: str
+    patient_id: str
+    sha256: str
+
+
+@dataclass
+class _Parsed:
+    rows: list[_Row]
+    sha256_hex: str
+    has_sha256: bool
+    problems: list[tuple[str, int, str]] = field(default_factory=list)  # (kind, line, sentence)
+
+
+def _parse(path: Path, strict: bool) -> _Parsed:
+    """Read the CSV; row problems raise when strict, else they are collected for `check`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"Manifest file '{path}' does not exist; pass the path of a manifest CSV.")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ManifestError(f"Manifest '{path}' is not UTF-8 text (byte {error.start}); save it as UTF-8 CSV.") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = [name.strip() for name in (reader.fieldnames or [])]
+    if not header:
+        raise ManifestError(
+            f"Manifest '{path}' is empty; it needs a header with the columns {list(REQUIRED_COLUMNS)} and one row per image."
+        )
+    reader.fieldnames = header
+    missing = [name for name in REQUIRED_COLUMNS if name not in header]
+    if missing:
+        raise ManifestError(
+            f"Manifest '{path}' is missing the column(s) {missing}; the required columns are "
+            f"{list(REQUIRED_COLUMNS)} (optional: ['sha256']), found {header}."
+        )
+    parsed = _Parsed(rows=[], sha256_hex=hashlib.sha256(data).hexdigest(), has_sha256="sha256" in header)
+
+    def problem(kind: str, line: int, sentence: str) -> None:
+        if strict:
+            raise ManifestError(sentence)
+        parsed.problems.append((kind, line, sentence))
+
+    for record in reader:
+        line = reader.line_num
+        where = f"Manifest '{path}' line {line}"
+        values = {name: (record.get(name) or "").strip() for name in COLUMNS}
+        if None in record:  # more fields than the header names
+            problem("malformed_row", line, f"{where} has more fields than the header ({len(header)} columns).")
+            continue
+        if not values["path"]:
+            problem("empty_field", line, f"{where}, column 'path': is empty; every row needs an image path.")
+            continue
+        labels = tuple(part.strip() for part in values["label"].split(LABEL_SEPARATOR))
+        if not values["label"] or not all(labels):
+            problem(
+                "empty_field",
+                line,
+                f"{where}, column 'label': {values['label']!r} has an empty label; give a class name "
+                f"(several joined by '{LABEL_SEPARATOR}').",
+            )
+            continue
+        if not values["patient_id"]:
+            problem(
+                "empty_field",
+                line,
+                f"{where}, column 'patient_id': is empty; every image needs a patient ID "
+                "(use the file name when images are independent).",
+            )
+            continue
+        split = values["split"]
+        if split not in SPLITS:
+            hint = closest(split, SPLITS)
+            problem(
+                "unknown_split",
+                line,
+                f"{where}, column 'split': must be one of {list(SPLITS)}. Got {split!r} instead"
+                + (f"; did you mean {hint!r}?" if hint else "."),
+            )
+            if strict:
+                continue
+        parsed.rows.append(_Row(line, values["path"], labels, split, values["patient_id"], values["sha256"].lower()))
+    if not parsed.rows and not parsed.problems:
+        raise ManifestError(f"Manifest '{path}' has a header but no rows; it needs one row per image.")
+    return parsed
+
+
+def _manifest_from_rows(rows: list[_Row], path: Path | None, sha256_hex: str, has_sha256: bool) -> Manifest:
+    classes = order_classes(name for row in rows for name in row.labels)
+    return Manifest(
+        path=path,
+        sha256_hex=sha256_hex,
+        paths=tuple(row.path for row in rows),
+        labels=tuple(row.labels for row in rows),
+        splits=tuple(row.split for row in rows),
+        patient_ids=tuple(row.patient_id for row in rows),
+        file_sha256=tuple(row.sha256 for row in rows) if has_sha256 else None,
+        classes=classes,
+        multilabel=any(len(row.labels) > 1 for row in rows),
+    )
+
+
+def read_manifest(path) -> Manifest:
+    """Read and validate a manifest CSV; ManifestError names the file, line and column of a mistake."""
+    path = Path(path)
+    parsed = _parse(path, strict=True)
+    return _manifest_from_rows(parsed.rows, path, parsed.sha256_hex, parsed.has_sha256)
+
+
+def write_manifest(rows: Iterable[Mapping], path) -> Path:
+    """Write rows (dicts with path, label, split, patient_id[, sha256]) as a manifest CSV.
+
+    A label may be a string or a sequence of names (joined by '|'). The sha256
+    column is written only when some row has one. Lines end in '\\n' so the
+    bytes are the same on every platform. The file appears atomically.
+    """
+    path = Path(path)
+    rows = list(rows)
+    with_sha = any(row.get("sha256") for row in rows)
+    columns = COLUMNS if with_sha else REQUIRED_COLUMNS
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for number, row in enumerate(rows, start=1):
+        missing = [name for name in REQUIRED_COLUMNS if name not in row]
+        if missing:
+            raise ManifestError(f"Manifest row {number} to write to '{path}' lacks {missing}; rows need {list(REQUIRED_COLUMNS)}.")
+        label = row["label"]
+        if not isinstance(label, str):
+            label = LABEL_SEPARATOR.join(label)
+        writer.writerow(
+            [str(row["path"]), label, row["split"], str(row["patient_id"])] + ([row.get("sha256") or ""] if with_sha else [])
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(buffer.getvalue().encode("utf-8"))
+    os.replace(partial, path)
+    return path
+
+
+def _normalised_relative(rel_path: str) -> str | None:
+    """The path with '.' and '..' folded lexically, or None when it is absolute or climbs out."""
+    text = str(rel_path).replace("\\", "/")
+    if not text or text.startswith("/") or re.match(r"^[A-Za-z]:", text):
+        return None
+    normal = os.path.normpath(text).replace("\\", "/")
+    if normal == ".." or normal.startswith("../") or normal == ".":
+        return None
+    return normal
+
+
+def resolve_path(data_root, rel_path) -> Path:
+    """data_root / rel_path; ManifestError when rel_path is absolute or climbs out of data_root.
+
+    The test is lexical (symlinks inside the data root are allowed to point anywhere,
+    as they do for datasets kept on another disk).
+    """
+    normal = _normalised_relative(rel_path)
+    if normal is None:
+        raise ManifestError(
+            f"Manifest path {str(rel_path)!r} escapes the data root '{data_root}'; paths must be relative and stay inside it."
+        )
+    return Path(data_root) / PurePosixPath(normal)
+
+
+# ---------------------------------------------------------------- patient IDs
+
+
+_KERMANY_PATTERNS = (
+    re.compile(r"^(person\d+)_"),  # pneumonia: person<ID>_<bacteria|virus>_<n>
+    re.compile(r"^(NORMAL2-IM-\d+)-"),  # normal, second batch: NORMAL2-IM-<ID>-<n>
+    re.compile(r"^(IM-\d+)-"),  # normal: IM-<ID>-<n>
+)
+
+
+def kermany_patient(path: str) -> str | None:
+    """`person123`, `IM-0115` or `NORMAL2-IM-0115` from a Kermany file name; None when it does not match."""
+    name = PurePosixPath(str(path).replace("\\", "/")).name
+    for pattern in _KERMANY_PATTERNS:
+        match = pattern.match(name)
+        if match:
+            return match.group(1)
+    return None
+
+
+def generic_patient(path: str) -> str:
+    """The file stem: one patient per image name (the fallback when no dataset parser fits)."""
+    return PurePosixPath(str(path).replace("\\", "/")).stem
+
+
+PATIENT_PARSERS: dict[str, Callable[[str], str | None]] = {
+    "kermany": kermany_patient,
+    "generic": generic_patient,
+}
+FALLBACK_PARSER = "generic"
+
+
+def _choose_parser(dataset: str, paths: list[str]) -> tuple[str, str | None]:
+    """(parser name, note) for these paths; 'auto' picks the first parser that reads every name."""
+    if dataset != "auto" and dataset not in PATIENT_PARSERS:
+        raise ManifestError(one_of_message("dataset", dataset, ["auto", *PATIENT_PARSERS]))
+    if dataset == "auto":
+        best = None
+        for name, parser in PATIENT_PARSERS.items():
+            if name == FALLBACK_PARSER:
+                continue
+            matched = sum(parser(path) is not None for path in paths)
+            if matched == len(paths):
+                return name, None
+            if best is None or matched > best[1]:
+                best = (name, matched)
+        detail = f" (best: {best[0]!r} read {best[1]} of {len(paths)} names)" if best else ""
+        return FALLBACK_PARSER, (
+            f"No dataset parser recognised every file name{detail}; used the generic fallback: "
+            "patient_id = file stem, i.e. one patient per image name. Pass --dataset NAME if a parser fits."
+        )
+    parser = PATIENT_PARSERS[dataset]
+    unread = [path for path in paths if parser(path) is None]
+    if unread:
+        raise ManifestError(
+            f"The {dataset!r} patient-ID parser cannot read {len(unread)} of {len(paths)} file names "
+            f"(first: {unread[0]!r}); use --dataset generic or auto, or rename the files."
+        )
+    note = None
+    if dataset == FALLBACK_PARSER:
+        note = "Used the generic parser: patient_id = file stem, i.e. one patient per image name."
+    return dataset, note
+
+
+def manifest_from_file_list(file_list, dataset: str = "kermany") -> list[dict]:
+    """Manifest rows from a CSV of path,label,split (e.g. ../shared/data/kermany2018_files.csv).
+
+    Patient IDs come from PATIENT_PARSERS[dataset]; rows are ordered by split
+    (train, val, test) then path, so the output does not depend on the list's order.
+    """
+    file_list = Path(file_list)
+    if not file_list.is_file():
+        raise ManifestError(f"File list '{file_list}' does not exist; pass a CSV with the columns path, label, split.")
+    with file_list.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        missing = [name for name in ("path", "label", "split") if name not in (reader.fieldnames or [])]
+        if missing:
+            raise ManifestError(
+                f"File list '{file_list}' is missing the column(s) {missing}; it needs path, label, split."
+            )
+        records = list(reader)
+    if not records:
+        raise ManifestError(f"File list '{file_list}' has no rows.")
+    parser_name, _ = _choose_parser(dataset, [record["path"] for record in records])
+    parser = PATIENT_PARSERS[parser_name]
+    rows = []
+    for line, record in enumerate(records, start=2):
+        split = record["split"].strip()
+        if split not in SPLITS:
+            raise ManifestError(
+                f"File list '{file_list}' line {line}, column 'split': must be one of {list(SPLITS)}. Got {split!r} instead."
+            )
+        path = record["path"].strip()
+        rows.append({"path": path, "label": record["label"].strip(), "split": split, "patient_id": parser(path)})
+    rows.sort(key=lambda row: (SPLITS.index(row["split"]), row["path"]))
+    return rows
+
+
+# ---------------------------------------------------------------- scan
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    rows: list[dict]
+    layout: str  # "split/label/file" | "label/file"
+    parser: str
+    notes: tuple[str, ...]
+
+
+def _is_ignored(name: str) -> bool:
+    return name.startswith(".") or name in IGNORED_NAMES
+
+
+def _image_files(folder: Path) -> tuple[list[Path], int]:
+    """Image files anywhere under folder (sorted), and how many other files were skipped."""
+    images, skipped = [], 0
+    for current, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not _is_ignored(d))
+        for name in sorted(files):
+            if _is_ignored(name):
+                continue
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                images.append(Path(current) / name)
+            else:
+                skipped += 1
+    return images, skipped
+
+
+def _stratified_patient_holdout(patient_labels: dict[str, str], test_fraction: float, seed: int) -> set[str]:
+    """Test patients: within each label stratum, a seeded shuffle and the first round(fraction * n)."""
+    strata: dict[str, list[str]] = defaultdict(list)
+    for patient, label in patient_labels.items():
+        strata[label].append(patient)
+    rng = random.Random(seed)
+    test: set[str] = set()
+    for label in sorted(strata):
+        patients = sorted(strata[label])
+        rng.shuffle(patients)
+        n_test = round(test_fraction * len(patients))
+        if len(patients) >= 2:
+            n_test = min(max(n_test, 1), len(patients) - 1)
+        test.update(patients[:n_test])
+    return test
+
+
+def scan(root, dataset: str = "auto", split_policy: str | None = None, test_fraction: float = 0.2, seed: int = 0) -> ScanResult:
+    """Build manifest rows from a folder laid out split/label/file or label/file."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ManifestError(f"Data root '{root}' is not a folder; pass the folder that holds the images.")
+    if split_policy is not None and split_policy not in SPLIT_POLICIES:
+        raise ManifestError(one_of_message("split_policy", split_policy, SPLIT_POLICIES))
+    top = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not _is_ignored(entry.name))
+    if not top:
+        raise ManifestError(f"Data root '{root}' has no sub-folders; lay it out as split/label/file or label/file.")
+    split_dirs = [name for name in top if name in SPLITS]
+    notes: list[str] = []
+    entries: list[tuple[str, str, str]] = []  # (relative path, label, split or "")
+    skipped = 0
+    if split_dirs:
+        others = [name for name in top if name not in SPLITS]
+        if others:
+            raise ManifestError(
+                f"Data root '{root}' mixes split folders {split_dirs} with other folders {others}; "
+                f"a split/label/file tree has only {list(SPLITS)} at the top."
+            )
+        layout = "split/label/file"
+        if split_policy is not None:
+            notes.append(f"The tree already has split folders {split_dirs}; --split-policy {split_policy} was not used.")
+        for split in split_dirs:
+            for label_dir in sorted(p for p in (root / split).iterdir() if p.is_dir() and not _is_ignored(p.name)):
+                files, n_skipped = _image_files(label_dir)
+                skipped += n_skipped
+                entries += [(f.relative_to(root).as_posix(), label_dir.name, split) for f in files]
+    else:
+        layout = "label/file"
+        if split_policy is None:
+            raise ManifestError(
+                f"Data root '{root}' is laid out label/file (top folders {top[:5]}); pass --split-policy "
+                f"{SPLIT_POLICIES[0]} or {SPLIT_POLICIES[1]} to say how to split it."
+            )
+        if split_policy == "patient-holdout" and not 0 < test_fraction < 1:
+            raise ManifestError(f"The 'test_fraction' parameter must be between 0 and 1 (exclusive). Got {test_fraction!r} instead.")
+        for label in top:
+            files, n_skipped = _image_files(root / label)
+            skipped += n_skipped
+            entries += [(f.relative_to(root).as_posix(), label, "") for f in files]
+    if not entries:
+        raise ManifestError(
+            f"No images ({', '.join(IMAGE_SUFFIXES)}) found under '{root}' in a {layout} layout."
+        )
+    if skipped:
+        notes.append(f"Skipped {skipped} non-image file(s).")
+    parser_name, note = _choose_parser(dataset, [path for path, _, _ in entries])
+    if note:
+        notes.append(note)
+    parser = PATIENT_PARSERS[parser_name]
+    rows = [{"path": path, "label": label, "split": split, "patient_id": parser(path)} for path, label, split in entries]
+
+    if layout == "label/file":
+        if split_policy == "all-train":
+            for row in rows:
+                row["split"] = "train"
+        else:
+            patient_classes: dict[str, set[str]] = defaultdict(set)
+            for row in rows:
+                patient_classes[row["patient_id"]].add(row["label"])
+            strata = {patient: LABEL_SEPARATOR.join(sorted(names)) for patient, names in patient_classes.items()}
+            test = _stratified_patient_holdout(strata, test_fraction, seed)
+            for row in rows:
+                row["split"] = "test" if row["patient_id"] in test else "train"
+            notes.append(
+                f"patient-holdout: {len(test)} of {len(strata)} patients to test "
+                f"(fraction {test_fraction}, stratified by class, seed {seed})."
+            )
+    rows.sort(key=lambda row: (SPLITS.index(row["split"]), row["path"]))
+    return ScanResult(rows=rows, layout=layout, parser=parser_name, notes=tuple(notes))
+
+
+# ---------------------------------------------------------------- check
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # missing_file | duplicate_path | escapes_root | unknown_split | empty_field | malformed_row
+    #            | missing_class | patient_leakage | sha256_mismatch
+    message: str  # one sentence
+    count: int
+    examples: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    manifest: Path
+    data_root: Path
+    n_rows: int
+    classes: tuple[str, ...]
+    counts: dict[str, dict[str, int]]  # split -> class -> images (a multi-label image counts once per label)
+    images_per_split: dict[str, int]
+    patients_per_split: dict[str, int]
+    findings: tuple[Finding, ...]
+    sha256_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def finding(self, kind: str) -> Finding | None:
+        return next((f for f in self.findings if f.kind == kind), None)
+
+
+EXAMPLES = 5
+
+
+def _examples(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(list(items)[:EXAMPLES])
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_manifest(manifest, data_root, verify_sha256: bool = False, progress=None) -> CheckReport:
+    """Counts and problems of a manifest against its data root (nothing raised for problems it can list).
+
+    `manifest` is a path or a Manifest; a path is read leniently so that unknown
+    splits and empty fields become findings. Only an unreadable manifest (missing,
+    no required columns, empty) or a missing data root raises ManifestError.
+    """
+    data_root = Path(data_root)
+    if isinstance(manifest, Manifest):
+        rows = [
+            _Row(i + 2, p, l, s, pid, (manifest.file_sha256[i] if manifest.file_sha256 else ""))
+            for i, (p, l, s, pid) in enumerate(zip(manifest.paths, manifest.labels, manifest.splits, manifest.patient_ids))
+        ]
+        source, problems = manifest.path, []
+    else:
+        parsed = _parse(Path(manifest), strict=False)
+        rows, source, problems = parsed.rows, Path(manifest), parsed.problems
+    if not data_root.is_dir():
+        raise ManifestError(f"Data root '{data_root}' is not a folder; pass the folder the manifest paths are relative to.")
+
+    findings: list[Finding] = []
+    for kind in ("malformed_row", "empty_field", "unknown_split"):
+        sentences = [(line, sentence) for k, line, sentence in problems if k == kind]
+        if sentences:
+            what = {"malformed_row": "malformed", "empty_field": "with an empty field", "unknown_split": "with an unknown split"}[kind]
+            findings.append(
+                Finding(kind, f"{len(sentences)} row(s) {what}; first: {sentences[0][1]}", len(sentences),
+                        _examples(f"line {line}" for line, _ in sentences))
+            )
+
+    valid_rows = [row for row in rows if row.split in SPLITS]
+    classes = order_classes(name for row in valid_rows for name in row.labels)
+    counts = {split: {name: 0 for name in classes} for split in SPLITS}
+    images_per_split: Counter = Counter()
+    patients: dict[str, set[str]] = defaultdict(set)
+    for row in valid_rows:
+        images_per_split[row.split] += 1
+        patients[row.split].add(row.patient_id)
+        for name in row.labels:
+            counts[row.split][name] += 1
+    present = [split for split in SPLITS if images_per_split[split]]
+    counts = {split: counts[split] for split in present}
+
+    path_counts = Counter(row.path for row in rows)
+    duplicates = sorted(path for path, n in path_counts.items() if n > 1)
+    if duplicates:
+        findings.append(Finding(
+            "duplicate_path",
+            f"{len(duplicates)} path(s) are listed more than once (e.g. {duplicates[0]!r}); each image needs exactly one row.",
+            len(duplicates), _examples(duplicates)))
+
+    escaping, missing, mismatched, to_hash = [], [], [], []
+    for row in rows:
+        if _normalised_relative(row.path) is None:
+            escaping.append(row.path)
+            continue
+        file = resolve_path(data_root, row.path)
+        if not file.is_file():
+            missing.append(row.path)
+        elif verify_sha256 and row.sha256:
+            to_hash.append((row, file))
+    if escaping:
+        findings.append(Finding(
+            "escapes_root",
+            f"{len(escaping)} path(s) escape the data root '{data_root}' (e.g. {escaping[0]!r}); paths must be relative and stay inside it.",
+            len(escaping), _examples(escaping)))
+    if missing:
+        missing_set = set(missing)
+        by_split = Counter(row.split for row in rows if row.path in missing_set)
+        detail = ", ".join(f"{split} {n}" for split, n in sorted(by_split.items()))
+        findings.append(Finding(
+            "missing_file",
+            f"{len(missing)} file(s) listed in the manifest are not under '{data_root}' ({detail}; e.g. {missing[0]!r}).",
+            len(missing), _examples(missing)))
+
+    for split in present:
+        absent = [name for name in classes if counts[split][name] == 0]
+        if absent:
+            findings.append(Finding(
+                "missing_class",
+                f"Split {split!r} has no images of class(es) {absent}; each split should hold every class "
+                f"{list(classes)} for its metrics to be defined.",
+                len(absent), tuple(f"{split}:{name}" for name in absent)))
+
+    split_of_patient: dict[str, Counter] = defaultdict(Counter)
+    for row in valid_rows:
+        split_of_patient[row.patient_id][row.split] += 1
+    leaking = sorted(p for p, splits in split_of_patient.items() if len(splits) > 1)
+    if leaking:
+        pairs = Counter("+".join(s for s in SPLITS if s in split_of_patient[p]) for p in leaking)
+        pair_text = ", ".join(f"{pair} {n}" for pair, n in sorted(pairs.items()))
+        leaked_images = {s: sum(split_of_patient[p][s] for p in leaking) for s in present}
+        image_text = ", ".join(f"{n} {s}" for s, n in leaked_images.items() if n)
+        first = leaking[0]
+        first_text = ", ".join(f"{s} {n}" for s, n in split_of_patient[first].items())
+        findings.append(Finding(
+            "patient_leakage",
+            f"{len(leaking)} patient(s) appear in more than one split ({pair_text}; images involved: {image_text}; "
+            f"e.g. {first!r}: {first_text}); a patient must sit in exactly one split.",
+            len(leaking), _examples(leaking)))
+
+    checked = 0
+    if to_hash:
+        iterator = to_hash if progress is None else progress(to_hash)
+        for row, file in iterator:
+            checked += 1
+            if _sha256_file(file) != row.sha256:
+                mismatched.append(row.path)
+    if mismatched:
+        findings.append(Finding(
+            "sha256_mismatch",
+            f"{len(mismatched)} file(s) do not match their manifest sha256 (e.g. {mismatched[0]!r}); the files changed "
+            "since the manifest was written.",
+            len(mismatched), _examples(mismatched)))
+
+    return CheckReport(
+        manifest=source if source is not None else Path("<memory>"),
+        data_root=data_root,
+        n_rows=len(rows),
+        classes=classes,
+        counts=counts,
+        images_per_split={split: images_per_split[split] for split in present},
+        patients_per_split={split: len(patients[split]) for split in present},
+        findings=tuple(findings),
+        sha256_checked=checked,
+    )
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _counts_table(title: str, counts, images_per_split, patients_per_split, classes):
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("split")
+    for name in classes:
+        table.add_column(name, justify="right")
+    table.add_column("images", justify="right")
+    table.add_column("patients", justify="right")
+    table.add_column("balance", justify="left")
+    for split, per_class in counts.items():
+        total = sum(per_class.values()) or 1
+        balance = " / ".join(f"{100 * per_class[name] / total:.1f}%" for name in classes)
+        table.add_row(split, *(f"{per_class[name]:,}" for name in classes),
+                      f"{images_per_split[split]:,}", f"{patients_per_split[split]:,}", balance)
+    return table
+
+
+def _summarise_rows(rows: list[dict]):
+    classes = order_classes(name for row in rows for name in str(row["label"]).split(LABEL_SEPARATOR))
+    counts: dict[str, dict[str, int]] = {}
+    images: Counter = Counter()
+    patients: dict[str, set] = defaultdict(set)
+    for row in rows:
+        per_class = counts.setdefault(row["split"], {name: 0 for name in classes})
+        for name in str(row["label"]).split(LABEL_SEPARATOR):
+            per_class[name] += 1
+        images[row["split"]] += 1
+        patients[row["split"]].add(row["patient_id"])
+    ordered = [s for s in SPLITS if s in counts]
+    return ({s: counts[s] for s in ordered}, {s: images[s] for s in ordered},
+            {s: len(patients[s]) for s in ordered}, classes)
+
+
+def scan_command(root, out, dataset, split_policy, test_fraction, seed, console) -> None:
+    """`featx manifest scan`: scan a tree, write the manifest, print what it holds."""
+    result = scan(root, dataset=dataset, split_policy=split_policy, test_fraction=test_fraction, seed=seed)
+    written = write_manifest(result.rows, out)
+    counts, images, patients, classes = _summarise_rows(result.rows)
+    console.print(_counts_table(f"{root} ({result.layout}, patient IDs: {result.parser})", counts, images, patients, classes))
+    for note in result.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    console.print(f"Wrote {len(result.rows):,} rows to {written}")
+    console.print(f"Next: featx manifest check {written} --data-root {root}")
+
+
+def check_command(manifest, data_root, verify_sha256, console) -> bool:
+    """`featx manifest check`: print counts and findings; True when nothing is flagged."""
+    from rich.table import Table
+
+    def progress(items):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        rate = TextColumn("{task.fields[rate]}")
+        with Progress(TextColumn("sha256"), BarColumn(), MofNCompleteColumn(), rate, TimeRemainingColumn(),
+                      console=console, transient=True) as bar:
+            task = bar.add_task("sha256", total=len(items), rate="")
+            for item in items:
+                yield item
+                speed = bar.tasks[0].speed
+                bar.update(task, advance=1, rate=f"{speed:,.0f} files/s" if speed else "")
+
+    report = check_manifest(manifest, data_root, verify_sha256=verify_sha256, progress=progress)
+    console.print(_counts_table(f"{report.manifest} ({report.n_rows:,} rows, data root {report.data_root})",
+                                report.counts, report.images_per_split, report.patients_per_split, report.classes))
+    if verify_sha256:
+        console.print(f"sha256 verified for {report.sha256_checked:,} file(s)"
+                      + ("" if report.sha256_checked else " (the manifest has no sha256 values for present files)"))
+    if report.ok:
+        console.print("[green]No problems found.[/green]")
+        return True
+    table = Table(title="Problems")
+    table.add_column("problem", style="red")
+    table.add_column("count", justify="right")
+    table.add_column("details")
+    for finding in report.findings:
+        table.add_row(finding.kind, f"{finding.count:,}", finding.message)
+    console.print(table)
+    return False
