@@ -401,6 +401,8 @@ def scan(root, dataset: str = "auto", split_policy: str | None = None, test_frac
     root = Path(root)
     if not root.is_dir():
         raise ManifestError(f"Data root '{root}' is not a folder; pass the folder that holds the images.")
+    if dataset != "auto" and dataset not in PATIENT_PARSERS:
+        raise ManifestError(one_of_message("dataset", dataset, ["auto", *PATIENT_PARSERS]))
     if split_policy is not None and split_policy not in SPLIT_POLICIES:
         raise ManifestError(one_of_message("split_policy", split_policy, SPLIT_POLICIES))
     top = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not _is_ignored(entry.name))
