@@ -1,0 +1,339 @@
+"""A generated phantom chest-radiograph dataset for the offline demo and the tests.
+
+Each synthetic patient gets an anatomy (body outline, two dark lung fields, ribs,
+clavicles, a bright mediastinum and heart); "opacity" patients (the positive class,
+Kermany-like share) add patchy opacities of varied size, place and density inside
+the lungs. Every patient has several images that differ by pose (shift, rotation,
+scale), exposure (gain, gamma) and noise. The train/test split is by patient and
+stratified by class. Everything is drawn from one seed, so the same arguments give
+the same bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from featx.errors import FeatxError
+
+CLASSES = ("normal", "opacity")
+PARAMS_FILE = "phantoms.json"
+MANIFEST_FILE = "manifest.csv"
+# Bumped whenever the drawing changes, so a stale generated folder is regenerated.
+GENERATOR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PhantomParams:
+    n_patients: int
+    images_per_patient: tuple[int, int]
+    image_size: int
+    positive_fraction: float
+    test_fraction: float
+    seed: int
+    generator_version: int = GENERATOR_VERSION
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["images_per_patient"] = list(self.images_per_patient)
+        return data
+
+
+# ---------------------------------------------------------------- drawing
+
+
+def _soft_inside(r: np.ndarray, edge: float) -> np.ndarray:
+    """1 inside r < 1, 0 outside, with a logistic edge of width `edge` (in r units)."""
+    return 1.0 / (1.0 + np.exp(np.clip((r - 1.0) / edge, -40.0, 40.0)))
+
+
+def _ellipse(u, v, cu, cv, au, av) -> np.ndarray:
+    return np.sqrt(((u - cu) / au) ** 2 + ((v - cv) / av) ** 2)
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Bilinearly upsampled cells x cells Gaussian noise: blotchy texture, roughly unit variance."""
+    grid = rng.standard_normal((cells + 1, cells + 1))
+    pos = np.linspace(0.0, cells, size, endpoint=False) + cells / (2.0 * size)
+    i0 = np.minimum(pos.astype(int), cells - 1)
+    f = pos - i0
+    rows = grid[i0] * (1 - f)[:, None] + grid[i0 + 1] * f[:, None]
+    return rows[:, i0] * (1 - f)[None, :] + rows[:, i0 + 1] * f[None, :]
+
+
+@dataclass(frozen=True)
+class _Anatomy:
+    body_width: float
+    lung_width: float
+    lung_height: float
+    lung_drop: float
+    heart_size: float
+    heart_shift: float
+    rib_spacing: float
+    rib_curve: float
+    rib_offset: float
+    tissue: float
+    lung_level: float
+
+
+@dataclass(frozen=True)
+class _Opacity:
+    cu: float
+    cv: float
+    su: float
+    sv: float
+    density: float
+    texture_cells: int
+
+
+def _draw_anatomy(rng: np.random.Generator) -> _Anatomy:
+    return _Anatomy(
+        body_width=rng.uniform(0.84, 0.95),
+        lung_width=rng.uniform(0.22, 0.27),
+        lung_height=rng.uniform(0.48, 0.56),
+        lung_drop=rng.uniform(-0.12, -0.04),
+        heart_size=rng.uniform(0.9, 1.12),
+        heart_shift=rng.uniform(0.08, 0.16),
+        rib_spacing=rng.uniform(0.13, 0.16),
+        rib_curve=rng.uniform(0.55, 0.85),
+        rib_offset=rng.uniform(0.0, 1.0),
+        tissue=rng.uniform(0.40, 0.48),
+        lung_level=rng.uniform(0.11, 0.15),
+    )
+
+
+def _draw_opacities(rng: np.random.Generator, anatomy: _Anatomy) -> list[_Opacity]:
+    """1-4 patches inside the lungs: small dense nodules up to broad faint lobar haze."""
+    patches = []
+    for _ in range(int(rng.integers(1, 5))):
+        side = rng.choice((-1.0, 1.0))
+        # a point inside the lung ellipse, away from its rim
+        angle = rng.uniform(0, 2 * np.pi)
+        radius = 0.7 * np.sqrt(rng.uniform(0, 1))
+        cu = side * 0.36 + radius * np.cos(angle) * anatomy.lung_width
+        cv = anatomy.lung_drop + radius * np.sin(angle) * anatomy.lung_height
+        scale = rng.uniform(0.05, 0.2)
+        patches.append(
+            _Opacity(
+                cu=float(cu),
+                cv=float(cv),
+                su=float(scale * rng.uniform(0.7, 1.3)),
+                sv=float(scale * rng.uniform(0.8, 1.6)),
+                density=float(rng.uniform(0.16, 0.42) * (0.35 / (0.15 + scale)) ** 0.5),
+                texture_cells=int(rng.integers(6, 14)),
+            )
+        )
+    return patches
+
+
+def render_phantom(
+    size: int,
+    anatomy: _Anatomy,
+    opacities: list[_Opacity],
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """One (size, size) uint8 radiograph; pose, exposure and noise are drawn from rng."""
+    # pose: the patient's coordinates seen through a small rotation, shift and scale
+    theta = np.deg2rad(rng.uniform(-4.0, 4.0))
+    shift_u, shift_v = rng.uniform(-0.05, 0.05, size=2)
+    scale = rng.uniform(0.95, 1.05)
+    axis = (np.arange(size) + 0.5) / size * 2.0 - 1.0
+    x, y = np.meshgrid(axis, axis)
+    x, y = x - shift_u, y - shift_v
+    u = (np.cos(theta) * x + np.sin(theta) * y) / scale
+    v = (-np.sin(theta) * x + np.cos(theta) * y) / scale
+
+    edge = 0.03
+    image = np.full((size, size), 0.04)
+
+    body = _soft_inside(_ellipse(u, v, 0.0, 0.25, anatomy.body_width, 1.2), edge)
+    neck = _soft_inside(np.maximum(np.abs(u) / 0.2, (-0.75 - v) / 0.5 + 1.0), edge)
+    body = np.maximum(body, neck * (v < -0.6))
+    image = image * (1 - body) + anatomy.tissue * body
+
+    lungs = np.zeros_like(u)
+    for side in (-1.0, 1.0):
+        r = _ellipse(u, v, side * 0.36, anatomy.lung_drop, anatomy.lung_width, anatomy.lung_height)
+        lungs = np.maximum(lungs, _soft_inside(r, 0.08))
+    texture = _smooth_noise(rng, size, 16)
+    lung_intensity = anatomy.lung_level + 0.025 * texture + 0.08 * (v - anatomy.lung_drop).clip(0, None)
+    image = image * (1 - lungs) + lung_intensity * lungs
+
+    # ribs: arcs convex upwards, periodic in v bent by |u|
+    thorax = _soft_inside(_ellipse(u, v, 0.0, -0.15, anatomy.body_width * 0.92, 0.72), 0.06)
+    phase = (v - anatomy.rib_curve * (np.abs(u) - 0.35) ** 2) / anatomy.rib_spacing + anatomy.rib_offset
+    distance = np.abs(phase - np.round(phase)) * anatomy.rib_spacing
+    ribs = np.exp(-((distance / 0.022) ** 2)) * thorax
+    image = image + 0.075 * ribs
+
+    clavicles = np.zeros_like(u)
+    for side in (-1.0, 1.0):
+        along = side * u
+        line = v - (-0.66 - 0.12 * (along - 0.1))
+        clavicles = np.maximum(clavicles, np.exp(-((line / 0.03) ** 2)) * ((along > 0.06) & (along < 0.62)))
+    image = image + 0.16 * clavicles
+
+    # the mediastinum widens from the neck down to the heart, which bulges to the patient's left
+    width = 0.08 + 0.05 * np.clip((v + 0.7) / 0.9, 0.0, 1.0)
+    mediastinum = _soft_inside(np.maximum(np.abs(u) / width, np.abs(v + 0.2) / 0.62), 0.08)
+    heart = _soft_inside(
+        _ellipse(u, v, anatomy.heart_shift, 0.22, 0.27 * anatomy.heart_size, 0.21 * anatomy.heart_size), 0.08
+    )
+    mediastinum = np.maximum(mediastinum, heart)
+    image = image * (1 - mediastinum) + 0.58 * mediastinum
+    spine = _soft_inside(np.abs(u) / 0.055, 0.15) * body
+    image = image + 0.06 * spine
+
+    if opacities:
+        haze = np.zeros_like(u)
+        for patch in opacities:
+            blob = np.exp(-0.5 * (((u - patch.cu) / patch.su) ** 2 + ((v - patch.cv) / patch.sv) ** 2))
+            patchy = (0.55 + 0.45 * _smooth_noise(rng, size, patch.texture_cells)).clip(0.0, 1.4)
+            haze = haze + patch.density * rng.uniform(0.85, 1.15) * blob * patchy
+        image = image + haze * lungs
+
+    # exposure and detector noise
+    gamma = rng.uniform(0.85, 1.18)
+    gain = rng.uniform(0.92, 1.08)
+    image = gain * np.clip(image, 0.0, 1.0) ** gamma
+    image = image + rng.normal(0.0, rng.uniform(0.01, 0.03), size=image.shape)
+    return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- dataset
+
+
+def _check_params(params: PhantomParams) -> None:
+    lo, hi = params.images_per_patient
+    if params.n_patients < 8:
+        raise FeatxError(f"The phantom dataset needs at least 8 patients (both classes in train and test); got {params.n_patients}.")
+    if not 1 <= lo <= hi:
+        raise FeatxError(f"images_per_patient must be (low, high) with 1 <= low <= high; got {params.images_per_patient}.")
+    if params.image_size < 16:
+        raise FeatxError(f"The phantom image size must be at least 16 pixels; got {params.image_size}.")
+    if not 0.0 < params.positive_fraction < 1.0:
+        raise FeatxError(f"positive_fraction must be strictly between 0 and 1; got {params.positive_fraction}.")
+    if not 0.0 < params.test_fraction < 1.0:
+        raise FeatxError(f"test_fraction must be strictly between 0 and 1; got {params.test_fraction}.")
+
+
+def _assign_classes_and_splits(params: PhantomParams, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Per patient: class (1 = opacity) at the exact positive share, and a class-stratified test split."""
+    n = params.n_patients
+    n_pos = min(n - 2, max(2, int(round(params.positive_fraction * n))))
+    positive = np.zeros(n, dtype=bool)
+    positive[rng.permutation(n)[:n_pos]] = True
+    test = np.zeros(n, dtype=bool)
+    for members in (np.flatnonzero(positive), np.flatnonzero(~positive)):
+        n_test = min(len(members) - 1, max(1, int(round(params.test_fraction * len(members)))))
+        test[rng.permutation(members)[:n_test]] = True
+    return positive, test
+
+
+def _png_bytes(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG", optimize=False, compress_level=6)
+    return buffer.getvalue()
+
+
+def existing_phantoms(dest: Path | str, params: PhantomParams) -> Path | None:
+    """The manifest of a complete phantom dataset in dest generated with exactly these parameters, else None."""
+    dest = Path(dest)
+    manifest, recorded = dest / MANIFEST_FILE, dest / PARAMS_FILE
+    if not (manifest.is_file() and recorded.is_file()):
+        return None
+    try:
+        if json.loads(recorded.read_text()) != params.to_json():
+            return None
+        with manifest.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, ValueError):
+        return None
+    if not rows or not all((dest / row["path"]).is_file() for row in rows):
+        return None
+    return manifest
+
+
+def _remove_previous_phantoms(dest: Path) -> None:
+    """Delete the images an earlier generation listed (only when dest holds a phantom dataset)."""
+    recorded, manifest = dest / PARAMS_FILE, dest / MANIFEST_FILE
+    if not recorded.is_file():
+        return
+    if manifest.is_file():
+        with manifest.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                path = (dest / row.get("path", "")).resolve()
+                if path.suffix == ".png" and dest.resolve() in path.parents:
+                    path.unlink(missing_ok=True)
+    recorded.unlink()  # the folder counts as incomplete until the new generation ends
+
+
+def generate_phantoms(
+    dest,
+    n_patients: int = 120,
+    images_per_patient: tuple[int, int] = (2, 5),
+    image_size: int = 128,
+    positive_fraction: float = 0.74,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> Path:
+    """Write the phantom images under dest/<split>/<label>/ and dest/manifest.csv; return the manifest path.
+
+    Image paths in the manifest are relative to dest; patient ids look like
+    ``phantom-0007``; the classes are "normal" and "opacity" (the positive class).
+    """
+    params = PhantomParams(
+        n_patients=int(n_patients),
+        images_per_patient=(int(images_per_patient[0]), int(images_per_patient[1])),
+        image_size=int(image_size),
+        positive_fraction=float(positive_fraction),
+        test_fraction=float(test_fraction),
+        seed=int(seed),
+    )
+    _check_params(params)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    _remove_previous_phantoms(dest)
+
+    positive, test = _assign_classes_and_splits(params, np.random.default_rng([params.seed, 0]))
+    rows = []
+    for index in range(params.n_patients):
+        # one stream per patient: a patient's images do not depend on the others
+        rng = np.random.default_rng([params.seed, 1, index])
+        patient_id = f"phantom-{index:04d}"
+        label = CLASSES[int(positive[index])]
+        split = "test" if test[index] else "train"
+        anatomy = _draw_anatomy(rng)
+        opacities = _draw_opacities(rng, anatomy) if positive[index] else []
+        n_images = int(rng.integers(params.images_per_patient[0], params.images_per_patient[1] + 1))
+        folder = dest / split / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(n_images):
+            data = _png_bytes(render_phantom(params.image_size, anatomy, opacities, rng))
+            rel = f"{split}/{label}/{patient_id}_{k:02d}.png"
+            (dest / rel).write_bytes(data)
+            rows.append(
+                {
+                    "path": rel,
+                    "label": label,
+                    "split": split,
+                    "patient_id": patient_id,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                }
+            )
+
+    manifest = dest / MANIFEST_FILE
+    with manifest.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "label", "split", "patient_id", "sha256"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    (dest / PARAMS_FILE).write_text(json.dumps(params.to_json(), indent=2) + "\n")
+    return manifest
