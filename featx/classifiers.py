@@ -1,0 +1,549 @@
+"""The CLASSIFIERS registry: name -> (estimator factory, parameter grid, search strategy).
+
+Supporting a new classifier is one `ClassifierSpec` entry. Every estimator here
+follows scikit-learn's contract, so GridSearchCV, clone and joblib treat them alike:
+- `logreg`: StandardScaler + LogisticRegression (lbfgs; multinomial for multiclass);
+- `xgboost`: `EarlyStoppingXGB`, an XGBClassifier that stops on an inner stratified split
+  (so the large tree caps in the grid cost nothing once the validation loss stops falling);
+- `dense`: `DenseHead`, a small Keras head (0 hidden layers = the pooled softmax of
+  Paterakis et al.; 256/1024 ReLU units with dropout = their Dense-1024 head).
+Multilabel targets ((N, K) 0/1) wrap logreg/xgboost in OneVsRestClassifier (grid keys
+prefixed `estimator__`); the dense head uses K sigmoid outputs natively.
+
+TensorFlow and XGBoost are imported lazily, so importing this module stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from featx.errors import ClassifyError, one_of_message
+
+TASKS = ("binary", "multiclass", "multilabel")
+SEARCHES = ("grid", "halving")
+
+
+# ---------------------------------------------------------------- XGBoost
+
+
+@functools.lru_cache(maxsize=1)
+def xgboost_device() -> str:
+    """'cuda' when this xgboost build has CUDA and a GPU answers a one-round probe, else 'cpu'."""
+    try:
+        import xgboost
+    except ImportError:  # pragma: no cover - xgboost is a hard dependency
+        return "cpu"
+    if not xgboost.build_info().get("USE_CUDA"):
+        return "cpu"
+    if shutil.which("nvidia-smi") is None and not Path("/proc/driver/nvidia").exists():
+        return "cpu"
+    import warnings
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            probe = xgboost.DMatrix(np.array([[0.0], [1.0]], dtype=np.float32), label=np.array([0.0, 1.0]))
+            booster = xgboost.train({"device": "cuda", "tree_method": "hist", "verbosity": 1}, probe, num_boost_round=1)
+        config = booster.save_config()
+        if any("GPU" in str(w.message) or "cuda" in str(w.message).lower() for w in caught) or '"cuda' not in config:
+            return "cpu"
+        return "cuda"
+    except Exception:  # noqa: BLE001 - any failure of the probe means: no usable GPU
+        return "cpu"
+
+
+class EarlyStoppingXGB(ClassifierMixin, BaseEstimator):
+    """XGBClassifier with early stopping on an inner stratified hold-out of the training rows.
+
+    `n_estimators` is a cap; the fitted booster keeps the trees up to the best validation
+    round (`best_iteration_`, `n_estimators_`). `scale_pos_weight="balanced"` is resolved at
+    fit time: n_negative / n_positive for a binary task, balanced sample weights for multiclass.
+    The inner split is by row (the estimator never sees patient ids); the outer CV stays
+    patient-grouped, so only the stopping round, never the reported scores, can be optimistic.
+    """
+
+    def __init__(
+        self,
+        max_depth=4,
+        learning_rate=0.1,
+        n_estimators=500,
+        subsample=0.8,
+        colsample_bytree=0.5,
+        scale_pos_weight=1.0,
+        min_child_weight=1.0,
+        reg_lambda=1.0,
+        max_bin=256,
+        early_stopping_rounds=25,
+        validation_fraction=0.15,
+        device="cpu",
+        n_jobs=1,
+        random_state=0,
+    ):
+        self.max_depth = max_depth
+        self.learning_rate = learning_rate
+        self.n_estimators = n_estimators
+        self.subsample = subsample
+        self.colsample_bytree = colsample_bytree
+        self.scale_pos_weight = scale_pos_weight
+        self.min_child_weight = min_child_weight
+        self.reg_lambda = reg_lambda
+        self.max_bin = max_bin
+        self.early_stopping_rounds = early_stopping_rounds
+        self.validation_fraction = validation_fraction
+        self.device = device
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
+
+    def fit(self, X, y, sample_weight=None):
+        from sklearn.utils.class_weight import compute_sample_weight
+        from sklearn.utils.multiclass import check_classification_targets
+        from xgboost import XGBClassifier
+
+        X, y = validate_data(self, X, y, dtype=np.float32, ensure_all_finite="allow-nan")
+        check_classification_targets(y)
+        self.classes_, encoded = np.unique(y, return_inverse=True)
+        n_classes = len(self.classes_)
+        if n_classes < 2:
+            raise ValueError(f"EarlyStoppingXGB needs at least 2 classes in y; got {n_classes}.")
+        weights = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        scale_pos_weight = self.scale_pos_weight
+        if isinstance(scale_pos_weight, str):
+            if scale_pos_weight != "balanced":
+                raise ValueError(f"scale_pos_weight must be a number or 'balanced'; got {scale_pos_weight!r}.")
+            if n_classes == 2:
+                n_positive = max(int(encoded.sum()), 1)
+                scale_pos_weight = float(len(encoded) - n_positive) / n_positive
+            else:
+                balanced = compute_sample_weight("balanced", encoded)
+                weights = balanced if weights is None else weights * balanced
+                scale_pos_weight = 1.0
+        train_rows, valid_rows = self._inner_split(encoded)
+        params = dict(
+            max_depth=self.max_depth,
+            learning_rate=self.learning_rate,
+            n_estimators=self.n_estimators,
+            subsample=self.subsample,
+            colsample_bytree=self.colsample_bytree,
+            min_child_weight=self.min_child_weight,
+            reg_lambda=self.reg_lambda,
+            max_bin=self.max_bin,
+            tree_method="hist",
+            device=self.device,
+            n_jobs=self.n_jobs,
+            random_state=self.random_state,
+            verbosity=0,
+        )
+        if n_classes == 2:
+            params.update(objective="binary:logistic", eval_metric="logloss", scale_pos_weight=scale_pos_weight)
+        else:
+            params.update(objective="multi:softprob", eval_metric="mlogloss", num_class=n_classes)
+        fit_kwargs = {}
+        if valid_rows is not None and self.early_stopping_rounds:
+            params["early_stopping_rounds"] = self.early_stopping_rounds
+            fit_kwargs["eval_set"] = [(X[valid_rows], encoded[valid_rows])]
+            if weights is not None:
+                fit_kwargs["sample_weight_eval_set"] = [weights[valid_rows]]
+        else:
+            train_rows = np.arange(len(encoded))
+        booster = XGBClassifier(**params)
+        booster.fit(
+            X[train_rows],
+            encoded[train_rows],
+            sample_weight=None if weights is None else weights[train_rows],
+            verbose=False,
+            **fit_kwargs,
+        )
+        self.booster_ = booster
+        best = getattr(booster, "best_iteration", None)
+        self.best_iteration_ = int(best) if best is not None else int(self.n_estimators) - 1
+        self.n_estimators_ = self.best_iteration_ + 1
+        self.scale_pos_weight_ = float(scale_pos_weight)
+        return self
+
+    def _inner_split(self, encoded: np.ndarray):
+        """Stratified inner validation rows, or (all, None) when there are too few rows per class."""
+        from sklearn.model_selection import train_test_split
+
+        counts = np.bincount(encoded)
+        n_valid = int(round(self.validation_fraction * len(encoded)))
+        if not self.validation_fraction or counts.min() < 4 or n_valid < len(counts) * 2:
+            return np.arange(len(encoded)), None
+        rows = np.arange(len(encoded))
+        train_rows, valid_rows = train_test_split(
+            rows, test_size=n_valid, stratify=encoded, random_state=self.random_state
+        )
+        return np.sort(train_rows), np.sort(valid_rows)
+
+    def predict_proba(self, X):
+        check_is_fitted(self, "booster_")
+        X = validate_data(self, X, dtype=np.float32, reset=False, ensure_all_finite="allow-nan")
+        proba = self.booster_.predict_proba(X)
+        if proba.ndim == 1:
+            proba = np.column_stack([1.0 - proba, proba])
+        return proba
+
+    def predict(self, X):
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+
+# ---------------------------------------------------------------- Keras dense head
+
+
+class DenseHead(ClassifierMixin, BaseEstimator):
+    """A small Keras classification head on fixed embeddings, as a scikit-learn estimator.
+
+    hidden_units=0: dropout + softmax on the (standardised) embedding, the pooled softmax of
+    Paterakis et al.; hidden_units>0: dropout + Dense(hidden_units, ReLU) + dropout + output
+    (their Dense-1024 head). Adam, early stopping on an inner stratified validation split
+    with the best weights restored. Softmax for binary/multiclass y (1-D), K sigmoid outputs
+    for a multilabel (N, K) 0/1 y. Deterministic for a given random_state on CPU.
+    """
+
+    def __init__(
+        self,
+        hidden_units=0,
+        dropout=0.2,
+        learning_rate=1e-3,
+        l2=0.0,
+        batch_size=128,
+        max_epochs=100,
+        patience=8,
+        validation_fraction=0.15,
+        random_state=0,
+        verbose=0,
+    ):
+        self.hidden_units = hidden_units
+        self.dropout = dropout
+        self.learning_rate = learning_rate
+        self.l2 = l2
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.validation_fraction = validation_fraction
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        tags.non_deterministic = False
+        return tags
+
+    # -- fitting
+
+    def fit(self, X, y):
+        from sklearn.utils.multiclass import check_classification_targets, type_of_target
+
+        X, y = validate_data(self, X, y, dtype=np.float32, multi_output=True, y_numeric=False)
+        check_classification_targets(y)
+        target_type = type_of_target(y)
+        self.multilabel_ = target_type == "multilabel-indicator"
+        if self.multilabel_:
+            y = np.asarray(y)
+            self.classes_ = np.arange(y.shape[1])
+            targets = y.astype(np.float32)
+            strata = None
+        else:
+            y = np.asarray(y).reshape(-1)
+            self.classes_, encoded = np.unique(y, return_inverse=True)
+            if len(self.classes_) < 2:
+                raise ValueError(f"DenseHead needs at least 2 classes in y; got {len(self.classes_)}.")
+            targets = encoded.astype(np.int32)
+            strata = encoded
+        self.mean_ = X.mean(axis=0)
+        scale = X.std(axis=0)
+        self.scale_ = np.where(scale > 1e-12, scale, 1.0).astype(np.float32)
+        Z = (X - self.mean_) / self.scale_
+        n_outputs = len(self.classes_)
+
+        import keras
+
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        keras.utils.set_random_seed(int(self.random_state))
+        try:
+            model = self._build(keras, Z.shape[1], n_outputs)
+            train_rows, valid_rows = self._inner_split(len(Z), strata)
+            callbacks = []
+            fit_kwargs = {}
+            if valid_rows is not None:
+                callbacks.append(
+                    keras.callbacks.EarlyStopping(
+                        monitor="val_loss", patience=self.patience, restore_best_weights=True
+                    )
+                )
+                fit_kwargs["validation_data"] = (Z[valid_rows], targets[valid_rows])
+            history = model.fit(
+                Z[train_rows],
+                targets[train_rows],
+                batch_size=int(self.batch_size),
+                epochs=int(self.max_epochs),
+                shuffle=True,
+                callbacks=callbacks,
+                verbose=self.verbose,
+                **fit_kwargs,
+            )
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+        self.model_ = model
+        self.n_epochs_ = len(history.history.get("loss", []))
+        losses = history.history.get("val_loss")
+        self.best_epoch_ = int(np.argmin(losses)) + 1 if losses else self.n_epochs_
+        return self
+
+    def _build(self, keras, n_features: int, n_outputs: int):
+        seed = int(self.random_state)
+        regularizer = keras.regularizers.L2(self.l2) if self.l2 else None
+        inputs = keras.Input(shape=(n_features,), dtype="float32")
+        x = inputs
+        if self.dropout:
+            x = keras.layers.Dropout(self.dropout, seed=seed)(x)
+        if self.hidden_units:
+            x = keras.layers.Dense(
+                int(self.hidden_units),
+                activation="relu",
+                kernel_initializer=keras.initializers.HeNormal(seed=seed + 1),
+                kernel_regularizer=regularizer,
+            )(x)
+            if self.dropout:
+                x = keras.layers.Dropout(self.dropout, seed=seed + 2)(x)
+        activation = "sigmoid" if self.multilabel_ else "softmax"
+        outputs = keras.layers.Dense(
+            n_outputs,
+            activation=activation,
+            kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 3),
+            kernel_regularizer=regularizer,
+        )(x)
+        model = keras.Model(inputs, outputs)
+        loss = "binary_crossentropy" if self.multilabel_ else "sparse_categorical_crossentropy"
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=float(self.learning_rate)), loss=loss)
+        return model
+
+    def _inner_split(self, n_rows: int, strata):
+        from sklearn.model_selection import train_test_split
+
+        n_valid = int(round(self.validation_fraction * n_rows))
+        rows = np.arange(n_rows)
+        if not self.validation_fraction or n_valid < 2 or n_rows - n_valid < 2:
+            return rows, None
+        stratify = None
+        if strata is not None:
+            counts = np.bincount(strata)
+            if counts.min() < 2 or n_valid < len(counts) or n_rows - n_valid < len(counts):
+                return rows, None
+            stratify = strata
+        train_rows, valid_rows = train_test_split(
+            rows, test_size=n_valid, stratify=stratify, random_state=int(self.random_state)
+        )
+        return np.sort(train_rows), np.sort(valid_rows)
+
+    # -- prediction
+
+    def predict_proba(self, X):
+        check_is_fitted(self, "model_")
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        Z = (X - self.mean_) / self.scale_
+        chunks = [
+            np.asarray(self.model_(Z[start : start + 8192], training=False), dtype=np.float64)
+            for start in range(0, len(Z), 8192)
+        ]
+        proba = np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes_)))
+        if not self.multilabel_:
+            proba = proba / proba.sum(axis=1, keepdims=True)
+        return proba
+
+    def predict(self, X):
+        proba = self.predict_proba(X)
+        if self.multilabel_:
+            return (proba >= 0.5).astype(int)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+    # -- pickling: the Keras model travels as its JSON config plus weights
+
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        model = state.pop("model_", None)
+        if model is not None:
+            state["_keras_model"] = {"config": model.to_json(), "weights": [np.asarray(w) for w in model.get_weights()]}
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        saved = state.pop("_keras_model", None)
+        if hasattr(super(), "__setstate__"):
+            super().__setstate__(state)
+        else:  # pragma: no cover
+            self.__dict__.update(state)
+        if saved is not None:
+            import keras
+
+            model = keras.models.model_from_json(saved["config"])
+            model.set_weights(saved["weights"])
+            self.model_ = model
+
+
+# ---------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    name: str
+    description: str
+    build: Callable[..., tuple]  # (task, n_classes, seed, n_jobs, quick) -> (estimator, param_grid)
+    search: str = "grid"  # "grid" | "halving" (successive halving on training rows)
+    search_options: dict = field(default_factory=dict)  # extra HalvingGridSearchCV arguments
+
+
+def _one_vs_rest(estimator, grid: dict, n_jobs: int):
+    from sklearn.multiclass import OneVsRestClassifier
+
+    return OneVsRestClassifier(estimator, n_jobs=1), {f"estimator__{key}": values for key, values in grid.items()}
+
+
+def _build_logreg(task, n_classes, seed=0, n_jobs=1, quick=False):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    # lbfgs on standardised float64 features: on 5k x 2048 dense rows it converges in well under
+    # a second for small C; tol 1e-3 is far below the CV noise of the AUC it is selected on.
+    model = Pipeline(
+        [
+            ("scale", StandardScaler()),
+            ("clf", LogisticRegression(solver="lbfgs", max_iter=300, tol=1e-3, random_state=seed)),
+        ]
+    )
+    if quick:
+        grid = {"clf__C": [0.01], "clf__class_weight": [None]}
+    else:
+        grid = {"clf__C": [1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 1.0, 10.0], "clf__class_weight": [None, "balanced"]}
+    if task == "multilabel":
+        return _one_vs_rest(model, grid, n_jobs)
+    return model, grid
+
+
+def _build_xgboost(task, n_classes, seed=0, n_jobs=1, quick=False):
+    device = xgboost_device()
+    model = EarlyStoppingXGB(device=device, n_jobs=max(1, n_jobs), random_state=seed)
+    if quick:
+        grid = {"max_depth": [3], "learning_rate": [0.3], "n_estimators": [50]}
+    else:
+        grid = {
+            "max_depth": [3, 6],
+            "learning_rate": [0.05, 0.2],
+            "n_estimators": [300, 1000],
+            "subsample": [0.8],
+            "colsample_bytree": [0.3, 0.6],
+            "scale_pos_weight": [1.0, "balanced"],
+        }
+    if task == "multilabel":
+        return _one_vs_rest(model, grid, n_jobs)
+    return model, grid
+
+
+def _build_dense(task, n_classes, seed=0, n_jobs=1, quick=False):
+    model = DenseHead(random_state=seed)
+    if quick:
+        grid = {"hidden_units": [0], "dropout": [0.2], "learning_rate": [3e-3]}
+    else:
+        grid = {"hidden_units": [0, 256, 1024], "dropout": [0.2, 0.5], "learning_rate": [1e-3, 1e-4]}
+    return model, grid
+
+
+CLASSIFIERS: dict[str, ClassifierSpec] = {
+    spec.name: spec
+    for spec in (
+        ClassifierSpec(
+            "logreg",
+            "StandardScaler + logistic regression (lbfgs), grid over C and class_weight",
+            _build_logreg,
+            search="grid",
+        ),
+        ClassifierSpec(
+            "xgboost",
+            "XGBoost (hist; CUDA when present) with early stopping, grid over depth, learning rate, trees, "
+            "column subsampling and positive-class weight",
+            _build_xgboost,
+            search="halving",
+        ),
+        ClassifierSpec(
+            "dense",
+            "Keras dense head: pooled softmax (0 hidden) or 256/1024 ReLU units with dropout, Adam, early stopping",
+            _build_dense,
+            search="halving",
+        ),
+    )
+}
+
+
+def get_classifier(name: str) -> ClassifierSpec:
+    """The registry entry for `name`; ClassifyError listing the names (with a closest match) otherwise."""
+    try:
+        return CLASSIFIERS[name]
+    except (KeyError, TypeError):
+        raise ClassifyError(one_of_message("classifier", name, list(CLASSIFIERS))) from None
+
+
+def build_classifier(name, task, n_classes, seed=0, n_jobs=1, quick=False):
+    """(estimator, param_grid) for classifier `name` on a task; the grid keys match the estimator."""
+    spec = get_classifier(name)
+    if task not in TASKS:
+        raise ClassifyError(one_of_message("task", task, TASKS))
+    return spec.build(task, int(n_classes), seed=seed, n_jobs=n_jobs, quick=quick)
+
+
+def grid_size(grid: dict) -> int:
+    """Number of candidates in a parameter grid."""
+    size = 1
+    for values in grid.values():
+        size *= len(values)
+    return size
+
+
+def make_search(spec_name, estimator, grid, cv_splits, scoring, n_jobs=1, seed=0):
+    """The CV search `featx classify` runs for this classifier: GridSearchCV or successive halving.
+
+    cv_splits: the list of (train_rows, test_rows) from evaluate.grouped_splits (patient-grouped);
+    scoring: a scorer (evaluate.auc_scorer(task)). The returned object is unfitted; `fit(X, y)`
+    refits the best candidate on all rows. Halving subsamples only the training side of each
+    fold and always ends on the full rows, so the patient grouping of the folds is untouched.
+    Small grids (quick runs) always use the exhaustive grid.
+    """
+    from sklearn.model_selection import GridSearchCV
+
+    spec = get_classifier(spec_name)
+    cv_splits = list(cv_splits)
+    common = dict(scoring=scoring, cv=cv_splits, n_jobs=n_jobs, refit=True, error_score="raise")
+    if spec.search == "halving" and grid_size(grid) >= 4:
+        from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+        from sklearn.model_selection import HalvingGridSearchCV
+
+        options = {"factor": 3, "min_resources": "exhaust", "aggressive_elimination": False}
+        options.update(spec.search_options)
+        n_train = min(len(train) for train, _ in cv_splits)
+        if isinstance(options.get("min_fraction"), float):
+            options["min_resources"] = max(int(options.pop("min_fraction") * n_train), 10)
+        options.pop("min_fraction", None)
+        return HalvingGridSearchCV(estimator, grid, resource="n_samples", random_state=seed, **options, **common)
+    return GridSearchCV(estimator, grid, **common)
+
+
+def search_strategy(spec_name, grid) -> str:
+    """The strategy make_search will use for this grid: 'grid' or 'halving'."""
+    spec = get_classifier(spec_name)
+    return "halving" if spec.search == "halving" and grid_size(grid) >= 4 else "grid"
