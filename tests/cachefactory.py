@@ -1,0 +1,163 @@
+"""Write HDF5 embedding caches (DESIGN.md format 1) directly, without stage one.
+
+Stage-two tests need caches with a known signal, a known patient structure and
+known defects (incomplete, NaN, foreign manifest); building them through a
+backbone would be slow and would hide what the test is about.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+
+FORMAT = 1
+STR = h5py.string_dtype("utf-8")
+
+
+def write_cache(
+    path,
+    X: dict[str, np.ndarray],
+    y,
+    classes: Sequence[str],
+    split: Sequence[str],
+    patient_id: Sequence[str],
+    weights: str = "random",
+    backbone: str = "tiny",
+    complete: bool = True,
+    *,
+    ids: Sequence[str] | None = None,
+    ok: Sequence[bool] | None = None,
+    errors: Sequence[str] = (),
+    **attrs,
+) -> Path:
+    """Write a format-1 cache and return its path.
+
+    `X` maps pooling -> (N, D) array; `y` is (N,) class indices or (N, K) 0/1 for
+    multi-label. With complete=False the file is written as `<path>.partial` with
+    complete=False and n_done at half the rows, the way an interrupted extract
+    leaves it. Extra keyword arguments override or add root attributes.
+    """
+    path = Path(path)
+    y = np.asarray(y, dtype=np.int8)
+    n = len(y)
+    if ids is None:
+        ids = [f"{backbone}/img_{i:05d}.png" for i in range(n)]
+    ok = np.ones(n, dtype=bool) if ok is None else np.asarray(ok, dtype=bool)
+    for pooling, matrix in X.items():
+        if len(matrix) != n:
+            raise ValueError(f"X[{pooling!r}] has {len(matrix)} rows, y has {n}")
+    root_attrs = {
+        "format": FORMAT,
+        "featx_version": "0.1.0",
+        "backbone": backbone,
+        "weights": weights,
+        "weights_sha256": "0" * 64 if weights == "random" else "f" * 64,
+        "weights_seed": 0 if weights == "random" else -1,
+        "image_size": [32, 32],
+        "resize_mode": "stretch",
+        "preprocess": "none",
+        "poolings": list(X),
+        "manifest_sha256": "a" * 64,
+        "data_root": "/data",
+        "tensorflow_version": "2.21.0",
+        "keras_version": "3.0.0",
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "complete": bool(complete),
+        "n_done": n if complete else n // 2,
+    }
+    root_attrs.update(attrs)
+    target = path if complete else path.with_name(path.name + ".partial")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(target, "w") as f:
+        for key, value in root_attrs.items():
+            f.attrs[key] = value
+        f.create_dataset("ids", data=np.asarray(ids, dtype=object), dtype=STR)
+        labels = f.create_dataset("labels", data=y)
+        labels.attrs["classes"] = list(classes)
+        f.create_dataset("split", data=np.asarray(split, dtype=object), dtype=STR)
+        f.create_dataset("patient_id", data=np.asarray(patient_id, dtype=object), dtype=STR)
+        f.create_dataset("ok", data=ok)
+        f.create_dataset("errors", data=np.asarray(list(errors), dtype=object), dtype=STR, shape=(len(errors),))
+        group = f.create_group("embeddings")
+        for pooling, matrix in X.items():
+            matrix = np.asarray(matrix, dtype=np.float32)
+            group.create_dataset(pooling, data=matrix, chunks=(min(64, max(n, 1)), matrix.shape[1]))
+    return target
+
+
+def signal_dataset(
+    n_train_patients: int = 60,
+    images_per_patient: tuple[int, int] = (2, 3),
+    n_test: int = 60,
+    dim: int = 16,
+    separation: float = 1.5,
+    n_classes: int = 2,
+    multilabel: bool = False,
+    val_patients: int = 0,
+    seed: int = 0,
+) -> dict:
+    """Embeddings whose first coordinates carry the label, grouped by patient.
+
+    Every image of a patient shares the patient's label and a patient offset, so
+    leaking a patient across folds would inflate scores. Returns the arguments
+    of write_cache except X's pooling names: {X, y, classes, split, patient_id}.
+    Test rows come from their own patients (one image each).
+    """
+    rng = np.random.default_rng(seed)
+    n_labels = n_classes
+    rows_y, rows_split, rows_pid = [], [], []
+
+    def patient_label():
+        if multilabel:
+            label = rng.integers(0, 2, size=n_labels)
+            return label
+        return int(rng.integers(0, n_classes))
+
+    def add(pid, split, count):
+        label = patient_label()
+        for _ in range(count):
+            rows_y.append(label)
+            rows_split.append(split)
+            rows_pid.append(pid)
+
+    low, high = images_per_patient
+    for p in range(n_train_patients):
+        add(f"P{p:04d}", "train", int(rng.integers(low, high + 1)))
+    for p in range(val_patients):
+        add(f"V{p:04d}", "val", int(rng.integers(low, high + 1)))
+    for t in range(n_test):
+        add(f"T{t:04d}", "test", 1)
+
+    y = np.asarray(rows_y, dtype=np.int8)
+    n = len(y)
+    X = rng.normal(size=(n, dim)).astype(np.float32)
+    patient_offset = {pid: rng.normal(scale=0.5, size=dim) for pid in set(rows_pid)}
+    X += np.stack([patient_offset[pid] for pid in rows_pid]).astype(np.float32)
+    if multilabel:
+        X[:, :n_labels] += separation * (2 * y - 1)
+    else:
+        onehot = np.eye(n_classes)[y]
+        X[:, :n_classes] += separation * onehot
+    if multilabel:
+        classes = [f"finding_{k}" for k in range(n_labels)]
+    elif n_classes == 2:
+        classes = ["NORMAL", "PNEUMONIA"]
+    else:
+        classes = [f"class_{k}" for k in range(n_classes)]
+    return {"X": X, "y": y, "classes": classes, "split": rows_split, "patient_id": rows_pid}
+
+
+def write_signal_cache(path, backbone="tiny", poolings=("avg",), weights="random", seed=0, **dataset_kwargs) -> Path:
+    """A complete cache with a known signal; each pooling gets its own noise."""
+    data = signal_dataset(seed=seed, **dataset_kwargs)
+    rng = np.random.default_rng(seed + 1000)
+    X = {}
+    for i, pooling in enumerate(poolings):
+        X[pooling] = data["X"] if i == 0 else data["X"] + rng.normal(scale=0.3, size=data["X"].shape)
+    return write_cache(
+        path, X, data["y"], data["classes"], data["split"], data["patient_id"], weights=weights, backbone=backbone
+    )

@@ -1,0 +1,183 @@
+"""The leaderboard: ranking, CI formatting, the not-worse-than-best marks, the random-weights banner."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from featx import evaluate, leaderboard
+from featx.cli import main
+from featx.errors import ResultsError
+
+N_TEST = 120
+
+
+def _scores(y, noise, seed):
+    rng = np.random.default_rng(seed)
+    return 1.0 / (1.0 + np.exp(-(3.0 * (2 * y - 1) + rng.normal(scale=noise, size=len(y)))))
+
+
+def _run(run_id, y, score, ids, weights="imagenet", pooling="avg", cv=0.9):
+    backbone, pooling_part, classifier = run_id.split("__")
+    auc = evaluate.delong_ci(y, score)
+    return {
+        "run_id": run_id,
+        "backbone": backbone,
+        "pooling": pooling_part,
+        "classifier": classifier,
+        "task": "binary",
+        "classes": ["NORMAL", "PNEUMONIA"],
+        "weights": weights,
+        "random_weights": weights == "random",
+        "feature_sha256": "b" * 64,
+        "manifest_sha256": "a" * 64,
+        "data": {"n_train": 300, "n_test": len(y), "test_source": "manifest"},
+        "best_params": {"clf__C": 0.01, "clf__class_weight": "balanced"},
+        "cv_auc_mean": cv,
+        "cv_auc_std": 0.02,
+        "threshold": {"rule": "youden", "value": 0.5, "oof_sensitivity": 0.9, "oof_specificity": 0.8},
+        "test": {"auc": auc, "sensitivity": 0.91, "specificity": 0.82, "accuracy": 0.88, "pr_auc": 0.9},
+        "test_predictions": {"ids": list(ids), "y_true": y.tolist(), "score": score.tolist()},
+        "timings": {"search_s": 2.0, "refit_s": 0.1, "oof_s": 0.5, "predict_s": 0.01, "total_s": 3.0},
+        "created_utc": "2024-01-01T00:00:00+00:00",
+    }
+
+
+@pytest.fixture
+def runs():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, size=N_TEST)
+    ids = [f"test/img_{i:04d}.png" for i in range(N_TEST)]
+    best = _scores(y, noise=3.0, seed=1)
+    tied = _scores(y, noise=3.3, seed=2)
+    worse = rng.uniform(size=N_TEST)  # no signal: significantly below the best
+    other_ids = [f"other/img_{i:04d}.png" for i in range(N_TEST)]
+    return [
+        _run("resnet50__avg__xgboost", y, tied, ids),
+        _run("vgg16__avg__logreg", y, worse, ids, weights="random"),
+        _run("resnet50__avg__logreg", y, best, ids),
+        # same truth, different images: compared only with itself
+        _run("densenet121__avg__logreg", y, worse, other_ids),
+    ]
+
+
+def _write(results, runs):
+    (results / "runs").mkdir(parents=True)
+    for run in runs:
+        (results / "runs" / f"{run['run_id']}.json").write_text(json.dumps(run))
+
+
+def test_rows_are_sorted_by_test_auc_and_marked_against_the_best_on_the_same_test_rows(runs):
+    rows = leaderboard.leaderboard_rows(runs)
+    aucs = [r["test_auc"] for r in rows]
+    assert aucs == sorted(aucs, reverse=True)
+    assert [r["rank"] for r in rows] == list(range(1, len(runs) + 1))
+    by_id = {r["run_id"]: r for r in rows}
+    assert by_id["resnet50__avg__logreg"]["rank"] == 1
+    assert by_id["resnet50__avg__logreg"]["not_worse_than_best"] is True
+    assert by_id["resnet50__avg__xgboost"]["not_worse_than_best"] is True
+    assert by_id["resnet50__avg__xgboost"]["p_vs_best"] >= 0.05
+    assert by_id["vgg16__avg__logreg"]["not_worse_than_best"] is False
+    assert by_id["vgg16__avg__logreg"]["p_vs_best"] < 0.05
+    # its own test set: it is the best there
+    assert by_id["densenet121__avg__logreg"]["not_worse_than_best"] is True
+
+
+def test_p_value_is_the_paired_delong_test_on_stored_predictions(runs):
+    rows = {r["run_id"]: r for r in leaderboard.leaderboard_rows(runs)}
+    best, other = runs[2], runs[0]
+    expected = evaluate.delong_paired_pvalue(
+        np.asarray(best["test_predictions"]["y_true"]),
+        np.asarray(best["test_predictions"]["score"]),
+        np.asarray(other["test_predictions"]["score"]),
+    )
+    assert rows[other["run_id"]]["p_vs_best"] == pytest.approx(expected)
+
+
+def test_csv_has_one_machine_readable_row_per_run_in_rank_order(tmp_path, runs):
+    _write(tmp_path, runs)
+    csv_path, _ = leaderboard.write_leaderboard(tmp_path)
+    rows = list(csv.DictReader(io.StringIO(csv_path.read_text())))
+    assert [r["run_id"] for r in rows] == [r["run_id"] for r in leaderboard.leaderboard_rows(runs)]
+    assert list(rows[0]) == list(leaderboard.CSV_COLUMNS)
+    top = rows[0]
+    assert float(top["test_auc"]) == pytest.approx(runs[2]["test"]["auc"]["value"])
+    assert float(top["test_auc_ci_low"]) == pytest.approx(runs[2]["test"]["auc"]["ci_low"])
+    assert json.loads(top["best_params"]) == {"clf__C": 0.01, "clf__class_weight": "balanced"}
+    assert {r["run_id"]: r["random_weights"] for r in rows}["vgg16__avg__logreg"] == "true"
+    assert {r["run_id"]: r["not_worse_than_best"] for r in rows}["vgg16__avg__logreg"] == "false"
+    assert float(top["fit_s"]) == pytest.approx(2.5)
+
+
+def test_markdown_has_banner_ci_table_pivot_and_reading_notes(tmp_path, runs):
+    _write(tmp_path, runs)
+    _, md_path = leaderboard.write_leaderboard(tmp_path)
+    text = md_path.read_text()
+    assert leaderboard.RANDOM_BANNER in text
+    assert text.index(leaderboard.RANDOM_BANNER) < text.index("| # |")
+    auc = runs[2]["test"]["auc"]
+    assert f"{auc['value']:.3f} [{auc['ci_low']:.3f}, {auc['ci_high']:.3f}]" in text
+    assert "0.900 ± 0.020" in text
+    assert "RANDOM-INIT" in text.split("| # |")[1]
+    pivot = text.split("## Test AUC: backbone × classifier")[1].split("## How to read this")[0]
+    assert "| backbone | logreg | xgboost |" in pivot
+    assert "vgg16 (RANDOM-INIT)" in pivot
+    resnet_line = next(line for line in pivot.splitlines() if line.startswith("| resnet50 |"))
+    assert f"{auc['value']:.3f} ★" in resnet_line
+    assert "## How to read this" in text
+    assert "C=0.01, class_weight=balanced" in text
+
+
+def test_no_banner_without_random_weights(tmp_path, runs):
+    _write(tmp_path, [r for r in runs if not r["random_weights"]])
+    _, md_path = leaderboard.write_leaderboard(tmp_path)
+    assert leaderboard.RANDOM_BANNER not in md_path.read_text()
+
+
+def test_pivot_names_the_best_pooling_when_several_were_run(runs):
+    extra = dict(runs[2], run_id="resnet50__max__logreg", pooling="max", test=dict(runs[2]["test"]))
+    extra["test"]["auc"] = dict(extra["test"]["auc"], value=0.5)
+    extra["test_predictions"] = None
+    text = leaderboard.to_markdown(leaderboard.leaderboard_rows([*runs, extra]))
+    pivot = text.split("## Test AUC: backbone × classifier")[1]
+    resnet_line = next(line for line in pivot.splitlines() if line.startswith("| resnet50 |"))
+    assert "(avg)" in resnet_line and "(max)" not in resnet_line
+
+
+def test_terminal_output_has_banner_table_and_pivot(runs):
+    console = Console(file=io.StringIO(), width=250, color_system=None)
+    leaderboard.print_leaderboard(runs, console)
+    out = console.file.getvalue()
+    assert leaderboard.RANDOM_BANNER in out
+    assert out.index("resnet50") < out.index("vgg16")
+    assert "backbone × classifier" in out
+    assert "RANDOM-INIT" in out
+
+
+def test_leaderboard_command_via_cli(tmp_path, runs, capsys):
+    _write(tmp_path, runs)
+    assert main(["leaderboard", "--results", str(tmp_path)]) == 0
+    assert (tmp_path / "leaderboard.csv").is_file() and (tmp_path / "leaderboard.md").is_file()
+
+
+def test_empty_results_directory_says_what_to_run(tmp_path, capsys):
+    assert main(["leaderboard", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("featx: error: No run results") and "featx classify" in err
+    assert len(err.splitlines()) == 1
+    with pytest.raises(ResultsError):
+        leaderboard.load_runs(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"hello": 1})])
+def test_foreign_run_file_is_a_one_sentence_error(tmp_path, capsys, content):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "x.json").write_text(content)
+    assert main(["leaderboard", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "x.json" in err and "Traceback" not in err and len(err.splitlines()) == 1
