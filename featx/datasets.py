@@ -1,0 +1,510 @@
+"""Adapters from public datasets to featx manifests.
+
+`featx fetch kermany` unpacks the Kermany 2018 chest X-ray release (through
+kagglehub, or from an archive downloaded by hand) into DEST/{train,test}/<class>/
+and checks it against data_manifests/kermany2018.csv. `featx manifest nih`
+turns the NIH ChestX-ray14 release files into a multi-label manifest.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import tempfile
+import zipfile
+import zlib
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from featx.errors import FetchError, ManifestError, one_of_message
+from featx.manifest import (
+    IMAGE_SUFFIXES,
+    LABEL_SEPARATOR,
+    SPLITS,
+    check_manifest,
+    order_classes,
+    read_manifest,
+    write_manifest,
+)
+
+DATASETS = ("kermany",)
+KERMANY_KAGGLE_HANDLE = "paultimothymooney/chest-xray-pneumonia"
+KERMANY_DOI = "10.17632/rscbjbr9sj.2"
+KERMANY_MANIFEST_NAME = "kermany2018.csv"
+# The official counts, used only when data_manifests/ is not beside the package
+# (an install from a wheel); a test keeps them equal to data_manifests/kermany2018.csv.
+KERMANY_COUNTS = {
+    ("train", "NORMAL"): 1341,
+    ("train", "PNEUMONIA"): 3875,
+    ("test", "NORMAL"): 234,
+    ("test", "PNEUMONIA"): 390,
+}
+_SKIPPED_FOLDERS = ("__MACOSX",)
+
+
+def kermany_manifest_path() -> Path | None:
+    """data_manifests/kermany2018.csv of this checkout (featx/../data_manifests), or None when not shipped."""
+    candidate = Path(__file__).resolve().parent.parent / "data_manifests" / KERMANY_MANIFEST_NAME
+    return candidate if candidate.is_file() else None
+
+
+# ---------------------------------------------------------------- locating the split folders
+
+
+def _skipped(parts: tuple[str, ...]) -> bool:
+    return any(part in _SKIPPED_FOLDERS or part.startswith(".") for part in parts)
+
+
+def _plan(names, classes=("NORMAL", "PNEUMONIA")) -> tuple[str, list[tuple[str, str]]]:
+    """(root prefix, [(member name, DEST-relative path)]) for an archive or folder listing.
+
+    The root is the folder that holds train/ and test/ class folders, wherever the
+    archive nests it (ChestXRay2017/chest_xray/, Kaggle's chest_xray/ and its
+    duplicated chest_xray/chest_xray/); __MACOSX and hidden files are ignored. A root
+    must hold `classes` in train/ (so the OCT2017 folder of the same Mendeley release
+    is never taken). When several qualify, the most images win (shortest on a tie).
+    """
+    by_prefix: dict[tuple[str, ...], list[tuple[str, str]]] = defaultdict(list)
+    splits_of: dict[tuple[str, ...], set[str]] = defaultdict(set)
+    train_classes: dict[tuple[str, ...], set[str]] = defaultdict(set)
+    for name in names:
+        parts = tuple(part for part in PurePosixPath(name.replace("\\", "/")).parts if part not in ("", "/"))
+        if len(parts) < 3 or _skipped(parts) or ".." in parts:
+            continue
+        if PurePosixPath(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        split, label, file = parts[-3:]
+        if split not in SPLITS:
+            continue
+        prefix = parts[:-3]
+        by_prefix[prefix].append((name, f"{split}/{label}/{file}"))
+        splits_of[prefix].add(split)
+        if split == "train":
+            train_classes[prefix].add(label)
+    roots = [
+        prefix for prefix, splits in splits_of.items()
+        if {"train", "test"} <= splits and set(classes) <= train_classes[prefix]
+    ]
+    if not roots:
+        return "", []
+    best = max(roots, key=lambda prefix: (len(by_prefix[prefix]), -len(prefix)))
+    return "/".join(best), sorted(by_prefix[best], key=lambda item: item[1])
+
+
+def _progress(console, description: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn(description),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def _copy_all(items, open_source, dest: Path, console, description: str) -> int:
+    """Copy (source, DEST-relative path) pairs; each file appears atomically."""
+    with _progress(console, description) as progress:
+        task = progress.add_task(description, total=len(items), rate="")
+        for source, relative in items:
+            target = dest / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(target.name + ".partial")
+            with open_source(source) as reader, partial.open("wb") as writer:
+                shutil.copyfileobj(reader, writer, 1 << 20)
+            os.replace(partial, target)
+            speed = progress.tasks[0].speed
+            progress.update(task, advance=1, rate=f"{speed:,.0f} files/s" if speed else "")
+    return len(items)
+
+
+def _not_kermany(source) -> FetchError:
+    return FetchError(
+        f"'{source}' has no folder holding train/ and test/ class folders of images; it is not the Kermany "
+        f"chest X-ray release (ChestXRay2017.zip from Mendeley Data doi:{KERMANY_DOI}, or Kaggle's "
+        f"{KERMANY_KAGGLE_HANDLE})."
+    )
+
+
+def unpack_zip(archive, dest, console, _depth: int = 0) -> tuple[str, int]:
+    """Unpack the Kermany images of a zip into dest/{split}/{class}/ (nested zips one level deep)."""
+    archive = Path(archive)
+    if not archive.is_file():
+        raise FetchError(f"Archive '{archive}' does not exist; pass the path of the downloaded .zip.")
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            members = [info.filename for info in bundle.infolist() if not info.is_dir()]
+            root, items = _plan(members)
+            if not items:
+                inner = [m for m in members if m.lower().endswith(".zip") and not _skipped(PurePosixPath(m).parts)]
+                if inner and _depth == 0:
+                    chest = [m for m in inner if "chest" in m.lower()] or inner
+                    dest.mkdir(parents=True, exist_ok=True)
+                    with tempfile.TemporaryDirectory(dir=dest) as scratch:
+                        path = Path(scratch) / "inner.zip"
+                        with bundle.open(chest[0]) as reader, path.open("wb") as writer:
+                            shutil.copyfileobj(reader, writer, 1 << 20)
+                        root, count = unpack_zip(path, dest, console, _depth=1)
+                    return f"{chest[0]}!{root}", count
+                raise _not_kermany(archive)
+            count = _copy_all(items, bundle.open, dest, console, "unpacking")
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as error:
+        raise FetchError(
+            f"Archive '{archive}' is corrupt or not a zip file ({error}); download it again "
+            f"(Mendeley Data doi:{KERMANY_DOI} or Kaggle {KERMANY_KAGGLE_HANDLE})."
+        ) from None
+    return root, count
+
+
+def copy_tree(source, dest, console) -> tuple[str, int]:
+    """Copy the Kermany images of an unpacked download (e.g. kagglehub's cache) into dest."""
+    source = Path(source)
+    names = []
+    for current, dirs, files in os.walk(source):
+        dirs[:] = [d for d in dirs if d not in _SKIPPED_FOLDERS and not d.startswith(".")]
+        names += [(Path(current) / name).relative_to(source).as_posix() for name in files]
+    root, items = _plan(names)
+    if not items:
+        raise _not_kermany(source)
+    count = _copy_all(items, lambda name: (source / name).open("rb"), dest, console, "copying")
+    return root, count
+
+
+# ---------------------------------------------------------------- checking an unpacked copy
+
+
+def _found_counts(dest: Path) -> dict[tuple[str, str], int]:
+    counts: Counter = Counter()
+    for split in SPLITS:
+        split_dir = dest / split
+        if not split_dir.is_dir():
+            continue
+        for label_dir in split_dir.iterdir():
+            if label_dir.is_dir() and not label_dir.name.startswith("."):
+                counts[(split, label_dir.name)] = sum(
+                    1 for f in label_dir.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                )
+    return dict(counts)
+
+
+def _split_order(item) -> tuple[int, str]:
+    (split, label), _ = item
+    return SPLITS.index(split), label
+
+
+def verify_unpacked(dest, expected_manifest=None) -> list[str]:
+    """Check dest against the manifest (every listed file present); FetchError on a shortfall, notes otherwise.
+
+    Without a manifest, the counts of KERMANY_COUNTS are the reference.
+    """
+    dest = Path(dest)
+    found = _found_counts(dest)
+    notes = []
+    if expected_manifest is not None:
+        manifest = read_manifest(expected_manifest)
+        listed: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for path, labels, split in zip(manifest.paths, manifest.labels, manifest.splits):
+            listed[(split, labels[0])].append(path)
+        for (split, label), paths in sorted(listed.items(), key=_split_order):
+            missing = [p for p in paths if not (dest / p).is_file()]
+            if missing:
+                raise FetchError(
+                    f"Expected {len(paths):,} {split}/{label} images listed in '{expected_manifest}' under '{dest}', "
+                    f"found {len(paths) - len(missing):,} of them ({found.get((split, label), 0):,} files in the folder; "
+                    f"missing e.g. {missing[0]!r}); the archive is incomplete or a different release."
+                )
+        known = set(manifest.paths)
+        extra = Counter()
+        for (split, label), n in found.items():
+            folder = dest / split / label
+            extra[f"{split}/{label}"] += sum(
+                1 for f in folder.iterdir()
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and f"{split}/{label}/{f.name}" not in known
+            )
+        extra = {key: n for key, n in extra.items() if n}
+        if extra:
+            detail = ", ".join(f"{key} {n}" for key, n in sorted(extra.items()))
+            notes.append(
+                f"{sum(extra.values())} image(s) are not in the manifest and will not be used ({detail}); "
+                "Kaggle moved 16 of the official training images into val/, Mendeley keeps them in train/."
+            )
+        return notes
+    for (split, label), expected in sorted(KERMANY_COUNTS.items(), key=_split_order):
+        got = found.get((split, label), 0)
+        if got < expected:
+            raise FetchError(
+                f"Expected {expected:,} {split}/{label} images under '{dest}', found {got:,}; "
+                "the archive is incomplete or a different release."
+            )
+        if got > expected:
+            notes.append(f"{split}/{label} holds {got - expected} image(s) more than the official {expected:,}.")
+    return notes
+
+
+# ---------------------------------------------------------------- featx fetch
+
+
+@dataclass(frozen=True)
+class FetchSummary:
+    dataset: str
+    dest: Path
+    source: str  # "zip:<path>" | "kagglehub:<handle>"
+    root_in_source: str
+    files: int
+    counts: dict[tuple[str, str], int]
+    manifest: Path | None
+    notes: tuple[str, ...]
+
+
+def _kagglehub_download(console) -> Path:
+    try:
+        import kagglehub
+    except ImportError:
+        raise FetchError(
+            "kagglehub is not installed; run `pip install featx[kaggle]` (or `pip install kagglehub`), "
+            f"or download the archive by hand from Mendeley Data (doi:{KERMANY_DOI}) and pass --from-zip PATH."
+        ) from None
+    from featx.config import kaggle_credentials_present
+
+    if not kaggle_credentials_present():
+        raise FetchError(
+            "No Kaggle credentials found; set the KAGGLE_USERNAME and KAGGLE_KEY environment variables or put "
+            "kaggle.json (kaggle.com > Settings > API > Create New Token) in ~/.kaggle/, or pass --from-zip PATH "
+            f"with the archive from Mendeley Data (doi:{KERMANY_DOI})."
+        )
+    console.print(f"Downloading {KERMANY_KAGGLE_HANDLE} with kagglehub (about 1.2 GB)...")
+    try:
+        return Path(kagglehub.dataset_download(KERMANY_KAGGLE_HANDLE))
+    except Exception as error:  # network, auth, quota: all reported as one sentence
+        raise FetchError(
+            f"kagglehub could not download {KERMANY_KAGGLE_HANDLE} ({type(error).__name__}: {error}); "
+            "check the credentials and network, or pass --from-zip PATH."
+        ) from None
+
+
+def fetch_kermany(dest, from_zip=None, expected_manifest="default", console=None) -> FetchSummary:
+    """Unpack Kermany 2018 into dest/{train,test}/<class>/ and check it.
+
+    expected_manifest: "default" = data_manifests/kermany2018.csv when shipped beside
+    the package (else the built-in official counts), None = the built-in counts, or a path.
+    """
+    from rich.console import Console
+
+    console = console or Console(quiet=True)
+    dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise FetchError(f"Destination '{dest}' is a file; pass a folder to unpack into.")
+    if expected_manifest == "default":
+        expected_manifest = kermany_manifest_path()
+    if from_zip is not None:
+        dest.mkdir(parents=True, exist_ok=True)
+        root, files = unpack_zip(from_zip, dest, console)
+        source = f"zip:{from_zip}"
+    else:
+        download = _kagglehub_download(console)
+        dest.mkdir(parents=True, exist_ok=True)
+        if download.is_file() and zipfile.is_zipfile(download):
+            root, files = unpack_zip(download, dest, console)
+        else:
+            root, files = copy_tree(download, dest, console)
+        source = f"kagglehub:{KERMANY_KAGGLE_HANDLE}"
+    notes = verify_unpacked(dest, expected_manifest)
+    return FetchSummary(
+        dataset="kermany",
+        dest=dest,
+        source=source,
+        root_in_source=root or ".",
+        files=files,
+        counts=_found_counts(dest),
+        manifest=Path(expected_manifest) if expected_manifest is not None else None,
+        notes=tuple(notes),
+    )
+
+
+def fetch_command(dataset, dest, from_zip, console, expected_manifest="default") -> None:
+    """`featx fetch DATASET --dest DIR [--from-zip PATH]`."""
+    from rich.table import Table
+
+    if dataset not in DATASETS:
+        raise FetchError(one_of_message("dataset", dataset, DATASETS))
+    summary = fetch_kermany(dest, from_zip=from_zip, expected_manifest=expected_manifest, console=console)
+    table = Table(title=f"Kermany 2018 in {summary.dest} (from {summary.source}, folder '{summary.root_in_source}')")
+    table.add_column("split")
+    table.add_column("class")
+    table.add_column("images", justify="right")
+    for (split, label), n in sorted(summary.counts.items(), key=_split_order):
+        table.add_row(split, label, f"{n:,}")
+    console.print(table)
+    for note in summary.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    console.print(f"[green]{summary.files:,} files unpacked; every image of the official split is present.[/green]")
+    if summary.manifest is not None:
+        manifest = summary.manifest
+        console.print("Next:")
+        console.print(f"  featx manifest check {manifest} --data-root {summary.dest}")
+        console.print(
+            f"  featx extract --backbone resnet50 --manifest {manifest} --data-root {summary.dest} --out features"
+        )
+    else:
+        manifest = summary.dest / "manifest.csv"
+        console.print(
+            "Next (data_manifests/kermany2018.csv is not beside this install; it is in the featx repository):"
+        )
+        console.print(f"  featx manifest scan {summary.dest} --dataset kermany -o {manifest}")
+        console.print(
+            f"  featx extract --backbone resnet50 --manifest {manifest} --data-root {summary.dest} --out features"
+        )
+
+
+# ---------------------------------------------------------------- NIH ChestX-ray14
+
+
+NIH_FINDINGS = (
+    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
+    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+)
+NIH_NO_FINDING = "No Finding"
+NIH_LABELS = (NIH_NO_FINDING, *NIH_FINDINGS)
+NIH_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
+_SHOWN = 3
+
+
+def _read_list(path: Path, what: str) -> list[str]:
+    if not path.is_file():
+        raise ManifestError(f"The {what} '{path}' does not exist; pass the file from the NIH ChestX-ray14 release.")
+    names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    return [name for name in names if name]
+
+
+def _first(names) -> str:
+    names = list(names)
+    return ", ".join(repr(n) for n in names[:_SHOWN]) + (", ..." if len(names) > _SHOWN else "")
+
+
+def nih_manifest_rows(entries, train_list, test_list, images) -> list[dict]:
+    """Manifest rows for NIH ChestX-ray14: multi-label, official split, patient IDs from the CSV."""
+    entries, train_list, test_list, images = Path(entries), Path(train_list), Path(test_list), Path(images)
+    if not entries.is_file():
+        raise ManifestError(f"The entries file '{entries}' does not exist; pass Data_Entry_2017.csv from the release.")
+    if not images.is_dir():
+        raise ManifestError(f"The images folder '{images}' is not a folder; pass the folder holding the PNGs.")
+    with entries.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        header = [name.strip() for name in (reader.fieldnames or [])]
+        reader.fieldnames = header
+        missing = [name for name in NIH_COLUMNS if name not in header]
+        if missing:
+            raise ManifestError(
+                f"'{entries}' is missing the column(s) {missing}; Data_Entry_2017.csv needs {list(NIH_COLUMNS)}, "
+                f"found {header[:6]}{' ...' if len(header) > 6 else ''}."
+            )
+        records = []
+        seen: dict[str, int] = {}
+        for record in reader:
+            line = reader.line_num
+            name = (record["Image Index"] or "").strip()
+            if not name:
+                raise ManifestError(f"'{entries}' line {line}, column 'Image Index': is empty.")
+            if name in seen:
+                raise ManifestError(
+                    f"'{entries}' line {line}, column 'Image Index': {name!r} is listed twice (first on line {seen[name]})."
+                )
+            seen[name] = line
+            labels = tuple(part.strip() for part in (record["Finding Labels"] or "").split(LABEL_SEPARATOR))
+            unknown = [label for label in labels if label not in NIH_LABELS]
+            if unknown:
+                raise ManifestError(
+                    f"'{entries}' line {line}, column 'Finding Labels': unknown finding(s) {unknown}; "
+                    f"allowed are {list(NIH_LABELS)} joined by '|'."
+                )
+            patient = (record["Patient ID"] or "").strip()
+            if not patient:
+                raise ManifestError(f"'{entries}' line {line}, column 'Patient ID': is empty.")
+            records.append((name, labels, patient))
+    if not records:
+        raise ManifestError(f"'{entries}' has no rows.")
+
+    train_names = _read_list(train_list, "train list")
+    test_names = _read_list(test_list, "test list")
+    both = sorted(set(train_names) & set(test_names))
+    if both:
+        raise ManifestError(
+            f"{len(both)} image(s) are in both '{train_list}' and '{test_list}' ({_first(both)}); each belongs to one split."
+        )
+    split_of = {**{n: "train" for n in train_names}, **{n: "test" for n in test_names}}
+    unlisted = [name for name, _, _ in records if name not in split_of]
+    if unlisted:
+        raise ManifestError(
+            f"{len(unlisted)} image(s) of '{entries}' are in neither '{train_list}' nor '{test_list}' "
+            f"({_first(unlisted)}); pass the official train_val_list.txt and test_list.txt."
+        )
+    unknown_listed = sorted(set(split_of) - set(seen))
+    if unknown_listed:
+        raise ManifestError(
+            f"{len(unknown_listed)} image(s) in the split lists are not in '{entries}' ({_first(unknown_listed)}); "
+            "the lists and the CSV must come from the same release."
+        )
+
+    location: dict[str, str] = {}
+    duplicates = []
+    for current, dirs, files in os.walk(images):
+        dirs[:] = sorted(d for d in dirs if d not in _SKIPPED_FOLDERS and not d.startswith("."))
+        for file in files:
+            if file in seen:
+                relative = (Path(current) / file).relative_to(images).as_posix()
+                if file in location:
+                    duplicates.append(file)
+                location.setdefault(file, relative)
+    if duplicates:
+        raise ManifestError(
+            f"{len(duplicates)} image name(s) occur in more than one folder under '{images}' ({_first(sorted(duplicates))}); "
+            "keep one copy of each."
+        )
+    not_found = [name for name, _, _ in records if name not in location]
+    if not_found:
+        raise ManifestError(
+            f"{len(not_found):,} of the {len(records):,} images listed in '{entries}' are not under '{images}' "
+            f"({_first(not_found)}); unpack every images_0NN archive of the release into it."
+        )
+    rows = [
+        {"path": location[name], "label": labels, "split": split_of[name], "patient_id": patient}
+        for name, labels, patient in records
+    ]
+    rows.sort(key=lambda row: (SPLITS.index(row["split"]), row["path"]))
+    return rows
+
+
+def nih_manifest_command(entries, train_list, test_list, images, out, console) -> None:
+    """`featx manifest nih`: write the ChestX-ray14 manifest and print label counts per split and leakage."""
+    from rich.table import Table
+
+    rows = nih_manifest_rows(entries, train_list, test_list, images)
+    written = write_manifest(rows, out)
+    present = [split for split in SPLITS if any(row["split"] == split for row in rows)]
+    counts = {split: Counter() for split in present}
+    patients = {split: set() for split in present}
+    for row in rows:
+        counts[row["split"]].update(row["label"])
+        patients[row["split"]].add(row["patient_id"])
+    table = Table(title=f"NIH ChestX-ray14 manifest {written} ({len(rows):,} images, multi-label)")
+    table.add_column("label")
+    for split in present:
+        table.add_column(split, justify="right")
+    for label in order_classes(NIH_LABELS):
+        table.add_row(label, *(f"{counts[split][label]:,}" for split in present))
+    table.add_row("[bold]images[/bold]", *(f"{sum(1 for r in rows if r['split'] == s):,}" for s in present))
+    table.add_row("[bold]patients[/bold]", *(f"{len(patients[s]):,}" for s in present))
+    console.print(table)
+    report = check_manifest(written, images)
+    leakage = report.finding("patient_leakage")
+    if leakage is not None:
+        console.print(f"[red]warning:[/red] {leakage.message}")
+    else:
+        console.print("No patient appears in both splits.")
+    console.print(f"Wrote {len(rows):,} rows to {written}")
+    console.print(f"Next: featx extract --backbone densenet121 --manifest {written} --data-root {images} --out features")
