@@ -1,0 +1,574 @@
+"""The backbone registry and the one function that builds a frozen, pooled feature extractor.
+
+A registry entry (BackboneSpec) is all it takes to support a new backbone: its
+Keras constructor, its own preprocessing (callers never choose it), its input
+sizes and the arithmetic that gives its final feature-map size, so embedding
+widths are known without building anything.
+
+``create_backbone`` returns one Keras model whose input is raw RGB in 0..255
+(float32); the spec's preprocessing runs inside it exactly once, and every
+requested pooling is read off the same final feature map in one forward pass.
+
+Weights: ``imagenet`` goes through Keras's own ``weights="imagenet"`` download and
+cache (file hashes included), pinned to ``featx.config.keras_models_dir()``;
+``random`` is drawn from a recorded seed so the network can be rebuilt bit for
+bit; a PATH loads a local weights file and records its sha256.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from featx import config
+from featx.errors import BackboneError, WeightsError, closest, one_of_message
+
+POOLINGS = ("avg", "max", "gem", "flatten")
+PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
+WEIGHT_KINDS = ("imagenet", "random", "auto")
+WEIGHTS_FILE_SUFFIXES = (".weights.h5", ".h5", ".keras")
+GEM_P = 3.0
+GEM_EPS = 1e-6
+
+# Feature-map arithmetic: each op is (kernel, stride, total padding), out = floor((x + pad - kernel) / stride) + 1.
+# Stride-1 "same" layers change nothing and are left out.
+_CEIL_HALF = (1, 2, 0)  # "same" stride 2 (and Keras's ZeroPadding + valid pairs): ceil(x / 2)
+_FLOOR_HALF = (2, 2, 0)  # 2x2 stride-2 "valid" pooling: floor(x / 2)
+_VALID3_S2 = (3, 2, 0)
+_VALID3_S1 = (3, 1, 0)
+_INCEPTION_STEM = (_VALID3_S2, _VALID3_S1, _VALID3_S2, _VALID3_S1, _VALID3_S2, _VALID3_S2, _VALID3_S2)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    family: str
+    constructor: str  # e.g. "keras.applications.VGG16"; "featx.backbones.build_tiny" for the test net
+    preprocess: str  # "caffe" | "tf" | "torch" | "none" (the network scales its own input)
+    native_size: int
+    min_size: int
+    channels: int  # channels of the final feature map
+    downsample: int  # nominal input size / final feature-map size
+    description: str
+    size_ops: tuple[tuple[int, int, int], ...] = ()
+    weights_file_pattern: str = ""  # the file Keras's get_file asks for; "{rows}" where it depends on size
+
+    @property
+    def imagenet_weights(self) -> bool:
+        return bool(self.weights_file_pattern)
+
+    def feature_map_size(self, image_size) -> tuple[int, int]:
+        """(h, w) of the final feature map for an input of `image_size` (h, w)."""
+        height, width = _pair(image_size)
+        return self._reduce(height), self._reduce(width)
+
+    def _reduce(self, size: int) -> int:
+        for kernel, stride, pad in self.size_ops:
+            size = (size + pad - kernel) // stride + 1
+        return size
+
+    def embedding_width(self, pooling: str, image_size=None) -> int:
+        """Columns of the embedding for this pooling (flatten depends on the image size)."""
+        check_pooling(pooling)
+        if pooling != "flatten":
+            return self.channels
+        height, width = self.feature_map_size(image_size or self.native_size)
+        return height * width * self.channels
+
+    def weights_file(self, image_size=None) -> str:
+        """The ImageNet weights file name Keras downloads into keras_models_dir() ('' when there is none)."""
+        height, width = _pair(image_size or self.native_size)
+        rows = height if height == width and height in (96, 128, 160, 192, 224) else 224
+        return self.weights_file_pattern.format(rows=rows)
+
+
+def _spec(name, family, constructor, preprocess, native, minimum, channels, ops, weights_file, description):
+    return BackboneSpec(
+        name=name,
+        family=family,
+        constructor=constructor,
+        preprocess=preprocess,
+        native_size=native,
+        min_size=minimum,
+        channels=channels,
+        downsample=2 ** len([op for op in ops if op[1] == 2]),
+        description=description,
+        size_ops=ops,
+        weights_file_pattern=weights_file,
+    )
+
+
+_FIVE_CEIL = (_CEIL_HALF,) * 5
+
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in (
+        _spec(
+            "vgg16", "VGG", "keras.applications.VGG16", "caffe", 224, 32, 512, (_FLOOR_HALF,) * 5,
+            "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            "VGG16 (Simonyan & Zisserman 2015); its flatten feature (7x7x512 = 25,088 at 224) is the one Laban et al. use.",
+        ),
+        _spec(
+            "resnet50", "ResNet", "keras.applications.ResNet50", "caffe", 224, 32, 2048, _FIVE_CEIL,
+            "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            "ResNet-50 (He et al. 2016), the common transfer-learning baseline.",
+        ),
+        _spec(
+            "resnet101v2", "ResNet", "keras.applications.ResNet101V2", "tf", 224, 32, 2048, _FIVE_CEIL,
+            "resnet101v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            "ResNet-101 v2, pre-activation residual units (He et al. 2016, identity mappings).",
+        ),
+        _spec(
+            "densenet121", "DenseNet", "keras.applications.DenseNet121", "torch", 224, 32, 1024,
+            (_CEIL_HALF, _CEIL_HALF, _FLOOR_HALF, _FLOOR_HALF, _FLOOR_HALF),
+            "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            "DenseNet-121 (Huang et al. 2017), the CheXNet backbone (Rajpurkar et al. 2017).",
+        ),
+        _spec(
+            "xception", "Xception", "keras.applications.Xception", "tf", 299, 71, 2048,
+            (_VALID3_S2, _VALID3_S1) + (_CEIL_HALF,) * 4,
+            "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            "Xception (Chollet 2017), depthwise-separable Inception.",
+        ),
+        _spec(
+            "inceptionv3", "Inception", "keras.applications.InceptionV3", "tf", 299, 75, 2048, _INCEPTION_STEM,
+            "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            "Inception-v3 (Szegedy et al. 2016), the backbone of Kermany et al. 2018 on these chest X-rays.",
+        ),
+        _spec(
+            "inceptionresnetv2", "Inception", "keras.applications.InceptionResNetV2", "tf", 299, 75, 1536,
+            _INCEPTION_STEM,
+            "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            "Inception-ResNet-v2 (Szegedy et al. 2017).",
+        ),
+        _spec(
+            "mobilenetv2", "MobileNet", "keras.applications.MobileNetV2", "tf", 224, 32, 1280, _FIVE_CEIL,
+            "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5",
+            "MobileNetV2 (Sandler et al. 2018), inverted residuals; light enough for CPU runs.",
+        ),
+        _spec(
+            "mobilenetv3small", "MobileNet", "keras.applications.MobileNetV3Small", "none", 224, 32, 576, _FIVE_CEIL,
+            "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
+            "MobileNetV3-Small (Howard et al. 2019); rescales its own input; the fastest real backbone here.",
+        ),
+        _spec(
+            "efficientnetb7", "EfficientNet", "keras.applications.EfficientNetB7", "none", 600, 32, 2560, _FIVE_CEIL,
+            "efficientnetb7_notop.h5",
+            "EfficientNet-B7 (Tan & Le 2019); rescales and normalises its own input; heavy (600 px native).",
+        ),
+        _spec(
+            "efficientnetv2s", "EfficientNet", "keras.applications.EfficientNetV2S", "none", 384, 32, 1280,
+            _FIVE_CEIL,
+            "efficientnetv2-s_notop.h5",
+            "EfficientNetV2-S (Tan & Le 2021); rescales its own input.",
+        ),
+        _spec(
+            "tiny", "test", "featx.backbones.build_tiny", "tf", 32, 8, 32, (_CEIL_HALF,) * 3, "",
+            "A three-layer random-init CNN for tests and demos: runs the whole pipeline in seconds; no ImageNet weights.",
+        ),
+    )
+}
+
+
+# ------------------------------------------------------------------ validation
+
+
+def get_backbone(name) -> BackboneSpec:
+    """The registered spec; BackboneError listing the valid names and the closest one."""
+    if isinstance(name, BackboneSpec):
+        return name
+    try:
+        return BACKBONES[name]
+    except (KeyError, TypeError):
+        raise BackboneError(one_of_message("backbone", name, BACKBONES)) from None
+
+
+def check_pooling(pooling) -> str:
+    if pooling not in POOLINGS:
+        raise BackboneError(one_of_message("pooling", pooling, POOLINGS))
+    return pooling
+
+
+def check_image_size(spec: BackboneSpec, size=None) -> tuple[int, int]:
+    """(h, w) for this backbone: the native size when None; BackboneError below the backbone's minimum."""
+    spec = get_backbone(spec)
+    if size is None:
+        return spec.native_size, spec.native_size
+    try:
+        height, width = _pair(size)
+    except (TypeError, ValueError):
+        raise BackboneError(
+            f"The image size must be an int or a (height, width) pair of ints. Got {size!r} instead."
+        ) from None
+    if min(height, width) < spec.min_size:
+        raise BackboneError(
+            f"Backbone {spec.name!r} needs images of at least {spec.min_size}x{spec.min_size} pixels; "
+            f"got {height}x{width}."
+        )
+    return height, width
+
+
+def _pair(size) -> tuple[int, int]:
+    if isinstance(size, int) or hasattr(size, "__index__"):
+        return int(size), int(size)
+    height, width = size
+    return int(height), int(width)
+
+
+# ------------------------------------------------------------------ weights
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    kind: str  # "imagenet" | "random" | "file"
+    label: str  # the cache attr `weights`: "imagenet" | "random" | file name
+    sha256: str  # of the weights file for kind "file"; "" otherwise (Keras pins ImageNet files by its own hash)
+    seed: int  # the seed random weights were drawn from; -1 otherwise
+    path: str = ""  # the weights file for kind "file"
+
+    @property
+    def random(self) -> bool:
+        return self.kind == "random"
+
+
+def resolve_weights(weights: str, seed: int = 0, spec=None, image_size=None) -> WeightsInfo:
+    """What `--weights` means: imagenet, random (seeded), auto (imagenet when cached for `spec`, else random) or PATH.
+
+    WeightsError for a missing or unusable file, or imagenet asked of a backbone that has none.
+    """
+    weights = str(weights)
+    if spec is not None:
+        spec = get_backbone(spec)
+    if weights == "auto":
+        use_imagenet = spec is not None and imagenet_available(spec, image_size)
+        weights = "imagenet" if use_imagenet else "random"
+    if weights == "random":
+        return WeightsInfo(kind="random", label="random", sha256="", seed=int(seed))
+    if weights == "imagenet":
+        if spec is not None and not spec.imagenet_weights:
+            raise _no_imagenet(spec)
+        return WeightsInfo(kind="imagenet", label="imagenet", sha256="", seed=-1)
+    path = Path(weights).expanduser()
+    if not path.exists():
+        if Path(weights).suffix or "/" in weights or "\\" in weights:
+            raise WeightsError(f"The weights file '{weights}' does not exist.")
+        hint = closest(weights, WEIGHT_KINDS)
+        raise WeightsError(
+            f"The 'weights' parameter must be one of {list(WEIGHT_KINDS)} or the path of an existing weights file. "
+            f"Got {weights!r} instead" + (f"; did you mean {hint!r}?" if hint else ".")
+        )
+    if not path.is_file():
+        raise WeightsError(f"The weights path '{weights}' is not a file.")
+    if not path.name.endswith(WEIGHTS_FILE_SUFFIXES):
+        raise WeightsError(
+            f"The weights file '{weights}' must end in one of {list(WEIGHTS_FILE_SUFFIXES)} (a Keras weights file)."
+        )
+    return WeightsInfo(kind="file", label=path.name, sha256=_sha256(path), seed=-1, path=str(path.resolve()))
+
+
+def imagenet_available(spec, image_size=None) -> bool:
+    """True when Keras's ImageNet file for this backbone is already in keras_models_dir() (nothing is downloaded)."""
+    spec = get_backbone(spec)
+    if not spec.imagenet_weights:
+        return False
+    return (config.keras_models_dir() / spec.weights_file(image_size)).is_file()
+
+
+def _no_imagenet(spec: BackboneSpec) -> WeightsError:
+    return WeightsError(
+        f"Backbone {spec.name!r} has no ImageNet weights; pass --weights random (or a weights file)."
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _DownloadFailed(Exception):
+    def __init__(self, fname: str, origin: str, cause: BaseException):
+        super().__init__(fname)
+        self.fname, self.origin, self.cause = fname, origin, cause
+
+
+@contextmanager
+def _keras_cache_pinned() -> Iterator[list[str]]:
+    """Route Keras's get_file to featx.config.keras_home() and turn a failed download into _DownloadFailed.
+
+    Keras reads KERAS_HOME once at import; featx reads it when asked, so both agree
+    on where the files are even when the environment changed after the import.
+    """
+    from keras.src.utils import file_utils
+
+    original = file_utils.get_file
+    requested: list[str] = []
+
+    def get_file(fname=None, origin=None, *args, **kwargs):
+        if kwargs.get("cache_dir") is None:
+            kwargs["cache_dir"] = str(config.keras_home())
+            try:
+                config.keras_models_dir().mkdir(parents=True, exist_ok=True)
+            except OSError:
+                pass
+        name = fname or Path(str(origin)).name
+        requested.append(name)
+        try:
+            return original(fname, origin, *args, **kwargs)
+        except (Exception, KeyboardInterrupt) as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            raise _DownloadFailed(name, str(origin), exc) from exc
+
+    file_utils.get_file = get_file
+    try:
+        yield requested
+    finally:
+        file_utils.get_file = original
+
+
+# ------------------------------------------------------------------ building
+
+
+def build_tiny(include_top=False, weights=None, input_shape=(32, 32, 3), **_):
+    """The registered test backbone: three stride-2 3x3 convolutions (16, 32, 32 channels), ReLU."""
+    import keras
+
+    if weights not in (None, "random"):
+        raise _no_imagenet(BACKBONES["tiny"])
+    inputs = keras.Input(shape=input_shape)
+    x = inputs
+    for index, filters in enumerate((16, 32, 32)):
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu", name=f"tiny_conv{index + 1}")(x)
+    return keras.Model(inputs, x, name="tiny")
+
+
+def _constructor(spec: BackboneSpec):
+    module_name, _, attribute = spec.constructor.rpartition(".")
+    if module_name == "featx.backbones":
+        return globals()[attribute]
+    import keras
+
+    module = keras
+    for part in module_name.split(".")[1:]:
+        module = getattr(module, part)
+    return getattr(module, attribute)
+
+
+@functools.lru_cache(maxsize=None)
+def _custom_layers():
+    """The two weightless layers featx adds, defined once (Keras is imported lazily)."""
+    import keras
+    from keras.applications import imagenet_utils
+
+    @keras.saving.register_keras_serializable(package="featx")
+    class Preprocess(keras.layers.Layer):
+        """Keras's own imagenet_utils.preprocess_input in one mode (caffe, tf or torch)."""
+
+        def __init__(self, mode: str = "tf", **kwargs):
+            super().__init__(**kwargs)
+            self.mode = mode
+
+        def call(self, inputs):
+            return imagenet_utils.preprocess_input(inputs, data_format="channels_last", mode=self.mode)
+
+        def get_config(self):
+            return {**super().get_config(), "mode": self.mode}
+
+    @keras.saving.register_keras_serializable(package="featx")
+    class GeneralizedMeanPooling(keras.layers.Layer):
+        """GeM (Radenovic et al. 2018): (mean over h, w of max(x, eps)^p)^(1/p), p = 3.
+
+        Activations are clamped at eps first: most final maps are post-ReLU already,
+        EfficientNet's swish can dip slightly below zero, and a real p-th root needs x > 0.
+        """
+
+        def __init__(self, p: float = GEM_P, eps: float = GEM_EPS, **kwargs):
+            super().__init__(**kwargs)
+            self.p, self.eps = p, eps
+
+        def call(self, inputs):
+            ops = keras.ops
+            clamped = ops.maximum(inputs, self.eps)
+            return ops.power(ops.mean(ops.power(clamped, self.p), axis=(1, 2)), 1.0 / self.p)
+
+        def get_config(self):
+            return {**super().get_config(), "p": self.p, "eps": self.eps}
+
+    return Preprocess, GeneralizedMeanPooling
+
+
+def preprocessing_layer(mode: str, name: str = "preprocess"):
+    """A weightless float32 layer applying the backbone's preprocessing to raw 0..255 RGB."""
+    if mode not in PREPROCESS_MODES or mode == "none":
+        raise ValueError(f"no preprocessing layer for mode {mode!r}")
+    preprocess, _ = _custom_layers()
+    return preprocess(mode, name=name, dtype="float32")
+
+
+def _pooling_layer(pooling: str):
+    import keras
+
+    # float32 even under mixed precision: embeddings are stored as float32 and GeM's cube overflows float16.
+    if pooling == "avg":
+        return keras.layers.GlobalAveragePooling2D(name="pool_avg", dtype="float32")
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling2D(name="pool_max", dtype="float32")
+    if pooling == "flatten":
+        return keras.layers.Flatten(name="pool_flatten", dtype="float32")
+    _, gem = _custom_layers()
+    return gem(name="pool_gem", dtype="float32")
+
+
+def gpu_available() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def create_backbone(spec, weights: WeightsInfo, image_size=None, poolings: Sequence[str] = ("avg",), mixed_precision=False):
+    """One frozen model: float32 raw RGB (b, h, w, 3) in 0..255 -> {pooling: (b, width) float32}.
+
+    The spec's preprocessing is a layer inside the model (applied exactly once);
+    every pooling reads the same final feature map. WeightsError when the weights
+    cannot be had or do not fit; BackboneError for a bad name, pooling or size.
+    """
+    spec = get_backbone(spec)
+    height, width = check_image_size(spec, image_size)
+    poolings = tuple(dict.fromkeys(check_pooling(p) for p in poolings))
+    if not poolings:
+        raise BackboneError(f"At least one pooling is needed; choose from {list(POOLINGS)}.")
+    if not isinstance(weights, WeightsInfo):
+        weights = resolve_weights(weights, 0, spec, (height, width))
+    if weights.kind == "imagenet" and not spec.imagenet_weights:
+        raise _no_imagenet(spec)
+
+    import keras
+
+    with _dtype_policy(mixed_precision):
+        if weights.kind == "random":
+            keras.utils.set_random_seed(weights.seed)
+        network = _build_network(spec, weights, (height, width))
+        if weights.kind == "file":
+            _load_weights_file(network, spec, weights)
+        network.trainable = False
+
+        inputs = keras.Input(shape=(height, width, 3), dtype="float32", name="image_rgb")
+        x = inputs if spec.preprocess == "none" else preprocessing_layer(spec.preprocess)(inputs)
+        feature_map = network(x, training=False)
+        outputs = {pooling: _pooling_layer(pooling)(feature_map) for pooling in poolings}
+        model = keras.Model(inputs, outputs, name=f"featx_{spec.name}")
+    model.trainable = False
+    return model
+
+
+def bare_network(model):
+    """The backbone network inside a create_backbone model (for saving or inspecting its weights)."""
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            return layer
+    raise ValueError("not a featx backbone model")
+
+
+def _build_network(spec: BackboneSpec, weights: WeightsInfo, size: tuple[int, int]):
+    constructor = _constructor(spec)
+    keras_weights = "imagenet" if weights.kind == "imagenet" else None
+    with _keras_cache_pinned():
+        try:
+            return constructor(include_top=False, weights=keras_weights, input_shape=(*size, 3))
+        except _DownloadFailed as failure:
+            raise WeightsError(
+                f"ImageNet weights for {spec.name!r} are not in {config.keras_models_dir()} and could not be "
+                f"downloaded ({_short(failure.cause)}); put '{failure.fname}' (from {failure.origin}) in that "
+                "folder, or pass --weights random."
+            ) from None
+        except ValueError as exc:  # Keras refusing a size or a corrupt cached file
+            if keras_weights == "imagenet":
+                raise WeightsError(
+                    f"ImageNet weights for {spec.name!r} could not be loaded from {config.keras_models_dir()} "
+                    f"({_short(exc)}); delete the file to download it again, or pass --weights random."
+                ) from None
+            raise BackboneError(f"Backbone {spec.name!r} cannot be built at {size[0]}x{size[1]}: {_short(exc)}.") from None
+
+
+def _load_weights_file(network, spec: BackboneSpec, weights: WeightsInfo) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            network.load_weights(weights.path)
+        except Exception as exc:  # Keras raises ValueError / KeyError / OSError for foreign or damaged files
+            raise WeightsError(
+                f"The weights file '{weights.path}' does not fit backbone {spec.name!r} ({_short(exc)})."
+            ) from None
+    mismatches = [str(w.message) for w in caught if "load" in str(w.message).lower()]
+    if mismatches:
+        raise WeightsError(
+            f"The weights file '{weights.path}' does not fit backbone {spec.name!r} ({_short(mismatches[0])})."
+        )
+
+
+@contextmanager
+def _dtype_policy(mixed_precision: bool):
+    """mixed_float16 while building, only where a GPU is present; the previous policy afterwards."""
+    import keras
+
+    if not mixed_precision:
+        yield
+        return
+    if not gpu_available():
+        warnings.warn("mixed precision was requested but no GPU is present; building in float32", stacklevel=3)
+        yield
+        return
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _short(exc) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+# ------------------------------------------------------------------ listing
+
+
+def print_backbones(console) -> None:
+    """The registry as a table: preprocessing, sizes and embedding width per pooling at the native size."""
+    from rich.table import Table
+
+    table = Table(title="featx backbones (widths at the native input size)")
+    for column in ("name", "family", "preprocess", "native", "min", "avg/max/gem", "flatten", "imagenet cached"):
+        table.add_column(column, justify="right" if column in ("native", "min", "avg/max/gem", "flatten") else "left")
+    table.add_column("description", overflow="fold")
+    for spec in BACKBONES.values():
+        native = (spec.native_size, spec.native_size)
+        h, w = spec.feature_map_size(native)
+        cached = "n/a" if not spec.imagenet_weights else ("yes" if imagenet_available(spec) else "no")
+        table.add_row(
+            spec.name,
+            spec.family,
+            spec.preprocess,
+            f"{spec.native_size}",
+            f"{spec.min_size}",
+            f"{spec.channels:,}",
+            f"{spec.embedding_width('flatten', native):,} ({h}x{w}x{spec.channels})",
+            cached,
+            spec.description,
+        )
+    console.print(table)
+    console.print(
+        f"ImageNet weights are downloaded by Keras into {config.keras_models_dir()}; "
+        "offline, put the file there or use --weights random (random-init features are for testing only)."
+    )
