@@ -333,7 +333,10 @@ def fetch_command(dataset, dest, from_zip, console, expected_manifest="default")
     if dataset not in DATASETS:
         raise FetchError(one_of_message("dataset", dataset, DATASETS))
     summary = fetch_kermany(dest, from_zip=from_zip, expected_manifest=expected_manifest, console=console)
-    table = Table(title=f"Kermany 2018 in {summary.dest} (from {summary.source}, folder '{summary.root_in_source}')")
+    console.print(
+        f"Kermany 2018 from {summary.source} (folder '{summary.root_in_source}') into {summary.dest}", soft_wrap=True
+    )
+    table = Table(title="Kermany 2018 images")
     table.add_column("split")
     table.add_column("class")
     table.add_column("images", justify="right")
@@ -346,18 +349,20 @@ def fetch_command(dataset, dest, from_zip, console, expected_manifest="default")
     if summary.manifest is not None:
         manifest = summary.manifest
         console.print("Next:")
-        console.print(f"  featx manifest check {manifest} --data-root {summary.dest}")
+        console.print(f"  featx manifest check {manifest} --data-root {summary.dest}", soft_wrap=True)
         console.print(
-            f"  featx extract --backbone resnet50 --manifest {manifest} --data-root {summary.dest} --out features"
+            f"  featx extract --backbone resnet50 --manifest {manifest} --data-root {summary.dest} --out features",
+            soft_wrap=True,
         )
     else:
         manifest = summary.dest / "manifest.csv"
         console.print(
             "Next (data_manifests/kermany2018.csv is not beside this install; it is in the featx repository):"
         )
-        console.print(f"  featx manifest scan {summary.dest} --dataset kermany -o {manifest}")
+        console.print(f"  featx manifest scan {summary.dest} --dataset kermany -o {manifest}", soft_wrap=True)
         console.print(
-            f"  featx extract --backbone resnet50 --manifest {manifest} --data-root {summary.dest} --out features"
+            f"  featx extract --backbone resnet50 --manifest {manifest} --data-root {summary.dest} --out features",
+            soft_wrap=True,
         )
 
 
@@ -506,5 +511,5 @@ def nih_manifest_command(entries, train_list, test_list, images, out, console) -
         console.print(f"[red]warning:[/red] {leakage.message}")
     else:
         console.print("No patient appears in both splits.")
-    console.print(f"Wrote {len(rows):,} rows to {written}")
-    console.print(f"Next: featx extract --backbone densenet121 --manifest {written} --data-root {images} --out features")
+    console.print(f"Wrote {len(rows):,} rows to {written}", soft_wrap=True)
+    console.print(f"Next: featx extract --backbone densenet121 --manifest {written} --data-root {images} --out features", soft_wrap=True)
