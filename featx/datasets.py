@@ -417,7 +417,8 @@ def nih_manifest_rows(entries, train_list, test_list, images) -> list[dict]:
                 raise ManifestError(f"'{entries}' line {line}, column 'Image Index': is empty.")
             if name in seen:
                 raise ManifestError(
-                    f"'{entries}' line {line}, column 'Image Index': {name!r} is listed twice (first on line {seen[name]})."
+                    f"'{entries}' line {line}, column 'Image Index': {name!r} is listed twice "
+                    f"(first on line {seen[name]})."
                 )
             seen[name] = line
             labels = tuple(part.strip() for part in (record["Finding Labels"] or "").split(LABEL_SEPARATOR))
@@ -439,7 +440,8 @@ def nih_manifest_rows(entries, train_list, test_list, images) -> list[dict]:
     both = sorted(set(train_names) & set(test_names))
     if both:
         raise ManifestError(
-            f"{len(both)} image(s) are in both '{train_list}' and '{test_list}' ({_first(both)}); each belongs to one split."
+            f"{len(both)} image(s) are in both '{train_list}' and '{test_list}' ({_first(both)}); "
+            "each belongs to one split."
         )
     split_of = {**{n: "train" for n in train_names}, **{n: "test" for n in test_names}}
     unlisted = [name for name, _, _ in records if name not in split_of]
@@ -467,8 +469,8 @@ def nih_manifest_rows(entries, train_list, test_list, images) -> list[dict]:
                 location.setdefault(file, relative)
     if duplicates:
         raise ManifestError(
-            f"{len(duplicates)} image name(s) occur in more than one folder under '{images}' ({_first(sorted(duplicates))}); "
-            "keep one copy of each."
+            f"{len(duplicates)} image name(s) occur in more than one folder under '{images}' "
+            f"({_first(sorted(duplicates))}); keep one copy of each."
         )
     not_found = [name for name, _, _ in records if name not in location]
     if not_found:
@@ -512,4 +514,7 @@ def nih_manifest_command(entries, train_list, test_list, images, out, console) -
     else:
         console.print("No patient appears in both splits.")
     console.print(f"Wrote {len(rows):,} rows to {written}", soft_wrap=True)
-    console.print(f"Next: featx extract --backbone densenet121 --manifest {written} --data-root {images} --out features", soft_wrap=True)
+    console.print(
+        f"Next: featx extract --backbone densenet121 --manifest {written} --data-root {images} --out features",
+        soft_wrap=True,
+    )

@@ -113,7 +113,8 @@ def _parse(path: Path, strict: bool) -> _Parsed:
     header = [name.strip() for name in (reader.fieldnames or [])]
     if not header:
         raise ManifestError(
-            f"Manifest '{path}' is empty; it needs a header with the columns {list(REQUIRED_COLUMNS)} and one row per image."
+            f"Manifest '{path}' is empty; it needs a header with the columns {list(REQUIRED_COLUMNS)} "
+            "and one row per image."
         )
     reader.fieldnames = header
     missing = [name for name in REQUIRED_COLUMNS if name not in header]
@@ -212,13 +213,14 @@ def write_manifest(rows: Iterable[Mapping], path) -> Path:
     for number, row in enumerate(rows, start=1):
         missing = [name for name in REQUIRED_COLUMNS if name not in row]
         if missing:
-            raise ManifestError(f"Manifest row {number} to write to '{path}' lacks {missing}; rows need {list(REQUIRED_COLUMNS)}.")
+            raise ManifestError(
+                f"Manifest row {number} to write to '{path}' lacks {missing}; rows need {list(REQUIRED_COLUMNS)}."
+            )
         label = row["label"]
         if not isinstance(label, str):
             label = LABEL_SEPARATOR.join(label)
-        writer.writerow(
-            [str(row["path"]), label, row["split"], str(row["patient_id"])] + ([row.get("sha256") or ""] if with_sha else [])
-        )
+        fields = [str(row["path"]), label, row["split"], str(row["patient_id"])]
+        writer.writerow(fields + [row.get("sha256") or ""] if with_sha else fields)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     partial.write_bytes(buffer.getvalue().encode("utf-8"))
@@ -246,7 +248,8 @@ def resolve_path(data_root, rel_path) -> Path:
     normal = _normalised_relative(rel_path)
     if normal is None:
         raise ManifestError(
-            f"Manifest path {str(rel_path)!r} escapes the data root '{data_root}'; paths must be relative and stay inside it."
+            f"Manifest path {str(rel_path)!r} escapes the data root '{data_root}'; "
+            "paths must be relative and stay inside it."
         )
     return Path(data_root) / PurePosixPath(normal)
 
@@ -341,7 +344,8 @@ def manifest_from_file_list(file_list, dataset: str = "kermany") -> list[dict]:
         split = record["split"].strip()
         if split not in SPLITS:
             raise ManifestError(
-                f"File list '{file_list}' line {line}, column 'split': must be one of {list(SPLITS)}. Got {split!r} instead."
+                f"File list '{file_list}' line {line}, column 'split': must be one of {list(SPLITS)}. "
+                f"Got {split!r} instead."
             )
         path = record["path"].strip()
         rows.append({"path": path, "label": record["label"].strip(), "split": split, "patient_id": parser(path)})
@@ -396,7 +400,9 @@ def _stratified_patient_holdout(patient_labels: dict[str, str], test_fraction: f
     return test
 
 
-def scan(root, dataset: str = "auto", split_policy: str | None = None, test_fraction: float = 0.2, seed: int = 0) -> ScanResult:
+def scan(
+    root, dataset: str = "auto", split_policy: str | None = None, test_fraction: float = 0.2, seed: int = 0
+) -> ScanResult:
     """Build manifest rows from a folder laid out split/label/file or label/file."""
     root = Path(root)
     if not root.is_dir():
@@ -435,7 +441,9 @@ def scan(root, dataset: str = "auto", split_policy: str | None = None, test_frac
                 f"{SPLIT_POLICIES[0]} or {SPLIT_POLICIES[1]} to say how to split it."
             )
         if split_policy == "patient-holdout" and not 0 < test_fraction < 1:
-            raise ManifestError(f"The 'test_fraction' parameter must be between 0 and 1 (exclusive). Got {test_fraction!r} instead.")
+            raise ManifestError(
+                f"The 'test_fraction' parameter must be between 0 and 1 (exclusive). Got {test_fraction!r} instead."
+            )
         for label in top:
             files, n_skipped = _image_files(root / label)
             skipped += n_skipped
@@ -528,22 +536,24 @@ def check_manifest(manifest, data_root, verify_sha256: bool = False, progress=No
     """
     data_root = Path(data_root)
     if isinstance(manifest, Manifest):
-        rows = [
-            _Row(i + 2, p, l, s, pid, (manifest.file_sha256[i] if manifest.file_sha256 else ""))
-            for i, (p, l, s, pid) in enumerate(zip(manifest.paths, manifest.labels, manifest.splits, manifest.patient_ids))
-        ]
+        shas = manifest.file_sha256 or ("",) * len(manifest)
+        columns = zip(manifest.paths, manifest.labels, manifest.splits, manifest.patient_ids, shas)
+        rows = [_Row(i + 2, *values) for i, values in enumerate(columns)]
         source, problems = manifest.path, []
     else:
         parsed = _parse(Path(manifest), strict=False)
         rows, source, problems = parsed.rows, Path(manifest), parsed.problems
     if not data_root.is_dir():
-        raise ManifestError(f"Data root '{data_root}' is not a folder; pass the folder the manifest paths are relative to.")
+        raise ManifestError(
+            f"Data root '{data_root}' is not a folder; pass the folder the manifest paths are relative to."
+        )
 
     findings: list[Finding] = []
     for kind in ("malformed_row", "empty_field", "unknown_split"):
         sentences = [(line, sentence) for k, line, sentence in problems if k == kind]
         if sentences:
-            what = {"malformed_row": "malformed", "empty_field": "with an empty field", "unknown_split": "with an unknown split"}[kind]
+            what = {"malformed_row": "malformed", "empty_field": "with an empty field",
+                    "unknown_split": "with an unknown split"}[kind]
             findings.append(
                 Finding(kind, f"{len(sentences)} row(s) {what}; first: {sentences[0][1]}", len(sentences),
                         _examples(f"line {line}" for line, _ in sentences))
@@ -567,7 +577,8 @@ def check_manifest(manifest, data_root, verify_sha256: bool = False, progress=No
     if duplicates:
         findings.append(Finding(
             "duplicate_path",
-            f"{len(duplicates)} path(s) are listed more than once (e.g. {duplicates[0]!r}); each image needs exactly one row.",
+            f"{len(duplicates)} path(s) are listed more than once (e.g. {duplicates[0]!r}); "
+            "each image needs exactly one row.",
             len(duplicates), _examples(duplicates)))
 
     escaping, missing, mismatched, to_hash = [], [], [], []
@@ -583,7 +594,8 @@ def check_manifest(manifest, data_root, verify_sha256: bool = False, progress=No
     if escaping:
         findings.append(Finding(
             "escapes_root",
-            f"{len(escaping)} path(s) escape the data root '{data_root}' (e.g. {escaping[0]!r}); paths must be relative and stay inside it.",
+            f"{len(escaping)} path(s) escape the data root '{data_root}' (e.g. {escaping[0]!r}); "
+            "paths must be relative and stay inside it.",
             len(escaping), _examples(escaping)))
     if missing:
         missing_set = set(missing)
@@ -689,11 +701,12 @@ def scan_command(root, out, dataset, split_policy, test_fraction, seed, console)
     result = scan(root, dataset=dataset, split_policy=split_policy, test_fraction=test_fraction, seed=seed)
     written = write_manifest(result.rows, out)
     counts, images, patients, classes = _summarise_rows(result.rows)
-    console.print(_counts_table(f"{root} ({result.layout}, patient IDs: {result.parser})", counts, images, patients, classes))
+    title = f"{root} ({result.layout}, patient IDs: {result.parser})"
+    console.print(_counts_table(title, counts, images, patients, classes))
     for note in result.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
-    console.print(f"Wrote {len(result.rows):,} rows to {written}")
-    console.print(f"Next: featx manifest check {written} --data-root {root}")
+    console.print(f"Wrote {len(result.rows):,} rows to {written}", soft_wrap=True)
+    console.print(f"Next: featx manifest check {written} --data-root {root}", soft_wrap=True)
 
 
 def check_command(manifest, data_root, verify_sha256, console) -> bool:
