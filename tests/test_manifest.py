@@ -476,7 +476,20 @@ def test_shipped_kermany_manifest_against_real_train_images(kermany_train):
     assert all(example.startswith("test/") for example in kinds["missing_file"].examples)
     # The official split is kept as published; name-derived patients that span it are flagged, not hidden.
     leakage = kinds["patient_leakage"]
-    assert leakage.count > 0
+    with SHIPPED_KERMANY.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+
+    def name_patient(path: str) -> str:  # string surgery, independent of the parser's regular expressions
+        name = path.rsplit("/", 1)[-1]
+        if name.startswith("person"):
+            return name.split("_")[0]
+        family, _, rest = name.partition("IM-")
+        return f"{family}IM-{rest.split('-')[0]}"
+
+    train = {name_patient(r["path"]) for r in rows if r["split"] == "train"}
+    test = {name_patient(r["path"]) for r in rows if r["split"] == "test"}
+    assert len(train) == 2846
+    assert leakage.count == len(train & test) > 0
     assert all(example.startswith("person") for example in leakage.examples)
     assert set(kinds) == {"missing_file", "patient_leakage"}
     assert report.patients_per_split["train"] == 2846
