@@ -420,7 +420,8 @@ def print_leaderboard(runs: list[dict], console) -> None:
     table = Table(title="featx leaderboard (sorted by test ROC AUC)", header_style="bold")
     for header in TABLE_HEADERS:
         numeric = header in ("#", "sens", "spec", "acc", "fit s")
-        table.add_column(header, justify="right" if numeric else "left", overflow="fold")
+        wrap = header == "best params"
+        table.add_column(header, justify="right" if numeric else "left", overflow="fold", no_wrap=not wrap)
     for row in rows:
         style = "red" if row["random_weights"] else None
         cells = table_cells(row)

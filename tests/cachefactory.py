@@ -45,7 +45,7 @@ def write_cache(
     y = np.asarray(y, dtype=np.int8)
     n = len(y)
     if ids is None:
-        ids = [f"{backbone}/img_{i:05d}.png" for i in range(n)]
+        ids = [f"img_{i:05d}.png" for i in range(n)]
     ok = np.ones(n, dtype=bool) if ok is None else np.asarray(ok, dtype=bool)
     for pooling, matrix in X.items():
         if len(matrix) != n:
@@ -99,13 +99,16 @@ def signal_dataset(
     multilabel: bool = False,
     val_patients: int = 0,
     seed: int = 0,
+    feature_seed: int | None = None,
 ) -> dict:
     """Embeddings whose first coordinates carry the label, grouped by patient.
 
     Every image of a patient shares the patient's label and a patient offset, so
     leaking a patient across folds would inflate scores. Returns the arguments
     of write_cache except X's pooling names: {X, y, classes, split, patient_id}.
-    Test rows come from their own patients (one image each).
+    Test rows come from their own patients (one image each). `seed` fixes the
+    rows (labels, splits, patients: the manifest); `feature_seed` the embedding
+    noise, so two backbones of one manifest share rows but not features.
     """
     rng = np.random.default_rng(seed)
     n_labels = n_classes
@@ -134,8 +137,9 @@ def signal_dataset(
 
     y = np.asarray(rows_y, dtype=np.int8)
     n = len(y)
+    rng = np.random.default_rng(seed + 7919 if feature_seed is None else feature_seed)
     X = rng.normal(size=(n, dim)).astype(np.float32)
-    patient_offset = {pid: rng.normal(scale=0.5, size=dim) for pid in set(rows_pid)}
+    patient_offset = {pid: rng.normal(scale=0.5, size=dim) for pid in sorted(set(rows_pid))}
     X += np.stack([patient_offset[pid] for pid in rows_pid]).astype(np.float32)
     if multilabel:
         X[:, :n_labels] += separation * (2 * y - 1)
@@ -151,13 +155,16 @@ def signal_dataset(
     return {"X": X, "y": y, "classes": classes, "split": rows_split, "patient_id": rows_pid}
 
 
-def write_signal_cache(path, backbone="tiny", poolings=("avg",), weights="random", seed=0, **dataset_kwargs) -> Path:
-    """A complete cache with a known signal; each pooling gets its own noise."""
-    data = signal_dataset(seed=seed, **dataset_kwargs)
-    rng = np.random.default_rng(seed + 1000)
+def write_signal_cache(
+    path, backbone="tiny", poolings=("avg",), weights="random", seed=0, feature_seed=None, attrs=None, **dataset_kwargs
+) -> Path:
+    """A complete cache with a known signal; each pooling gets its own extra noise."""
+    data = signal_dataset(seed=seed, feature_seed=feature_seed, **dataset_kwargs)
+    rng = np.random.default_rng((seed if feature_seed is None else feature_seed) + 1000)
     X = {}
     for i, pooling in enumerate(poolings):
         X[pooling] = data["X"] if i == 0 else data["X"] + rng.normal(scale=0.3, size=data["X"].shape)
     return write_cache(
-        path, X, data["y"], data["classes"], data["split"], data["patient_id"], weights=weights, backbone=backbone
+        path, X, data["y"], data["classes"], data["split"], data["patient_id"], weights=weights, backbone=backbone,
+        **(attrs or {}),
     )

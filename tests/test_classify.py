@@ -1,0 +1,406 @@
+"""Stage two end to end on caches written by tests/cachefactory.py (no images, no backbone)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import h5py
+import joblib
+import numpy as np
+import pytest
+from rich.console import Console
+from sklearn.metrics import roc_auc_score
+
+from cachefactory import signal_dataset, write_cache, write_signal_cache
+from featx import evaluate
+from featx.classify import ClassifyConfig, classify_command, predict_scores, run_classify
+from featx.cli import main
+
+RUN_FIELDS = (
+    "run_id backbone pooling classifier task classes positive_class weights weights_seed random_weights "
+    "feature_file feature_sha256 manifest_sha256 image_size resize_mode config versions data grid cv_results "
+    "best_params cv_auc_mean cv_auc_std threshold test test_predictions timings created_utc"
+).split()
+VERSION_KEYS = {"featx", "python", "numpy", "scikit-learn", "xgboost", "tensorflow", "keras", "h5py"}
+BUNDLE_KEYS = {
+    "format", "featx_version", "run_id", "estimator", "task", "classes", "positive_class", "threshold", "backbone",
+    "pooling", "weights", "weights_seed", "weights_sha256", "image_size", "resize_mode", "preprocess",
+    "feature_sha256", "manifest_sha256",
+}
+
+
+def quiet_console() -> Console:
+    return Console(file=io.StringIO(), width=200, color_system=None)
+
+
+def config_for(features, out, **overrides) -> ClassifyConfig:
+    settings = dict(
+        features_dir=Path(features), out_dir=Path(out), backbones=None, classifiers=("logreg",), poolings=None,
+        cv=3, seed=0, n_jobs=1, threshold_rule="youden", val_as_test=False, quick=True,
+    )
+    settings.update(overrides)
+    return ClassifyConfig(**settings)
+
+
+def load_json(path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+@pytest.fixture(scope="module")
+def binary_results(tmp_path_factory):
+    """Two backbones of one manifest, logreg + xgboost, with a spy on every grouped split made."""
+    root = tmp_path_factory.mktemp("binary")
+    features = root / "features"
+    write_signal_cache(features / "tiny.h5", backbone="tiny", seed=0, feature_seed=1)
+    write_signal_cache(features / "tinyb.h5", backbone="tinyb", seed=0, feature_seed=2, weights="imagenet")
+    calls = []
+    real = evaluate.grouped_splits
+
+    def spy(y, groups, n_splits, seed=0, classes=None):
+        splits = real(y, groups, n_splits, seed, classes=classes)
+        calls.append((np.asarray(groups).copy(), splits))
+        return splits
+
+    console = quiet_console()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(evaluate, "grouped_splits", spy)
+        config = config_for(features, root / "results", classifiers=("logreg", "xgboost"))
+        classify_command(config, console)
+    return {"root": root, "features": features, "results": root / "results", "calls": calls,
+            "console": console.file.getvalue()}
+
+
+def test_every_run_writes_json_and_bundle(binary_results):
+    runs = sorted(p.name for p in (binary_results["results"] / "runs").glob("*.json"))
+    assert runs == [f"{b}__avg__{c}.json" for b in ("tiny", "tinyb") for c in ("logreg", "xgboost")]
+    models = sorted(p.name for p in (binary_results["results"] / "models").glob("*.joblib"))
+    assert models == [name.replace(".json", ".joblib") for name in runs]
+
+
+def test_run_json_has_every_schema_field(binary_results):
+    run = load_json(binary_results["results"] / "runs" / "tiny__avg__xgboost.json")
+    for field in RUN_FIELDS:
+        assert field in run, field
+    assert set(run["versions"]) >= VERSION_KEYS and run["versions"]["scikit-learn"]
+    assert run["task"] == "binary" and run["positive_class"] == "PNEUMONIA"
+    assert run["random_weights"] is True and run["weights"] == "random"
+    assert run["feature_sha256"] == __import__("featx.store").store.file_sha256(binary_results["features"] / "tiny.h5")
+    assert run["data"]["test_source"] == "manifest"
+    assert run["data"]["n_test"] == 60 and run["data"]["n_train"] + run["data"]["n_test"] == len(
+        h5py.File(binary_results["features"] / "tiny.h5")["ids"]
+    )
+    assert run["config"] == {"cv": 3, "seed": 0, "n_jobs": 1, "threshold_rule": "youden", "val_as_test": False,
+                             "quick": True}
+    best = run["cv_results"]["rank_test_score"].index(1)
+    assert run["cv_auc_mean"] == pytest.approx(run["cv_results"]["mean_test_score"][best])
+    assert run["cv_results"]["params"][best] == run["best_params"]
+    assert set(run["timings"]) >= {"search_s", "refit_s", "predict_s", "total_s", "n_fits"}
+    assert run["timings"]["n_fits"] >= 4  # one candidate x 3 folds + refit
+    assert set(run["threshold"]) == {"rule", "value", "oof_sensitivity", "oof_specificity"}
+
+
+def test_test_auc_is_the_auc_of_the_stored_predictions_with_a_bracketing_ci(binary_results):
+    for path in (binary_results["results"] / "runs").glob("*.json"):
+        run = load_json(path)
+        predictions = run["test_predictions"]
+        auc = run["test"]["auc"]
+        assert auc["value"] == pytest.approx(roc_auc_score(predictions["y_true"], predictions["score"]))
+        assert auc["ci_low"] < auc["value"] < auc["ci_high"]
+        assert auc["value"] > 0.75, "the signal in the cache should be found"
+        assert len(predictions["ids"]) == len(set(predictions["ids"])) == run["data"]["n_test"]
+
+
+def test_imagenet_cache_is_not_marked_random(binary_results):
+    run = load_json(binary_results["results"] / "runs" / "tinyb__avg__logreg.json")
+    assert run["random_weights"] is False and run["weights"] == "imagenet"
+
+
+def test_bundle_reloads_and_predicts_the_stored_test_scores(binary_results):
+    from featx import store
+
+    for classifier in ("logreg", "xgboost"):
+        run = load_json(binary_results["results"] / "runs" / f"tiny__avg__{classifier}.json")
+        bundle = joblib.load(binary_results["results"] / "models" / f"tiny__avg__{classifier}.joblib")
+        assert set(bundle) == BUNDLE_KEYS
+        assert bundle["threshold"] == run["threshold"]["value"]
+        assert bundle["classes"] == ["NORMAL", "PNEUMONIA"] and bundle["backbone"] == "tiny"
+        assert bundle["feature_sha256"] == run["feature_sha256"]
+        features = store.load(binary_results["features"] / "tiny.h5", "avg")
+        row_of = {identifier: i for i, identifier in enumerate(features.ids)}
+        rows = [row_of[i] for i in run["test_predictions"]["ids"]]
+        scores = predict_scores(bundle["estimator"], features.X[rows], bundle["task"])
+        np.testing.assert_allclose(scores, run["test_predictions"]["score"], rtol=1e-6, atol=1e-9)
+
+
+def test_no_patient_is_on_both_sides_of_any_fold(binary_results):
+    calls = binary_results["calls"]
+    assert len(calls) >= 4
+    for groups, splits in calls:
+        assert len(splits) == 3
+        for fit_rows, score_rows in splits:
+            assert not set(groups[fit_rows]) & set(groups[score_rows])
+            assert len(fit_rows) + len(score_rows) == len(groups)
+
+
+def test_classify_command_writes_and_prints_the_leaderboard(binary_results):
+    rows = list(csv.DictReader((binary_results["results"] / "leaderboard.csv").open()))
+    assert len(rows) == 4
+    aucs = [float(r["test_auc"]) for r in rows]
+    assert aucs == sorted(aucs, reverse=True)
+    assert "RANDOM-INIT WEIGHTS" in binary_results["console"]
+    assert "leaderboard.md" in binary_results["console"]
+
+
+def test_threshold_and_model_choice_do_not_depend_on_test_labels(tmp_path):
+    data = signal_dataset(seed=4)
+    is_test = np.asarray(data["split"]) == "test"
+    flipped = data["y"].copy()
+    flipped[is_test] = 1 - flipped[is_test]
+    runs = []
+    for name, y in (("original", data["y"]), ("flipped", flipped)):
+        features = tmp_path / name / "features"
+        write_cache(features / "tiny.h5", {"avg": data["X"]}, y, data["classes"], data["split"], data["patient_id"])
+        config = config_for(features, tmp_path / name / "results", quick=False)
+        [path] = run_classify(config, quiet_console())
+        runs.append(load_json(path))
+    original, perturbed = runs
+    assert original["threshold"] == perturbed["threshold"]
+    assert original["best_params"] == perturbed["best_params"]
+    assert original["cv_results"]["mean_test_score"] == perturbed["cv_results"]["mean_test_score"]
+    assert original["test_predictions"]["score"] == perturbed["test_predictions"]["score"]
+    assert original["test"]["auc"]["value"] == pytest.approx(1 - perturbed["test"]["auc"]["value"])
+
+
+def test_cache_without_test_rows_holds_out_patients_and_says_so(tmp_path):
+    data = signal_dataset(n_test=0, n_train_patients=80, seed=2)
+    features = tmp_path / "features"
+    write_cache(features / "tiny.h5", {"avg": data["X"]}, data["y"], data["classes"], data["split"], data["patient_id"])
+    console = quiet_console()
+    [path] = run_classify(config_for(features, tmp_path / "results"), console)
+    run = load_json(path)
+    assert run["data"]["test_source"] == "held_out_patients"
+    assert "holding out 20% of patients" in console.file.getvalue()
+    assert run["data"]["n_test_patients"] == 16 and run["data"]["n_train_patients"] == 64
+    patient_of = dict(zip([f"img_{i:05d}.png" for i in range(len(data["y"]))], data["patient_id"]))
+    test_patients = {patient_of[i] for i in run["test_predictions"]["ids"]}
+    assert len(test_patients) == 16
+    assert run["data"]["n_train"] + run["data"]["n_test"] == len(data["y"])
+
+
+def test_val_rows_join_train_unless_val_as_test(tmp_path):
+    data = signal_dataset(val_patients=10, n_test=30, seed=3)
+    features = tmp_path / "features"
+    write_cache(features / "tiny.h5", {"avg": data["X"]}, data["y"], data["classes"], data["split"], data["patient_id"])
+    n_val = data["split"].count("val")
+    merged = load_json(run_classify(config_for(features, tmp_path / "merged"), quiet_console())[0])
+    separate = load_json(run_classify(config_for(features, tmp_path / "separate", val_as_test=True), quiet_console())[0])
+    assert merged["data"]["n_test"] == 30
+    assert separate["data"]["n_test"] == 30 + n_val
+    assert separate["data"]["n_train"] == merged["data"]["n_train"] - n_val
+    val_ids = {f"img_{i:05d}.png" for i, s in enumerate(data["split"]) if s == "val"}
+    assert val_ids <= set(separate["test_predictions"]["ids"])
+    assert not val_ids & set(merged["test_predictions"]["ids"])
+    assert separate["config"]["val_as_test"] is True
+
+
+def test_failed_images_are_dropped_and_counted(tmp_path):
+    data = signal_dataset(seed=5)
+    ok = np.ones(len(data["y"]), dtype=bool)
+    ok[[0, 1, len(ok) - 1]] = False
+    X = data["X"].copy()
+    X[~ok] = 0.0
+    features = tmp_path / "features"
+    write_cache(features / "tiny.h5", {"avg": X}, data["y"], data["classes"], data["split"], data["patient_id"], ok=ok)
+    run = load_json(run_classify(config_for(features, tmp_path / "results"), quiet_console())[0])
+    assert run["data"]["n_failed_images_dropped"] == 3
+    assert run["data"]["n_train"] + run["data"]["n_test"] == len(ok) - 3
+    assert f"img_{len(ok) - 1:05d}.png" not in run["test_predictions"]["ids"]
+
+
+def test_multiclass_cache_runs_end_to_end(tmp_path):
+    features = tmp_path / "features"
+    write_signal_cache(features / "tiny.h5", n_classes=3, n_train_patients=60, n_test=60, seed=6, separation=2.0)
+    paths = run_classify(config_for(features, tmp_path / "results", classifiers=("logreg", "xgboost")), quiet_console())
+    for path in paths:
+        run = load_json(path)
+        assert run["task"] == "multiclass" and run["threshold"] is None and run["positive_class"] is None
+        scores = np.asarray(run["test_predictions"]["score"])
+        assert scores.shape == (run["data"]["n_test"], 3)
+        assert run["test"]["auc"]["value"] == pytest.approx(
+            roc_auc_score(run["test_predictions"]["y_true"], scores, multi_class="ovr", average="macro")
+        )
+        assert set(run["test"]["per_class_auc"]) == {"class_0", "class_1", "class_2"}
+        assert run["test"]["auc"]["value"] > 0.7
+
+
+def test_multilabel_cache_runs_end_to_end(tmp_path):
+    features = tmp_path / "features"
+    write_signal_cache(features / "tiny.h5", n_classes=3, multilabel=True, seed=7, separation=2.0)
+    [path] = run_classify(config_for(features, tmp_path / "results"), quiet_console())
+    run = load_json(path)
+    assert run["task"] == "multilabel"
+    y_true = np.asarray(run["test_predictions"]["y_true"])
+    scores = np.asarray(run["test_predictions"]["score"])
+    assert y_true.shape == scores.shape == (run["data"]["n_test"], 3)
+    assert run["test"]["auc"]["value"] == pytest.approx(roc_auc_score(y_true, scores, average="macro"))
+    bundle = joblib.load(tmp_path / "results" / "models" / f"{run['run_id']}.joblib")
+    assert bundle["task"] == "multilabel" and bundle["threshold"] is None
+
+
+@pytest.mark.slow
+def test_dense_head_runs_end_to_end(tmp_path):
+    features = tmp_path / "features"
+    write_signal_cache(features / "tiny.h5", seed=8)
+    [path] = run_classify(config_for(features, tmp_path / "results", classifiers=("dense",)), quiet_console())
+    run = load_json(path)
+    assert run["classifier"] == "dense" and run["test"]["auc"]["value"] > 0.7
+    bundle = joblib.load(tmp_path / "results" / "models" / "tiny__avg__dense.joblib")
+    features_X = h5py.File(features / "tiny.h5")["embeddings"]["avg"][:]
+    ids = [f"img_{i:05d}.png" for i in range(len(features_X))]
+    rows = [ids.index(i) for i in run["test_predictions"]["ids"]]
+    np.testing.assert_allclose(
+        predict_scores(bundle["estimator"], features_X[rows], "binary"), run["test_predictions"]["score"], rtol=1e-5
+    )
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def small_cache(path, **kwargs):
+    defaults = dict(n_train_patients=12, n_test=8, dim=4)
+    defaults.update(kwargs)
+    return write_signal_cache(path, **defaults)
+
+
+def run_cli(capsys, *args) -> tuple[int, str]:
+    code = main(["classify", "--classifier", "logreg", "--quick", "--cv", "3", *map(str, args)])
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def assert_one_sentence(err: str, *fragments: str) -> None:
+    assert err.startswith("featx: error: "), err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+
+
+def test_empty_features_folder_says_how_to_make_features(tmp_path, capsys):
+    (tmp_path / "features").mkdir()
+    code, err = run_cli(capsys, "--features", tmp_path / "features", "--out", tmp_path / "results")
+    assert code == 2
+    assert_one_sentence(err, "No feature files", "featx extract")
+
+
+def test_missing_features_folder(tmp_path, capsys):
+    code, err = run_cli(capsys, "--features", tmp_path / "nowhere", "--out", tmp_path / "results")
+    assert code == 2
+    assert_one_sentence(err, "does not exist", "featx extract")
+
+
+def test_incomplete_partial_cache(tmp_path, capsys):
+    data = signal_dataset(n_train_patients=12, n_test=8, dim=4)
+    write_cache(tmp_path / "f" / "tiny.h5", {"avg": data["X"]}, data["y"], data["classes"], data["split"],
+                data["patient_id"], complete=False)
+    code, err = run_cli(capsys, "--features", tmp_path / "f", "--out", tmp_path / "results")
+    assert code == 2
+    assert_one_sentence(err, "tiny.h5.partial", "incomplete")
+
+
+@pytest.mark.parametrize("defect", ["garbage", "format2", "truncated_rows"])
+def test_unreadable_or_stale_cache(tmp_path, capsys, defect):
+    path = tmp_path / "f" / "tiny.h5"
+    if defect == "garbage":
+        path.parent.mkdir()
+        path.write_bytes(b"not an hdf5 file at all")
+    elif defect == "format2":
+        small_cache(path, attrs={"format": 2})
+    else:  # marked complete but n_done short of the rows: a writer that died between flushes
+        small_cache(path, attrs={"n_done": 3})
+    code, err = run_cli(capsys, "--features", tmp_path / "f", "--out", tmp_path / "results")
+    assert code == 2
+    assert_one_sentence(err, "tiny.h5")
+
+
+def test_caches_from_different_manifests_are_named(tmp_path, capsys):
+    small_cache(tmp_path / "f" / "tiny.h5", backbone="tiny")
+    small_cache(tmp_path / "f" / "other.h5", backbone="other", attrs={"manifest_sha256": "c" * 64})
+    code, err = run_cli(capsys, "--features", tmp_path / "f", "--out", tmp_path / "results")
+    assert code == 2
+    assert_one_sentence(err, "different manifests", "tiny.h5", "other.h5")
+
+
+def test_single_class_in_training_rows(tmp_path, capsys):
+    data = signal_dataset(n_train_patients=12, n_test=8, dim=4)
+    y = np.where(np.asarray(data["split"]) == "test", data["y"], 1)
+    write_cache(tmp_path / "f" / "tiny.h5", {"avg": data["X"]}, y, data["classes"], data["split"], data["patient_id"])
+    code, err = run_cli(capsys, "--features", tmp_path / "f", "--out", tmp_path / "results")
+    assert code == 2
+    assert_one_sentence(err, "single class", "PNEUMONIA")
+
+
+def test_too_few_patients_for_the_folds(tmp_path, capsys):
+    small_cache(tmp_path / "f" / "tiny.h5", n_train_patients=6, n_test=20)
+    code, err = run_cli(capsys, "--features", tmp_path / "f", "--out", tmp_path / "results", "--cv", "10")
+    assert code == 2
+    assert_one_sentence(err, "10 CV folds")
+
+
+def test_nan_embeddings_name_the_file_and_count(tmp_path, capsys):
+    data = signal_dataset(n_train_patients=12, n_test=8, dim=4)
+    X = data["X"].copy()
+    X[3, 1] = np.nan
+    X[5, :2] = np.inf
+    write_cache(tmp_path / "f" / "tiny.h5", {"avg": X}, data["y"], data["classes"], data["split"], data["patient_id"])
+    code, err = run_cli(capsys, "--features", tmp_path / "f", "--out", tmp_path / "results")
+    assert code == 2
+    assert_one_sentence(err, "tiny.h5", "3 NaN or infinite values", "2 rows")
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (("--classifier", "xgbost"), ("'classifier'", "did you mean 'xgboost'")),
+        (("--pooling", "mean"), ("'pooling'", "'avg'")),
+        (("--pooling", "max"), ("no 'max' embeddings",)),
+        (("--backbone", "vgg16"), ("'backbone'", "'tiny'")),
+        (("--threshold-rule", "sens95"), ("threshold_rule", "sens@0.95")),
+    ],
+)
+def test_unknown_names(tmp_path, capsys, args, fragments):
+    small_cache(tmp_path / "f" / "tiny.h5")
+    code, err = run_cli(capsys, "--features", tmp_path / "f", "--out", tmp_path / "results", *args)
+    assert code == 2
+    assert_one_sentence(err, *fragments)
+
+
+def test_results_directory_that_is_not_writable(tmp_path, capsys):
+    small_cache(tmp_path / "f" / "tiny.h5")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    code, err = run_cli(capsys, "--features", tmp_path / "f", "--out", blocker / "results")
+    assert code == 2
+    assert_one_sentence(err, "not writable", "--out")
+    if os.geteuid() != 0:  # root ignores permission bits
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        code, err = run_cli(capsys, "--features", tmp_path / "f", "--out", locked)
+        assert code == 2
+        assert_one_sentence(err, "not writable")
+
+
+def test_validation_happens_before_any_fit(tmp_path, capsys):
+    """A bad second cache stops the run before the first one writes results."""
+    small_cache(tmp_path / "f" / "good.h5", backbone="good")
+    data = signal_dataset(n_train_patients=12, n_test=8, dim=4)
+    X = data["X"].copy()
+    X[0, 0] = np.nan
+    write_cache(tmp_path / "f" / "zbad.h5", {"avg": X}, data["y"], data["classes"], data["split"], data["patient_id"],
+                backbone="zbad")
+    code, err = run_cli(capsys, "--features", tmp_path / "f", "--out", tmp_path / "results")
+    assert code == 2 and "zbad.h5" in err
+    assert not list((tmp_path / "results").glob("runs/*.json"))
