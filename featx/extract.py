@@ -1,0 +1,442 @@
+"""Stage one: manifest -> decoded batches -> frozen backbones -> the HDF5 embedding cache.
+
+Everything the user gave is checked before a model is built. A backbone whose
+complete cache matches the request is a hit, answered from the file's attributes
+alone (no model, no TensorFlow import). Backbones that need work and agree on
+image size and resize mode share one decode of every image; all poolings of a
+backbone come from one forward pass.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from featx import __version__, store
+from featx.errors import BackboneError, CacheError, FeatxError, ManifestError
+
+RANDOM_BANNER = "RANDOM-INIT WEIGHTS: embeddings are not ImageNet features; use for testing only"
+_EXISTENCE_PROBE_ROWS = 20
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    backbones: tuple[str, ...]
+    manifest: Path
+    data_root: Path
+    out_dir: Path = Path("features")
+    weights: str = "imagenet"
+    poolings: tuple[str, ...] = ("avg",)
+    image_size: int | tuple[int, int] | None = None
+    resize_mode: str = "stretch"
+    batch_size: int = 32
+    mixed_precision: bool = False
+    force: bool = False
+    seed: int = 0
+    workers: int | None = None
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class ExtractSummary:
+    backbone: str
+    path: Path
+    status: str  # "hit" | "built" | "resumed"
+    rows: int
+    failures: int
+    seconds: float
+    rate: float  # images embedded per second in this run (0 for a hit)
+    weights_label: str
+    random_weights: bool = False
+    note: str | None = None
+
+
+@dataclass
+class _Job:
+    """One backbone's share of a run."""
+
+    spec: object
+    weights: object
+    image_size: tuple[int, int]
+    path: Path
+    attrs: dict
+    widths: dict[str, int]
+    writer: store.CacheWriter | None = None
+    predict: object = None
+    started: float = 0.0
+    seconds: float = 0.0
+    rows_this_run: int = 0
+    summary: ExtractSummary | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _unique(names: Sequence[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(names))
+
+
+def _check_out_dir(out_dir: Path) -> Path:
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CacheError(f"The output directory '{out_dir}' is a file; pass --out a folder for the <backbone>.h5 caches.")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".featx-write-test-"):
+            pass
+    except OSError as error:
+        raise CacheError(
+            f"The output directory '{out_dir}' is not writable ({error.strerror or error}); pass --out a folder you can write to."
+        ) from None
+    return out_dir
+
+
+def _check_manifest_paths(manifest, data_root: Path) -> list[Path]:
+    from featx.manifest import resolve_path
+
+    paths = [resolve_path(data_root, rel) for rel in manifest.paths]
+    probe = paths[:_EXISTENCE_PROBE_ROWS]
+    if probe and not any(p.exists() for p in probe):
+        raise ManifestError(
+            f"None of the first {len(probe)} manifest paths exist under the data root '{data_root}' "
+            f"(e.g. {manifest.paths[0]!r}); check --data-root."
+        )
+    return paths
+
+
+def _resolve_weights(weights: str, spec, seed: int, size: tuple[int, int]):
+    from featx import backbones
+
+    return backbones.resolve_weights(weights, seed, spec, size)
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for key, package in (("tensorflow_version", "tensorflow"), ("keras_version", "keras")):
+        try:
+            found[key] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[key] = "absent"
+    return found
+
+
+def _plan(config: ExtractConfig):
+    """Check every input and describe each backbone's job; nothing is built or written yet."""
+    from featx import backbones, images
+    from featx.manifest import read_manifest
+
+    names = _unique(config.backbones)
+    if not names:
+        raise BackboneError("No backbone given; pass --backbone NAME (see `featx backbones`).")
+    specs = [backbones.get_backbone(name) for name in names]
+    poolings = _unique(config.poolings)
+    if not poolings:
+        raise BackboneError(f"No pooling given; pass --pooling with some of {list(backbones.POOLINGS)}.")
+    poolings = tuple(backbones.check_pooling(p) for p in poolings)
+    images.check_resize_mode(config.resize_mode)
+    if int(config.batch_size) < 1:
+        raise FeatxError(f"The batch size must be a positive integer. Got {config.batch_size!r} instead.")
+    if config.limit is not None and int(config.limit) < 1:
+        raise FeatxError(f"The limit must be a positive integer. Got {config.limit!r} instead.")
+    sizes = [backbones.check_image_size(spec, config.image_size) for spec in specs]
+
+    manifest_path = Path(config.manifest)
+    if not manifest_path.is_file():
+        raise ManifestError(f"The manifest '{manifest_path}' does not exist; pass --manifest a CSV file (see `featx manifest scan`).")
+    data_root = Path(config.data_root)
+    if not data_root.is_dir():
+        raise ManifestError(f"The data root '{data_root}' is not a folder; pass --data-root the folder the manifest paths are relative to.")
+    manifest = read_manifest(manifest_path)
+    n_rows = len(manifest) if config.limit is None else min(len(manifest), int(config.limit))
+    paths = _check_manifest_paths(_Limited(manifest, n_rows), data_root)
+    out_dir = _check_out_dir(config.out_dir)
+    weights = [_resolve_weights(config.weights, spec, config.seed, size) for spec, size in zip(specs, sizes)]
+
+    data_root_text = str(data_root.resolve())
+    jobs = []
+    for spec, size, info in zip(specs, sizes, weights):
+        attrs = {
+            "format": store.FORMAT,
+            "featx_version": __version__,
+            "backbone": spec.name,
+            "weights": info.label,
+            "weights_sha256": info.sha256,
+            "weights_seed": int(info.seed),
+            "image_size": [int(size[0]), int(size[1])],
+            "resize_mode": config.resize_mode,
+            "preprocess": spec.preprocess,
+            "poolings": list(poolings),
+            "manifest_sha256": manifest.sha256_hex,
+            "data_root": data_root_text,
+        }
+        widths = {pooling: int(spec.embedding_width(pooling, size)) for pooling in poolings}
+        job = _Job(spec=spec, weights=info, image_size=size, path=store.cache_path(out_dir, spec.name),
+                   attrs=attrs, widths=widths)
+        if config.weights == "auto" and info.kind == "random":
+            job.notes.append("--weights auto: no ImageNet weights cached, so random weights were used.")
+        jobs.append(job)
+    return manifest, n_rows, paths, jobs
+
+
+class _Limited:
+    """The first n rows of a manifest, seen through the attributes extraction reads."""
+
+    def __init__(self, manifest, n_rows: int):
+        self.paths = manifest.paths[:n_rows]
+        self.splits = manifest.splits[:n_rows]
+        self.patient_ids = manifest.patient_ids[:n_rows]
+        self.classes = manifest.classes
+        self._labels = manifest.label_array()[:n_rows]
+
+    def label_array(self) -> np.ndarray:
+        return self._labels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+# ---------------------------------------------------------------- the model step
+
+
+def _forward_step(model, image_size: tuple[int, int], poolings: Sequence[str]):
+    """A compiled forward pass: (b, h, w, 3) float32 -> {pooling: (b, width) float32 numpy}.
+
+    One trace serves every batch size (the leading dimension is left open), so the
+    short last batch does not recompile.
+    """
+    import tensorflow as tf
+
+    signature = [tf.TensorSpec((None, int(image_size[0]), int(image_size[1]), 3), tf.float32)]
+
+    @tf.function(input_signature=signature, reduce_retracing=True)
+    def step(batch):
+        return model(batch, training=False)
+
+    def predict(images: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = step(tf.convert_to_tensor(images, dtype=tf.float32))
+        if not isinstance(outputs, dict):
+            outputs = {poolings[0]: outputs}
+        return {pooling: np.asarray(outputs[pooling], dtype=np.float32) for pooling in poolings}
+
+    return predict
+
+
+# ---------------------------------------------------------------- the run
+
+
+def _progress(console):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task):
+            speed = task.finished_speed or task.speed
+            return Text("  -- img/s" if speed is None else f"{speed:6.1f} img/s", style="progress.data.speed")
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _summary(job: _Job, status: str, rows: int, failures: int) -> ExtractSummary:
+    rate = job.rows_this_run / job.seconds if job.seconds > 0 and job.rows_this_run else 0.0
+    return ExtractSummary(
+        backbone=job.spec.name,
+        path=job.path,
+        status=status,
+        rows=rows,
+        failures=failures,
+        seconds=job.seconds,
+        rate=rate,
+        weights_label=job.weights.label,
+        random_weights=job.weights.kind == "random",
+        note=" ".join(job.notes) or None,
+    )
+
+
+def _hit_failures(path: Path) -> int:
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        return int(np.count_nonzero(~handle["ok"][:].astype(bool)))
+
+
+def run_extract(config: ExtractConfig, console=None) -> list[ExtractSummary]:
+    """Embed every manifest row with every backbone; one ExtractSummary per backbone, in the order given."""
+    if console is None:
+        from rich.console import Console
+
+        console = Console(quiet=True)
+    manifest, n_rows, paths, jobs = _plan(config)
+    labels = manifest.label_array()[:n_rows]
+    ids, split, patient_id = manifest.paths[:n_rows], manifest.splits[:n_rows], manifest.patient_ids[:n_rows]
+
+    for job in jobs:
+        for note in job.notes:
+            console.print(f"[yellow]{job.spec.name}[/]: {note}")
+    pending = []
+    for job in jobs:
+        started = time.perf_counter()
+        if store.check_cache(job.path, job.attrs, n_rows, force=config.force):
+            job.seconds = time.perf_counter() - started
+            job.summary = _summary(job, "hit", n_rows, _hit_failures(job.path))
+            console.print(f"[green]{job.spec.name}[/]: cache hit, {job.path} is up to date (nothing to do).")
+        else:
+            pending.append(job)
+
+    groups: dict[tuple, list[_Job]] = {}
+    for job in pending:
+        groups.setdefault((tuple(job.image_size), config.resize_mode), []).append(job)
+
+    for (size, resize_mode), group in groups.items():
+        _run_group(group, config, size, resize_mode, paths, ids, labels, manifest.classes, split, patient_id, console)
+    return [job.summary for job in jobs]
+
+
+def _run_group(group, config, size, resize_mode, paths, ids, labels, classes, split, patient_id, console) -> None:
+    """Open every writer of the group, build its models, then stream one shared decode through all of them."""
+    from featx import backbones, images
+
+    versions = _versions()
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    try:
+        for job in group:
+            job.writer = store.open_writer(
+                job.path,
+                attrs={**job.attrs, **versions, "created_utc": created},
+                ids=ids,
+                labels=labels,
+                classes=classes,
+                split=split,
+                patient_id=patient_id,
+                widths=job.widths,
+                force=config.force,
+                batch_rows=config.batch_size,
+            )
+            if job.writer.note:
+                job.notes.append(job.writer.note)
+                console.print(f"[yellow]{job.spec.name}[/]: {job.writer.note}")
+        for job in group:
+            if job.writer.n_done < job.writer.n_total:
+                console.print(f"Building {job.spec.name} ({job.weights.label} weights, {size[0]}x{size[1]}) ...")
+                model = backbones.create_backbone(
+                    job.spec, job.weights, size, tuple(job.widths), mixed_precision=config.mixed_precision
+                )
+                job.predict = _forward_step(model, size, tuple(job.widths))
+                job.predict(np.zeros((1, *size, 3), dtype=np.float32))  # trace now, so rate and ETA are steady
+
+        start = min(job.writer.n_done for job in group)
+        n_total = len(ids)
+        with _progress(console) as progress:
+            tasks = {
+                id(job): progress.add_task(job.spec.name, total=n_total, completed=job.writer.n_done) for job in group
+            }
+            for job in group:
+                job.started = time.perf_counter()
+            for batch in images.iter_batches(
+                paths, size, resize_mode, batch_size=config.batch_size, start=start, workers=config.workers
+            ):
+                failed_rows = np.flatnonzero(~batch.ok)
+                reasons = dict(zip(failed_rows.tolist(), (reason for _, reason in batch.errors)))
+                for job in group:
+                    writer = job.writer
+                    offset = writer.n_done - batch.start
+                    if offset >= len(batch):
+                        continue
+                    tick = time.perf_counter()
+                    embeddings = job.predict(batch.images[offset:])
+                    errors = [(ids[batch.start + row], reasons[row]) for row in failed_rows.tolist() if row >= offset]
+                    writer.write(writer.n_done, embeddings, batch.ok[offset:], errors)
+                    job.seconds += time.perf_counter() - tick
+                    job.rows_this_run += len(batch) - offset
+                    progress.update(tasks[id(job)], completed=writer.n_done)
+        for job in group:
+            status = "resumed" if job.writer.resumed_from > 0 else "built"
+            failures = job.writer.n_failed
+            job.seconds = time.perf_counter() - job.started
+            job.writer.finish()
+            job.predict = None  # free the model before the next group builds its own
+            job.summary = _summary(job, status, n_total, failures)
+    except KeyboardInterrupt:
+        for job in group:
+            if job.writer is not None and not job.writer.closed and job.writer.n_done > 0:
+                console.print(
+                    f"[yellow]{job.spec.name}[/]: interrupted at row {job.writer.n_done}; run the same command to resume."
+                )
+        raise
+    finally:
+        for job in group:
+            if job.writer is not None:
+                job.writer.close()
+
+
+# ---------------------------------------------------------------- the command
+
+
+def print_summary(summaries: Sequence[ExtractSummary], console) -> None:
+    from rich.table import Table
+
+    table = Table(title="featx extract", show_lines=False)
+    for column, justify in (
+        ("backbone", "left"),
+        ("weights", "left"),
+        ("status", "left"),
+        ("rows", "right"),
+        ("failures", "right"),
+        ("time", "right"),
+        ("rate", "right"),
+    ):
+        table.add_column(column, justify=justify, no_wrap=True)
+    table.add_column("output", overflow="fold")
+    for summary in summaries:
+        weights = f"[bold red]{summary.weights_label}[/]" if summary.random_weights else summary.weights_label
+        failures = f"[bold red]{summary.failures}[/]" if summary.failures else "0"
+        rate = f"{summary.rate:.3g} img/s" if summary.rate else "-"
+        table.add_row(
+            summary.backbone,
+            weights,
+            summary.status,
+            str(summary.rows),
+            failures,
+            f"{summary.seconds:.1f} s",
+            rate,
+            str(summary.path),
+        )
+    console.print(table)
+    if any(summary.failures for summary in summaries):
+        console.print("Failed images are stored as zero rows with ok=False; their reasons are in each cache's /errors.")
+    if any(summary.random_weights for summary in summaries):
+        console.rule(style="bold red")
+        console.print(RANDOM_BANNER, style="bold white on red", soft_wrap=True)
+        console.rule(style="bold red")
+
+
+def extract_command(config: ExtractConfig, console) -> None:
+    """`featx extract`: run stage one and print the summary table (with the random-weights banner when due)."""
+    summaries = run_extract(config, console=console)
+    print_summary(summaries, console)

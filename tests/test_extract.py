@@ -1,0 +1,337 @@
+"""Stage one end to end with the tiny backbone: the cache it writes, hits, staleness, shared decode, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from rich.console import Console
+
+from featx import backbones, extract, images, store
+from featx.cli import main
+from featx.errors import StaleCacheError
+from featx.extract import ExtractConfig, run_extract
+from imagetree import make_tree
+
+
+def config_for(tmp_path, manifest, **overrides) -> ExtractConfig:
+    settings = dict(
+        backbones=("tiny",),
+        manifest=manifest,
+        data_root=manifest.parent,
+        out_dir=tmp_path / "features",
+        weights="random",
+        poolings=("avg",),
+        batch_size=4,
+    )
+    settings.update(overrides)
+    return ExtractConfig(**settings)
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=120)
+
+
+@pytest.fixture
+def tree(tmp_path) -> Path:
+    return make_tree(tmp_path / "data", n=14, bad=True)
+
+
+def test_extract_writes_every_row_in_manifest_order_and_records_failures(tmp_path, tree):
+    summary = run_extract(config_for(tmp_path, tree, poolings=("avg", "max")), quiet())[0]
+    assert summary.status == "built" and summary.rows == 18 and summary.failures == 4
+    assert summary.path == tmp_path / "features" / "tiny.h5" and summary.random_weights
+    features = store.load(summary.path, "avg")
+    manifest_paths = [line.split(",")[0] for line in tree.read_text().splitlines()[1:]]
+    assert list(features.ids) == manifest_paths
+    bad = [i for i, p in enumerate(manifest_paths) if p.startswith("bad/")]
+    assert np.flatnonzero(~features.ok).tolist() == bad
+    assert not features.X[bad].any() and (np.abs(features.X[features.ok]).sum(axis=1) > 0).all()
+    reasons = dict(line.split("\t") for line in features.errors)
+    assert set(reasons) == {manifest_paths[i] for i in bad}
+    assert "decompression bomb" in reasons["bad/bomb.png"] and "0 bytes" in reasons["bad/zero_byte.png"]
+    attrs = features.attrs
+    assert attrs["complete"] and attrs["n_done"] == 18 and attrs["weights"] == "random" and attrs["weights_seed"] == 0
+    assert attrs["image_size"] == [32, 32] and attrs["poolings"] == ["avg", "max"] and attrs["resize_mode"] == "stretch"
+    assert attrs["manifest_sha256"] == store.file_sha256(tree)
+    assert attrs["data_root"] == str(tree.parent.resolve()) and attrs["preprocess"] == "tf"
+    for key in ("featx_version", "tensorflow_version", "keras_version", "created_utc", "weights_sha256"):
+        assert key in attrs
+    assert features.split.tolist().count("test") == 4
+    assert not list((tmp_path / "features").glob("*.partial")) and not list((tmp_path / "features").glob("*.lock"))
+
+
+def test_embeddings_equal_a_direct_forward_pass_of_the_same_network(tmp_path, tree):
+    config = config_for(tmp_path, tree, poolings=("avg", "max", "gem"), seed=5)
+    path = run_extract(config, quiet())[0].path
+    spec = backbones.get_backbone("tiny")
+    model = backbones.create_backbone(spec, backbones.resolve_weights("random", 5, spec), (32, 32), ("avg", "max", "gem"))
+    features = {p: store.load(path, p) for p in ("avg", "max", "gem")}
+    rows = np.flatnonzero(features["avg"].ok)[:6]
+    batch = np.stack([images.load_image(tree.parent / features["avg"].ids[i], (32, 32)) for i in rows]).astype(np.float32)
+    expected = model(batch, training=False)
+    for pooling, feature_set in features.items():
+        np.testing.assert_allclose(feature_set.X[rows], np.asarray(expected[pooling]), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(features["avg"].X, features["max"].X)
+
+
+def test_several_poolings_come_from_one_forward_pass(tmp_path, tree, monkeypatch):
+    calls = []
+    make_step = extract._forward_step
+
+    def counting_step(model, size, poolings):
+        predict = make_step(model, size, poolings)
+
+        def counted(batch):
+            calls.append(len(batch))
+            return predict(batch)
+
+        return counted
+
+    monkeypatch.setattr(extract, "_forward_step", counting_step)
+    run_extract(config_for(tmp_path, tree, poolings=("avg", "max", "gem", "flatten")), quiet())
+    assert calls[0] == 1  # the warm-up trace
+    assert calls[1:] == [4, 4, 4, 4, 2]  # 18 rows in batches of 4, each pass feeding all four poolings
+    with h5py.File(tmp_path / "features" / "tiny.h5", "r") as handle:
+        widths = {name: handle["embeddings"][name].shape[1] for name in handle["embeddings"]}
+    spec = backbones.get_backbone("tiny")
+    assert widths == {p: spec.embedding_width(p, (32, 32)) for p in ("avg", "max", "gem", "flatten")}
+
+
+def _second_tiny(monkeypatch, native_size=32) -> None:
+    spec = dataclasses.replace(backbones.get_backbone("tiny"), name="tiny2", native_size=native_size)
+    monkeypatch.setitem(backbones.BACKBONES, "tiny2", spec)
+
+
+def _count_decodes(monkeypatch) -> list:
+    decoded = []
+    load_image = images.load_image
+
+    def counting(path, size, resize_mode="stretch"):
+        decoded.append(Path(path).name)
+        return load_image(path, size, resize_mode)
+
+    monkeypatch.setattr(images, "load_image", counting)
+    return decoded
+
+
+def test_backbones_of_one_image_size_share_one_decode(tmp_path, monkeypatch):
+    manifest = make_tree(tmp_path / "data", n=10)
+    _second_tiny(monkeypatch)
+    decoded = _count_decodes(monkeypatch)
+    summaries = run_extract(config_for(tmp_path, manifest, backbones=("tiny", "tiny2"), seed=1), quiet())
+    assert [s.status for s in summaries] == ["built", "built"]
+    assert len(decoded) == 10 and len(set(decoded)) == 10
+    a, b = store.load(summaries[0].path), store.load(summaries[1].path)
+    assert a.attrs["backbone"] == "tiny" and b.attrs["backbone"] == "tiny2"
+    np.testing.assert_array_equal(a.X, b.X)  # same architecture, same seed: the shared batches fed both
+
+
+def test_backbones_of_different_sizes_decode_separately(tmp_path, monkeypatch):
+    manifest = make_tree(tmp_path / "data", n=6)
+    _second_tiny(monkeypatch, native_size=40)
+    decoded = _count_decodes(monkeypatch)
+    summaries = run_extract(config_for(tmp_path, manifest, backbones=("tiny", "tiny2")), quiet())
+    assert len(decoded) == 12
+    assert store.load(summaries[1].path).attrs["image_size"] == [40, 40]
+
+
+def test_matching_cache_is_a_hit_without_building_a_model(tmp_path, tree, monkeypatch):
+    config = config_for(tmp_path, tree, poolings=("avg", "max"))
+    first = run_extract(config, quiet())[0]
+    before = first.path.stat().st_mtime_ns
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a cache hit must not build a model")
+
+    monkeypatch.setattr(backbones, "create_backbone", no_model)
+    console = quiet()
+    again = run_extract(config, console)[0]
+    assert again.status == "hit" and again.rows == 18 and again.failures == 4
+    assert "cache hit" in console.file.getvalue()
+    assert first.path.stat().st_mtime_ns == before
+    subset = run_extract(dataclasses.replace(config, poolings=("max",)), quiet())[0]
+    assert subset.status == "hit"
+
+
+def test_changed_settings_are_stale_and_force_rebuilds(tmp_path, tree):
+    config = config_for(tmp_path, tree)
+    run_extract(config, quiet())
+    with pytest.raises(StaleCacheError) as raised:
+        run_extract(dataclasses.replace(config, seed=3, resize_mode="pad"), quiet())
+    assert "weights_seed" in str(raised.value) and "resize_mode" in str(raised.value) and "--force" in str(raised.value)
+    with pytest.raises(StaleCacheError, match="rows"):
+        run_extract(dataclasses.replace(config, limit=5), quiet())
+    rebuilt = run_extract(dataclasses.replace(config, seed=3, force=True), quiet())[0]
+    assert rebuilt.status == "built" and store.load(rebuilt.path).attrs["weights_seed"] == 3
+
+
+def test_limit_takes_the_first_rows(tmp_path, tree):
+    summary = run_extract(config_for(tmp_path, tree, limit=5), quiet())[0]
+    features = store.load(summary.path)
+    assert summary.rows == 5 and len(features) == 5
+    assert list(features.ids) == [line.split(",")[0] for line in tree.read_text().splitlines()[1:6]]
+
+
+def test_auto_weights_fall_back_to_random_with_the_banner(tmp_path, tree, capsys):
+    code = main(["extract", "--backbone", "tiny", "--manifest", str(tree), "--data-root", str(tree.parent),
+                 "--out", str(tmp_path / "features"), "--weights", "auto", "--batch-size", "8"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert code == 0
+    assert extract.RANDOM_BANNER in out and "random weights were used" in out
+    assert store.load(tmp_path / "features" / "tiny.h5").random_weights
+
+
+def test_a_model_that_cannot_be_built_leaves_nothing_behind(tmp_path, tree, monkeypatch):
+    from featx.errors import WeightsError
+
+    def no_weights(*args, **kwargs):
+        raise WeightsError("ImageNet weights for 'tiny' could not be had; pass --weights random.")
+
+    monkeypatch.setattr(backbones, "create_backbone", no_weights)
+    with pytest.raises(WeightsError):
+        run_extract(config_for(tmp_path, tree), quiet())
+    assert sorted(p.name for p in (tmp_path / "features").iterdir()) == []
+
+
+# ---------------------------------------------------------------- bad input through the CLI
+
+
+def _extract_args(tmp_path, manifest, data_root=None, *extra):
+    return ["extract", "--backbone", "tiny", "--manifest", str(manifest),
+            "--data-root", str(data_root if data_root is not None else manifest.parent),
+            "--out", str(tmp_path / "features"), "--weights", "random", *extra]
+
+
+def _one_sentence_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("featx: error: ") and "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def _nothing_complete(tmp_path) -> None:
+    out = tmp_path / "features"
+    assert not out.exists() or not [p for p in out.iterdir() if p.suffix in (".h5", ".partial", ".lock")]
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing_manifest", "does not exist"),
+        ("missing_data_root", "is not a folder"),
+        ("missing_columns", "patient_id"),
+        ("empty_manifest", "no rows"),
+        ("unknown_backbone", "did you mean 'tiny'"),
+        ("unknown_pooling", "'pooling' parameter must be one of"),
+        ("unknown_resize_mode", "'resize_mode' parameter must be one of"),
+        ("image_size_too_small", "at least 8x8"),
+        ("out_is_a_file", "is a file"),
+        ("unknown_weights", "did you mean 'random'"),
+        ("imagenet_for_tiny", "has no ImageNet weights"),
+        ("wrong_data_root", "None of the first"),
+        ("path_escapes_root", "escapes the data root"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_exit_2(tmp_path, capsys, case, expected):
+    manifest = make_tree(tmp_path / "data", n=6)
+    args = _extract_args(tmp_path, manifest)
+    if case == "missing_manifest":
+        args = _extract_args(tmp_path, tmp_path / "nope.csv", manifest.parent)
+    elif case == "missing_data_root":
+        args = _extract_args(tmp_path, manifest, tmp_path / "no_such_folder")
+    elif case == "missing_columns":
+        manifest.write_text("path,label,split\nimages/img_0000.png,NORMAL,train\n")
+    elif case == "empty_manifest":
+        manifest.write_text("path,label,split,patient_id\n")
+    elif case == "unknown_backbone":
+        args[args.index("tiny")] = "tinny"
+    elif case == "unknown_pooling":
+        args += ["--pooling", "avg,mean"]
+    elif case == "unknown_resize_mode":
+        args += ["--resize-mode", "squash"]
+    elif case == "image_size_too_small":
+        args += ["--image-size", "4"]
+    elif case == "out_is_a_file":
+        (tmp_path / "features").write_text("not a folder")
+    elif case == "unknown_weights":
+        args[args.index("random")] = "randm"
+    elif case == "imagenet_for_tiny":
+        args[args.index("random")] = "imagenet"
+    elif case == "wrong_data_root":
+        args = _extract_args(tmp_path, manifest, tmp_path)
+    elif case == "path_escapes_root":
+        manifest.write_text("path,label,split,patient_id\n../../etc/passwd,NORMAL,train,p1\n")
+    assert main(args) == 2
+    assert expected in _one_sentence_error(capsys)
+    if case != "out_is_a_file":
+        _nothing_complete(tmp_path)
+
+
+def test_stale_and_truncated_caches_through_the_cli(tmp_path, capsys):
+    manifest = make_tree(tmp_path / "data", n=6)
+    assert main(_extract_args(tmp_path, manifest)) == 0
+    capsys.readouterr()
+    assert main(_extract_args(tmp_path, manifest, None, "--seed", "9")) == 2
+    err = _one_sentence_error(capsys)
+    assert "weights_seed" in err and "--force" in err
+    cache = tmp_path / "features" / "tiny.h5"
+    data = cache.read_bytes()
+    cache.write_bytes(data[: len(data) // 2])
+    assert main(_extract_args(tmp_path, manifest)) == 2
+    assert "unreadable" in _one_sentence_error(capsys)
+    assert main(_extract_args(tmp_path, manifest, None, "--force")) == 0
+    assert len(store.load(cache)) == 6
+
+
+def test_unwritable_output_directory(tmp_path, capsys):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root can write to any directory")
+    manifest = make_tree(tmp_path / "data", n=4)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    args = _extract_args(tmp_path, manifest)
+    args[args.index(str(tmp_path / "features"))] = str(locked / "features")
+    assert main(args) == 2
+    assert "not writable" in _one_sentence_error(capsys)
+
+
+def test_lock_held_by_another_process_through_the_cli(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    manifest = make_tree(tmp_path / "data", n=4)
+    (tmp_path / "features").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        store.lock_path(tmp_path / "features" / "tiny.h5").write_text(f"{holder.pid}\n")
+        assert main(_extract_args(tmp_path, manifest)) == 2
+        assert f"pid {holder.pid}" in _one_sentence_error(capsys)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(_extract_args(tmp_path, manifest)) == 0  # the lock of the dead process is taken over
+
+
+@pytest.mark.realdata
+def test_real_kermany_images(tmp_path, kermany_train):
+    picked = sorted((kermany_train / "NORMAL").glob("*.jpeg"))[:16] + sorted((kermany_train / "PNEUMONIA").glob("*.jpeg"))[:16]
+    manifest = tmp_path / "kermany.csv"
+    lines = ["path,label,split,patient_id"]
+    for path in picked:
+        lines.append(f"{path.relative_to(kermany_train)},{path.parent.name},train,{path.stem.split('-')[0]}")
+    manifest.write_text("\n".join(lines) + "\n")
+    config = ExtractConfig(backbones=("tiny",), manifest=manifest, data_root=kermany_train, out_dir=tmp_path / "features",
+                           weights="random", poolings=("avg", "max"), image_size=64, batch_size=16)
+    summary = run_extract(config, quiet())[0]
+    features = store.load(summary.path, "max")
+    assert summary.failures == 0 and features.ok.all() and len(features) == 32
+    assert features.classes == ("NORMAL", "PNEUMONIA") and features.y.tolist() == [0] * 16 + [1] * 16
+    assert features.attrs["image_size"] == [64, 64] and features.attrs["data_root"] == str(kermany_train.resolve())
+    assert np.isfinite(features.X).all() and features.X.std(axis=0).max() > 0
