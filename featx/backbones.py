@@ -488,7 +488,7 @@ def _build_network(spec: BackboneSpec, weights: WeightsInfo, size: tuple[int, in
         except _DownloadFailed as failure:
             raise WeightsError(
                 f"ImageNet weights for {spec.name!r} are not in {config.keras_models_dir()} and could not be "
-                f"downloaded ({_short(failure.cause)}); put '{failure.fname}' (from {failure.origin}) in that "
+                f"downloaded ({_download_reason(failure.cause)}); put '{failure.fname}' (from {failure.origin}) in that "
                 "folder, or pass --weights random."
             ) from None
         except ValueError as exc:  # Keras refusing a size or a corrupt cached file
@@ -534,6 +534,14 @@ def _dtype_policy(mixed_precision: bool):
         yield
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+def _download_reason(cause: BaseException) -> str:
+    """Keras's "URL fetch failure on <url>: <code> -- <reason>" without the url (the message names it once)."""
+    text = " ".join(str(cause).split())
+    if text.startswith("URL fetch failure") and " -- " in text:
+        text = text.split(" -- ", 1)[1]
+    return _short(text)
 
 
 def _short(exc) -> str:

@@ -1,0 +1,329 @@
+"""The backbone registry: widths, preprocessing inside the model, poolings, weights (random, file, imagenet)."""
+
+from __future__ import annotations
+
+import hashlib
+import urllib.error
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from featx import backbones, config
+from featx.errors import BackboneError, WeightsError
+
+keras = pytest.importorskip("keras")
+from keras.applications import imagenet_utils  # noqa: E402
+from keras.src.utils import file_utils  # noqa: E402
+
+REQUIRED = (
+    "vgg16", "resnet50", "densenet121", "xception", "efficientnetv2s", "inceptionv3", "mobilenetv2",
+    "mobilenetv3small", "efficientnetb7", "resnet101v2", "inceptionresnetv2", "tiny",
+)
+# Each backbone's own Keras module: its preprocess_input is what the registry's mode must reproduce.
+KERAS_MODULES = {
+    "vgg16": "vgg16", "resnet50": "resnet50", "resnet101v2": "resnet_v2", "densenet121": "densenet",
+    "xception": "xception", "inceptionv3": "inception_v3", "inceptionresnetv2": "inception_resnet_v2",
+    "mobilenetv2": "mobilenet_v2", "mobilenetv3small": "mobilenet_v3", "efficientnetb7": "efficientnet",
+    "efficientnetv2s": "efficientnet_v2",
+}
+FAST = ("tiny", "mobilenetv3small")
+SLOW = tuple(name for name in backbones.BACKBONES if name not in FAST)
+
+
+def _random(seed=0):
+    return backbones.resolve_weights("random", seed)
+
+
+def _weights(model):
+    return [np.asarray(w) for w in backbones.bare_network(model).get_weights()]
+
+
+def _raw_images(n, size, seed=0):
+    return np.random.default_rng(seed).uniform(0, 255, (n, size, size, 3)).astype(np.float32)
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No network: every download attempt fails the way a failed DNS lookup does, and is counted."""
+    attempts = []
+
+    def refuse(origin, *args, **kwargs):
+        attempts.append(origin)
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(file_utils, "urlretrieve", refuse)
+    return attempts
+
+
+# ------------------------------------------------------------------ the registry
+
+
+def test_registry_has_every_required_backbone():
+    assert set(REQUIRED) <= set(backbones.BACKBONES)
+    for spec in backbones.BACKBONES.values():
+        assert spec.preprocess in backbones.PREPROCESS_MODES
+        assert spec.min_size <= spec.native_size and spec.description
+        assert spec.feature_map_size(spec.native_size)[0] >= 1
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_MODULES))
+def test_preprocess_mode_matches_the_keras_module(name):
+    spec = backbones.get_backbone(name)
+    module = getattr(keras.applications, KERAS_MODULES[name])
+    x = _raw_images(2, 8, seed=1)
+    expected = np.asarray(module.preprocess_input(x.copy()))
+    if spec.preprocess == "none":
+        assert np.allclose(expected, x)
+    else:
+        assert np.allclose(expected, imagenet_utils.preprocess_input(x.copy(), mode=spec.preprocess), atol=1e-5)
+
+
+def test_widths_follow_the_published_shapes():
+    assert backbones.get_backbone("vgg16").embedding_width("flatten", (224, 224)) == 7 * 7 * 512 == 25_088
+    assert backbones.get_backbone("inceptionv3").feature_map_size((299, 299)) == (8, 8)
+    assert backbones.get_backbone("xception").feature_map_size((299, 299)) == (10, 10)
+    assert backbones.get_backbone("efficientnetb7").feature_map_size(600) == (19, 19)
+    assert backbones.get_backbone("resnet50").embedding_width("gem", 96) == 2048
+
+
+def test_unknown_backbone_lists_names_and_closest_match():
+    with pytest.raises(BackboneError, match=r"'backbone' parameter must be one of \[.*'vgg16'.*\]\. Got 'resnet5' instead; did you mean 'resnet50'\?"):
+        backbones.get_backbone("resnet5")
+
+
+def test_unknown_pooling_is_refused():
+    with pytest.raises(BackboneError, match=r"'pooling'.*Got 'mean' instead"):
+        backbones.check_pooling("mean")
+    with pytest.raises(BackboneError, match="'gme'.*did you mean 'gem'"):
+        backbones.create_backbone("tiny", _random(), 32, ("gme",))
+
+
+def test_image_size_below_minimum_names_it():
+    with pytest.raises(BackboneError, match=r"'xception' needs images of at least 71x71 pixels; got 70x70"):
+        backbones.check_image_size("xception", 70)
+    with pytest.raises(BackboneError, match="at least 75x75"):
+        backbones.check_image_size(backbones.get_backbone("inceptionv3"), (299, 74))
+    assert backbones.check_image_size("vgg16", None) == (224, 224)
+    assert backbones.check_image_size("vgg16", (64, 32)) == (64, 32)
+
+
+def test_print_backbones_lists_every_backbone_with_widths():
+    console = Console(record=True, width=240)
+    backbones.print_backbones(console)
+    text = console.export_text()
+    for name in backbones.BACKBONES:
+        assert name in text
+    assert "25,088 (7x7x512)" in text and "caffe" in text and "torch" in text
+    assert str(config.keras_models_dir()) in text.replace("\n", "")
+
+
+# ------------------------------------------------------------------ building
+
+
+def _assert_widths(spec, size):
+    model = backbones.create_backbone(spec, _random(), size, backbones.POOLINGS)
+    bare = backbones.bare_network(model)
+    assert tuple(bare.output.shape[1:]) == (*spec.feature_map_size(size), spec.channels)
+    for pooling in backbones.POOLINGS:
+        assert model.output[pooling].shape[-1] == spec.embedding_width(pooling, size), pooling
+    return model
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_fast_backbones_give_the_declared_widths(name):
+    spec = backbones.get_backbone(name)
+    for size in (spec.min_size, (spec.min_size + 13, spec.min_size + 4)):
+        _assert_widths(spec, size)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SLOW)
+def test_every_backbone_gives_the_declared_widths(name):
+    spec = backbones.get_backbone(name)
+    for size in (spec.min_size, (spec.min_size + 13, spec.min_size + 6), spec.native_size):
+        _assert_widths(spec, size)
+
+
+def test_outputs_are_a_dict_of_float32_from_one_pass():
+    model = backbones.create_backbone("tiny", _random(), 16, ("gem", "avg", "flatten", "max"))
+    out = model.predict(_raw_images(3, 16), verbose=0)
+    assert set(out) == {"gem", "avg", "flatten", "max"}
+    fmap = np.asarray(backbones.bare_network(model)(imagenet_utils.preprocess_input(_raw_images(3, 16), mode="tf")))
+    assert out["flatten"].shape == (3, 2 * 2 * 32) and all(v.dtype == np.float32 for v in out.values())
+    assert np.allclose(out["avg"], fmap.mean(axis=(1, 2)), atol=1e-5)
+    assert np.allclose(out["max"], fmap.max(axis=(1, 2)), atol=1e-5)
+    assert np.allclose(out["flatten"], fmap.reshape(3, -1), atol=1e-5)
+    gem = np.mean(np.maximum(fmap, backbones.GEM_EPS) ** 3, axis=(1, 2)) ** (1 / 3)
+    assert np.allclose(out["gem"], gem, rtol=1e-4, atol=1e-5)
+    assert (out["max"] >= out["gem"] - 1e-5).all() and (out["gem"] >= out["avg"] - 1e-5).all()
+
+
+@pytest.mark.parametrize("name", ["tiny", "vgg16", "mobilenetv3small"])
+def test_preprocessing_is_applied_exactly_once(name):
+    spec = backbones.get_backbone(name)
+    size = max(spec.min_size, 32)
+    model = backbones.create_backbone(spec, _random(seed=5), size, ("avg",))
+    bare = backbones.bare_network(model)
+    pool = keras.layers.GlobalAveragePooling2D()
+    raw = np.concatenate([np.full((1, size, size, 3), 128.0, np.float32), _raw_images(2, size, seed=2)])
+    if spec.preprocess == "none":
+        once, twice = raw, raw  # the network scales its own input; featx adds nothing
+    else:
+        once = imagenet_utils.preprocess_input(raw.copy(), mode=spec.preprocess)
+        twice = imagenet_utils.preprocess_input(once.copy(), mode=spec.preprocess)
+    got = model.predict(raw, verbose=0)["avg"]
+    expected_once = np.asarray(pool(bare(once, training=False)))
+    assert np.allclose(got, expected_once, rtol=1e-4, atol=1e-4)
+    if spec.preprocess != "none":
+        expected_twice = np.asarray(pool(bare(twice, training=False)))
+        assert not np.allclose(got, expected_twice, rtol=1e-3, atol=1e-3)
+        expected_never = np.asarray(pool(bare(raw, training=False)))
+        assert not np.allclose(got, expected_never, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["densenet121", "resnet50", "efficientnetv2s"])
+def test_preprocessing_is_applied_exactly_once_slow(name):
+    test_preprocessing_is_applied_exactly_once(name)
+
+
+def test_mixed_precision_without_gpu_warns_and_stays_float32(monkeypatch):
+    monkeypatch.setattr(backbones, "gpu_available", lambda: False)
+    with pytest.warns(UserWarning, match="no GPU"):
+        model = backbones.create_backbone("tiny", _random(), 16, ("avg",), mixed_precision=True)
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert model.predict(_raw_images(1, 16), verbose=0)["avg"].dtype == np.float32
+
+
+# ------------------------------------------------------------------ random weights
+
+
+def test_random_weights_rebuild_bit_for_bit():
+    first = _weights(backbones.create_backbone("tiny", _random(seed=3), 16))
+    np.random.default_rng().random()  # other code touching global RNGs in between must not matter
+    second = _weights(backbones.create_backbone("tiny", _random(seed=3), 16))
+    other = _weights(backbones.create_backbone("tiny", _random(seed=4), 16))
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+
+
+def test_random_weights_rebuild_bit_for_bit_for_a_real_backbone():
+    first = backbones.create_backbone("mobilenetv3small", _random(seed=7), 32)
+    second = backbones.create_backbone("mobilenetv3small", _random(seed=7), 32)
+    assert all(np.array_equal(a, b) for a, b in zip(_weights(first), _weights(second)))
+    x = _raw_images(2, 32)
+    assert np.array_equal(first.predict(x, verbose=0)["avg"], second.predict(x, verbose=0)["avg"])
+
+
+def test_resolve_weights_kinds(tmp_path):
+    assert backbones.resolve_weights("random", 11) == backbones.WeightsInfo("random", "random", "", 11)
+    assert backbones.resolve_weights("imagenet", 11) == backbones.WeightsInfo("imagenet", "imagenet", "", -1)
+    assert backbones.resolve_weights("auto", 2, "tiny").kind == "random"
+    with pytest.raises(WeightsError, match="'tiny' has no ImageNet weights.*--weights random"):
+        backbones.resolve_weights("imagenet", 0, "tiny")
+    with pytest.raises(WeightsError, match="'tiny' has no ImageNet weights"):
+        backbones.create_backbone("tiny", backbones.resolve_weights("imagenet", 0), 16)
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("imagnet", r"must be one of \['imagenet', 'random', 'auto'\] or the path.*did you mean 'imagenet'\?"),
+        ("nowhere/model.weights.h5", "The weights file 'nowhere/model.weights.h5' does not exist"),
+    ],
+)
+def test_resolve_weights_refuses_nonsense(value, message):
+    with pytest.raises(WeightsError, match=message):
+        backbones.resolve_weights(value, 0)
+
+
+def test_resolve_weights_refuses_directories_and_foreign_suffixes(tmp_path):
+    with pytest.raises(WeightsError, match="is not a file"):
+        backbones.resolve_weights(str(tmp_path), 0)
+    other = tmp_path / "model.pt"
+    other.write_bytes(b"torch")
+    with pytest.raises(WeightsError, match=r"must end in one of \['.weights.h5', '.h5', '.keras'\]"):
+        backbones.resolve_weights(str(other), 0)
+
+
+# ------------------------------------------------------------------ weights files
+
+
+def test_weights_file_round_trip(tmp_path):
+    source = backbones.create_backbone("tiny", _random(seed=1), 16, ("avg",))
+    path = tmp_path / "tiny-seed1.weights.h5"
+    backbones.bare_network(source).save_weights(path)
+    info = backbones.resolve_weights(str(path), seed=99)
+    assert (info.kind, info.label, info.seed) == ("file", "tiny-seed1.weights.h5", -1)
+    assert info.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    loaded = backbones.create_backbone("tiny", info, 16, ("avg",))
+    assert all(np.array_equal(a, b) for a, b in zip(_weights(source), _weights(loaded)))
+    x = _raw_images(2, 16)
+    assert np.array_equal(source.predict(x, verbose=0)["avg"], loaded.predict(x, verbose=0)["avg"])
+    unlike = backbones.create_backbone("tiny", _random(seed=2), 16, ("avg",))
+    assert not np.allclose(unlike.predict(x, verbose=0)["avg"], loaded.predict(x, verbose=0)["avg"])
+
+
+def test_a_weights_file_for_another_network_is_refused(tmp_path):
+    path = tmp_path / "tiny.weights.h5"
+    backbones.bare_network(backbones.create_backbone("tiny", _random(), 16)).save_weights(path)
+    with pytest.raises(WeightsError, match=r"The weights file '.*tiny.weights.h5' does not fit backbone 'vgg16'"):
+        backbones.create_backbone("vgg16", backbones.resolve_weights(str(path), 0), 32)
+
+
+def test_a_damaged_weights_file_is_refused(tmp_path):
+    path = tmp_path / "broken.weights.h5"
+    path.write_bytes(b"\x89HDF\r\n" + b"\x00" * 100)
+    with pytest.raises(WeightsError, match="does not fit backbone 'tiny'"):
+        backbones.create_backbone("tiny", backbones.resolve_weights(str(path), 0), 16)
+
+
+# ------------------------------------------------------------------ imagenet through Keras's cache
+
+
+def test_imagenet_without_network_says_where_to_put_the_file(offline):
+    spec = backbones.get_backbone("mobilenetv3small")
+    assert not backbones.imagenet_available(spec)
+    with pytest.raises(WeightsError) as info:
+        backbones.create_backbone(spec, backbones.resolve_weights("imagenet", 0, spec), 32)
+    message = str(info.value)
+    assert spec.weights_file() in message and str(config.keras_models_dir()) in message
+    assert "--weights random" in message and "Temporary failure in name resolution" in message
+    assert len(offline) == 1 and offline[0].endswith(spec.weights_file())
+    assert not (config.keras_models_dir() / spec.weights_file()).exists()  # nothing half-downloaded left behind
+
+
+def test_imagenet_from_the_cache_loads_without_download(offline, monkeypatch):
+    """A file already in keras_models_dir() under Keras's name is used as is (its hash check faked to pass)."""
+    from keras.src.legacy.saving import legacy_h5_format
+    import h5py
+
+    spec = backbones.get_backbone("mobilenetv3small")
+    stand_in = backbones.create_backbone(spec, _random(seed=21), 32)
+    config.keras_models_dir().mkdir(parents=True, exist_ok=True)
+    cached = config.keras_models_dir() / spec.weights_file()
+    with h5py.File(cached, "w") as handle:
+        legacy_h5_format.save_weights_to_hdf5_group(handle, backbones.bare_network(stand_in))
+    monkeypatch.setattr(file_utils, "validate_file", lambda *args, **kwargs: True)
+    try:
+        assert backbones.imagenet_available(spec)
+        info = backbones.resolve_weights("auto", 0, spec)
+        assert info.kind == "imagenet" and info.seed == -1
+        model = backbones.create_backbone(spec, info, 32)
+        assert offline == []
+        assert all(np.array_equal(a, b) for a, b in zip(_weights(stand_in), _weights(model)))
+    finally:
+        cached.unlink()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SLOW)
+def test_keras_asks_for_the_registered_weights_file(offline, name):
+    spec = backbones.get_backbone(name)
+    if not spec.imagenet_weights:
+        pytest.skip("no ImageNet weights")
+    size = spec.native_size if name != "mobilenetv2" else 160
+    with pytest.raises(WeightsError, match="could not be downloaded"):
+        backbones.create_backbone(spec, backbones.resolve_weights("imagenet", 0, spec), size)
+    assert [origin.rsplit("/", 1)[-1] for origin in offline] == [spec.weights_file(size)]
