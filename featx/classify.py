@@ -17,6 +17,7 @@ import os
 import platform
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -101,7 +102,13 @@ def predict_scores(estimator, X: np.ndarray, task: str) -> np.ndarray:
 
 
 class AUCScorer:
-    """GridSearchCV scoring: ROC AUC / macro one-vs-rest AUC / mean per-label AUC."""
+    """GridSearchCV scoring: ROC AUC / macro one-vs-rest AUC / mean per-label AUC.
+
+    An undefined AUC (the scored rows hold one class) is NaN rather than an error:
+    successive halving scores early rounds on small random subsets of each fold,
+    where that can happen; scikit-learn ranks NaN candidates last, and the final
+    round, which picks the model, always scores the full folds.
+    """
 
     def __init__(self, task: str):
         self.task = task
@@ -109,7 +116,11 @@ class AUCScorer:
     def __call__(self, estimator, X, y) -> float:
         from featx import evaluate
 
-        return float(evaluate.auc(self.task, y, predict_scores(estimator, X, self.task)))
+        scores = predict_scores(estimator, X, self.task)
+        try:
+            return float(evaluate.auc(self.task, y, scores))
+        except ClassifyError:
+            return float("nan")
 
 
 # ---------------------------------------------------------------- validation
@@ -272,6 +283,9 @@ def _check_classes(features, rows: np.ndarray, what: str) -> None:
     y = np.asarray(features.y)[rows]
     classes = list(features.classes)
     if y.ndim == 2:
+        constant = [k for k in range(y.shape[1]) if len(np.unique(y[:, k])) < 2]
+        if what == "test" and len(constant) < y.shape[1]:
+            return  # evaluate leaves such labels out of the mean AUC and says so in the run JSON
         for k, name in enumerate(classes):
             values = np.unique(y[:, k])
             if len(values) < 2:
@@ -356,7 +370,10 @@ def select_model(
         classifier, estimator, grid, splits, AUCScorer(task), n_jobs=config.n_jobs, seed=config.seed
     )
     started = time.perf_counter()
-    search.fit(X_train, y_train)
+    with warnings.catch_warnings():
+        # NaN early-round scores of successive halving are expected (see AUCScorer); not news to the user.
+        warnings.filterwarnings("ignore", message="One or more of the test scores are non-finite")
+        search.fit(X_train, y_train)
     search_s = time.perf_counter() - started
 
     started = time.perf_counter()

@@ -404,3 +404,31 @@ def test_validation_happens_before_any_fit(tmp_path, capsys):
     code, err = run_cli(capsys, "--features", tmp_path / "f", "--out", tmp_path / "results")
     assert code == 2 and "zbad.h5" in err
     assert not list((tmp_path / "results").glob("runs/*.json"))
+
+
+def test_auc_scorer_is_nan_not_an_error_on_single_class_rows():
+    from sklearn.linear_model import LogisticRegression
+
+    from featx.classify import AUCScorer
+
+    X = np.arange(20, dtype=float).reshape(10, 2)
+    y = np.array([0, 1] * 5)
+    model = LogisticRegression().fit(X, y)
+    assert np.isnan(AUCScorer("binary")(model, X[:3], np.ones(3, dtype=int)))
+    assert AUCScorer("binary")(model, X, y) == pytest.approx(roc_auc_score(y, model.predict_proba(X)[:, 1]))
+
+
+def test_a_failing_report_does_not_lose_the_results(tmp_path, monkeypatch):
+    import featx.report
+
+    def broken(results_dir, out=None):
+        raise RuntimeError("matplotlib exploded")
+
+    monkeypatch.setattr(featx.report, "write_report", broken)
+    write_signal_cache(tmp_path / "features" / "tiny.h5", n_train_patients=20, n_test=20, dim=4)
+    console = quiet_console()
+    classify_command(config_for(tmp_path / "features", tmp_path / "results"), console)
+    out = console.file.getvalue()
+    assert "report was not written" in out and "matplotlib exploded" in out
+    assert (tmp_path / "results" / "runs" / "tiny__avg__logreg.json").is_file()
+    assert (tmp_path / "results" / "leaderboard.csv").is_file()
