@@ -432,3 +432,31 @@ def test_a_failing_report_does_not_lose_the_results(tmp_path, monkeypatch):
     assert "report was not written" in out and "matplotlib exploded" in out
     assert (tmp_path / "results" / "runs" / "tiny__avg__logreg.json").is_file()
     assert (tmp_path / "results" / "leaderboard.csv").is_file()
+
+
+@pytest.mark.realdata
+def test_real_kermany_images_through_both_stages(tmp_path, kermany_train, capsys):
+    """A few hundred real chest X-rays: tiny random-init backbone, then stage two via the CLI."""
+    from featx.manifest import PATIENT_PARSERS
+
+    picked = [p for label in ("NORMAL", "PNEUMONIA") for p in sorted((kermany_train / label).glob("*.jpeg"))[:150]]
+    lines = ["path,label,split,patient_id"]
+    for path in picked:
+        patient = PATIENT_PARSERS["kermany"](path.name)
+        lines.append(f"{path.relative_to(kermany_train)},{path.parent.name},train,{patient}")
+    manifest = tmp_path / "kermany.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    features, results = tmp_path / "features", tmp_path / "results"
+    assert main(["extract", "--backbone", "tiny", "--weights", "random", "--manifest", str(manifest), "--data-root",
+                 str(kermany_train), "--out", str(features), "--image-size", "64"]) == 0
+    assert main(["classify", "--features", str(features), "--out", str(results), "--classifier", "logreg",
+                 "--quick", "--cv", "3"]) == 0
+    run = load_json(results / "runs" / "tiny__avg__logreg.json")
+    assert run["data"]["test_source"] == "held_out_patients" and run["random_weights"] is True
+    assert run["data"]["n_train"] + run["data"]["n_test"] == 300
+    patient_of = {line.split(",")[0]: line.split(",")[3] for line in lines[1:]}
+    test_patients = {patient_of[i] for i in run["test_predictions"]["ids"]}
+    train_patients = set(patient_of.values()) - test_patients
+    assert len(test_patients) == run["data"]["n_test_patients"] and len(train_patients) == run["data"]["n_train_patients"]
+    assert 0.0 <= run["test"]["auc"]["ci_low"] <= run["test"]["auc"]["value"] <= run["test"]["auc"]["ci_high"] <= 1.0
+    assert "RANDOM-INIT WEIGHTS" in (results / "leaderboard.md").read_text()
