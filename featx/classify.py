@@ -388,20 +388,19 @@ def select_model(
     return Selection(search, splits, oof, threshold, search_s, oof_s)
 
 
-def run_one(plan: RunPlan, config: ClassifyConfig, console) -> Path:
-    """Fit, evaluate and save one backbone x pooling x classifier; returns the JSON path."""
+def run_one(plan: RunPlan, config: ClassifyConfig, features=None) -> Path:
+    """Fit, evaluate and save one backbone x pooling x classifier; returns the JSON path.
+
+    `features` is the loaded FeatureSet of plan.cache/plan.pooling when the caller has it.
+    """
     import joblib
 
     from featx import evaluate, store
 
     started_total = time.perf_counter()
-    features = store.load(plan.cache, plan.pooling)
+    if features is None:
+        features = store.load(plan.cache, plan.pooling)
     rows = split_rows(features, config)
-    if rows.test_source == "held_out_patients":
-        console.print(
-            f"[yellow]{plan.cache.name} has no test rows: holding out {HOLDOUT_FRACTION:.0%} of patients "
-            f"(stratified, seed {config.seed}) as the test set.[/yellow]"
-        )
     classes = [str(c) for c in features.classes]
     task = task_for(features.y, classes)
     groups = np.asarray(features.patient_id).astype(str)
@@ -600,6 +599,8 @@ def run_classify(config: ClassifyConfig, console=None) -> list[Path]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from featx import store
+
     console = console or Console()
     plans = plan_runs(config)
     written: list[Path] = []
@@ -613,11 +614,21 @@ def run_classify(config: ClassifyConfig, console=None) -> list[Path]:
         TimeRemainingColumn(),
     )
     started = time.perf_counter()
+    loaded_key, features = None, None
     with Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task("classify", total=len(plans), rate="")
         for plan in plans:
             progress.update(bar, description=f"{plan.backbone} / {plan.pooling} / {plan.classifier}")
-            written.append(run_one(plan, config, progress.console))
+            if loaded_key != (plan.cache, plan.pooling):  # plans are grouped by cache and pooling: load each once
+                features, loaded_key = None, None
+                features = store.load(plan.cache, plan.pooling)
+                loaded_key = (plan.cache, plan.pooling)
+                if split_rows(features, config).test_source == "held_out_patients":
+                    progress.console.print(
+                        f"[yellow]{plan.cache.name} has no test rows: holding out {HOLDOUT_FRACTION:.0%} of its "
+                        f"patients (stratified, seed {config.seed}) as the test set.[/yellow]"
+                    )
+            written.append(run_one(plan, config, features))
             elapsed = time.perf_counter() - started
             progress.update(bar, advance=1, rate=f"{len(written) / elapsed * 60:.1f} runs/min")
         progress.update(bar, description="classify: done")

@@ -183,7 +183,7 @@ def test_cache_without_test_rows_holds_out_patients_and_says_so(tmp_path):
     [path] = run_classify(config_for(features, tmp_path / "results"), console)
     run = load_json(path)
     assert run["data"]["test_source"] == "held_out_patients"
-    assert "holding out 20% of patients" in console.file.getvalue()
+    assert console.file.getvalue().count("holding out 20% of its patients") == 1
     assert run["data"]["n_test_patients"] == 16 and run["data"]["n_train_patients"] == 64
     patient_of = dict(zip([f"img_{i:05d}.png" for i in range(len(data["y"]))], data["patient_id"]))
     test_patients = {patient_of[i] for i in run["test_predictions"]["ids"]}
