@@ -553,30 +553,45 @@ def _short(exc) -> str:
 
 
 def print_backbones(console) -> None:
-    """The registry as a table: preprocessing, sizes and embedding width per pooling at the native size."""
+    """The registry as a table: input sizes, preprocessing, embedding widths at the native size, ImageNet cache."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title="featx backbones (widths at the native input size)")
-    for column in ("name", "family", "preprocess", "native", "min", "avg/max/gem", "flatten", "imagenet cached"):
-        table.add_column(column, justify="right" if column in ("native", "min", "avg/max/gem", "flatten") else "left")
-    table.add_column("description", overflow="fold")
+    wide = console.width >= 150
+    table = Table(title="featx backbones (embedding widths at the native input size)", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("name", no_wrap=True)
+    table.add_column("size/min", justify="right", no_wrap=True)
+    table.add_column("prep", no_wrap=True)
+    table.add_column("pooled", justify="right", no_wrap=True)
+    table.add_column("flatten", justify="right", no_wrap=True)
+    table.add_column("imagenet", no_wrap=True)
+    if wide:
+        table.add_column("description", overflow="fold")
     for spec in BACKBONES.values():
         native = (spec.native_size, spec.native_size)
         h, w = spec.feature_map_size(native)
-        cached = "n/a" if not spec.imagenet_weights else ("yes" if imagenet_available(spec) else "no")
-        table.add_row(
+        if not spec.imagenet_weights:
+            cached = "none"
+        else:
+            cached = "cached" if imagenet_available(spec) else "download"
+        row = [
             spec.name,
-            spec.family,
+            f"{spec.native_size}/{spec.min_size}",
             spec.preprocess,
-            f"{spec.native_size}",
-            f"{spec.min_size}",
             f"{spec.channels:,}",
-            f"{spec.embedding_width('flatten', native):,} ({h}x{w}x{spec.channels})",
+            f"{spec.embedding_width('flatten', native):,} ({h}x{w})",
             cached,
-            spec.description,
-        )
+        ]
+        table.add_row(*row, *([spec.description] if wide else []))
     console.print(table)
+    if not wide:
+        for spec in BACKBONES.values():
+            console.print(f"[bold]{spec.name}[/]: {spec.description}", highlight=False)
     console.print(
-        f"ImageNet weights are downloaded by Keras into {config.keras_models_dir()}; "
-        "offline, put the file there or use --weights random (random-init features are for testing only)."
+        f"size/min: native and smallest input in pixels; prep: the backbone's own preprocessing, applied inside "
+        f"the model to raw 0..255 RGB; pooled: width of avg, max and gem; flatten: h*w*channels of the final "
+        f"feature map. ImageNet weights "
+        f"are downloaded by Keras into {config.keras_models_dir()}; offline, put the file there or pass "
+        "--weights random (random-init features are for testing only).",
+        highlight=False,
     )

@@ -71,7 +71,7 @@ def _source_size_needed(source_wh: tuple[int, int], target_wh: tuple[int, int], 
 
 def _draft(image: Image.Image, size: tuple[int, int], resize_mode: str) -> None:
     """Ask libjpeg to decode at 1/2, 1/4 or 1/8 scale when the result still covers what the resize needs."""
-    if image.format != "JPEG":
+    if image.format not in ("JPEG", "MPO"):  # MPO: multi-picture JPEG from cameras
         return
     height, width = size
     try:
@@ -87,6 +87,14 @@ def _draft(image: Image.Image, size: tuple[int, int], resize_mode: str) -> None:
     image.draft(mode, (need_w, need_h))
     # Pillow picks the largest scale whose result is >= the request; hold it to that.
     assert image.size[0] >= need_w and image.size[1] >= need_h, (image.size, need_w, need_h)
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a malformed EXIF block leaves the pixels as stored rather than failing."""
+    try:
+        return ImageOps.exif_transpose(image) or image
+    except Exception:
+        return image
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -127,8 +135,7 @@ def read_rgb(path, size=None, resize_mode: str = "stretch") -> Image.Image:
             if size is not None:
                 _draft(image, check_size(size), resize_mode)
             image.load()
-            image = ImageOps.exif_transpose(image) or image
-            return _to_rgb(image)
+            return _to_rgb(_upright(image))
     except _Unreadable as exc:
         raise _read_error(path, str(exc)) from None
     except Image.DecompressionBombError as exc:
