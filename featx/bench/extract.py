@@ -1,0 +1,227 @@
+"""`featx bench extract`: how close does the full extract path come to the bare forward pass?
+
+One invocation:
+1. writes large grayscale chest-like JPEGs (default 1500x1500, the size of the
+   original X-rays) and a manifest into a scratch folder;
+2. times the bare forward pass of the backbone (random weights) on pre-decoded
+   tensors at the same batch size, after a warm-up;
+3. times `run_extract` on those JPEGs (decode at reduced scale, resize, forward,
+   HDF5 writes) in this process, and reports the ratio of the two rates
+   (goal: >= 0.9 for resnet50 on a 2-core CPU);
+4. runs the extraction again once per image count in a child process and reads
+   its peak RSS (VmHWM), so counts can be compared: memory must not grow with N.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULT_TAG = "FEATX_BENCH_RESULT "
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size (VmHWM) in MiB."""
+    return _status_kib("VmHWM") / 1024
+
+
+def rss_mib() -> float:
+    return _status_kib("VmRSS") / 1024
+
+
+def _status_kib(key: str) -> float:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(key + ":"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    import resource
+
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+
+
+# ---------------------------------------------------------------- data
+
+
+def _base_radiographs(side: int, n_bases: int, seed: int) -> list[np.ndarray]:
+    """A few smooth chest-like uint8 images (body, two dark lungs, ribs, grain) to vary per file."""
+    rng = np.random.default_rng(seed)
+    v, u = np.mgrid[0:side, 0:side].astype(np.float32) / side
+    bases = []
+    for _ in range(n_bases):
+        body = np.exp(-(((u - 0.5) / 0.42) ** 8))
+        image = 60 + 140 * body + 30 * v
+        for centre in (0.3 + rng.normal(0, 0.01), 0.7 + rng.normal(0, 0.01)):
+            lung = ((u - centre) / 0.16) ** 2 + ((v - 0.48) / 0.3) ** 2
+            image -= 80 * np.clip(1.2 - lung, 0, 1)
+        image += 18 * np.sin(2 * np.pi * (v * 11 + 0.6 * (u - 0.5) ** 2 * rng.uniform(2, 4)))
+        image += rng.normal(0, 6, size=(side, side)).astype(np.float32)
+        bases.append(np.clip(image, 0, 255).astype(np.uint8))
+    return bases
+
+
+def write_jpegs(folder: Path, count: int, side: int, seed: int = 0, progress=None) -> Path:
+    """`count` side x side grayscale JPEGs plus manifest.csv in folder; returns the manifest path."""
+    from PIL import Image
+
+    from featx.manifest import write_manifest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bases = _base_radiographs(side, min(8, count), seed)
+    rows = []
+    for index in range(count):
+        name = f"img_{index:05d}.jpeg"
+        target = folder / name
+        if not target.exists():
+            pixels = np.roll(bases[index % len(bases)], shift=(index * 7) % side, axis=1)
+            Image.fromarray(pixels, mode="L").save(target, quality=90)
+        rows.append({"path": name, "label": ("NORMAL", "PNEUMONIA")[index % 2], "split": "train",
+                     "patient_id": f"p{index:05d}"})
+        if progress is not None:
+            progress()
+    return write_manifest(rows, folder / f"manifest_{count}.csv")
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def bare_forward(backbone: str, batch_size: int, n_images: int, seed: int = 0) -> dict:
+    """images/s of the compiled forward pass alone on pre-decoded float32 batches (after a warm-up batch)."""
+    from featx import backbones
+    from featx.extract import _forward_step
+
+    spec = backbones.get_backbone(backbone)
+    size = backbones.check_image_size(spec, spec.native_size)
+    weights = backbones.resolve_weights("random", seed)
+    model = backbones.create_backbone(spec, weights, size, ("avg",))
+    predict = _forward_step(model, size, ("avg",))
+    rng = np.random.default_rng(seed)
+    batch = rng.uniform(0, 255, size=(batch_size, *size, 3)).astype(np.float32)
+    predict(batch[:1])
+    predict(batch)
+    n_batches = max(1, -(-n_images // batch_size))
+    started = time.perf_counter()
+    for _ in range(n_batches):
+        predict(batch)
+    seconds = time.perf_counter() - started
+    return {"images": n_batches * batch_size, "seconds": seconds, "rate": n_batches * batch_size / seconds}
+
+
+def full_extract(backbone: str, manifest: Path, data_root: Path, out_dir: Path, batch_size: int,
+                 workers: int | None = None) -> dict:
+    """One run of the real extract path with random weights; rate as run_extract reports it."""
+    from featx.extract import ExtractConfig, run_extract
+
+    shutil.rmtree(out_dir, ignore_errors=True)
+    baseline = rss_mib()
+    config = ExtractConfig(
+        backbones=(backbone,), manifest=manifest, data_root=data_root, out_dir=out_dir, weights="random",
+        batch_size=batch_size, force=True, workers=workers,
+    )
+    summary = run_extract(config)[0]
+    return {
+        "images": summary.rows,
+        "failures": summary.failures,
+        "seconds": summary.seconds,
+        "rate": summary.rate,
+        "rss_before_mib": baseline,
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+def _child(argv: list[str]) -> None:
+    backbone, manifest, data_root, out_dir, batch_size = argv
+    result = full_extract(backbone, Path(manifest), Path(data_root), Path(out_dir), int(batch_size))
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+def extract_in_child(backbone: str, manifest: Path, data_root: Path, out_dir: Path, batch_size: int) -> dict:
+    """full_extract in a fresh process, so its peak RSS belongs to that run alone."""
+    command = [sys.executable, "-m", "featx.bench.extract", backbone, str(manifest), str(data_root), str(out_dir),
+               str(batch_size)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    for line in done.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    raise RuntimeError(f"benchmark child failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")
+
+
+# ---------------------------------------------------------------- the command
+
+
+def bench_extract_command(backbone, image_counts, source_size, batch_size, workdir, console) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from featx import backbones
+    from featx.errors import FeatxError
+
+    backbones.get_backbone(backbone)
+    counts = sorted(set(int(n) for n in image_counts))
+    if not counts or counts[0] < 1:
+        raise FeatxError(f"--images must list positive image counts, e.g. 256,1024. Got {list(image_counts)!r} instead.")
+    scratch = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="featx-bench-"))
+    data = scratch / "jpegs"
+    try:
+        console.print(f"Scratch folder: {scratch}")
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=console) as progress:
+            task = progress.add_task(f"writing {source_size}x{source_size} JPEGs", total=counts[-1])
+            manifests = {}
+            for count in counts:
+                progress.update(task, completed=0)
+                manifests[count] = write_jpegs(data, count, source_size,
+                                               progress=lambda: progress.advance(task))
+        jpeg_kib = sum(p.stat().st_size for p in data.glob("*.jpeg")) / max(1, counts[-1]) / 1024
+        console.print(f"{counts[-1]} JPEGs, {jpeg_kib:.0f} KiB each on average.")
+
+        console.print(f"[bold]1/3[/] bare forward pass of {backbone} (batch {batch_size}, pre-decoded tensors) ...")
+        bare = bare_forward(backbone, batch_size, counts[-1])
+        console.print(f"    {bare['rate']:.2f} images/s over {bare['images']} images")
+
+        console.print(f"[bold]2/3[/] full extract path in this process ({counts[-1]} JPEGs) ...")
+        full = full_extract(backbone, manifests[counts[-1]], data, scratch / "features-inprocess", batch_size)
+        console.print(f"    {full['rate']:.2f} images/s over {full['images']} images")
+
+        children = {}
+        for count in counts:
+            console.print(f"[bold]3/3[/] full extract in a fresh process, {count} images (peak RSS) ...")
+            children[count] = extract_in_child(backbone, manifests[count], data, scratch / f"features-{count}",
+                                               batch_size)
+            console.print(f"    {children[count]['rate']:.2f} images/s, peak RSS {children[count]['peak_rss_mib']:.0f} MiB")
+    finally:
+        if workdir is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    ratio = full["rate"] / bare["rate"] if bare["rate"] else float("nan")
+    table = Table(title=f"featx bench extract: {backbone}, batch {batch_size}, {source_size}x{source_size} JPEGs, "
+                        f"{os.cpu_count()} CPU cores")
+    for column in ("measurement", "images", "images/s", "peak RSS (MiB)"):
+        table.add_column(column, justify="left" if column == "measurement" else "right")
+    table.add_row("bare forward pass (pre-decoded)", str(bare["images"]), f"{bare['rate']:.2f}", "-")
+    table.add_row("full extract (this process)", str(full["images"]), f"{full['rate']:.2f}", "-")
+    for count, child in children.items():
+        table.add_row(f"full extract (fresh process, N={count})", str(child["images"]), f"{child['rate']:.2f}",
+                      f"{child['peak_rss_mib']:.0f}")
+    console.print(table)
+    verdict = "meets" if ratio >= 0.9 else "misses"
+    console.print(f"extract / bare forward = [bold]{ratio:.3f}[/] ({verdict} the 0.9 goal)")
+    if len(children) > 1:
+        low, high = children[counts[0]]["peak_rss_mib"], children[counts[-1]]["peak_rss_mib"]
+        console.print(f"peak RSS N={counts[0]}: {low:.0f} MiB, N={counts[-1]}: {high:.0f} MiB "
+                      f"(difference {high - low:+.0f} MiB for {counts[-1] - counts[0]} more images)")
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1:])
