@@ -100,23 +100,18 @@ def _check_out_dir(out_dir: Path) -> Path:
     return out_dir
 
 
-def _check_manifest_paths(manifest, data_root: Path) -> list[Path]:
+def _check_manifest_paths(rel_paths: Sequence[str], data_root: Path) -> list[Path]:
+    """Every path resolved inside the data root; a wrong --data-root is caught when none of the first rows exist."""
     from featx.manifest import resolve_path
 
-    paths = [resolve_path(data_root, rel) for rel in manifest.paths]
+    paths = [resolve_path(data_root, rel) for rel in rel_paths]
     probe = paths[:_EXISTENCE_PROBE_ROWS]
     if probe and not any(p.exists() for p in probe):
         raise ManifestError(
             f"None of the first {len(probe)} manifest paths exist under the data root '{data_root}' "
-            f"(e.g. {manifest.paths[0]!r}); check --data-root."
+            f"(e.g. {rel_paths[0]!r}); check --data-root."
         )
     return paths
-
-
-def _resolve_weights(weights: str, spec, seed: int, size: tuple[int, int]):
-    from featx import backbones
-
-    return backbones.resolve_weights(weights, seed, spec, size)
 
 
 def _versions() -> dict[str, str]:
@@ -157,9 +152,9 @@ def _plan(config: ExtractConfig):
         raise ManifestError(f"The data root '{data_root}' is not a folder; pass --data-root the folder the manifest paths are relative to.")
     manifest = read_manifest(manifest_path)
     n_rows = len(manifest) if config.limit is None else min(len(manifest), int(config.limit))
-    paths = _check_manifest_paths(_Limited(manifest, n_rows), data_root)
+    paths = _check_manifest_paths(manifest.paths[:n_rows], data_root)
+    weights = [backbones.resolve_weights(config.weights, config.seed, spec, size) for spec, size in zip(specs, sizes)]
     out_dir = _check_out_dir(config.out_dir)
-    weights = [_resolve_weights(config.weights, spec, config.seed, size) for spec, size in zip(specs, sizes)]
 
     data_root_text = str(data_root.resolve())
     jobs = []
@@ -185,23 +180,6 @@ def _plan(config: ExtractConfig):
             job.notes.append("--weights auto: no ImageNet weights cached, so random weights were used.")
         jobs.append(job)
     return manifest, n_rows, paths, jobs
-
-
-class _Limited:
-    """The first n rows of a manifest, seen through the attributes extraction reads."""
-
-    def __init__(self, manifest, n_rows: int):
-        self.paths = manifest.paths[:n_rows]
-        self.splits = manifest.splits[:n_rows]
-        self.patient_ids = manifest.patient_ids[:n_rows]
-        self.classes = manifest.classes
-        self._labels = manifest.label_array()[:n_rows]
-
-    def label_array(self) -> np.ndarray:
-        return self._labels
-
-    def __len__(self) -> int:
-        return len(self.paths)
 
 
 # ---------------------------------------------------------------- the model step
