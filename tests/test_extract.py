@@ -320,18 +320,24 @@ def test_lock_held_by_another_process_through_the_cli(tmp_path, capsys):
 
 
 @pytest.mark.realdata
-def test_real_kermany_images(tmp_path, kermany_train):
+def test_real_kermany_images_through_two_backbones_sharing_one_decode(tmp_path, kermany_train, monkeypatch):
     picked = sorted((kermany_train / "NORMAL").glob("*.jpeg"))[:16] + sorted((kermany_train / "PNEUMONIA").glob("*.jpeg"))[:16]
     manifest = tmp_path / "kermany.csv"
     lines = ["path,label,split,patient_id"]
     for path in picked:
         lines.append(f"{path.relative_to(kermany_train)},{path.parent.name},train,{path.stem.split('-')[0]}")
     manifest.write_text("\n".join(lines) + "\n")
-    config = ExtractConfig(backbones=("tiny",), manifest=manifest, data_root=kermany_train, out_dir=tmp_path / "features",
-                           weights="random", poolings=("avg", "max"), image_size=64, batch_size=16)
-    summary = run_extract(config, quiet())[0]
-    features = store.load(summary.path, "max")
-    assert summary.failures == 0 and features.ok.all() and len(features) == 32
-    assert features.classes == ("NORMAL", "PNEUMONIA") and features.y.tolist() == [0] * 16 + [1] * 16
-    assert features.attrs["image_size"] == [64, 64] and features.attrs["data_root"] == str(kermany_train.resolve())
-    assert np.isfinite(features.X).all() and features.X.std(axis=0).max() > 0
+    decoded = _count_decodes(monkeypatch)
+    config = ExtractConfig(backbones=("tiny", "mobilenetv3small"), manifest=manifest, data_root=kermany_train,
+                           out_dir=tmp_path / "features", weights="random", poolings=("avg", "max"), image_size=96,
+                           batch_size=16)
+    summaries = run_extract(config, quiet())
+    assert len(decoded) == 32
+    for summary, width in zip(summaries, (32, 576)):
+        features = store.load(summary.path, "max")
+        assert summary.status == "built" and summary.failures == 0 and features.ok.all() and len(features) == 32
+        assert features.X.shape == (32, width)
+        assert features.classes == ("NORMAL", "PNEUMONIA") and features.y.tolist() == [0] * 16 + [1] * 16
+        assert features.attrs["image_size"] == [96, 96] and features.attrs["data_root"] == str(kermany_train.resolve())
+        assert np.isfinite(features.X).all() and features.X.std(axis=0).max() > 0
+    assert store.load(summaries[1].path).attrs["preprocess"] == "none"
