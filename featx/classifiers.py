@@ -224,7 +224,6 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         patience=8,
         validation_fraction=0.15,
         random_state=0,
-        verbose=0,
     ):
         self.hidden_units = hidden_units
         self.dropout = dropout
@@ -235,7 +234,6 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         self.patience = patience
         self.validation_fraction = validation_fraction
         self.random_state = random_state
-        self.verbose = verbose
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -273,37 +271,76 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         import keras
 
         python_state, numpy_state = random.getstate(), np.random.get_state()
-        keras.utils.set_random_seed(int(self.random_state))
+        keras.utils.set_random_seed(int(self.random_state))  # only the TF seed matters; globals restored below
         try:
             model = self._build(keras, Z.shape[1], n_outputs)
             train_rows, valid_rows = self._inner_split(len(Z), strata)
-            callbacks = []
-            fit_kwargs = {}
-            if valid_rows is not None:
-                callbacks.append(
-                    keras.callbacks.EarlyStopping(
-                        monitor="val_loss", patience=self.patience, restore_best_weights=True
-                    )
-                )
-                fit_kwargs["validation_data"] = (Z[valid_rows], targets[valid_rows])
-            history = model.fit(
-                Z[train_rows],
-                targets[train_rows],
-                batch_size=int(self.batch_size),
-                epochs=int(self.max_epochs),
-                shuffle=True,
-                callbacks=callbacks,
-                verbose=self.verbose,
-                **fit_kwargs,
-            )
+            history = self._train(model, Z, targets, train_rows, valid_rows)
         finally:
             random.setstate(python_state)
             np.random.set_state(numpy_state)
         self.model_ = model
-        self.n_epochs_ = len(history.history.get("loss", []))
-        losses = history.history.get("val_loss")
-        self.best_epoch_ = int(np.argmin(losses)) + 1 if losses else self.n_epochs_
+        self.n_epochs_ = len(history)
+        self.best_epoch_ = int(np.argmin(history)) + 1 if valid_rows is not None and history else self.n_epochs_
         return self
+
+    def _train(self, model, Z, targets, train_rows, valid_rows) -> list[float]:
+        """Adam with mini-batches; early stopping on the validation loss, best weights restored.
+
+        A compiled train step and our own epoch loop instead of keras.Model.fit: fit's per-epoch
+        machinery (data adapters, callbacks, a validation pass through evaluate) dominated the
+        cost of these small heads, several times over on small inputs.
+        """
+        import keras
+        import tensorflow as tf
+
+        multilabel = self.multilabel_
+        loss_fn = keras.losses.BinaryCrossentropy() if multilabel else keras.losses.SparseCategoricalCrossentropy()
+        optimizer = keras.optimizers.Adam(learning_rate=float(self.learning_rate))
+        optimizer.build(model.trainable_variables)
+        data = tf.constant(Z)
+        labels = tf.constant(targets)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)], reduce_retracing=True)
+        def train_step(rows):
+            x, t = tf.gather(data, rows), tf.gather(labels, rows)
+            with tf.GradientTape() as tape:
+                loss = loss_fn(t, model(x, training=True))
+                if model.losses:
+                    loss = loss + tf.add_n(model.losses)
+            gradients = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+            return loss
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)], reduce_retracing=True)
+        def validation_loss(rows):
+            return loss_fn(tf.gather(labels, rows), model(tf.gather(data, rows), training=False))
+
+        rng = np.random.default_rng(int(self.random_state))
+        # at least ~8 steps per epoch, so small training sets are not starved of updates
+        batch_size = max(1, min(int(self.batch_size), max(16, len(train_rows) // 8)))
+        valid = None if valid_rows is None else tf.constant(valid_rows.astype(np.int32))
+        history: list[float] = []
+        best_loss, best_weights, waited = np.inf, None, 0
+        for _ in range(int(self.max_epochs)):
+            order = rng.permutation(train_rows).astype(np.int32)
+            epoch_loss = 0.0
+            for start in range(0, len(order), batch_size):
+                epoch_loss = float(train_step(tf.constant(order[start : start + batch_size])))
+            if valid is None:
+                history.append(epoch_loss)
+                continue
+            loss = float(validation_loss(valid))
+            history.append(loss)
+            if loss < best_loss - 1e-4:
+                best_loss, best_weights, waited = loss, model.get_weights(), 0
+            else:
+                waited += 1
+                if waited >= int(self.patience):
+                    break
+        if best_weights is not None:
+            model.set_weights(best_weights)
+        return history
 
     def _build(self, keras, n_features: int, n_outputs: int):
         seed = int(self.random_state)
@@ -328,10 +365,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 3),
             kernel_regularizer=regularizer,
         )(x)
-        model = keras.Model(inputs, outputs)
-        loss = "binary_crossentropy" if self.multilabel_ else "sparse_categorical_crossentropy"
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate=float(self.learning_rate)), loss=loss)
-        return model
+        return keras.Model(inputs, outputs)
 
     def _inner_split(self, n_rows: int, strata):
         from sklearn.model_selection import train_test_split

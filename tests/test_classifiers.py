@@ -1,0 +1,211 @@
+"""classifiers.py: the registry, the early-stopping XGBoost wrapper, the Keras DenseHead, make_search."""
+
+from __future__ import annotations
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, ParameterGrid
+
+from featx import classifiers, evaluate
+from featx.classifiers import CLASSIFIERS, DenseHead, EarlyStoppingXGB, build_classifier, get_classifier, make_search
+from featx.errors import ClassifyError
+
+
+def _embeddings(n_patients=80, rows=3, dim=24, signal=1.2, n_classes=2, seed=0, multilabel=False):
+    """Patient-grouped synthetic embeddings; the class moves the first few dimensions."""
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(n_patients), rows)
+    if multilabel:
+        patient_y = rng.integers(0, 2, (n_patients, n_classes))
+        y = patient_y[groups]
+        X = rng.normal(size=(len(groups), dim))
+        X[:, :n_classes] += signal * y
+    else:
+        patient_y = np.arange(n_patients) % n_classes
+        y = patient_y[groups]
+        X = rng.normal(size=(len(groups), dim))
+        for k in range(n_classes):
+            X[:, k] += signal * (y == k)
+    return X.astype(np.float32), y, groups
+
+
+def _search_auc(name, task, X, y, groups, n_classes):
+    estimator, grid = build_classifier(name, task, n_classes, seed=0, quick=True)
+    splits = evaluate.grouped_splits(y, groups, 3, seed=0)
+    search = make_search(name, estimator, grid, splits, evaluate.auc_scorer(task), n_jobs=1, seed=0)
+    search.fit(X, y)
+    return search
+
+
+# ---------------------------------------------------------------- registry
+
+
+def test_registry_names_and_unknown_classifier_sentence():
+    assert {"logreg", "xgboost", "dense"} <= set(CLASSIFIERS)
+    assert all(spec.search in classifiers.SEARCHES for spec in CLASSIFIERS.values())
+    with pytest.raises(ClassifyError, match=r"'classifier' parameter must be one of .*'xgbost'.*did you mean 'xgboost'"):
+        get_classifier("xgbost")
+    with pytest.raises(ClassifyError, match="'task' parameter"):
+        build_classifier("logreg", "regression", 2)
+
+
+@pytest.mark.parametrize("name", sorted(CLASSIFIERS))
+@pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel"])
+@pytest.mark.parametrize("quick", [False, True])
+def test_every_grid_key_is_a_parameter_of_its_estimator(name, task, quick):
+    estimator, grid = build_classifier(name, task, 3, quick=quick)
+    assert grid and all(values for values in grid.values())
+    for point in ParameterGrid(grid):
+        clone(estimator).set_params(**point)  # raises on an unknown key
+    if task == "multilabel" and name != "dense":
+        assert all(key.startswith("estimator__") for key in grid)
+
+
+def test_default_grids_cover_the_published_searches():
+    _, logreg = build_classifier("logreg", "binary", 2)
+    assert min(logreg["clf__C"]) <= 1e-4 and max(logreg["clf__C"]) >= 10 and len(logreg["clf__C"]) >= 7
+    assert logreg["clf__class_weight"] == [None, "balanced"]
+    _, dense = build_classifier("dense", "binary", 2)
+    assert dense["hidden_units"] == [0, 256, 1024]
+    _, xgb = build_classifier("xgboost", "binary", 2)
+    assert "balanced" in xgb["scale_pos_weight"] and len(xgb["max_depth"]) >= 2 and len(xgb["learning_rate"]) >= 2
+
+
+def test_make_search_strategy_follows_the_registry_and_quick_grids_stay_exhaustive():
+    X, y, groups = _embeddings(n_patients=30)
+    splits = evaluate.grouped_splits(y, groups, 3, 0)
+    for name, spec in CLASSIFIERS.items():
+        estimator, grid = build_classifier(name, "binary", 2)
+        search = make_search(name, estimator, grid, splits, evaluate.auc_scorer("binary"))
+        expected = "HalvingGridSearchCV" if spec.search == "halving" else "GridSearchCV"
+        assert type(search).__name__ == expected
+        assert classifiers.search_strategy(name, grid) == spec.search
+        estimator, grid = build_classifier(name, "binary", 2, quick=True)
+        assert isinstance(make_search(name, estimator, grid, splits, "roc_auc"), GridSearchCV)
+
+
+def test_parallel_search_gives_each_fit_one_thread():
+    estimator, grid = build_classifier("xgboost", "binary", 2, n_jobs=2)
+    assert estimator.n_jobs == 2
+    X, y, groups = _embeddings(n_patients=30)
+    search = make_search("xgboost", estimator, grid, evaluate.grouped_splits(y, groups, 3, 0), "roc_auc", n_jobs=2)
+    assert search.estimator.n_jobs == 1 and search.n_jobs == 2
+
+
+# ---------------------------------------------------------------- signal and noise
+
+
+@pytest.mark.parametrize("name", ["logreg", "xgboost", "dense"])
+def test_a_known_signal_is_found_and_noise_sits_near_chance(name):
+    X, y, groups = _embeddings(n_patients=100, signal=1.5, seed=1)
+    X_test, y_test, _ = _embeddings(n_patients=60, signal=1.5, seed=2)
+    search = _search_auc(name, "binary", X, y, groups, 2)
+    assert search.best_score_ > 0.85
+    assert evaluate.auc("binary", y_test, search.predict_proba(X_test)[:, 1]) > 0.85
+
+    noise_X, noise_y, noise_groups = _embeddings(n_patients=100, signal=0.0, seed=3)
+    noise_test_X, noise_test_y, _ = _embeddings(n_patients=100, signal=0.0, seed=4)
+    search = _search_auc(name, "binary", noise_X, noise_y, noise_groups, 2)
+    assert abs(evaluate.auc("binary", noise_test_y, search.predict_proba(noise_test_X)[:, 1]) - 0.5) < 0.1
+
+
+@pytest.mark.parametrize("name", ["logreg", "xgboost", "dense"])
+def test_multiclass_and_multilabel_paths(name):
+    X, y, groups = _embeddings(n_patients=90, signal=2.0, n_classes=3, seed=5)
+    search = _search_auc(name, "multiclass", X, y, groups, 3)
+    proba = search.predict_proba(X)
+    assert proba.shape == (len(y), 3) and np.allclose(proba.sum(axis=1), 1.0)
+    assert search.best_score_ > 0.8
+
+    X, y, groups = _embeddings(n_patients=90, signal=2.0, n_classes=3, seed=6, multilabel=True)
+    search = _search_auc(name, "multilabel", X, y, groups, 3)
+    proba = search.predict_proba(X)
+    assert proba.shape == (len(y), 3)
+    assert search.best_score_ > 0.8
+
+
+# ---------------------------------------------------------------- XGBoost wrapper
+
+
+def test_xgboost_early_stopping_stops_early_on_noise_and_round_trips():
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(300, 10)).astype(np.float32)
+    y = rng.integers(0, 2, 300)
+    model = EarlyStoppingXGB(n_estimators=400, learning_rate=0.3, early_stopping_rounds=10).fit(X, y)
+    assert model.n_estimators_ < 400 and model.best_iteration_ == model.n_estimators_ - 1
+    copy = clone(model)
+    assert copy.get_params() == model.get_params() and not hasattr(copy, "booster_")
+
+
+def test_xgboost_balanced_weight_is_resolved_at_fit_time(tmp_path):
+    X, y, _ = _embeddings(n_patients=60, rows=2)
+    y = np.where(np.arange(len(y)) % 4 == 0, 0, 1)
+    model = EarlyStoppingXGB(n_estimators=20, scale_pos_weight="balanced").fit(X, y)
+    assert model.scale_pos_weight_ == pytest.approx((y == 0).sum() / (y == 1).sum())
+    path = tmp_path / "xgb.joblib"
+    joblib.dump(model, path)
+    again = joblib.load(path)
+    assert np.array_equal(again.predict_proba(X), model.predict_proba(X))
+    with pytest.raises(ValueError, match="balanced"):
+        EarlyStoppingXGB(scale_pos_weight="even").fit(X, y)
+
+
+def test_xgboost_device_is_cpu_without_a_cuda_build(monkeypatch):
+    import xgboost
+
+    classifiers.xgboost_device.cache_clear()
+    monkeypatch.setattr(xgboost, "build_info", lambda: {"USE_CUDA": False})
+    try:
+        assert classifiers.xgboost_device() == "cpu"
+    finally:
+        classifiers.xgboost_device.cache_clear()
+    assert classifiers.xgboost_device() in ("cpu", "cuda")
+
+
+# ---------------------------------------------------------------- DenseHead
+
+
+def test_dense_head_is_deterministic_and_round_trips_through_joblib(tmp_path):
+    X, y, _ = _embeddings(n_patients=50, signal=1.0)
+    model = DenseHead(hidden_units=16, dropout=0.2, max_epochs=15, random_state=3).fit(X, y)
+    again = DenseHead(hidden_units=16, dropout=0.2, max_epochs=15, random_state=3).fit(X, y)
+    assert np.allclose(model.predict_proba(X), again.predict_proba(X), atol=1e-6)
+    path = tmp_path / "dense.joblib"
+    joblib.dump(model, path)
+    loaded = joblib.load(path)
+    assert np.array_equal(loaded.predict_proba(X), model.predict_proba(X))
+    assert np.array_equal(loaded.classes_, model.classes_)
+    assert clone(model).get_params() == model.get_params()
+
+
+def test_dense_head_keeps_the_global_random_state_untouched():
+    X, y, _ = _embeddings(n_patients=20)
+    np.random.seed(123)
+    expected = np.random.random()
+    np.random.seed(123)
+    DenseHead(max_epochs=2).fit(X, y)
+    assert np.random.random() == expected
+
+
+def test_dense_head_multilabel_uses_independent_sigmoids():
+    X, y, _ = _embeddings(n_patients=60, n_classes=3, signal=2.0, multilabel=True)
+    model = DenseHead(max_epochs=30, learning_rate=3e-3).fit(X, y)
+    proba = model.predict_proba(X)
+    assert proba.shape == y.shape and not np.allclose(proba.sum(axis=1), 1.0)
+    assert model.predict(X).shape == y.shape
+    assert evaluate.auc("multilabel", y, proba) > 0.8
+
+
+def _dense_for_checks():
+    return DenseHead(max_epochs=40, learning_rate=1e-2, batch_size=32, validation_fraction=0.0)
+
+
+@pytest.mark.slow
+def test_dense_head_passes_the_scikit_learn_estimator_checks():
+    from sklearn.utils.estimator_checks import check_estimator
+
+    failures = check_estimator(_dense_for_checks(), on_fail=None)
+    failed = [f"{row['check_name']}: {row['exception']}" for row in failures if row["status"] == "failed"]
+    assert not failed, failed
