@@ -81,8 +81,8 @@ class EarlyStoppingXGB(ClassifierMixin, BaseEstimator):
         scale_pos_weight=1.0,
         min_child_weight=1.0,
         reg_lambda=1.0,
-        max_bin=64,
-        early_stopping_rounds=25,
+        max_bin=32,
+        early_stopping_rounds=20,
         validation_fraction=0.15,
         device="cpu",
         n_jobs=1,
@@ -480,10 +480,10 @@ def _build_xgboost(task, n_classes, seed=0, n_jobs=1, quick=False):
         # n_estimators is a cap: early stopping picks the tree count (<= 1000) on the inner split.
         grid = {
             "max_depth": [3, 6],
-            "learning_rate": [0.05, 0.2],
+            "learning_rate": [0.1, 0.3],
             "n_estimators": [1000],
             "subsample": [0.8],
-            "colsample_bytree": [0.3, 0.6],
+            "colsample_bytree": [0.2, 0.5],
             "scale_pos_weight": [1.0, "balanced"],
         }
     if task == "multilabel":
