@@ -12,9 +12,6 @@ number of images. A file that cannot be read is recorded and its row left zero.
 from __future__ import annotations
 
 import math
-import os
-import sys
-import threading
 import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -232,7 +229,7 @@ def iter_batches(
         ]
         pending.append((batch_start, images, futures))
 
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featx-decode", initializer=_yield_to_the_model)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featx-decode")
     try:
         for batch_start in starts:
             submit(pool, batch_start)
@@ -252,23 +249,6 @@ def iter_batches(
                 submit(pool, next_start)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-DECODE_NICENESS = 10
-
-
-def _yield_to_the_model() -> None:
-    """Lower this decode thread's priority (Linux: per thread) so it fills the model's idle CPU time.
-
-    On a 2-core CPU, decode threads at equal priority preempt TensorFlow's intra-op
-    threads and stall whole ops; `featx bench extract` (resnet50) measured the extract /
-    bare-forward ratio at a median 0.90 with equal priority and 0.98 with niceness 10.
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODE_NICENESS)
-        except OSError:
-            pass
 
 
 def _decode_into(images: np.ndarray, row: int, path, size: tuple[int, int], resize_mode: str) -> str | None:
