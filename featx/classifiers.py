@@ -496,7 +496,7 @@ def _build_dense(task, n_classes, seed=0, n_jobs=1, quick=False):
     if quick:
         grid = {"hidden_units": [0], "dropout": [0.2], "learning_rate": [3e-3]}
     else:
-        grid = {"hidden_units": [0, 256, 1024], "dropout": [0.2, 0.5], "learning_rate": [1e-3, 1e-4]}
+        grid = {"hidden_units": [0, 256, 1024], "dropout": [0.2, 0.5], "learning_rate": [1e-3, 3e-4]}
     return model, grid
 
 
@@ -515,6 +515,8 @@ CLASSIFIERS: dict[str, ClassifierSpec] = {
             "column subsampling and positive-class weight",
             _build_xgboost,
             search="halving",
+            # 16 candidates: 16 -> 4 -> 1 keeps one full-data round of 5 fits instead of two (factor 3)
+            search_options={"factor": 4},
         ),
         ClassifierSpec(
             "dense",
