@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, validate_data
 
 from featx.errors import ClassifyError, one_of_message
 
@@ -118,8 +118,12 @@ class EarlyStoppingXGB(ClassifierMixin, BaseEstimator):
         self.classes_, encoded = np.unique(y, return_inverse=True)
         n_classes = len(self.classes_)
         if n_classes < 2:
-            raise ValueError(f"EarlyStoppingXGB needs at least 2 classes in y; got {n_classes}.")
-        weights = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+            raise ValueError(f"EarlyStoppingXGB needs at least 2 classes in y; got {n_classes} class.")
+        weights = None
+        if sample_weight is not None:
+            weights = _check_sample_weight(sample_weight, X, dtype=np.float64)
+            if not (weights > 0).any():
+                raise ValueError("Sample weights must contain at least one non-zero weight; all weights are zero.")
         scale_pos_weight = self.scale_pos_weight
         if isinstance(scale_pos_weight, str):
             if scale_pos_weight != "balanced":
@@ -197,6 +201,7 @@ class EarlyStoppingXGB(ClassifierMixin, BaseEstimator):
         return proba
 
     def predict(self, X):
+        check_is_fitted(self, "booster_")
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
 
@@ -256,10 +261,10 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             targets = y.astype(np.float32)
             strata = None
         else:
-            y = np.asarray(y).reshape(-1)
+            y = column_or_1d(y, warn=True)
             self.classes_, encoded = np.unique(y, return_inverse=True)
             if len(self.classes_) < 2:
-                raise ValueError(f"DenseHead needs at least 2 classes in y; got {len(self.classes_)}.")
+                raise ValueError(f"DenseHead needs at least 2 classes in y; got {len(self.classes_)} class.")
             targets = encoded.astype(np.int32)
             strata = encoded
         self.mean_ = X.mean(axis=0)
