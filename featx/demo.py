@@ -1,0 +1,202 @@
+"""`featx demo`: the offline end-to-end run on a generated phantom chest X-ray dataset.
+
+workdir/data (phantom images + manifest.csv) -> workdir/features (stage one, two
+backbones) -> workdir/results (stage two, three classifiers: runs, models,
+leaderboard, report.html). Nothing is downloaded: `--weights auto` uses ImageNet
+weights only where Keras has them cached, else random-init weights, said loudly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from featx.errors import CacheError, FeatxError, LockError
+from featx.synthetic import PhantomParams, existing_phantoms, generate_phantoms
+
+DEFAULT_BACKBONES = ("mobilenetv3small", "resnet50")
+DEFAULT_PATIENTS = 120
+DEFAULT_IMAGE_SIZE = 128
+# --quick shrinks whatever was left at its default to a seconds-long smoke run
+QUICK_BACKBONES = ("tiny",)
+QUICK_PATIENTS = 16
+QUICK_IMAGE_SIZE = 32
+QUICK_CV = 3
+DEMO_CV = 5
+RANDOM_BANNER = (
+    "RANDOM-INIT WEIGHTS: no ImageNet weights are cached for {names}, so the demo uses randomly initialised "
+    "backbones. These numbers test the pipeline; they say nothing about ImageNet features."
+)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    workdir: Path = Path("demo")
+    weights: str = "auto"
+    backbones: tuple[str, ...] = DEFAULT_BACKBONES
+    classifiers: tuple[str, ...] = ("logreg", "xgboost", "dense")
+    n_patients: int = DEFAULT_PATIENTS
+    image_size: int = DEFAULT_IMAGE_SIZE
+    seed: int = 0
+    quick: bool = False
+    data_only: bool = False
+
+
+def effective_config(config: DemoConfig) -> DemoConfig:
+    """--quick replaces the values still at their defaults with tiny ones; explicit values are kept."""
+    config = replace(config, workdir=Path(config.workdir), backbones=tuple(config.backbones), classifiers=tuple(config.classifiers))
+    if not config.quick:
+        return config
+    return replace(
+        config,
+        backbones=QUICK_BACKBONES if config.backbones == DEFAULT_BACKBONES else config.backbones,
+        n_patients=QUICK_PATIENTS if config.n_patients == DEFAULT_PATIENTS else config.n_patients,
+        image_size=QUICK_IMAGE_SIZE if config.image_size == DEFAULT_IMAGE_SIZE else config.image_size,
+    )
+
+
+def phantom_params(config: DemoConfig) -> PhantomParams:
+    return PhantomParams(
+        n_patients=config.n_patients,
+        images_per_patient=(2, 5),
+        image_size=config.image_size,
+        positive_fraction=0.74,
+        test_fraction=0.2,
+        seed=config.seed,
+    )
+
+
+def prepare_data(config: DemoConfig, console) -> Path:
+    """The phantom dataset in workdir/data, generated only when absent or made with other parameters."""
+    params = phantom_params(config)
+    data_dir = config.workdir / "data"
+    manifest = existing_phantoms(data_dir, params)
+    if manifest is not None:
+        console.print(f"Phantom dataset already in {data_dir} (same parameters): reused.")
+        return manifest
+    started = time.perf_counter()
+    with console.status(f"Generating {params.n_patients} phantom patients at {params.image_size} px in {data_dir} ..."):
+        manifest = generate_phantoms(
+            data_dir,
+            n_patients=params.n_patients,
+            images_per_patient=params.images_per_patient,
+            image_size=params.image_size,
+            positive_fraction=params.positive_fraction,
+            test_fraction=params.test_fraction,
+            seed=params.seed,
+        )
+    n_images = sum(1 for _ in manifest.open()) - 1
+    seconds = time.perf_counter() - started
+    console.print(f"Generated {n_images} phantom images of {params.n_patients} patients in {seconds:.1f} s -> {manifest}")
+    return manifest
+
+
+def _weights_plan(config: DemoConfig) -> dict[str, str]:
+    """backbone -> "imagenet" | "random" | file name, as stage one will resolve `config.weights`."""
+    from featx.backbones import get_backbone, resolve_weights
+
+    plan = {}
+    for name in config.backbones:
+        spec = get_backbone(name)
+        plan[name] = resolve_weights(config.weights, config.seed, spec, (config.image_size, config.image_size)).label
+    return plan
+
+
+def _clear_previous_results(results_dir: Path) -> None:
+    """The demo owns workdir/results: runs of an earlier demo with other backbones must not join this leaderboard."""
+    for folder, pattern in (("runs", "*.json"), ("models", "*.joblib")):
+        for path in (results_dir / folder).glob(pattern):
+            path.unlink()
+
+
+def demo_command(config: DemoConfig, console) -> None:
+    """Phantoms -> stage one -> stage two -> leaderboard + report, then where everything is and what to run next."""
+    started = time.perf_counter()
+    config = effective_config(config)
+    if not config.backbones:
+        raise FeatxError("The demo needs at least one backbone; pass e.g. --backbones mobilenetv3small,resnet50.")
+    if not config.classifiers:
+        raise FeatxError("The demo needs at least one classifier; pass e.g. --classifiers logreg,xgboost,dense.")
+    manifest = prepare_data(config, console)
+    data_dir = manifest.parent
+    if config.data_only:
+        console.print(
+            f"Data only: next, `featx extract --backbone vgg16 --weights auto --manifest {manifest} --data-root {data_dir}` "
+            "(or `make extract`)."
+        )
+        return
+
+    weights = _weights_plan(config)
+    random_backbones = [name for name, label in weights.items() if label == "random"]
+    if random_backbones:
+        console.print(f"[bold white on red] {RANDOM_BANNER.format(names=', '.join(random_backbones))} [/]")
+
+    from featx import leaderboard
+    from featx.classify import ClassifyConfig, run_classify
+    from featx.extract import ExtractConfig, run_extract
+    from featx.report import write_report
+
+    features_dir = config.workdir / "features"
+    results_dir = config.workdir / "results"
+    stage_one = time.perf_counter()
+    console.rule(f"Stage one: {', '.join(config.backbones)} ({', '.join(f'{k}: {v}' for k, v in weights.items())})")
+    extract_config = ExtractConfig(
+        backbones=config.backbones,
+        manifest=manifest,
+        data_root=data_dir,
+        out_dir=features_dir,
+        weights=config.weights,
+        poolings=("avg",),
+        image_size=config.image_size,
+        seed=config.seed,
+    )
+    try:
+        run_extract(extract_config, console)
+    except CacheError as error:  # the demo owns its caches: one from other phantom parameters is rebuilt
+        if isinstance(error, LockError):
+            raise
+        console.print(f"[yellow]{error} Rebuilding the demo caches.[/yellow]")
+        run_extract(replace(extract_config, force=True), console)
+    stage_two = time.perf_counter()
+    console.rule(f"Stage two: {', '.join(config.classifiers)}")
+    _clear_previous_results(results_dir)
+    run_classify(
+        ClassifyConfig(
+            features_dir=features_dir,
+            out_dir=results_dir,
+            backbones=config.backbones,
+            classifiers=config.classifiers,
+            cv=QUICK_CV if config.quick else DEMO_CV,
+            seed=config.seed,
+            quick=config.quick,
+        ),
+        console,
+    )
+    finished_two = time.perf_counter()
+
+    runs = leaderboard.load_runs(results_dir)
+    csv_path, md_path = leaderboard.write_leaderboard(results_dir, runs)
+    leaderboard.print_leaderboard(runs, console)
+    report = write_report(results_dir, manifest=manifest, data_root=data_dir)
+
+    best = leaderboard.leaderboard_rows(runs)[0]
+    bundle = results_dir / "models" / f"{best['run_id']}.joblib"
+    example = sorted((data_dir / "test").rglob("*.png"))[:1]
+    example_text = str(example[0]) if example else str(data_dir / "test")
+    total = time.perf_counter() - started
+    if random_backbones:
+        console.print(f"[bold white on red] {RANDOM_BANNER.format(names=', '.join(random_backbones))} [/]")
+    console.print(
+        f"\n[bold]Demo finished in {total:.0f} s[/] (data {stage_one - started:.0f} s, stage one "
+        f"{stage_two - stage_one:.0f} s, stage two {finished_two - stage_two:.0f} s).\n"
+        f"  leaderboard  {csv_path}  ({md_path.name})\n"
+        f"  report       {report}\n"
+        f"  best model   {bundle}\n"
+        "\nNext:\n"
+        f"  featx predict --model {bundle} {example_text}\n"
+        f"  featx predict --model {bundle} {data_dir / 'test'} --out predictions.csv\n"
+        "  real data: featx fetch kermany --dest data/kermany, then featx extract / featx classify (see README)\n"
+        "  ImageNet weights: put Keras's *_notop.h5 files in ~/.keras/models (or run once with network) and "
+        "re-run `featx demo`."
+    )

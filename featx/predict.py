@@ -1,0 +1,321 @@
+"""A saved model bundle -> predictions for new images, end to end.
+
+The bundle (results/models/<run>.joblib, docs/internals.md) records how its
+embeddings were made: backbone, weights (imagenet, random from a seed, or a file
+pinned by sha256), image size, resize mode, pooling and preprocessing. Predict
+rebuilds exactly that backbone, or refuses with the reason; it never substitutes
+other weights. A joblib bundle runs code when it is loaded: load trusted files only.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from featx.errors import BackboneError, BundleError, FeatxError, WeightsError
+
+BUNDLE_FORMAT = 1
+REQUIRED_KEYS = (
+    "format", "run_id", "estimator", "task", "classes", "threshold", "backbone", "pooling",
+    "weights", "weights_seed", "image_size", "resize_mode",
+)
+RANDOM_BANNER = "RANDOM-INIT WEIGHTS: this model's backbone was randomly initialised, not ImageNet; its predictions only test the pipeline."
+
+
+# ---------------------------------------------------------------- the bundle
+
+
+def load_bundle(bundle_path) -> dict:
+    """The bundle dict; BundleError when the file is missing or is not a featx bundle of a known format."""
+    path = Path(bundle_path)
+    if not path.is_file():
+        raise BundleError(f"Model bundle '{path}' does not exist; pass a results/models/<run>.joblib file written by featx classify.")
+    import joblib
+
+    try:
+        bundle = joblib.load(path)
+    except Exception as error:  # pickle raises anything for a foreign file
+        raise BundleError(
+            f"'{path}' is not a featx model bundle (it could not be loaded: {type(error).__name__}); "
+            "pass a results/models/<run>.joblib file written by featx classify."
+        ) from None
+    if not isinstance(bundle, dict) or "format" not in bundle:
+        raise BundleError(
+            f"'{path}' is not a featx model bundle (a dict with a 'format' key); "
+            "pass a results/models/<run>.joblib file written by featx classify."
+        )
+    if not isinstance(bundle["format"], int) or isinstance(bundle["format"], bool) or bundle["format"] != BUNDLE_FORMAT:
+        raise BundleError(
+            f"Model bundle '{path}' has format {bundle['format']!r}; this featx reads format {BUNDLE_FORMAT} only."
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in bundle]
+    if missing:
+        raise BundleError(f"Model bundle '{path}' lacks the keys {missing}; re-run featx classify to write it again.")
+    return bundle
+
+
+def _weights_file(bundle: dict, bundle_path: Path) -> Path:
+    """Where the bundle's weights file is: its recorded path, else beside the bundle, the results or the working folder."""
+    name = str(bundle["weights"])
+    expected = str(bundle.get("weights_sha256") or "")
+    candidates = []
+    if bundle.get("weights_path"):
+        candidates.append(Path(bundle["weights_path"]))
+    candidates += [Path(name), bundle_path.parent / name, bundle_path.parent.parent / name, bundle_path.parent.parent.parent / name]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise BundleError(
+            f"The backbone of '{bundle_path}' used the weights file '{name}', which is not beside the bundle, in its "
+            "results folder or in the working folder; put that exact file there to rebuild the backbone."
+        )
+    from featx.backbones import resolve_weights
+
+    info = resolve_weights(str(found))
+    if expected and info.sha256 != expected:
+        raise BundleError(
+            f"The weights file '{found}' has sha256 {info.sha256[:12]}…, but the backbone of '{bundle_path}' was built "
+            f"from {expected[:12]}…; predict needs the identical file."
+        )
+    return found
+
+
+def _weights_info(bundle: dict, bundle_path: Path, spec):
+    from featx.backbones import WeightsInfo, resolve_weights
+
+    weights = str(bundle["weights"])
+    if weights == "random":
+        seed = bundle.get("weights_seed")
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise BundleError(
+                f"Model bundle '{bundle_path}' used random weights but records no seed (weights_seed={seed!r}); "
+                "its backbone cannot be rebuilt."
+            )
+        return WeightsInfo(kind="random", label="random", sha256="", seed=int(seed))
+    if weights == "imagenet":
+        if not spec.imagenet_weights:
+            raise BundleError(f"Model bundle '{bundle_path}' claims ImageNet weights for {spec.name!r}, which has none.")
+        # not cached: create_backbone tries Keras's download and says where to put the file when that fails
+        return WeightsInfo(kind="imagenet", label="imagenet", sha256="", seed=-1)
+    return resolve_weights(str(_weights_file(bundle, bundle_path)))
+
+
+def rebuild_backbone(bundle: dict, bundle_path):
+    """The bundle's backbone, identical to the one that made its embeddings; BundleError with the reason otherwise."""
+    from featx.backbones import create_backbone, get_backbone
+
+    bundle_path = Path(bundle_path)
+    try:
+        spec = get_backbone(bundle["backbone"])
+    except BackboneError:
+        raise BundleError(
+            f"Model bundle '{bundle_path}' uses backbone {bundle['backbone']!r}, which this featx does not register."
+        ) from None
+    recorded = bundle.get("preprocess")
+    if recorded is not None and recorded != spec.preprocess:
+        raise BundleError(
+            f"Model bundle '{bundle_path}' was made with {spec.name!r} preprocessing {recorded!r}, but this featx "
+            f"uses {spec.preprocess!r}; the embeddings would differ."
+        )
+    weights = _weights_info(bundle, bundle_path, spec)
+    try:
+        return create_backbone(spec, weights, tuple(bundle["image_size"]), poolings=(bundle["pooling"],))
+    except (WeightsError, BackboneError) as error:
+        raise BundleError(f"The backbone of '{bundle_path}' cannot be rebuilt identically: {error}") from None
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def _image_suffixes() -> tuple[str, ...]:
+    from featx.manifest import IMAGE_SUFFIXES
+
+    return IMAGE_SUFFIXES
+
+
+def _manifest_paths(csv_path: Path, data_root) -> list[Path]:
+    from featx.errors import ManifestError
+    from featx.manifest import resolve_path
+
+    root = Path(data_root) if data_root is not None else csv_path.parent
+    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or "path" not in reader.fieldnames:
+            raise ManifestError(f"Manifest '{csv_path}' has no 'path' column; its columns are {reader.fieldnames}.")
+        return [resolve_path(root, row["path"]) for row in reader if row.get("path")]
+
+
+def collect_inputs(inputs, data_root=None) -> list[Path]:
+    """Image files as given, image files under folders (recursive, sorted), and the rows of manifest CSVs."""
+    suffixes = _image_suffixes()
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for current, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
+                paths += [Path(current) / f for f in sorted(files) if not f.startswith(".") and Path(f).suffix.lower() in suffixes]
+        elif path.suffix.lower() == ".csv" and path.is_file():
+            paths += _manifest_paths(path, data_root)
+        elif path.exists():
+            paths.append(path)
+        else:
+            raise FeatxError(f"Input '{item}' does not exist; pass image files, folders of images or a manifest CSV.")
+    if not paths:
+        raise FeatxError(f"No images ({', '.join(suffixes)}) found in {[str(i) for i in inputs]}.")
+    return paths
+
+
+# ---------------------------------------------------------------- predicting
+
+
+def _threshold_value(threshold) -> float | None:
+    if isinstance(threshold, dict):
+        threshold = threshold.get("value")
+    return None if threshold is None else float(threshold)
+
+
+def _probabilities(bundle: dict, X: np.ndarray) -> np.ndarray:
+    """(n, K) per-class probabilities, the columns in bundle['classes'] order (binary: [P(neg), P(pos)])."""
+    proba = bundle["estimator"].predict_proba(X)
+    if isinstance(proba, list):  # some multi-output estimators answer one (n, 2) array per label
+        proba = np.stack([p[:, 1] for p in proba], axis=1)
+    proba = np.asarray(proba, dtype=np.float64)
+    if bundle["task"] == "binary" and proba.ndim == 1:
+        proba = np.stack([1.0 - proba, proba], axis=1)
+    return proba
+
+
+def _labels(bundle: dict, proba: np.ndarray) -> list[str]:
+    classes = [str(c) for c in bundle["classes"]]
+    task = bundle["task"]
+    if task == "binary":
+        threshold = _threshold_value(bundle["threshold"])
+        threshold = 0.5 if threshold is None else threshold
+        return [classes[1] if p >= threshold else classes[0] for p in proba[:, 1]]
+    if task == "multiclass":
+        return [classes[k] for k in proba.argmax(axis=1)]
+    thresholds = bundle["threshold"]
+    if isinstance(thresholds, dict):
+        thresholds = thresholds.get("value")
+    cut = np.broadcast_to(np.asarray(0.5 if thresholds is None else thresholds, dtype=float), (proba.shape[1],))
+    return ["|".join(c for c, on in zip(classes, row >= cut) if on) for row in proba]
+
+
+def predict_paths(bundle_path, inputs, data_root=None, batch_size=32, progress=None) -> list[dict]:
+    """One dict per image: path, p_<class> per class, predicted_label, error (None when it was read).
+
+    Unreadable images get their reason in `error` and None probabilities; the rest
+    are still predicted. `progress` (optional) is called with the number of images done.
+    """
+    from featx.images import iter_batches
+
+    bundle_path = Path(bundle_path)
+    bundle = load_bundle(bundle_path)
+    paths = collect_inputs([str(i) for i in inputs], data_root)
+    from featx.extract import _forward_step  # the very forward pass stage one used, so embeddings match
+
+    model = rebuild_backbone(bundle, bundle_path)
+    pooling = bundle["pooling"]
+    forward = _forward_step(model, tuple(bundle["image_size"]), (pooling,))
+    classes = [str(c) for c in bundle["classes"]]
+    rows: list[dict] = []
+    for batch in iter_batches(paths, tuple(bundle["image_size"]), bundle["resize_mode"], batch_size):
+        reasons = dict(batch.errors)
+        proba = labels = None
+        if batch.ok.any():
+            embeddings = forward(batch.images)[pooling][batch.ok]  # whole batch, as stage one embeds it
+            proba = _probabilities(bundle, embeddings)
+            labels = _labels(bundle, proba)
+        done = 0
+        for row, ok in enumerate(batch.ok):
+            path = str(paths[batch.start + row])
+            record = {"path": path}
+            if ok:
+                record.update({f"p_{c}": float(proba[done, k]) for k, c in enumerate(classes)})
+                record["predicted_label"] = labels[done]
+                record["error"] = None
+                done += 1
+            else:
+                record.update({f"p_{c}": None for c in classes})
+                record["predicted_label"] = None
+                record["error"] = reasons.get(path, "could not be read")
+            rows.append(record)
+        if progress is not None:
+            progress(len(batch))
+    return rows
+
+
+def _csv_text(rows: list[dict], bundle: dict) -> str:
+    buffer = io.StringIO()
+    columns = [*rows[0].keys(), "model", "weights"]
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    weights = "random-init" if bundle["weights"] == "random" else bundle["weights"]
+    for row in rows:
+        writer.writerow({**{k: ("" if v is None else v) for k, v in row.items()}, "model": bundle["run_id"], "weights": weights})
+    return buffer.getvalue()
+
+
+def _json_text(rows: list[dict], bundle: dict) -> str:
+    random_weights = bundle["weights"] == "random"
+    document = {
+        "model": bundle["run_id"],
+        "backbone": bundle["backbone"],
+        "pooling": bundle["pooling"],
+        "classifier": bundle.get("classifier", bundle["run_id"].split("__")[-1]),
+        "weights": bundle["weights"],
+        "weights_seed": bundle["weights_seed"],
+        "random_weights": random_weights,
+        "warning": RANDOM_BANNER if random_weights else None,
+        "task": bundle["task"],
+        "classes": [str(c) for c in bundle["classes"]],
+        "threshold": _threshold_value(bundle["threshold"]) if bundle["task"] == "binary" else bundle["threshold"],
+        "predictions": rows,
+    }
+    return json.dumps(document, indent=2) + "\n"
+
+
+def predict_command(model, inputs, data_root, out, as_json, batch_size, console) -> None:
+    """`featx predict`: predictions as CSV (or JSON) to --out or stdout; messages go to stderr when stdout is the output."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task):
+            return Text(f"{task.speed:.1f} img/s" if task.speed else "… img/s")
+
+    messages = console if out is not None else Console(stderr=True)
+    bundle = load_bundle(model)
+    if bundle["weights"] == "random":
+        messages.print(f"[bold white on red] {RANDOM_BANNER} [/]")
+    n_images = len(collect_inputs([str(i) for i in inputs], data_root))
+    with Progress(
+        TextColumn("predict"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn(),
+        console=messages, transient=True,
+    ) as bar:
+        task = bar.add_task("images", total=n_images)
+        rows = predict_paths(model, inputs, data_root, batch_size, progress=lambda n: bar.advance(task, n))
+    text = _json_text(rows, bundle) if as_json else _csv_text(rows, bundle)
+    if out is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    failed = [r for r in rows if r["error"]]
+    summary = f"{len(rows) - len(failed)} of {len(rows)} image(s) predicted with {bundle['run_id']}"
+    if out is not None:
+        summary += f" -> {out}"
+    messages.print(summary)
+    for row in failed[:10]:
+        messages.print(f"[yellow]could not read[/] {row['path']}: {row['error']}")
+    if len(failed) > 10:
+        messages.print(f"... and {len(failed) - 10} more (see the error column)")
