@@ -1,0 +1,65 @@
+"""featx demo --quick end to end: phantoms -> tiny backbone -> three classifiers -> leaderboard, report, predict."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+from rich.console import Console
+
+from featx.cli import main
+from featx.demo import DemoConfig, demo_command, effective_config
+from featx.predict import predict_paths
+
+
+def test_quick_demo_end_to_end_with_a_predict_round_trip(tmp_path, capsys):
+    workdir = tmp_path / "demo"
+    assert main(["demo", "--quick", "--workdir", str(workdir)]) == 0
+    out = capsys.readouterr().out
+    results = workdir / "results"
+    assert "RANDOM-INIT WEIGHTS" in out and "featx predict --model" in out
+    rows = list(csv.DictReader((results / "leaderboard.csv").open()))
+    assert {r["classifier"] for r in rows} == {"logreg", "xgboost", "dense"} and {r["backbone"] for r in rows} == {"tiny"}
+    report = (results / "report.html").read_text()
+    assert "RANDOM-INIT WEIGHTS" in report and report.count("data:image/png;base64,") >= 4
+    assert "manifest check of" in report  # the demo passes its manifest to the report's data checks
+    for run_file in (results / "runs").glob("*.json"):
+        assert json.loads(run_file.read_text())["random_weights"] is True
+
+    run = json.loads((results / "runs" / "tiny__avg__xgboost.json").read_text())
+    test_images = [str(workdir / "data" / rel) for rel in run["test_predictions"]["ids"]]
+    predictions = predict_paths(results / "models" / "tiny__avg__xgboost.joblib", test_images)
+    assert [p["p_opacity"] for p in predictions] == run["test_predictions"]["score"]
+
+
+def test_second_run_reuses_the_data_and_data_only_generates_only_data(tmp_path):
+    console = Console(record=True, width=200)
+    config = DemoConfig(workdir=tmp_path, quick=True, data_only=True)
+    demo_command(config, console)
+    manifest = tmp_path / "data" / "manifest.csv"
+    assert manifest.is_file() and not (tmp_path / "features").exists() and not (tmp_path / "results").exists()
+    stamp = manifest.stat().st_mtime_ns
+    demo_command(config, console)
+    assert manifest.stat().st_mtime_ns == stamp
+    assert "reused" in console.export_text()
+
+
+def test_quick_shrinks_only_what_was_left_at_its_default():
+    quick = effective_config(DemoConfig(quick=True))
+    assert (quick.backbones, quick.n_patients, quick.image_size) == (("tiny",), 16, 32)
+    chosen = effective_config(DemoConfig(quick=True, backbones=("mobilenetv2",), n_patients=30, image_size=64))
+    assert (chosen.backbones, chosen.n_patients, chosen.image_size) == (("mobilenetv2",), 30, 64)
+    assert effective_config(DemoConfig()).backbones == ("mobilenetv3small", "resnet50")
+
+
+def test_imagenet_weights_that_cannot_be_had_stop_the_demo_with_one_sentence(tmp_path, capsys, monkeypatch):
+    from keras.src.utils import file_utils
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    code = main(["demo", "--workdir", str(tmp_path), "--weights", "imagenet", "--backbones", "mobilenetv3small",
+                 "--patients", "8", "--image-size", "32", "--classifiers", "logreg"])
+    err = capsys.readouterr().err
+    assert code == 2 and "ImageNet weights" in err and "--weights random" in err and "Traceback" not in err

@@ -1,0 +1,161 @@
+"""featx predict: reproduces stage two exactly, reports unreadable images per image, refuses what it cannot rebuild."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import joblib
+import numpy as np
+import pytest
+from rich.console import Console
+
+from featx.classify import ClassifyConfig, run_classify
+from featx.cli import main
+from featx.errors import BundleError, FeatxError
+from featx.extract import ExtractConfig, run_extract
+from featx.predict import load_bundle, predict_command, predict_paths
+from featx.synthetic import generate_phantoms
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny extract + classify run on phantoms: (data dir, manifest, bundle path, run JSON)."""
+    root = tmp_path_factory.mktemp("predict")
+    manifest = generate_phantoms(root / "data", n_patients=12, image_size=32, seed=0)
+    quiet = Console(quiet=True)
+    run_extract(
+        ExtractConfig(backbones=("tiny",), manifest=manifest, data_root=root / "data", out_dir=root / "features",
+                      weights="random", image_size=32, seed=5),
+        quiet,
+    )
+    run_classify(
+        ClassifyConfig(features_dir=root / "features", out_dir=root / "results", classifiers=("logreg",), cv=2, quick=True),
+        quiet,
+    )
+    run = json.loads((root / "results" / "runs" / "tiny__avg__logreg.json").read_text())
+    return root / "data", manifest, root / "results" / "models" / "tiny__avg__logreg.joblib", run
+
+
+def test_predictions_reproduce_stage_two_test_probabilities_exactly(trained):
+    data, manifest, bundle, run = trained
+    rows = predict_paths(bundle, [manifest])  # manifest paths are relative to its folder by default
+    by_path = {r["path"]: r for r in rows}
+    expected = run["test_predictions"]
+    got = [by_path[str(data / rel)]["p_opacity"] for rel in expected["ids"]]
+    assert got == expected["score"]
+    threshold = run["threshold"]["value"]
+    for rel, score in zip(expected["ids"], expected["score"]):
+        row = by_path[str(data / rel)]
+        assert row["predicted_label"] == ("opacity" if score >= threshold else "normal")
+        assert row["p_normal"] == pytest.approx(1 - score)
+        assert row["error"] is None
+
+
+def test_unreadable_image_is_reported_per_image_and_others_still_predicted(trained, tmp_path):
+    data, _, bundle, _ = trained
+    folder = tmp_path / "new"
+    folder.mkdir()
+    good = sorted((data / "test").rglob("*.png"))[:2]
+    for i, path in enumerate(good):
+        (folder / f"ok_{i}.png").write_bytes(path.read_bytes())
+    (folder / "broken.png").write_bytes(b"not a png at all")
+    (folder / "notes.txt").write_text("ignored: not an image suffix")
+    out = tmp_path / "preds.csv"
+    console = Console(record=True, width=200)
+    predict_command(bundle, [str(folder)], None, out, False, 32, console)
+    rows = list(csv.DictReader(out.open()))
+    assert [r["path"].rsplit("/", 1)[-1] for r in rows] == ["broken.png", "ok_0.png", "ok_1.png"]
+    broken, *ok = rows
+    assert broken["error"] and broken["p_opacity"] == "" and broken["predicted_label"] == ""
+    for row in ok:
+        assert row["error"] == "" and 0.0 <= float(row["p_opacity"]) <= 1.0
+        assert row["predicted_label"] in ("normal", "opacity") and row["weights"] == "random-init"
+    text = console.export_text()
+    assert "2 of 3 image(s) predicted" in text and "broken.png" in text and "RANDOM-INIT" in text
+
+
+def test_json_output_to_stdout_carries_the_random_weights_warning(trained, capsys):
+    data, _, bundle, _ = trained
+    image = sorted((data / "train").rglob("*.png"))[0]
+    assert main(["predict", "--model", str(bundle), str(image), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["random_weights"] is True and "RANDOM-INIT" in document["warning"]
+    assert document["classes"] == ["normal", "opacity"]
+    (row,) = document["predictions"]
+    assert row["path"] == str(image) and row["p_normal"] + row["p_opacity"] == pytest.approx(1.0)
+
+
+def _altered_bundle(bundle, tmp_path, **changes):
+    content = joblib.load(bundle)
+    content.update(changes)
+    path = tmp_path / "altered.joblib"
+    joblib.dump(content, path)
+    return path
+
+
+def test_missing_and_foreign_bundles_are_bundle_errors(tmp_path, capsys, trained):
+    data = trained[0]
+    image = str(sorted(data.rglob("*.png"))[0])
+    with pytest.raises(BundleError, match="does not exist"):
+        load_bundle(tmp_path / "nope.joblib")
+    garbage = tmp_path / "garbage.joblib"
+    garbage.write_bytes(b"\x00\x01 definitely not a pickle")
+    with pytest.raises(BundleError, match="not a featx model bundle"):
+        load_bundle(garbage)
+    foreign = tmp_path / "foreign.joblib"
+    joblib.dump({"estimator": None}, foreign)
+    with pytest.raises(BundleError, match="'format' key"):
+        load_bundle(foreign)
+    joblib.dump([1, 2, 3], foreign)
+    with pytest.raises(BundleError, match="'format' key"):
+        load_bundle(foreign)
+    joblib.dump({"format": "1"}, foreign)
+    with pytest.raises(BundleError, match="format '1'"):
+        load_bundle(foreign)
+    assert main(["predict", "--model", str(garbage), image]) == 2
+    err = capsys.readouterr().err
+    assert "not a featx model bundle" in err and "Traceback" not in err
+
+
+def test_weights_that_cannot_be_had_are_refused_with_the_reason(trained, tmp_path, monkeypatch):
+    data, _, bundle, _ = trained
+    image = [str(sorted(data.rglob("*.png"))[0])]
+    # the tiny backbone has no ImageNet weights
+    with pytest.raises(BundleError, match="no ImageNet weights|has none"):
+        predict_paths(_altered_bundle(bundle, tmp_path, weights="imagenet", weights_seed=-1), image)
+    # a weights file that is not there, then one whose bytes differ from the recorded hash
+    missing = _altered_bundle(bundle, tmp_path, weights="tiny_custom.weights.h5", weights_sha256="ab" * 32)
+    with pytest.raises(BundleError, match="tiny_custom.weights.h5.*not beside the bundle"):
+        predict_paths(missing, image)
+    (tmp_path / "tiny_custom.weights.h5").write_bytes(b"other bytes")
+    with pytest.raises(BundleError, match="has sha256 .* identical file"):
+        predict_paths(missing, image)
+    # random weights without a recorded seed cannot be redrawn
+    with pytest.raises(BundleError, match="records no seed"):
+        predict_paths(_altered_bundle(bundle, tmp_path, weights_seed=-1), image)
+    # ImageNet weights that are neither cached nor downloadable (the network is faked away)
+    from keras.src.utils import file_utils
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    imagenet = _altered_bundle(bundle, tmp_path, backbone="mobilenetv3small", preprocess="none", weights="imagenet",
+                               weights_seed=-1)
+    with pytest.raises(BundleError, match="cannot be rebuilt identically.*--weights random|not in"):
+        predict_paths(imagenet, image)
+
+
+def test_bad_inputs_are_one_sentence(trained, tmp_path):
+    _, _, bundle, _ = trained
+    with pytest.raises(FeatxError, match="does not exist"):
+        predict_paths(bundle, [tmp_path / "missing.png"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FeatxError, match="No images"):
+        predict_paths(bundle, [tmp_path / "empty"])
+    escaping = tmp_path / "m.csv"
+    escaping.write_text("path\n../../etc/passwd\n")
+    with pytest.raises(FeatxError, match="escapes the data root"):
+        predict_paths(bundle, [escaping])
