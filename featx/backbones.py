@@ -27,6 +27,7 @@ from typing import Iterator, Sequence
 
 from featx import config
 from featx.errors import BackboneError, WeightsError, closest, one_of_message
+from featx.runtime import import_tensorflow_quietly
 
 POOLINGS = ("avg", "max", "gem", "flatten")
 PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
@@ -443,6 +444,7 @@ def create_backbone(spec, weights: WeightsInfo, image_size=None, poolings: Seque
     spec = get_backbone(spec)
     height, width = check_image_size(spec, image_size)
     poolings = tuple(dict.fromkeys(check_pooling(p) for p in poolings))
+    import_tensorflow_quietly()
     if not poolings:
         raise BackboneError(f"At least one pooling is needed; choose from {list(POOLINGS)}.")
     if not isinstance(weights, WeightsInfo):

@@ -251,6 +251,10 @@ class DenseHead(ClassifierMixin, BaseEstimator):
     def fit(self, X, y):
         from sklearn.utils.multiclass import check_classification_targets, type_of_target
 
+        from featx.runtime import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
+
         X, y = validate_data(self, X, y, dtype=np.float32, multi_output=True, y_numeric=False)
         check_classification_targets(y)
         target_type = type_of_target(y)
@@ -557,14 +561,21 @@ def grid_size(grid: dict) -> int:
     return size
 
 
+# Successive halving's first round fits on about n_rows / factor**(rounds-1) rows per fold and
+# scores on a subsample of the fold's held-out rows too; below this many rows that ranking is noise.
+HALVING_MIN_ROWS = 2000
+
+
 def make_search(spec_name, estimator, grid, cv_splits, scoring, n_jobs=1, seed=0):
     """The CV search `featx classify` runs for this classifier: GridSearchCV or successive halving.
 
     cv_splits: the list of (train_rows, test_rows) from evaluate.grouped_splits (patient-grouped);
     scoring: a scorer (evaluate.auc_scorer(task)). The returned object is unfitted; `fit(X, y)`
-    refits the best candidate on all rows. Halving subsamples only the training side of each
-    fold and always ends on the full rows, so the patient grouping of the folds is untouched.
-    Small grids (quick runs) always use the exhaustive grid.
+    refits the best candidate on all rows. Halving's early rounds score candidates on random
+    subsets of both sides of each fold (scikit-learn subsamples train and test rows alike); the
+    last round uses the full folds, and subsets never mix patients across a fold. Below
+    HALVING_MIN_ROWS training rows those subsets are too small to rank candidates, so small
+    datasets, like small grids (quick runs), get the exhaustive grid.
     """
     from sklearn.base import clone
     from sklearn.model_selection import GridSearchCV
@@ -581,7 +592,8 @@ def make_search(spec_name, estimator, grid, cv_splits, scoring, n_jobs=1, seed=0
             }
         )
     common = dict(scoring=scoring, cv=cv_splits, n_jobs=n_jobs, refit=True)
-    if spec.search == "halving" and grid_size(grid) >= 4:
+    n_rows = sum(len(test_rows) for _, test_rows in cv_splits)
+    if search_strategy(spec_name, grid, n_rows) == "halving":
         # early rounds fit on random subsets of each fold's training rows; a subset that lost a
         # class cannot be fitted and ranks last instead of aborting (all fits failing still raises)
         common["error_score"] = np.nan
@@ -594,7 +606,8 @@ def make_search(spec_name, estimator, grid, cv_splits, scoring, n_jobs=1, seed=0
     return GridSearchCV(estimator, grid, error_score="raise", **common)
 
 
-def search_strategy(spec_name, grid) -> str:
-    """The strategy make_search will use for this grid: 'grid' or 'halving'."""
+def search_strategy(spec_name, grid, n_rows=None) -> str:
+    """The strategy make_search will use for this grid and row count: 'grid' or 'halving'."""
     spec = get_classifier(spec_name)
-    return "halving" if spec.search == "halving" and grid_size(grid) >= 4 else "grid"
+    big_enough = n_rows is None or n_rows >= HALVING_MIN_ROWS
+    return "halving" if spec.search == "halving" and grid_size(grid) >= 4 and big_enough else "grid"

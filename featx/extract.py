@@ -185,7 +185,7 @@ def _plan(config: ExtractConfig):
 # ---------------------------------------------------------------- the model step
 
 
-def _forward_step(model, image_size: tuple[int, int], poolings: Sequence[str]):
+def forward_step(model, image_size: tuple[int, int], poolings: Sequence[str]):
     """A compiled forward pass: (b, h, w, 3) float32 -> {pooling: (b, width) float32 numpy}.
 
     One trace serves every batch size (the leading dimension is left open), so the
@@ -325,7 +325,7 @@ def _run_group(group, config, size, resize_mode, paths, ids, labels, classes, sp
                 model = backbones.create_backbone(
                     job.spec, job.weights, size, tuple(job.widths), mixed_precision=config.mixed_precision
                 )
-                job.predict = _forward_step(model, size, tuple(job.widths))
+                job.predict = forward_step(model, size, tuple(job.widths))
                 job.predict(np.zeros((1, *size, 3), dtype=np.float32))  # trace now, so rate and ETA are steady
 
         start = min(job.writer.n_done for job in group)

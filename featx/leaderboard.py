@@ -308,6 +308,52 @@ def table_cells(row) -> list[str]:
     ]
 
 
+def _width_needed(cells: list[list[str]], indices: list[int]) -> int:
+    """Rough terminal width of a table of these columns (rich SIMPLE_HEAD box, padding 1)."""
+    widths = []
+    for i in indices:
+        header = TABLE_HEADERS[i] if i != 5 else "CV AUC ±sd"
+        widths.append(max([len(header)] + [len(line) for c in cells for line in c[i].splitlines() or [""]]) + 2)
+    return sum(widths)
+
+
+def _stacked_cells(cells: list[list[str]], shown: list[int]) -> tuple[list[list[str]], list[int]]:
+    """For a narrow terminal: backbone, pooling and classifier stacked in one cell, the ≈best mark on the AUC."""
+    backbone, pooling, classifier = (TABLE_HEADERS.index(h) for h in ("backbone", "pooling", "classifier"))
+    test, mark, rank = (TABLE_HEADERS.index(h) for h in ("test AUC [95% CI]", "≈ best", "#"))
+    stacked = []
+    for c in cells:
+        c = list(c)
+        parts = [c[backbone]] + ([c[pooling]] if pooling in shown else []) + [c[classifier]]
+        c[backbone] = "\n".join(parts)
+        if mark in shown and c[mark] and c[mark] != "n/a":
+            c[test] = f"{c[test]} {c[mark]}"
+        stacked.append(c)
+    keep = [i for i in shown if i not in (pooling, classifier, mark, rank)]
+    return stacked, keep
+
+
+def terminal_columns(rows: list[dict], cells: list[list[str]], width: int) -> list[int]:
+    """Indices of the columns that fit the terminal, dropping the least needed first.
+
+    A column with the same value on every row (one pooling, one kind of weights:
+    the banner above says which) goes first, then best params and fit time.
+    """
+    shown = list(range(len(TABLE_HEADERS)))
+
+    def needed(indices):
+        return _width_needed(cells, indices)
+
+    for header in ("pooling", "weights"):
+        index = TABLE_HEADERS.index(header)
+        if len({c[index] for c in cells}) <= 1 and needed(shown) > width:
+            shown.remove(index)
+    for header in ("best params", "fit s", "≈ best" if not any(r.get("not_worse_than_best") for r in rows) else ""):
+        if header and needed(shown) > width:
+            shown.remove(TABLE_HEADERS.index(header))
+    return shown
+
+
 def pivot(rows: list[dict]) -> tuple[list[str], list[str], dict[tuple[str, str], dict]]:
     """backbones, classifiers, and the best row per (backbone, classifier) over poolings."""
     best: dict[tuple[str, str], dict] = {}
@@ -417,18 +463,40 @@ def print_leaderboard(runs: list[dict], console) -> None:
     rows = leaderboard_rows(runs)
     if any(r["random_weights"] for r in rows):
         console.print(Panel(f"[bold]⚠ {RANDOM_BANNER}[/bold]", style="bold red", expand=False))
-    table = Table(title="featx leaderboard (sorted by test ROC AUC)", header_style="bold")
-    for header in TABLE_HEADERS:
+    from rich import box
+
+    all_cells = [table_cells(row) for row in rows]
+    cv_index, test_index = TABLE_HEADERS.index("CV AUC (mean ± sd)"), TABLE_HEADERS.index("test AUC [95% CI]")
+    for cells in all_cells:  # compact forms for the terminal; csv/md keep the spaced ones
+        cells[cv_index] = cells[cv_index].replace(" ± ", "±")
+        cells[test_index] = cells[test_index].replace(", ", "–")
+    shown = terminal_columns(rows, all_cells, console.width)
+    merged: tuple[str, ...] = ()
+    if _width_needed(all_cells, shown) > console.width:
+        all_cells, shown = _stacked_cells(all_cells, shown)
+        merged = ("#", "pooling", "classifier", "≈ best")
+    table = Table(
+        title="featx leaderboard (sorted by test ROC AUC)", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False
+    )
+    for index in shown:
+        header = TABLE_HEADERS[index]
         numeric = header in ("#", "sens", "spec", "acc", "fit s")
         wrap = header == "best params"
+        if header == "CV AUC (mean ± sd)":
+            header = "CV AUC ±sd"
+        if header == "backbone" and merged:
+            header = "backbone\nclassifier"
         table.add_column(header, justify="right" if numeric else "left", overflow="fold", no_wrap=not wrap)
-    for row in rows:
+    weights_index = TABLE_HEADERS.index("weights")
+    for row, cells in zip(rows, all_cells):
         style = "red" if row["random_weights"] else None
-        cells = table_cells(row)
         if row["random_weights"]:
-            cells[4] = "[bold red]RANDOM-INIT[/bold red]"
-        table.add_row(*cells, style=style)
+            cells[weights_index] = "[bold red]RANDOM-INIT[/bold red]"
+        table.add_row(*(cells[i] for i in shown), style=style)
     console.print(table)
+    hidden = [h for i, h in enumerate(TABLE_HEADERS) if i not in shown and h not in merged]
+    if hidden:
+        console.print(f"(narrow terminal: {', '.join(hidden)} are in leaderboard.csv / leaderboard.md)", style="dim")
 
     backbones, classifiers, best = pivot(rows)
     show_pooling = len({r["pooling"] for r in rows}) > 1

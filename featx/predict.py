@@ -218,11 +218,11 @@ def predict_paths(bundle_path, inputs, data_root=None, batch_size=32, progress=N
     bundle_path = Path(bundle_path)
     bundle = load_bundle(bundle_path)
     paths = collect_inputs([str(i) for i in inputs], data_root)
-    from featx.extract import _forward_step  # the very forward pass stage one used, so embeddings match
+    from featx.extract import forward_step  # the very forward pass stage one used, so embeddings match
 
     model = rebuild_backbone(bundle, bundle_path)
     pooling = bundle["pooling"]
-    forward = _forward_step(model, tuple(bundle["image_size"]), (pooling,))
+    forward = forward_step(model, tuple(bundle["image_size"]), (pooling,))
     classes = [str(c) for c in bundle["classes"]]
     rows: list[dict] = []
     for batch in iter_batches(paths, tuple(bundle["image_size"]), bundle["resize_mode"], batch_size):

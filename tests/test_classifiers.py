@@ -74,16 +74,22 @@ def test_default_grids_cover_the_published_searches():
 
 
 def test_make_search_strategy_follows_the_registry_and_quick_grids_stay_exhaustive():
+    n_rows = classifiers.HALVING_MIN_ROWS
+    rows = np.arange(n_rows)
+    big_splits = [(np.setdiff1d(rows, part), part) for part in np.array_split(rows, 5)]
     X, y, groups = _embeddings(n_patients=30)
-    splits = evaluate.grouped_splits(y, groups, 3, 0)
+    small_splits = evaluate.grouped_splits(y, groups, 3, 0)
     for name, spec in CLASSIFIERS.items():
         estimator, grid = build_classifier(name, "binary", 2)
-        search = make_search(name, estimator, grid, splits, evaluate.auc_scorer("binary"))
+        search = make_search(name, estimator, grid, big_splits, evaluate.auc_scorer("binary"))
         expected = "HalvingGridSearchCV" if spec.search == "halving" else "GridSearchCV"
         assert type(search).__name__ == expected
-        assert classifiers.search_strategy(name, grid) == spec.search
+        assert classifiers.search_strategy(name, grid, n_rows) == spec.search
+        # too few rows for halving's early rounds to rank anything: the exhaustive grid
+        assert isinstance(make_search(name, estimator, grid, small_splits, "roc_auc"), GridSearchCV)
+        assert classifiers.search_strategy(name, grid, len(y)) == "grid"
         estimator, grid = build_classifier(name, "binary", 2, quick=True)
-        assert isinstance(make_search(name, estimator, grid, splits, "roc_auc"), GridSearchCV)
+        assert isinstance(make_search(name, estimator, grid, big_splits, "roc_auc"), GridSearchCV)
 
 
 def test_parallel_search_gives_each_fit_one_thread():

@@ -81,7 +81,7 @@ def test_embeddings_equal_a_direct_forward_pass_of_the_same_network(tmp_path, tr
 
 def test_several_poolings_come_from_one_forward_pass(tmp_path, tree, monkeypatch):
     calls = []
-    make_step = extract._forward_step
+    make_step = extract.forward_step
 
     def counting_step(model, size, poolings):
         predict = make_step(model, size, poolings)
@@ -92,7 +92,7 @@ def test_several_poolings_come_from_one_forward_pass(tmp_path, tree, monkeypatch
 
         return counted
 
-    monkeypatch.setattr(extract, "_forward_step", counting_step)
+    monkeypatch.setattr(extract, "forward_step", counting_step)
     run_extract(config_for(tmp_path, tree, poolings=("avg", "max", "gem", "flatten")), quiet())
     assert calls[0] == 1  # the warm-up trace
     assert calls[1:] == [4, 4, 4, 4, 2]  # 18 rows in batches of 4, each pass feeding all four poolings

@@ -181,3 +181,15 @@ def test_foreign_run_file_is_a_one_sentence_error(tmp_path, capsys, content):
     assert main(["leaderboard", "--results", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "x.json" in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("width", [80, 100, 250])
+def test_terminal_table_keeps_every_auc_whole_at_any_width(runs, width):
+    console = Console(file=io.StringIO(), width=width, color_system=None)
+    leaderboard.print_leaderboard(runs, console)
+    out = console.file.getvalue()
+    assert max(len(line) for line in out.splitlines()) <= width
+    for row in leaderboard.leaderboard_rows(runs):
+        whole = leaderboard.format_auc_ci(row).replace(", ", "–")
+        assert whole in out, f"{row['run_id']}: {whole!r} cut at width {width}"
+        assert row["backbone"] in out and row["classifier"] in out

@@ -72,7 +72,7 @@ def bench_classify_command(classifiers, n_train, n_test, dim, n_jobs, console, c
     rows = []
     for spec in specs:
         estimator, grid = build_classifier(spec.name, "binary", 2, seed=seed, n_jobs=1)
-        strategy = search_strategy(spec.name, grid)
+        strategy = search_strategy(spec.name, grid, len(y))
         search = make_search(spec.name, estimator, grid, splits, scorer, n_jobs=n_jobs, seed=seed)
         with console.status(f"{spec.name}: {grid_size(grid)} candidates, {strategy} search ..."):
             start = time.perf_counter()

@@ -106,12 +106,12 @@ class BareForward:
 
     def __init__(self, backbone: str, batch_size: int, seed: int = 0):
         from featx import backbones
-        from featx.extract import _forward_step
+        from featx.extract import forward_step
 
         spec = backbones.get_backbone(backbone)
         size = backbones.check_image_size(spec, spec.native_size)
         model = backbones.create_backbone(spec, backbones.resolve_weights("random", seed), size, ("avg",))
-        self._predict = _forward_step(model, size, ("avg",))
+        self._predict = forward_step(model, size, ("avg",))
         rng = np.random.default_rng(seed)
         self._batch = rng.uniform(0, 255, size=(batch_size, *size, 3)).astype(np.float32)
         self._predict(self._batch[:1])

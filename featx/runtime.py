@@ -1,0 +1,37 @@
+"""Start TensorFlow without its C++ start-up chatter.
+
+TensorFlow 2.2x prints absl "before InitializeLog" lines, oneDNN and CUDA-probe
+notices straight to file descriptor 2, ignoring TF_CPP_MIN_LOG_LEVEL. The CLI
+imports it through here for the commands that need it, so the user's terminal
+shows featx's progress and results, not that noise. If the import fails, what
+TensorFlow printed is replayed before the exception propagates.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+
+def import_tensorflow_quietly():
+    """Import TensorFlow (and probe for GPUs) with fd 2 captured; return the module."""
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    sys.stderr.flush()
+    saved_fd = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices("GPU")
+        except BaseException:
+            os.dup2(saved_fd, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+    return tf
