@@ -18,7 +18,6 @@ bit; a PATH loads a local weights file and records its sha256.
 from __future__ import annotations
 
 import functools
-import hashlib
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Iterator, Sequence
 
 from featx import config
 from featx.errors import BackboneError, WeightsError, closest, one_of_message
+from featx.hashing import file_sha256
 from featx.runtime import import_tensorflow_quietly
 
 POOLINGS = ("avg", "max", "gem", "flatten")
@@ -269,7 +269,7 @@ def resolve_weights(weights: str, seed: int = 0, spec=None, image_size=None) -> 
         raise WeightsError(
             f"The weights file '{weights}' must end in one of {list(WEIGHTS_FILE_SUFFIXES)} (a Keras weights file)."
         )
-    return WeightsInfo(kind="file", label=path.name, sha256=_sha256(path), seed=-1, path=str(path.resolve()))
+    return WeightsInfo(kind="file", label=path.name, sha256=file_sha256(path), seed=-1, path=str(path.resolve()))
 
 
 def imagenet_available(spec, image_size=None) -> bool:
@@ -286,12 +286,6 @@ def _no_imagenet(spec: BackboneSpec) -> WeightsError:
     )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class _DownloadFailed(Exception):

@@ -9,7 +9,6 @@ backbone come from one forward pass.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field

@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 from featx.errors import ManifestError, closest, one_of_message
+from featx.hashing import file_sha256
 
 COLUMNS = ("path", "label", "split", "patient_id", "sha256")
 REQUIRED_COLUMNS = COLUMNS[:4]
@@ -519,12 +520,6 @@ def _examples(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(list(items)[:EXAMPLES])
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_manifest(manifest, data_root, verify_sha256: bool = False, progress=None) -> CheckReport:
@@ -637,7 +632,7 @@ def check_manifest(manifest, data_root, verify_sha256: bool = False, progress=No
         iterator = to_hash if progress is None else progress(to_hash)
         for row, file in iterator:
             checked += 1
-            if _sha256_file(file) != row.sha256:
+            if file_sha256(file) != row.sha256:
                 mismatched.append(row.path)
     if mismatched:
         findings.append(Finding(

@@ -11,7 +11,6 @@ file complete and renames it to `<name>.h5` with `os.replace` (atomic).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import h5py
 import numpy as np
 
 from featx.errors import CacheError, LockError, StaleCacheError, one_of_message
+from featx.hashing import file_sha256  # noqa: F401  (re-exported: stage two's way to hash a cache)
 
 FORMAT = 1
 SUFFIX = ".h5"
@@ -63,13 +63,6 @@ def lock_path(path) -> Path:
     return Path(f"{path}{LOCK_SUFFIX}")
 
 
-def file_sha256(path) -> str:
-    """sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- attributes

@@ -219,6 +219,7 @@ def test_random_weights_rebuild_bit_for_bit_for_a_real_backbone():
     second = backbones.create_backbone("mobilenetv3small", _random(seed=7), 32)
     assert all(np.array_equal(a, b) for a, b in zip(_weights(first), _weights(second)))
     x = _raw_images(2, 32)
+    assert np.array_equal(first.predict(x, verbose=0)["avg"], second.predict(x, verbose=0)["avg"])
 
 
 def test_resolve_weights_kinds(tmp_path):

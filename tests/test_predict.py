@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 
 import joblib
-import numpy as np
 import pytest
 from rich.console import Console
 
