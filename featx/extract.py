@@ -378,7 +378,9 @@ def _run_group(group, config, size, resize_mode, paths, ids, labels, classes, sp
 def print_summary(summaries: Sequence[ExtractSummary], console) -> None:
     from rich.table import Table
 
-    table = Table(title="featx extract", show_lines=False)
+    from rich import box
+
+    table = Table(title="featx extract", box=box.SIMPLE_HEAD, pad_edge=False)
     for column, justify in (
         ("backbone", "left"),
         ("weights", "left"),
@@ -389,7 +391,6 @@ def print_summary(summaries: Sequence[ExtractSummary], console) -> None:
         ("rate", "right"),
     ):
         table.add_column(column, justify=justify, no_wrap=True)
-    table.add_column("output", overflow="fold")
     for summary in summaries:
         weights = f"[bold red]{summary.weights_label}[/]" if summary.random_weights else summary.weights_label
         failures = f"[bold red]{summary.failures}[/]" if summary.failures else "0"
@@ -402,9 +403,10 @@ def print_summary(summaries: Sequence[ExtractSummary], console) -> None:
             failures,
             f"{summary.seconds:.1f} s",
             rate,
-            str(summary.path),
         )
     console.print(table)
+    for summary in summaries:
+        console.print(f"{summary.backbone}: {summary.path}", soft_wrap=True)
     if any(summary.failures for summary in summaries):
         console.print("Failed images are stored as zero rows with ok=False; their reasons are in each cache's /errors.")
     if any(summary.random_weights for summary in summaries):
