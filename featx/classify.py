@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from joblib import Parallel, delayed
 
 from featx import __version__
 from featx.errors import CacheError, ClassifyError, FeatxError, ResultsError, one_of_message
@@ -354,6 +355,11 @@ class Selection:
     oof_s: float
 
 
+def _fold_scores(model, X, y, fit_rows, score_rows, task):
+    """Out-of-fold scores of one grouped fold: fit on its training side, score its held-out side."""
+    return predict_scores(model.fit(X[fit_rows], y[fit_rows]), X[score_rows], task)
+
+
 def select_model(
     classifier: str, task: str, classes: Sequence[str], X_train, y_train, groups, config: ClassifyConfig
 ) -> Selection:
@@ -378,10 +384,12 @@ def select_model(
 
     started = time.perf_counter()
     oof = np.zeros((len(y_train),) if task == "binary" else y_train.shape[:1] + (len(classes),), dtype=np.float64)
-    best = search.best_estimator_
-    for fit_rows, score_rows in splits:
-        fold_model = clone(best).fit(X_train[fit_rows], y_train[fit_rows])
-        oof[score_rows] = predict_scores(fold_model, X_train[score_rows], task)
+    fold_scores = Parallel(n_jobs=config.n_jobs)(
+        delayed(_fold_scores)(clone(search.best_estimator_), X_train, y_train, fit_rows, score_rows, task)
+        for fit_rows, score_rows in splits
+    )
+    for (_, score_rows), scores in zip(splits, fold_scores):
+        oof[score_rows] = scores
     oof_s = time.perf_counter() - started
 
     threshold = evaluate.choose_threshold(y_train, oof, rule=config.threshold_rule) if task == "binary" else None

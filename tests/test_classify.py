@@ -460,3 +460,16 @@ def test_real_kermany_images_through_both_stages(tmp_path, kermany_train, capsys
     assert len(test_patients) == run["data"]["n_test_patients"] and len(train_patients) == run["data"]["n_train_patients"]
     assert 0.0 <= run["test"]["auc"]["ci_low"] <= run["test"]["auc"]["value"] <= run["test"]["auc"]["ci_high"] <= 1.0
     assert "RANDOM-INIT WEIGHTS" in (results / "leaderboard.md").read_text()
+
+
+def test_parallel_jobs_give_the_same_selection_threshold_and_test_scores(tmp_path):
+    features = tmp_path / "features"
+    write_signal_cache(features / "tiny.h5", backbone="tiny", seed=0, feature_seed=3)
+    runs = {}
+    for n_jobs in (1, 2):
+        out = tmp_path / f"results{n_jobs}"
+        run_classify(config_for(features, out, classifiers=("xgboost",), n_jobs=n_jobs), quiet_console())
+        runs[n_jobs] = load_json(out / "runs" / "tiny__avg__xgboost.json")
+    assert runs[1]["best_params"] == runs[2]["best_params"]
+    assert runs[1]["threshold"]["value"] == runs[2]["threshold"]["value"]
+    assert np.allclose(runs[1]["test_predictions"]["score"], runs[2]["test_predictions"]["score"])
