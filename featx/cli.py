@@ -44,13 +44,13 @@ def _console():
 
 
 def _cmd_backbones(args):
-    from featx.backbones import print_backbones
+    from featx.extract.backbones import print_backbones
 
     print_backbones(_console())
 
 
 def _cmd_manifest_scan(args):
-    from featx.manifest import scan_command
+    from featx.data.manifest import scan_command
 
     scan_command(
         root=args.root,
@@ -64,14 +64,14 @@ def _cmd_manifest_scan(args):
 
 
 def _cmd_manifest_check(args):
-    from featx.manifest import check_command
+    from featx.data.manifest import check_command
 
     ok = check_command(manifest=args.manifest, data_root=args.data_root, verify_sha256=args.sha256, console=_console())
     return 0 if ok or not args.strict else 2
 
 
 def _cmd_manifest_nih(args):
-    from featx.datasets import nih_manifest_command
+    from featx.data.datasets import nih_manifest_command
 
     nih_manifest_command(
         entries=args.entries,
@@ -84,13 +84,13 @@ def _cmd_manifest_nih(args):
 
 
 def _cmd_fetch(args):
-    from featx.datasets import fetch_command
+    from featx.data.datasets import fetch_command
 
     fetch_command(dataset=args.dataset, dest=args.dest, from_zip=args.from_zip, console=_console())
 
 
 def _cmd_extract(args):
-    from featx.extract import ExtractConfig, extract_command
+    from featx.extract.stage import ExtractConfig, extract_command
 
     config = ExtractConfig(
         backbones=tuple(b for group in args.backbone for b in _csv_list(group)),
@@ -112,7 +112,7 @@ def _cmd_extract(args):
 
 
 def _cmd_classify(args):
-    from featx.classify import ClassifyConfig, classify_command
+    from featx.classify.stage import ClassifyConfig, classify_command
 
     config = ClassifyConfig(
         features_dir=args.features,
@@ -131,19 +131,19 @@ def _cmd_classify(args):
 
 
 def _cmd_leaderboard(args):
-    from featx.leaderboard import leaderboard_command
+    from featx.results.leaderboard import leaderboard_command
 
     leaderboard_command(results_dir=args.results, console=_console())
 
 
 def _cmd_report(args):
-    from featx.report import report_command
+    from featx.results.report import report_command
 
     report_command(results_dir=args.results, out=args.out, console=_console())
 
 
 def _cmd_predict(args):
-    from featx.predict import predict_command
+    from featx.results.predict import predict_command
 
     predict_command(
         model=args.model,

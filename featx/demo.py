@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from featx.errors import CacheError, FeatxError, LockError
-from featx.synthetic import PhantomParams, existing_phantoms, generate_phantoms
+from featx.data.synthetic import PhantomParams, existing_phantoms, generate_phantoms
 
 DEFAULT_BACKBONES = ("mobilenetv3small", "resnet50")
 DEFAULT_PATIENTS = 120
@@ -94,7 +94,7 @@ def prepare_data(config: DemoConfig, console) -> Path:
 
 def _weights_plan(config: DemoConfig) -> dict[str, str]:
     """backbone -> "imagenet" | "random" | file name, as stage one will resolve `config.weights`."""
-    from featx.backbones import get_backbone, resolve_weights
+    from featx.extract.backbones import get_backbone, resolve_weights
 
     plan = {}
     for name in config.backbones:
@@ -132,10 +132,10 @@ def demo_command(config: DemoConfig, console) -> None:
     if random_backbones:
         console.print(f"[bold white on red] {RANDOM_BANNER.format(names=', '.join(random_backbones))} [/]")
 
-    from featx import leaderboard
-    from featx.classify import ClassifyConfig, run_classify
-    from featx.extract import ExtractConfig, run_extract
-    from featx.report import write_report
+    from featx.results import leaderboard
+    from featx.classify.stage import ClassifyConfig, run_classify
+    from featx.extract.stage import ExtractConfig, run_extract
+    from featx.results.report import write_report
 
     features_dir = config.workdir / "features"
     results_dir = config.workdir / "results"

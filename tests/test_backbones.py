@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from featx import backbones, config
+from featx import config
+from featx.extract import backbones
 from featx.errors import BackboneError, WeightsError
 
 keras = pytest.importorskip("keras")

@@ -9,7 +9,7 @@ from PIL import Image
 from rich.console import Console
 
 from featx.bench import extract as bench
-from featx.manifest import read_manifest
+from featx.data.manifest import read_manifest
 
 
 def test_generated_jpegs_are_large_grayscale_and_listed_in_a_manifest(tmp_path):

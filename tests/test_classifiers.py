@@ -8,8 +8,9 @@ import pytest
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, ParameterGrid
 
-from featx import classifiers, evaluate
-from featx.classifiers import CLASSIFIERS, DenseHead, EarlyStoppingXGB, build_classifier, get_classifier, make_search
+from featx.classify import registry as classifiers
+from featx.classify import evaluate
+from featx.classify.registry import CLASSIFIERS, DenseHead, EarlyStoppingXGB, build_classifier, get_classifier, make_search
 from featx.errors import ClassifyError
 
 

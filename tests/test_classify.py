@@ -16,8 +16,8 @@ from rich.console import Console
 from sklearn.metrics import roc_auc_score
 
 from cachefactory import signal_dataset, write_cache, write_signal_cache
-from featx import evaluate
-from featx.classify import ClassifyConfig, classify_command, predict_scores, run_classify
+from featx.classify import evaluate
+from featx.classify.stage import ClassifyConfig, classify_command, predict_scores, run_classify
 from featx.cli import main
 
 RUN_FIELDS = (
@@ -88,7 +88,7 @@ def test_run_json_has_every_schema_field(binary_results):
     assert set(run["versions"]) >= VERSION_KEYS and run["versions"]["scikit-learn"]
     assert run["task"] == "binary" and run["positive_class"] == "PNEUMONIA"
     assert run["random_weights"] is True and run["weights"] == "random"
-    assert run["feature_sha256"] == __import__("featx.store").store.file_sha256(binary_results["features"] / "tiny.h5")
+    assert run["feature_sha256"] == __import__("featx.files").files.file_sha256(binary_results["features"] / "tiny.h5")
     assert run["data"]["test_source"] == "manifest"
     assert run["data"]["n_test"] == 60 and run["data"]["n_train"] + run["data"]["n_test"] == len(
         h5py.File(binary_results["features"] / "tiny.h5")["ids"]
@@ -120,7 +120,7 @@ def test_imagenet_cache_is_not_marked_random(binary_results):
 
 
 def test_bundle_reloads_and_predicts_the_stored_test_scores(binary_results):
-    from featx import store
+    from featx.extract import store
 
     for classifier in ("logreg", "xgboost"):
         run = load_json(binary_results["results"] / "runs" / f"tiny__avg__{classifier}.json")
@@ -409,7 +409,7 @@ def test_validation_happens_before_any_fit(tmp_path, capsys):
 def test_auc_scorer_is_nan_not_an_error_on_single_class_rows():
     from sklearn.linear_model import LogisticRegression
 
-    from featx.classify import AUCScorer
+    from featx.classify.stage import AUCScorer
 
     X = np.arange(20, dtype=float).reshape(10, 2)
     y = np.array([0, 1] * 5)
@@ -419,12 +419,12 @@ def test_auc_scorer_is_nan_not_an_error_on_single_class_rows():
 
 
 def test_a_failing_report_does_not_lose_the_results(tmp_path, monkeypatch):
-    import featx.report
+    import featx.results.report
 
     def broken(results_dir, out=None):
         raise RuntimeError("matplotlib exploded")
 
-    monkeypatch.setattr(featx.report, "write_report", broken)
+    monkeypatch.setattr(featx.results.report, "write_report", broken)
     write_signal_cache(tmp_path / "features" / "tiny.h5", n_train_patients=20, n_test=20, dim=4)
     console = quiet_console()
     classify_command(config_for(tmp_path / "features", tmp_path / "results"), console)
@@ -437,7 +437,7 @@ def test_a_failing_report_does_not_lose_the_results(tmp_path, monkeypatch):
 @pytest.mark.realdata
 def test_real_kermany_images_through_both_stages(tmp_path, kermany_train, capsys):
     """A few hundred real chest X-rays: tiny random-init backbone, then stage two via the CLI."""
-    from featx.manifest import PATIENT_PARSERS
+    from featx.data.manifest import PATIENT_PARSERS
 
     picked = [p for label in ("NORMAL", "PNEUMONIA") for p in sorted((kermany_train / label).glob("*.jpeg"))[:150]]
     lines = ["path,label,split,patient_id"]

@@ -15,7 +15,7 @@ from PIL import Image
 from rich.console import Console
 
 from featx.cli import main
-from featx.datasets import (
+from featx.data.datasets import (
     KERMANY_COUNTS,
     KERMANY_KAGGLE_HANDLE,
     NIH_FINDINGS,
@@ -26,7 +26,7 @@ from featx.datasets import (
     nih_manifest_rows,
 )
 from featx.errors import FetchError, ManifestError
-from featx.manifest import read_manifest, write_manifest
+from featx.data.manifest import read_manifest, write_manifest
 
 KERMANY_FILES = {
     "train/NORMAL/IM-0001-0001.jpeg": "NORMAL",

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from featx.cli import main
 from featx.demo import DemoConfig, demo_command, effective_config
-from featx.predict import predict_paths
+from featx.results.predict import predict_paths
 
 
 def test_quick_demo_end_to_end_with_a_predict_round_trip(tmp_path, capsys):

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
 
-from featx import evaluate
+from featx.classify import evaluate
 from featx.errors import ClassifyError
 
 

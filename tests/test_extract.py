@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from featx import backbones, extract, images, store
+from featx.extract import backbones
+from featx.extract import stage as extract
+from featx.data import images
+from featx.extract import store
 from featx.cli import main
 from featx.errors import StaleCacheError
-from featx.extract import ExtractConfig, run_extract
+from featx.extract.stage import ExtractConfig, run_extract
 from imagetree import make_tree
 
 

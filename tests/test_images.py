@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featx import images
+from featx.data import images
 from featx.errors import FeatxError, ImageReadError
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from featx import evaluate, leaderboard
+from featx.classify import evaluate
+from featx.results import leaderboard
 from featx.cli import main
 from featx.errors import ResultsError
 

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from featx.cli import main
 from featx.errors import ManifestError
-from featx.manifest import (
+from featx.data.manifest import (
     PATIENT_PARSERS,
     check_command,
     check_manifest,

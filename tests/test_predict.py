@@ -9,12 +9,12 @@ import joblib
 import pytest
 from rich.console import Console
 
-from featx.classify import ClassifyConfig, run_classify
+from featx.classify.stage import ClassifyConfig, run_classify
 from featx.cli import main
 from featx.errors import BundleError, FeatxError
-from featx.extract import ExtractConfig, run_extract
-from featx.predict import load_bundle, predict_command, predict_paths
-from featx.synthetic import generate_phantoms
+from featx.extract.stage import ExtractConfig, run_extract
+from featx.results.predict import load_bundle, predict_command, predict_paths
+from featx.data.synthetic import generate_phantoms
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ import pytest
 from cachefactory import write_cache
 from rich.console import Console
 
-from featx import evaluate
+from featx.classify import evaluate
 from featx.cli import main
 from featx.errors import ResultsError
-from featx.report import SECTIONS, report_command, write_report
+from featx.results.report import SECTIONS, report_command, write_report
 
 CLASSIFIERS = ("logreg", "xgboost", "dense")
 

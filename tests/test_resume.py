@@ -14,8 +14,8 @@ import h5py
 import pytest
 from rich.console import Console
 
-from featx import store
-from featx.extract import ExtractConfig, run_extract
+from featx.extract import store
+from featx.extract.stage import ExtractConfig, run_extract
 from imagetree import make_tree
 
 ROWS = 240

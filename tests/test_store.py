@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from featx import store
+from featx.extract import store
 from featx.errors import CacheError, LockError, StaleCacheError
 
 N = 10

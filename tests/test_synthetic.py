@@ -12,7 +12,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from featx.errors import FeatxError
-from featx.synthetic import PhantomParams, existing_phantoms, generate_phantoms
+from featx.data.synthetic import PhantomParams, existing_phantoms, generate_phantoms
 
 
 def _rows(manifest):

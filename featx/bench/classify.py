@@ -58,8 +58,8 @@ def bench_classify_command(classifiers, n_train, n_test, dim, n_jobs, console, c
     from rich.table import Table
     from sklearn.base import clone
 
-    from featx.classifiers import build_classifier, get_classifier, grid_size, make_search, search_strategy
-    from featx.evaluate import auc, auc_scorer, grouped_splits
+    from featx.classify.registry import build_classifier, get_classifier, grid_size, make_search, search_strategy
+    from featx.classify.evaluate import auc, auc_scorer, grouped_splits
 
     specs = [get_classifier(name) for name in classifiers]  # unknown names fail before any work
     X, y, groups, X_test, y_test = synthetic_embeddings(n_train, n_test, dim, seed=seed)

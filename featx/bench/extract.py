@@ -80,7 +80,7 @@ def write_jpegs(folder: Path, count: int, side: int, seed: int = 0, progress=Non
     """`count` side x side grayscale JPEGs plus manifest.csv in folder; returns the manifest path."""
     from PIL import Image
 
-    from featx.manifest import write_manifest
+    from featx.data.manifest import write_manifest
 
     folder.mkdir(parents=True, exist_ok=True)
     bases = _base_radiographs(side, min(8, count), seed)
@@ -105,8 +105,8 @@ class BareForward:
     """The compiled forward pass alone on pre-decoded float32 batches (random weights), built and warmed once."""
 
     def __init__(self, backbone: str, batch_size: int, seed: int = 0):
-        from featx import backbones
-        from featx.extract import forward_step
+        from featx.extract import backbones
+        from featx.extract.stage import forward_step
 
         spec = backbones.get_backbone(backbone)
         size = backbones.check_image_size(spec, spec.native_size)
@@ -129,7 +129,7 @@ class BareForward:
 
 def decode_only(paths: list[Path], size: tuple[int, int], batch_size: int) -> dict:
     """images/s of the threaded decode + resize alone (what a backbone faster than this would wait for)."""
-    from featx import images
+    from featx.data import images
 
     started = time.perf_counter()
     count = sum(len(batch) for batch in images.iter_batches(paths, size, "stretch", batch_size=batch_size))
@@ -140,7 +140,7 @@ def decode_only(paths: list[Path], size: tuple[int, int], batch_size: int) -> di
 def full_extract(backbone: str, manifest: Path, data_root: Path, out_dir: Path, batch_size: int,
                  workers: int | None = None) -> dict:
     """One run of the real extract path with random weights; rate as run_extract reports it."""
-    from featx.extract import ExtractConfig, run_extract
+    from featx.extract.stage import ExtractConfig, run_extract
 
     shutil.rmtree(out_dir, ignore_errors=True)
     baseline = rss_mib()
@@ -184,7 +184,7 @@ def bench_extract_command(backbone, image_counts, source_size, batch_size, workd
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
-    from featx import backbones
+    from featx.extract import backbones
     from featx.errors import FeatxError
 
     backbones.get_backbone(backbone)

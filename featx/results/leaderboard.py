@@ -147,7 +147,7 @@ def _aligned(run):
 
 def compare_with_best(runs: list[dict]) -> dict[str, tuple[float | None, bool | None]]:
     """run_id -> (p-value against the best run on the same test rows, not significantly worse)."""
-    from featx import evaluate
+    from featx.classify import evaluate
 
     groups: dict[tuple, list[dict]] = {}
     result: dict[str, tuple[float | None, bool | None]] = {}

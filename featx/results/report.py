@@ -55,8 +55,8 @@ def _no_runs_message(results_dir: Path) -> str:
 
 
 def _load_runs(results_dir: Path) -> list[dict]:
-    """The run JSONs (featx.leaderboard validates them); ResultsError with what to run when there are none."""
-    from featx.leaderboard import load_runs
+    """The run JSONs (featx.results.leaderboard validates them); ResultsError with what to run when there are none."""
+    from featx.results.leaderboard import load_runs
 
     if not (results_dir / "runs").is_dir() or not any((results_dir / "runs").glob("*.json")):
         raise ResultsError(_no_runs_message(results_dir))
@@ -64,8 +64,8 @@ def _load_runs(results_dir: Path) -> list[dict]:
 
 
 def _leaderboard_order(runs: list[dict]) -> tuple[list[dict], dict[str, dict]]:
-    """Runs in leaderboard order (best first) and featx.leaderboard's row per run_id."""
-    from featx.leaderboard import leaderboard_rows
+    """Runs in leaderboard order (best first) and featx.results.leaderboard's row per run_id."""
+    from featx.results.leaderboard import leaderboard_rows
 
     rows = leaderboard_rows(runs)
     by_run_id = {run["run_id"]: run for run in runs}
@@ -450,7 +450,7 @@ def _feature_file_findings(runs: list[dict], results_dir: Path) -> list[str]:
 
 
 def _manifest_findings(manifest, data_root) -> list[str]:
-    from featx.manifest import check_manifest
+    from featx.data.manifest import check_manifest
 
     report = check_manifest(manifest, data_root if data_root is not None else Path(manifest).parent)
     if report.ok:

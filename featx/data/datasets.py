@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from featx.errors import FetchError, ManifestError, one_of_message
-from featx.manifest import (
+from featx.data.manifest import (
     IMAGE_SUFFIXES,
     LABEL_SEPARATOR,
     SPLITS,
@@ -45,8 +45,8 @@ _SKIPPED_FOLDERS = ("__MACOSX",)
 
 
 def kermany_manifest_path() -> Path | None:
-    """data_manifests/kermany2018.csv of this checkout (featx/../data_manifests), or None when not shipped."""
-    candidate = Path(__file__).resolve().parent.parent / "data_manifests" / KERMANY_MANIFEST_NAME
+    """data_manifests/kermany2018.csv of this checkout (featx/data/../../data_manifests), or None when not shipped."""
+    candidate = Path(__file__).resolve().parents[2] / "data_manifests" / KERMANY_MANIFEST_NAME
     return candidate if candidate.is_file() else None
 
 

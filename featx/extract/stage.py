@@ -19,7 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
-from featx import __version__, store
+from featx import __version__
+from featx.extract import store
 from featx.errors import BackboneError, CacheError, FeatxError, ManifestError
 
 RANDOM_BANNER = "RANDOM-INIT WEIGHTS: embeddings are not ImageNet features; use for testing only"
@@ -101,7 +102,7 @@ def _check_out_dir(out_dir: Path) -> Path:
 
 def _check_manifest_paths(rel_paths: Sequence[str], data_root: Path) -> list[Path]:
     """Every path resolved inside the data root; a wrong --data-root is caught when none of the first rows exist."""
-    from featx.manifest import resolve_path
+    from featx.data.manifest import resolve_path
 
     paths = [resolve_path(data_root, rel) for rel in rel_paths]
     probe = paths[:_EXISTENCE_PROBE_ROWS]
@@ -125,8 +126,9 @@ def _versions() -> dict[str, str]:
 
 def _plan(config: ExtractConfig):
     """Check every input and describe each backbone's job; nothing is built or written yet."""
-    from featx import backbones, images
-    from featx.manifest import read_manifest
+    from featx.extract import backbones
+    from featx.data import images
+    from featx.data.manifest import read_manifest
 
     names = _unique(config.backbones)
     if not names:
@@ -297,7 +299,8 @@ def run_extract(config: ExtractConfig, console=None) -> list[ExtractSummary]:
 
 def _run_group(group, config, size, resize_mode, paths, ids, labels, classes, split, patient_id, console) -> None:
     """Open every writer of the group, build its models, then stream one shared decode through all of them."""
-    from featx import backbones, images
+    from featx.extract import backbones
+    from featx.data import images
 
     versions = _versions()
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -26,7 +26,7 @@ from typing import Iterator, Sequence
 
 from featx import config
 from featx.errors import BackboneError, WeightsError, closest, one_of_message
-from featx.hashing import file_sha256
+from featx.files import file_sha256
 from featx.runtime import import_tensorflow_quietly
 
 POOLINGS = ("avg", "max", "gem", "flatten")
@@ -49,7 +49,7 @@ _INCEPTION_STEM = (_VALID3_S2, _VALID3_S1, _VALID3_S2, _VALID3_S1, _VALID3_S2, _
 class BackboneSpec:
     name: str
     family: str
-    constructor: str  # e.g. "keras.applications.VGG16"; "featx.backbones.build_tiny" for the test net
+    constructor: str  # e.g. "keras.applications.VGG16"; "featx.extract.backbones.build_tiny" for the test net
     preprocess: str  # "caffe" | "tf" | "torch" | "none" (the network scales its own input)
     native_size: int
     min_size: int
@@ -169,7 +169,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             "EfficientNetV2-S (Tan & Le 2021); rescales its own input.",
         ),
         _spec(
-            "tiny", "test", "featx.backbones.build_tiny", "tf", 32, 8, 32, (_CEIL_HALF,) * 3, "",
+            "tiny", "test", "featx.extract.backbones.build_tiny", "tf", 32, 8, 32, (_CEIL_HALF,) * 3, "",
             "A three-layer random-init CNN for tests and demos: runs the whole pipeline in seconds; no ImageNet weights.",
         ),
     )
@@ -347,7 +347,7 @@ def build_tiny(include_top=False, weights=None, input_shape=(32, 32, 3), **_):
 
 def _constructor(spec: BackboneSpec):
     module_name, _, attribute = spec.constructor.rpartition(".")
-    if module_name == "featx.backbones":
+    if module_name == "featx.extract.backbones":
         return globals()[attribute]
     import keras
 

@@ -115,7 +115,7 @@ class AUCScorer:
         self.task = task
 
     def __call__(self, estimator, X, y) -> float:
-        from featx import evaluate
+        from featx.classify import evaluate
 
         scores = predict_scores(estimator, X, self.task)
         try:
@@ -154,7 +154,7 @@ def _plain(value):
 
 
 def _find_caches(config: ClassifyConfig) -> list[Path]:
-    from featx import store
+    from featx.extract import store
 
     folder = Path(config.features_dir)
     how = (
@@ -200,7 +200,8 @@ def _check_results_dir(out_dir: Path) -> None:
 
 
 def _check_options(config: ClassifyConfig) -> None:
-    from featx import classifiers, evaluate
+    from featx.classify import registry as classifiers
+    from featx.classify import evaluate
 
     if not config.classifiers:
         raise ClassifyError(one_of_message("classifier", "", sorted(classifiers.CLASSIFIERS)))
@@ -244,7 +245,7 @@ def _poolings_for(path: Path, attrs: dict, config: ClassifyConfig) -> list[str]:
 
 def split_rows(features, config: ClassifyConfig) -> RowSplit:
     """Training and test rows of a cache; rows whose image failed are dropped and counted."""
-    from featx import evaluate
+    from featx.classify import evaluate
 
     ok = np.asarray(features.ok, dtype=bool)
     split = np.asarray(features.split).astype(str)
@@ -318,7 +319,8 @@ def _check_finite(features) -> None:
 
 def plan_runs(config: ClassifyConfig) -> list[RunPlan]:
     """Validate every input and return the runs to do; raises a FeatxError on the first problem."""
-    from featx import evaluate, store
+    from featx.classify import evaluate
+    from featx.extract import store
 
     _check_options(config)
     caches = _find_caches(config)
@@ -366,7 +368,8 @@ def select_model(
     """Grid search, refit and out-of-fold scores. Sees the training rows and nothing else."""
     from sklearn.base import clone
 
-    from featx import classifiers, evaluate
+    from featx.classify import registry as classifiers
+    from featx.classify import evaluate
 
     splits = evaluate.grouped_splits(y_train, groups, config.cv, config.seed, classes=classes)
     estimator, grid = classifiers.build_classifier(
@@ -403,7 +406,8 @@ def run_one(plan: RunPlan, config: ClassifyConfig, features=None) -> Path:
     """
     import joblib
 
-    from featx import evaluate, store
+    from featx.classify import evaluate
+    from featx.extract import store
 
     started_total = time.perf_counter()
     if features is None:
@@ -607,7 +611,7 @@ def run_classify(config: ClassifyConfig, console=None) -> list[Path]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from featx import store
+    from featx.extract import store
 
     console = console or Console()
     plans = plan_runs(config)
@@ -645,7 +649,7 @@ def run_classify(config: ClassifyConfig, console=None) -> list[Path]:
 
 def classify_command(config: ClassifyConfig, console) -> None:
     """`featx classify`: the runs, then the leaderboard, then the report when one can be made."""
-    from featx import leaderboard
+    from featx.results import leaderboard
 
     written = run_classify(config, console)
     out_dir = Path(config.out_dir)
@@ -659,7 +663,7 @@ def classify_command(config: ClassifyConfig, console) -> None:
 
 def _write_report_if_available(out_dir: Path, console) -> None:
     try:
-        from featx.report import write_report
+        from featx.results.report import write_report
     except ImportError:
         return
     try:

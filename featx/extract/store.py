@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 
 from featx.errors import CacheError, LockError, StaleCacheError, one_of_message
-from featx.hashing import file_sha256  # noqa: F401  (re-exported: stage two's way to hash a cache)
+from featx.files import file_sha256  # noqa: F401  (re-exported: stage two's way to hash a cache)
 
 FORMAT = 1
 SUFFIX = ".h5"

@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 from featx.errors import ManifestError, closest, one_of_message
-from featx.hashing import file_sha256
+from featx.files import file_sha256
 
 COLUMNS = ("path", "label", "split", "patient_id", "sha256")
 REQUIRED_COLUMNS = COLUMNS[:4]

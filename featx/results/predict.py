@@ -74,7 +74,7 @@ def _weights_file(bundle: dict, bundle_path: Path) -> Path:
             f"The backbone of '{bundle_path}' used the weights file '{name}', which is not beside the bundle, in its "
             "results folder or in the working folder; put that exact file there to rebuild the backbone."
         )
-    from featx.backbones import resolve_weights
+    from featx.extract.backbones import resolve_weights
 
     info = resolve_weights(str(found))
     if expected and info.sha256 != expected:
@@ -86,7 +86,7 @@ def _weights_file(bundle: dict, bundle_path: Path) -> Path:
 
 
 def _weights_info(bundle: dict, bundle_path: Path, spec):
-    from featx.backbones import WeightsInfo, resolve_weights
+    from featx.extract.backbones import WeightsInfo, resolve_weights
 
     weights = str(bundle["weights"])
     if weights == "random":
@@ -107,7 +107,7 @@ def _weights_info(bundle: dict, bundle_path: Path, spec):
 
 def rebuild_backbone(bundle: dict, bundle_path):
     """The bundle's backbone, identical to the one that made its embeddings; BundleError with the reason otherwise."""
-    from featx.backbones import create_backbone, get_backbone
+    from featx.extract.backbones import create_backbone, get_backbone
 
     bundle_path = Path(bundle_path)
     try:
@@ -133,14 +133,14 @@ def rebuild_backbone(bundle: dict, bundle_path):
 
 
 def _image_suffixes() -> tuple[str, ...]:
-    from featx.manifest import IMAGE_SUFFIXES
+    from featx.data.manifest import IMAGE_SUFFIXES
 
     return IMAGE_SUFFIXES
 
 
 def _manifest_paths(csv_path: Path, data_root) -> list[Path]:
     from featx.errors import ManifestError
-    from featx.manifest import resolve_path
+    from featx.data.manifest import resolve_path
 
     root = Path(data_root) if data_root is not None else csv_path.parent
     with csv_path.open(newline="", encoding="utf-8-sig") as handle:
@@ -213,12 +213,12 @@ def predict_paths(bundle_path, inputs, data_root=None, batch_size=32, progress=N
     Unreadable images get their reason in `error` and None probabilities; the rest
     are still predicted. `progress` (optional) is called with the number of images done.
     """
-    from featx.images import iter_batches
+    from featx.data.images import iter_batches
 
     bundle_path = Path(bundle_path)
     bundle = load_bundle(bundle_path)
     paths = collect_inputs([str(i) for i in inputs], data_root)
-    from featx.extract import forward_step  # the very forward pass stage one used, so embeddings match
+    from featx.extract.stage import forward_step  # the very forward pass stage one used, so embeddings match
 
     model = rebuild_backbone(bundle, bundle_path)
     pooling = bundle["pooling"]
