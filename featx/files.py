@@ -1,8 +1,18 @@
-"""sha256 of files: the one digest featx records for manifests, weights, images and caches."""
+"""Filesystem helpers every stage shares: the one sha256, atomic writes, writable folders, visible files."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+from featx.errors import FeatxError
+
+# Never data: macOS archive debris and hidden files (dot-files, .DS_Store, editor swap files).
+IGNORED_NAMES = ("__MACOSX",)
 
 
 def file_sha256(path) -> str:
@@ -12,3 +22,48 @@ def file_sha256(path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def is_ignored(name: str) -> bool:
+    """True for a file or folder name that is never data (hidden, or archive debris such as __MACOSX)."""
+    return name.startswith(".") or name in IGNORED_NAMES
+
+
+def walk_files(folder: Path) -> Iterator[Path]:
+    """Every visible file under folder, recursively, in sorted order (ignored names and their folders skipped)."""
+    for current, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not is_ignored(d))
+        for name in sorted(files):
+            if not is_ignored(name):
+                yield Path(current) / name
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            write(f)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def check_writable_dir(folder: Path, error: type[FeatxError], what: str, fix: str) -> Path:
+    """Create folder if needed and prove it is writable, or raise `error` naming it, the reason and `fix`.
+
+    `what` names the folder for the user ("output directory", "results folder"); `fix` says what to pass instead.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise error(f"The {what} '{folder}' is a file; {fix}.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".featx-write-test-"):
+            pass
+    except OSError as reason:
+        raise error(f"The {what} '{folder}' is not writable ({reason.strerror or type(reason).__name__}); {fix}.") from None
+    return folder

@@ -35,3 +35,27 @@ def import_tensorflow_quietly():
             os.dup2(saved_fd, 2)
             os.close(saved_fd)
     return tf
+
+
+VERSION_PACKAGES = ("featx", "numpy", "scikit-learn", "xgboost", "tensorflow", "keras", "h5py")
+
+
+def library_versions() -> dict[str, str | None]:
+    """Python and the installed versions of the libraries that shape featx's numbers.
+
+    Read from package metadata: importing TensorFlow just to ask would cost seconds.
+    """
+    import platform
+    from importlib import metadata
+
+    from featx import __version__
+
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for package in VERSION_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    if versions["featx"] is None:
+        versions["featx"] = __version__
+    return versions

@@ -17,7 +17,8 @@ from sklearn.metrics import roc_auc_score
 
 from cachefactory import signal_dataset, write_cache, write_signal_cache
 from featx.classify import evaluate
-from featx.classify.stage import ClassifyConfig, classify_command, predict_scores, run_classify
+from featx.classify.scoring import predict_scores
+from featx.classify.stage import ClassifyConfig, classify_command, run_classify
 from featx.cli import main
 
 RUN_FIELDS = (
@@ -409,7 +410,7 @@ def test_validation_happens_before_any_fit(tmp_path, capsys):
 def test_auc_scorer_is_nan_not_an_error_on_single_class_rows():
     from sklearn.linear_model import LogisticRegression
 
-    from featx.classify.stage import AUCScorer
+    from featx.classify.scoring import AUCScorer
 
     X = np.arange(20, dtype=float).reshape(10, 2)
     y = np.array([0, 1] * 5)

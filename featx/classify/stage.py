@@ -28,6 +28,7 @@ import numpy as np
 from joblib import Parallel, delayed
 
 from featx import __version__
+from featx.classify.scoring import AUCScorer, predict_scores, task_for
 from featx.errors import CacheError, ClassifyError, FeatxError, ResultsError, one_of_message
 
 # Mirrors backbones.POOLINGS; repeated here so stage two never imports TensorFlow.
@@ -74,54 +75,6 @@ class RowSplit:
     test: np.ndarray
     test_source: str  # "manifest" | "held_out_patients"
     n_failed_dropped: int
-
-
-# ---------------------------------------------------------------- scores
-
-
-def task_for(y: np.ndarray, classes: Sequence[str]) -> str:
-    """binary | multiclass | multilabel, from the label array's shape and the class list."""
-    if np.asarray(y).ndim == 2:
-        return "multilabel"
-    return "binary" if len(classes) == 2 else "multiclass"
-
-
-def predict_scores(estimator, X: np.ndarray, task: str) -> np.ndarray:
-    """The scores every metric uses: P(positive) (N,) for binary, (N, K) otherwise.
-
-    Multi-label estimators may return a list of per-label (N, 2) arrays (the
-    scikit-learn convention for multi-output); that becomes the (N, K) matrix of
-    P(label present).
-    """
-    proba = estimator.predict_proba(X)
-    if isinstance(proba, list):
-        proba = np.column_stack([p[:, -1] for p in proba])
-    proba = np.asarray(proba, dtype=np.float64)
-    if task == "binary":
-        return proba[:, 1] if proba.ndim == 2 else proba
-    return proba
-
-
-class AUCScorer:
-    """GridSearchCV scoring: ROC AUC / macro one-vs-rest AUC / mean per-label AUC.
-
-    An undefined AUC (the scored rows hold one class) is NaN rather than an error:
-    successive halving scores early rounds on small random subsets of each fold,
-    where that can happen; scikit-learn ranks NaN candidates last, and the final
-    round, which picks the model, always scores the full folds.
-    """
-
-    def __init__(self, task: str):
-        self.task = task
-
-    def __call__(self, estimator, X, y) -> float:
-        from featx.classify import evaluate
-
-        scores = predict_scores(estimator, X, self.task)
-        try:
-            return float(evaluate.auc(self.task, y, scores))
-        except ClassifyError:
-            return float("nan")
 
 
 # ---------------------------------------------------------------- validation

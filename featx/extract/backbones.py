@@ -30,6 +30,8 @@ from featx.files import file_sha256
 from featx.runtime import import_tensorflow_quietly
 
 POOLINGS = ("avg", "max", "gem", "flatten")
+# Shown wherever numbers from a randomly initialised backbone appear: screen, caches, tables, report, predictions.
+RANDOM_BANNER = "RANDOM-INIT WEIGHTS: the backbone was randomly initialised, not ImageNet; these numbers only test the pipeline"
 PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
 WEIGHT_KINDS = ("imagenet", "random", "auto")
 WEIGHTS_FILE_SUFFIXES = (".weights.h5", ".h5", ".keras")
