@@ -16,10 +16,6 @@ from pathlib import Path
 from featx import __version__
 from featx.errors import FeatxError
 
-POOLINGS = ("avg", "max", "gem", "flatten")
-RESIZE_MODES = ("stretch", "pad", "crop")
-
-
 def _csv_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -40,13 +36,42 @@ def _console():
     return Console()
 
 
-# ---------------------------------------------------------------- handlers
+# ---------------------------------------------------------------- verbs: each parser builder beside its handler
+
+
+def _add_backbones(sub) -> None:
+    p = sub.add_parser("backbones", help="list the registered backbones, their input sizes and embedding widths")
+    p.set_defaults(handler=_cmd_backbones)
 
 
 def _cmd_backbones(args):
     from featx.extract.backbones import print_backbones
 
     print_backbones(_console())
+
+
+def _add_manifest(sub) -> None:
+    pm = sub.add_parser("manifest", help="build and check image manifests (CSV)")
+    msub = pm.add_subparsers(dest="manifest_command", metavar="ACTION")
+    _add_manifest_scan(msub)
+    _add_manifest_check(msub)
+    _add_manifest_nih(msub)
+    pm.set_defaults(handler=lambda args: pm.print_help() or 2)
+
+
+def _add_manifest_scan(msub) -> None:
+    p = msub.add_parser("scan", help="scan a folder (split/label/file or label/file) into a manifest CSV")
+    p.add_argument("root", type=Path, help="data root to scan")
+    p.add_argument("-o", "--out", type=Path, required=True, help="manifest CSV to write")
+    p.add_argument("--dataset", default="auto", help="patient-id parser: auto, kermany or generic (default auto)")
+    p.add_argument(
+        "--split-policy",
+        default=None,
+        help="for label/file trees: 'all-train' or 'patient-holdout' (patient-grouped stratified test split)",
+    )
+    p.add_argument("--test-fraction", type=float, default=0.2, help="test share of patients for patient-holdout")
+    p.add_argument("--seed", type=int, default=0, help="seed for patient-holdout")
+    p.set_defaults(handler=_cmd_manifest_scan)
 
 
 def _cmd_manifest_scan(args):
@@ -63,11 +88,30 @@ def _cmd_manifest_scan(args):
     )
 
 
+def _add_manifest_check(msub) -> None:
+    p = msub.add_parser("check", help="validate a manifest: counts, balance, missing files, leakage")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--data-root", type=Path, required=True, help="folder the manifest paths are relative to")
+    p.add_argument("--sha256", action="store_true", help="also verify sha256 where the manifest has it")
+    p.add_argument("--strict", action="store_true", help="exit 2 when any problem is flagged")
+    p.set_defaults(handler=_cmd_manifest_check)
+
+
 def _cmd_manifest_check(args):
     from featx.data.manifest import check_command
 
     ok = check_command(manifest=args.manifest, data_root=args.data_root, verify_sha256=args.sha256, console=_console())
     return 0 if ok or not args.strict else 2
+
+
+def _add_manifest_nih(msub) -> None:
+    p = msub.add_parser("nih", help="build the NIH ChestX-ray14 multi-label manifest from its official files")
+    p.add_argument("--entries", type=Path, required=True, help="Data_Entry_2017.csv")
+    p.add_argument("--train-list", type=Path, required=True, help="train_val_list.txt")
+    p.add_argument("--test-list", type=Path, required=True, help="test_list.txt")
+    p.add_argument("--images", type=Path, required=True, help="folder holding the PNG images (searched recursively)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="manifest CSV to write")
+    p.set_defaults(handler=_cmd_manifest_nih)
 
 
 def _cmd_manifest_nih(args):
@@ -83,10 +127,46 @@ def _cmd_manifest_nih(args):
     )
 
 
+def _add_fetch(sub) -> None:
+    p = sub.add_parser("fetch", help="download or unpack a public dataset and check it against its manifest")
+    p.add_argument("dataset", help="dataset name: kermany")
+    p.add_argument("--dest", type=Path, required=True, help="folder to unpack into")
+    p.add_argument("--from-zip", type=Path, default=None, help="use an archive downloaded by hand instead of kagglehub")
+    p.set_defaults(handler=_cmd_fetch)
+
+
 def _cmd_fetch(args):
     from featx.data.datasets import fetch_command
 
     fetch_command(dataset=args.dataset, dest=args.dest, from_zip=args.from_zip, console=_console())
+
+
+def _add_extract(sub) -> None:
+    from featx.data.images import RESIZE_MODES
+    from featx.extract.backbones import POOLINGS  # the registry only: no TensorFlow at import time
+
+    p = sub.add_parser("extract", help="stage one: embed every image once per backbone into features/<backbone>.h5")
+    p.add_argument("--backbone", action="append", required=True, help="backbone name(s); repeat or comma-separate")
+    p.add_argument("--manifest", type=Path, required=True, help="manifest CSV")
+    p.add_argument("--data-root", type=Path, required=True, help="folder the manifest paths are relative to")
+    p.add_argument("--out", type=Path, default=Path("features"), help="output folder (default features/)")
+    p.add_argument(
+        "--weights",
+        default="imagenet",
+        help="imagenet (Keras download/cache), random (seeded init, for tests), auto (imagenet if available) or PATH",
+    )
+    p.add_argument("--pooling", default="avg", help=f"comma-separated poolings from {list(POOLINGS)} (default avg)")
+    p.add_argument(
+        "--image-size", type=_positive_int, default=None, help="square input size (default: backbone's native)"
+    )
+    p.add_argument("--resize-mode", default="stretch", help=f"one of {list(RESIZE_MODES)} (default stretch)")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--mixed-precision", action="store_true", help="float16 compute on a GPU")
+    p.add_argument("--force", action="store_true", help="rebuild a cache whose settings differ")
+    p.add_argument("--seed", type=int, default=0, help="seed for random weights (recorded in the cache)")
+    p.add_argument("--workers", type=_positive_int, default=None, help="decode threads (default: one per core)")
+    p.add_argument("--limit", type=_positive_int, default=None, help="only the first N manifest rows (smoke runs)")
+    p.set_defaults(handler=_cmd_extract)
 
 
 def _cmd_extract(args):
@@ -111,6 +191,28 @@ def _cmd_extract(args):
     extract_command(config, console=_console())
 
 
+def _add_classify(sub) -> None:
+    p = sub.add_parser("classify", help="stage two: grouped-CV grid search on cached embeddings; test AUC with CIs")
+    p.add_argument("--features", type=Path, default=Path("features"), help="folder of <backbone>.h5 caches")
+    p.add_argument("--out", type=Path, default=Path("results"), help="results folder (default results/)")
+    p.add_argument("--backbone", default=None, help="comma-separated backbones (default: every cache found)")
+    p.add_argument("--classifier", default="logreg,xgboost,dense", help="comma-separated classifiers")
+    p.add_argument("--pooling", default=None, help="comma-separated poolings (default: every pooling cached)")
+    p.add_argument("--cv", type=_positive_int, default=5, help="patient-grouped folds (default 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-jobs", type=int, default=1, help="parallel fits (default 1)")
+    p.add_argument(
+        "--threshold-rule",
+        default="youden",
+        help="youden, sens@0.95, spec@0.90 or f1; chosen on out-of-fold predictions",
+    )
+    p.add_argument(
+        "--val-as-test", action="store_true", help="evaluate val rows with test instead of merging them into train"
+    )
+    p.add_argument("--quick", action="store_true", help="a small grid for smoke runs (not for reporting)")
+    p.set_defaults(handler=_cmd_classify)
+
+
 def _cmd_classify(args):
     from featx.classify.stage import ClassifyConfig, classify_command
 
@@ -130,16 +232,47 @@ def _cmd_classify(args):
     classify_command(config, console=_console())
 
 
+def _add_leaderboard(sub) -> None:
+    p = sub.add_parser("leaderboard", help="print and write the backbone x classifier leaderboard")
+    p.add_argument("--results", type=Path, default=Path("results"))
+    p.set_defaults(handler=_cmd_leaderboard)
+
+
 def _cmd_leaderboard(args):
     from featx.results.leaderboard import leaderboard_command
 
     leaderboard_command(results_dir=args.results, console=_console())
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="write the self-contained HTML report with plots")
+    p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("-o", "--out", type=Path, default=None, help="HTML file (default results/report.html)")
+    p.set_defaults(handler=_cmd_report)
+
+
 def _cmd_report(args):
     from featx.results.report import report_command
 
     report_command(results_dir=args.results, out=args.out, console=_console())
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="predict new images with a saved model bundle",
+        description=(
+            "Rebuild the run's backbone exactly, embed the images and apply its classifier and threshold. "
+            "WARNING: a joblib bundle runs code when loaded; only load bundles from a trusted source."
+        ),
+    )
+    p.add_argument("--model", type=Path, required=True, help="results/models/<run>.joblib (trusted source only)")
+    p.add_argument("inputs", nargs="+", help="image files, folders or a manifest CSV")
+    p.add_argument("--data-root", type=Path, default=None, help="root for manifest paths")
+    p.add_argument("-o", "--out", type=Path, default=None, help="CSV (or JSON with --json) to write; default stdout")
+    p.add_argument("--json", action="store_true", help="write JSON instead of CSV")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.set_defaults(handler=_cmd_predict)
 
 
 def _cmd_predict(args):
@@ -154,6 +287,24 @@ def _cmd_predict(args):
         batch_size=args.batch_size,
         console=_console(),
     )
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="offline end-to-end demo on a generated phantom chest X-ray dataset")
+    p.add_argument(
+        "--workdir", type=Path, default=Path("demo"), help="where data, features and results go (default demo/)"
+    )
+    p.add_argument(
+        "--weights", default="auto", help="auto (imagenet if cached, else random with a banner), imagenet, random"
+    )
+    p.add_argument("--backbones", default="mobilenetv3small,resnet50", help="two backbones by default")
+    p.add_argument("--classifiers", default="logreg,xgboost,dense")
+    p.add_argument("--patients", type=_positive_int, default=120, help="synthetic patients (default 120)")
+    p.add_argument("--image-size", type=_positive_int, default=128, help="phantom image size in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="tiny run for tests")
+    p.add_argument("--data-only", action="store_true", help="only generate the phantom dataset (workdir/data)")
+    p.set_defaults(handler=_cmd_demo)
 
 
 def _cmd_demo(args):
@@ -173,6 +324,24 @@ def _cmd_demo(args):
     demo_command(config, console=_console())
 
 
+def _add_bench(sub) -> None:
+    pb = sub.add_parser("bench", help="benchmarks: extract throughput/memory, classify grid time")
+    bsub = pb.add_subparsers(dest="bench_command", metavar="WHAT")
+    _add_bench_extract(bsub)
+    _add_bench_classify(bsub)
+    pb.set_defaults(handler=lambda args: pb.print_help() or 2)
+
+
+def _add_bench_extract(bsub) -> None:
+    p = bsub.add_parser("extract", help="bare forward pass vs full extract on large generated JPEGs; peak RSS")
+    p.add_argument("--backbone", default="resnet50")
+    p.add_argument("--images", default="256,1024", help="comma-separated image counts to compare peak RSS")
+    p.add_argument("--source-size", type=_positive_int, default=1500, help="generated JPEG side in pixels")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    p.set_defaults(handler=_cmd_bench_extract)
+
+
 def _cmd_bench_extract(args):
     from featx.bench.extract import bench_extract_command
 
@@ -184,6 +353,16 @@ def _cmd_bench_extract(args):
         workdir=args.workdir,
         console=_console(),
     )
+
+
+def _add_bench_classify(bsub) -> None:
+    p = bsub.add_parser("classify", help="time the default grids on Kermany-sized synthetic embeddings")
+    p.add_argument("--classifier", default="logreg,xgboost,dense")
+    p.add_argument("--n-train", type=_positive_int, default=5216)
+    p.add_argument("--n-test", type=_positive_int, default=624)
+    p.add_argument("--dim", type=_positive_int, default=2048)
+    p.add_argument("--n-jobs", type=int, default=2)
+    p.set_defaults(handler=_cmd_bench_classify)
 
 
 def _cmd_bench_classify(args):
@@ -203,148 +382,26 @@ def _cmd_bench_classify(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The featx argument parser: one subcommand per verb, each built beside its handler."""
     parser = argparse.ArgumentParser(
         prog="featx",
         description="Frozen ImageNet backbones -> cached embeddings (HDF5) -> grouped-CV classifiers -> leaderboard.",
     )
     parser.add_argument("--version", action="version", version=f"featx {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    p = sub.add_parser("backbones", help="list the registered backbones, their input sizes and embedding widths")
-    p.set_defaults(handler=_cmd_backbones)
-
-    # manifest
-    pm = sub.add_parser("manifest", help="build and check image manifests (CSV)")
-    msub = pm.add_subparsers(dest="manifest_command", metavar="ACTION")
-    p = msub.add_parser("scan", help="scan a folder (split/label/file or label/file) into a manifest CSV")
-    p.add_argument("root", type=Path, help="data root to scan")
-    p.add_argument("-o", "--out", type=Path, required=True, help="manifest CSV to write")
-    p.add_argument("--dataset", default="auto", help="patient-id parser: auto, kermany or generic (default auto)")
-    p.add_argument(
-        "--split-policy",
-        default=None,
-        help="for label/file trees: 'all-train' or 'patient-holdout' (patient-grouped stratified test split)",
-    )
-    p.add_argument("--test-fraction", type=float, default=0.2, help="test share of patients for patient-holdout")
-    p.add_argument("--seed", type=int, default=0, help="seed for patient-holdout")
-    p.set_defaults(handler=_cmd_manifest_scan)
-
-    p = msub.add_parser("check", help="validate a manifest: counts, balance, missing files, leakage")
-    p.add_argument("manifest", type=Path)
-    p.add_argument("--data-root", type=Path, required=True, help="folder the manifest paths are relative to")
-    p.add_argument("--sha256", action="store_true", help="also verify sha256 where the manifest has it")
-    p.add_argument("--strict", action="store_true", help="exit 2 when any problem is flagged")
-    p.set_defaults(handler=_cmd_manifest_check)
-
-    p = msub.add_parser("nih", help="build the NIH ChestX-ray14 multi-label manifest from its official files")
-    p.add_argument("--entries", type=Path, required=True, help="Data_Entry_2017.csv")
-    p.add_argument("--train-list", type=Path, required=True, help="train_val_list.txt")
-    p.add_argument("--test-list", type=Path, required=True, help="test_list.txt")
-    p.add_argument("--images", type=Path, required=True, help="folder holding the PNG images (searched recursively)")
-    p.add_argument("-o", "--out", type=Path, required=True, help="manifest CSV to write")
-    p.set_defaults(handler=_cmd_manifest_nih)
-
-    p = sub.add_parser("fetch", help="download or unpack a public dataset and check it against its manifest")
-    p.add_argument("dataset", help="dataset name: kermany")
-    p.add_argument("--dest", type=Path, required=True, help="folder to unpack into")
-    p.add_argument("--from-zip", type=Path, default=None, help="use an archive downloaded by hand instead of kagglehub")
-    p.set_defaults(handler=_cmd_fetch)
-
-    # stage one
-    p = sub.add_parser("extract", help="stage one: embed every image once per backbone into features/<backbone>.h5")
-    p.add_argument("--backbone", action="append", required=True, help="backbone name(s); repeat or comma-separate")
-    p.add_argument("--manifest", type=Path, required=True, help="manifest CSV")
-    p.add_argument("--data-root", type=Path, required=True, help="folder the manifest paths are relative to")
-    p.add_argument("--out", type=Path, default=Path("features"), help="output folder (default features/)")
-    p.add_argument(
-        "--weights",
-        default="imagenet",
-        help="imagenet (Keras download/cache), random (seeded init, for tests), auto (imagenet if available) or PATH",
-    )
-    p.add_argument("--pooling", default="avg", help=f"comma-separated poolings from {list(POOLINGS)} (default avg)")
-    p.add_argument("--image-size", type=_positive_int, default=None, help="square input size (default: backbone's native)")
-    p.add_argument("--resize-mode", default="stretch", help=f"one of {list(RESIZE_MODES)} (default stretch)")
-    p.add_argument("--batch-size", type=_positive_int, default=32)
-    p.add_argument("--mixed-precision", action="store_true", help="float16 compute on a GPU")
-    p.add_argument("--force", action="store_true", help="rebuild a cache whose settings differ")
-    p.add_argument("--seed", type=int, default=0, help="seed for random weights (recorded in the cache)")
-    p.add_argument("--workers", type=_positive_int, default=None, help="decode threads (default: one per core)")
-    p.add_argument("--limit", type=_positive_int, default=None, help="only the first N manifest rows (smoke runs)")
-    p.set_defaults(handler=_cmd_extract)
-
-    # stage two
-    p = sub.add_parser("classify", help="stage two: grouped-CV grid search on cached embeddings; test AUC with CIs")
-    p.add_argument("--features", type=Path, default=Path("features"), help="folder of <backbone>.h5 caches")
-    p.add_argument("--out", type=Path, default=Path("results"), help="results folder (default results/)")
-    p.add_argument("--backbone", default=None, help="comma-separated backbones (default: every cache found)")
-    p.add_argument("--classifier", default="logreg,xgboost,dense", help="comma-separated classifiers")
-    p.add_argument("--pooling", default=None, help="comma-separated poolings (default: every pooling cached)")
-    p.add_argument("--cv", type=_positive_int, default=5, help="patient-grouped folds (default 5)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-jobs", type=int, default=1, help="parallel fits (default 1)")
-    p.add_argument(
-        "--threshold-rule", default="youden", help="youden, sens@0.95, spec@0.90 or f1; chosen on out-of-fold predictions"
-    )
-    p.add_argument("--val-as-test", action="store_true", help="evaluate val rows with test instead of merging them into train")
-    p.add_argument("--quick", action="store_true", help="a small grid for smoke runs (not for reporting)")
-    p.set_defaults(handler=_cmd_classify)
-
-    p = sub.add_parser("leaderboard", help="print and write the backbone x classifier leaderboard")
-    p.add_argument("--results", type=Path, default=Path("results"))
-    p.set_defaults(handler=_cmd_leaderboard)
-
-    p = sub.add_parser("report", help="write the self-contained HTML report with plots")
-    p.add_argument("--results", type=Path, default=Path("results"))
-    p.add_argument("-o", "--out", type=Path, default=None, help="HTML file (default results/report.html)")
-    p.set_defaults(handler=_cmd_report)
-
-    p = sub.add_parser(
-        "predict",
-        help="predict new images with a saved model bundle",
-        description=(
-            "Rebuild the run's backbone exactly, embed the images and apply its classifier and threshold. "
-            "WARNING: a joblib bundle runs code when loaded; only load bundles from a trusted source."
-        ),
-    )
-    p.add_argument("--model", type=Path, required=True, help="results/models/<run>.joblib (trusted source only)")
-    p.add_argument("inputs", nargs="+", help="image files, folders or a manifest CSV")
-    p.add_argument("--data-root", type=Path, default=None, help="root for manifest paths")
-    p.add_argument("-o", "--out", type=Path, default=None, help="CSV (or JSON with --json) to write; default stdout")
-    p.add_argument("--json", action="store_true", help="write JSON instead of CSV")
-    p.add_argument("--batch-size", type=_positive_int, default=32)
-    p.set_defaults(handler=_cmd_predict)
-
-    p = sub.add_parser("demo", help="offline end-to-end demo on a generated phantom chest X-ray dataset")
-    p.add_argument("--workdir", type=Path, default=Path("demo"), help="where data, features and results go (default demo/)")
-    p.add_argument("--weights", default="auto", help="auto (imagenet if cached, else random with a banner), imagenet, random")
-    p.add_argument("--backbones", default="mobilenetv3small,resnet50", help="two backbones by default")
-    p.add_argument("--classifiers", default="logreg,xgboost,dense")
-    p.add_argument("--patients", type=_positive_int, default=120, help="synthetic patients (default 120)")
-    p.add_argument("--image-size", type=_positive_int, default=128, help="phantom image size in pixels")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="tiny run for tests")
-    p.add_argument("--data-only", action="store_true", help="only generate the phantom dataset (workdir/data)")
-    p.set_defaults(handler=_cmd_demo)
-
-    pb = sub.add_parser("bench", help="benchmarks: extract throughput/memory, classify grid time")
-    bsub = pb.add_subparsers(dest="bench_command", metavar="WHAT")
-    p = bsub.add_parser("extract", help="bare forward pass vs full extract on large generated JPEGs; peak RSS")
-    p.add_argument("--backbone", default="resnet50")
-    p.add_argument("--images", default="256,1024", help="comma-separated image counts to compare peak RSS")
-    p.add_argument("--source-size", type=_positive_int, default=1500, help="generated JPEG side in pixels")
-    p.add_argument("--batch-size", type=_positive_int, default=32)
-    p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)")
-    p.set_defaults(handler=_cmd_bench_extract)
-    p = bsub.add_parser("classify", help="time the default grids on Kermany-sized synthetic embeddings")
-    p.add_argument("--classifier", default="logreg,xgboost,dense")
-    p.add_argument("--n-train", type=_positive_int, default=5216)
-    p.add_argument("--n-test", type=_positive_int, default=624)
-    p.add_argument("--dim", type=_positive_int, default=2048)
-    p.add_argument("--n-jobs", type=int, default=2)
-    p.set_defaults(handler=_cmd_bench_classify)
-
-    for name, sp in (("manifest", pm), ("bench", pb)):
-        sp.set_defaults(handler=lambda args, sp=sp: sp.print_help() or 2)
+    for add_verb in (
+        _add_backbones,
+        _add_manifest,
+        _add_fetch,
+        _add_extract,
+        _add_classify,
+        _add_leaderboard,
+        _add_report,
+        _add_predict,
+        _add_demo,
+        _add_bench,
+    ):
+        add_verb(sub)
     return parser
 
 
