@@ -26,7 +26,8 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 from featx.errors import ManifestError, closest, one_of_message
-from featx.files import file_sha256
+from featx.files import file_sha256, is_ignored, walk_files
+from featx.progress import track
 
 COLUMNS = ("path", "label", "split", "patient_id", "sha256")
 REQUIRED_COLUMNS = COLUMNS[:4]
@@ -35,7 +36,6 @@ SPLIT_POLICIES = ("all-train", "patient-holdout")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff")
 LABEL_SEPARATOR = "|"
 NEGATIVE_NAMES = ("normal", "no finding", "negative", "healthy")
-IGNORED_NAMES = ("__MACOSX",)
 
 
 # ---------------------------------------------------------------- the manifest
@@ -365,22 +365,14 @@ class ScanResult:
     notes: tuple[str, ...]
 
 
-def _is_ignored(name: str) -> bool:
-    return name.startswith(".") or name in IGNORED_NAMES
-
-
 def _image_files(folder: Path) -> tuple[list[Path], int]:
-    """Image files anywhere under folder (sorted), and how many other files were skipped."""
+    """Image files anywhere under folder (sorted), and how many other visible files were skipped."""
     images, skipped = [], 0
-    for current, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not _is_ignored(d))
-        for name in sorted(files):
-            if _is_ignored(name):
-                continue
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                images.append(Path(current) / name)
-            else:
-                skipped += 1
+    for file in walk_files(folder):
+        if file.suffix.lower() in IMAGE_SUFFIXES:
+            images.append(file)
+        else:
+            skipped += 1
     return images, skipped
 
 
@@ -412,7 +404,7 @@ def scan(
         raise ManifestError(one_of_message("dataset", dataset, ["auto", *PATIENT_PARSERS]))
     if split_policy is not None and split_policy not in SPLIT_POLICIES:
         raise ManifestError(one_of_message("split_policy", split_policy, SPLIT_POLICIES))
-    top = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not _is_ignored(entry.name))
+    top = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not is_ignored(entry.name))
     if not top:
         raise ManifestError(f"Data root '{root}' has no sub-folders; lay it out as split/label/file or label/file.")
     split_dirs = [name for name in top if name in SPLITS]
@@ -430,7 +422,7 @@ def scan(
         if split_policy is not None:
             notes.append(f"The tree already has split folders {split_dirs}; --split-policy {split_policy} was not used.")
         for split in split_dirs:
-            for label_dir in sorted(p for p in (root / split).iterdir() if p.is_dir() and not _is_ignored(p.name)):
+            for label_dir in sorted(p for p in (root / split).iterdir() if p.is_dir() and not is_ignored(p.name)):
                 files, n_skipped = _image_files(label_dir)
                 skipped += n_skipped
                 entries += [(f.relative_to(root).as_posix(), label_dir.name, split) for f in files]
@@ -507,9 +499,11 @@ class CheckReport:
 
     @property
     def ok(self) -> bool:
+        """True when nothing was flagged."""
         return not self.findings
 
     def finding(self, kind: str) -> Finding | None:
+        """The finding of this kind, or None when there is none."""
         return next((f for f in self.findings if f.kind == kind), None)
 
 
@@ -520,6 +514,165 @@ def _examples(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(list(items)[:EXAMPLES])
 
 
+# Each finder below looks for one kind of problem and returns its Finding, or None when there is none.
+
+_ROW_PROBLEM_WHAT = {
+    "malformed_row": "malformed",
+    "empty_field": "with an empty field",
+    "unknown_split": "with an unknown split",
+}
+
+
+def _row_problem(kind: str, problems: list[tuple[str, int, str]]) -> Finding | None:
+    """The rows `_parse` set aside as `kind`, quoting the first one's sentence."""
+    sentences = [(line, sentence) for k, line, sentence in problems if k == kind]
+    if not sentences:
+        return None
+    return Finding(
+        kind,
+        f"{len(sentences)} row(s) {_ROW_PROBLEM_WHAT[kind]}; first: {sentences[0][1]}",
+        len(sentences),
+        _examples(f"line {line}" for line, _ in sentences),
+    )
+
+
+def _malformed_row(problems: list[tuple[str, int, str]]) -> Finding | None:
+    return _row_problem("malformed_row", problems)
+
+
+def _empty_field(problems: list[tuple[str, int, str]]) -> Finding | None:
+    return _row_problem("empty_field", problems)
+
+
+def _unknown_split(problems: list[tuple[str, int, str]]) -> Finding | None:
+    return _row_problem("unknown_split", problems)
+
+
+def _duplicate_path(rows: list[_Row]) -> Finding | None:
+    path_counts = Counter(row.path for row in rows)
+    duplicates = sorted(path for path, n in path_counts.items() if n > 1)
+    if not duplicates:
+        return None
+    return Finding(
+        "duplicate_path",
+        f"{len(duplicates)} path(s) are listed more than once (e.g. {duplicates[0]!r}); "
+        "each image needs exactly one row.",
+        len(duplicates),
+        _examples(duplicates),
+    )
+
+
+def _escapes_root(rows: list[_Row], data_root: Path) -> Finding | None:
+    escaping = [row.path for row in rows if _normalised_relative(row.path) is None]
+    if not escaping:
+        return None
+    return Finding(
+        "escapes_root",
+        f"{len(escaping)} path(s) escape the data root '{data_root}' (e.g. {escaping[0]!r}); "
+        "paths must be relative and stay inside it.",
+        len(escaping),
+        _examples(escaping),
+    )
+
+
+def _locate(rows: list[_Row], data_root: Path) -> tuple[list[tuple[_Row, Path]], list[str]]:
+    """(row, file) where the file exists, and the paths whose file does not; escaping paths are in neither."""
+    present, missing = [], []
+    for row in rows:
+        if _normalised_relative(row.path) is None:
+            continue
+        file = resolve_path(data_root, row.path)
+        if file.is_file():
+            present.append((row, file))
+        else:
+            missing.append(row.path)
+    return present, missing
+
+
+def _missing_file(missing: list[str], rows: list[_Row], data_root: Path) -> Finding | None:
+    if not missing:
+        return None
+    missing_set = set(missing)
+    by_split = Counter(row.split for row in rows if row.path in missing_set)
+    detail = ", ".join(f"{split} {n}" for split, n in sorted(by_split.items()))
+    return Finding(
+        "missing_file",
+        f"{len(missing)} file(s) listed in the manifest are not under '{data_root}' ({detail}; e.g. {missing[0]!r}).",
+        len(missing),
+        _examples(missing),
+    )
+
+
+def _missing_class(split: str, classes: tuple[str, ...], per_class: dict[str, int]) -> Finding | None:
+    absent = [name for name in classes if per_class[name] == 0]
+    if not absent:
+        return None
+    return Finding(
+        "missing_class",
+        f"Split {split!r} has no images of class(es) {absent}; each split should hold every class "
+        f"{list(classes)} for its metrics to be defined.",
+        len(absent),
+        tuple(f"{split}:{name}" for name in absent),
+    )
+
+
+def _patient_leakage(valid_rows: list[_Row], present: list[str]) -> Finding | None:
+    split_of_patient: dict[str, Counter] = defaultdict(Counter)
+    for row in valid_rows:
+        split_of_patient[row.patient_id][row.split] += 1
+    leaking = sorted(p for p, splits in split_of_patient.items() if len(splits) > 1)
+    if not leaking:
+        return None
+    pairs = Counter("+".join(s for s in SPLITS if s in split_of_patient[p]) for p in leaking)
+    pair_text = ", ".join(f"{pair} {n}" for pair, n in sorted(pairs.items()))
+    leaked_images = {s: sum(split_of_patient[p][s] for p in leaking) for s in present}
+    image_text = ", ".join(f"{n} {s}" for s, n in leaked_images.items() if n)
+    first = leaking[0]
+    first_text = ", ".join(f"{s} {n}" for s, n in split_of_patient[first].items())
+    return Finding(
+        "patient_leakage",
+        f"{len(leaking)} patient(s) appear in more than one split ({pair_text}; images involved: {image_text}; "
+        f"e.g. {first!r}: {first_text}); a patient must sit in exactly one split.",
+        len(leaking),
+        _examples(leaking),
+    )
+
+
+def _sha256_mismatch(to_hash: list[tuple[_Row, Path]], progress=None) -> Finding | None:
+    """Hash every (row, file) pair, through `progress` when given, against the row's sha256."""
+    mismatched = []
+    for row, file in to_hash if progress is None or not to_hash else progress(to_hash):
+        if file_sha256(file) != row.sha256:
+            mismatched.append(row.path)
+    if not mismatched:
+        return None
+    return Finding(
+        "sha256_mismatch",
+        f"{len(mismatched)} file(s) do not match their manifest sha256 (e.g. {mismatched[0]!r}); the files changed "
+        "since the manifest was written.",
+        len(mismatched),
+        _examples(mismatched),
+    )
+
+
+def _split_counts(valid_rows: list[_Row]):
+    """(classes, split -> class -> images, images per split, patients per split) over the splits present."""
+    classes = order_classes(name for row in valid_rows for name in row.labels)
+    counts = {split: {name: 0 for name in classes} for split in SPLITS}
+    images_per_split: Counter = Counter()
+    patients: dict[str, set[str]] = defaultdict(set)
+    for row in valid_rows:
+        images_per_split[row.split] += 1
+        patients[row.split].add(row.patient_id)
+        for name in row.labels:
+            counts[row.split][name] += 1
+    present = [split for split in SPLITS if images_per_split[split]]
+    return (
+        classes,
+        {split: counts[split] for split in present},
+        {split: images_per_split[split] for split in present},
+        {split: len(patients[split]) for split in present},
+    )
 
 
 def check_manifest(manifest, data_root, verify_sha256: bool = False, progress=None) -> CheckReport:
@@ -543,114 +696,31 @@ def check_manifest(manifest, data_root, verify_sha256: bool = False, progress=No
             f"Data root '{data_root}' is not a folder; pass the folder the manifest paths are relative to."
         )
 
-    findings: list[Finding] = []
-    for kind in ("malformed_row", "empty_field", "unknown_split"):
-        sentences = [(line, sentence) for k, line, sentence in problems if k == kind]
-        if sentences:
-            what = {"malformed_row": "malformed", "empty_field": "with an empty field",
-                    "unknown_split": "with an unknown split"}[kind]
-            findings.append(
-                Finding(kind, f"{len(sentences)} row(s) {what}; first: {sentences[0][1]}", len(sentences),
-                        _examples(f"line {line}" for line, _ in sentences))
-            )
-
     valid_rows = [row for row in rows if row.split in SPLITS]
-    classes = order_classes(name for row in valid_rows for name in row.labels)
-    counts = {split: {name: 0 for name in classes} for split in SPLITS}
-    images_per_split: Counter = Counter()
-    patients: dict[str, set[str]] = defaultdict(set)
-    for row in valid_rows:
-        images_per_split[row.split] += 1
-        patients[row.split].add(row.patient_id)
-        for name in row.labels:
-            counts[row.split][name] += 1
-    present = [split for split in SPLITS if images_per_split[split]]
-    counts = {split: counts[split] for split in present}
-
-    path_counts = Counter(row.path for row in rows)
-    duplicates = sorted(path for path, n in path_counts.items() if n > 1)
-    if duplicates:
-        findings.append(Finding(
-            "duplicate_path",
-            f"{len(duplicates)} path(s) are listed more than once (e.g. {duplicates[0]!r}); "
-            "each image needs exactly one row.",
-            len(duplicates), _examples(duplicates)))
-
-    escaping, missing, mismatched, to_hash = [], [], [], []
-    for row in rows:
-        if _normalised_relative(row.path) is None:
-            escaping.append(row.path)
-            continue
-        file = resolve_path(data_root, row.path)
-        if not file.is_file():
-            missing.append(row.path)
-        elif verify_sha256 and row.sha256:
-            to_hash.append((row, file))
-    if escaping:
-        findings.append(Finding(
-            "escapes_root",
-            f"{len(escaping)} path(s) escape the data root '{data_root}' (e.g. {escaping[0]!r}); "
-            "paths must be relative and stay inside it.",
-            len(escaping), _examples(escaping)))
-    if missing:
-        missing_set = set(missing)
-        by_split = Counter(row.split for row in rows if row.path in missing_set)
-        detail = ", ".join(f"{split} {n}" for split, n in sorted(by_split.items()))
-        findings.append(Finding(
-            "missing_file",
-            f"{len(missing)} file(s) listed in the manifest are not under '{data_root}' ({detail}; e.g. {missing[0]!r}).",
-            len(missing), _examples(missing)))
-
-    for split in present:
-        absent = [name for name in classes if counts[split][name] == 0]
-        if absent:
-            findings.append(Finding(
-                "missing_class",
-                f"Split {split!r} has no images of class(es) {absent}; each split should hold every class "
-                f"{list(classes)} for its metrics to be defined.",
-                len(absent), tuple(f"{split}:{name}" for name in absent)))
-
-    split_of_patient: dict[str, Counter] = defaultdict(Counter)
-    for row in valid_rows:
-        split_of_patient[row.patient_id][row.split] += 1
-    leaking = sorted(p for p, splits in split_of_patient.items() if len(splits) > 1)
-    if leaking:
-        pairs = Counter("+".join(s for s in SPLITS if s in split_of_patient[p]) for p in leaking)
-        pair_text = ", ".join(f"{pair} {n}" for pair, n in sorted(pairs.items()))
-        leaked_images = {s: sum(split_of_patient[p][s] for p in leaking) for s in present}
-        image_text = ", ".join(f"{n} {s}" for s, n in leaked_images.items() if n)
-        first = leaking[0]
-        first_text = ", ".join(f"{s} {n}" for s, n in split_of_patient[first].items())
-        findings.append(Finding(
-            "patient_leakage",
-            f"{len(leaking)} patient(s) appear in more than one split ({pair_text}; images involved: {image_text}; "
-            f"e.g. {first!r}: {first_text}); a patient must sit in exactly one split.",
-            len(leaking), _examples(leaking)))
-
-    checked = 0
-    if to_hash:
-        iterator = to_hash if progress is None else progress(to_hash)
-        for row, file in iterator:
-            checked += 1
-            if file_sha256(file) != row.sha256:
-                mismatched.append(row.path)
-    if mismatched:
-        findings.append(Finding(
-            "sha256_mismatch",
-            f"{len(mismatched)} file(s) do not match their manifest sha256 (e.g. {mismatched[0]!r}); the files changed "
-            "since the manifest was written.",
-            len(mismatched), _examples(mismatched)))
-
+    classes, counts, images_per_split, patients_per_split = _split_counts(valid_rows)
+    found, missing = _locate(rows, data_root)
+    to_hash = [(row, file) for row, file in found if row.sha256] if verify_sha256 else []
+    candidates = [
+        _malformed_row(problems),
+        _empty_field(problems),
+        _unknown_split(problems),
+        _duplicate_path(rows),
+        _escapes_root(rows, data_root),
+        _missing_file(missing, rows, data_root),
+        *(_missing_class(split, classes, per_class) for split, per_class in counts.items()),
+        _patient_leakage(valid_rows, list(counts)),
+        _sha256_mismatch(to_hash, progress),
+    ]
     return CheckReport(
         manifest=source if source is not None else Path("<memory>"),
         data_root=data_root,
         n_rows=len(rows),
         classes=classes,
         counts=counts,
-        images_per_split={split: images_per_split[split] for split in present},
-        patients_per_split={split: len(patients[split]) for split in present},
-        findings=tuple(findings),
-        sha256_checked=checked,
+        images_per_split=images_per_split,
+        patients_per_split=patients_per_split,
+        findings=tuple(finding for finding in candidates if finding is not None),
+        sha256_checked=len(to_hash),
     )
 
 
@@ -709,16 +779,7 @@ def check_command(manifest, data_root, verify_sha256, console) -> bool:
     from rich.table import Table
 
     def progress(items):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        rate = TextColumn("{task.fields[rate]}")
-        with Progress(TextColumn("sha256"), BarColumn(), MofNCompleteColumn(), rate, TimeRemainingColumn(),
-                      console=console, transient=True) as bar:
-            task = bar.add_task("sha256", total=len(items), rate="")
-            for item in items:
-                yield item
-                speed = bar.tasks[0].speed
-                bar.update(task, advance=1, rate=f"{speed:,.0f} files/s" if speed else "")
+        return track(items, total=len(items), description="sha256", console=console, unit="files")
 
     report = check_manifest(manifest, data_root, verify_sha256=verify_sha256, progress=progress)
     console.print(_counts_table(f"{report.manifest} ({report.n_rows:,} rows, data root {report.data_root})",

@@ -40,6 +40,7 @@ class PhantomParams:
     generator_version: int = GENERATOR_VERSION
 
     def to_json(self) -> dict:
+        """The parameters as JSON-ready values (tuples as lists)."""
         data = asdict(self)
         data["images_per_patient"] = list(self.images_per_patient)
         return data
