@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from featx.errors import FetchError, ManifestError, one_of_message
+from featx.files import is_ignored, walk_files
 from featx.data.manifest import (
     IMAGE_SUFFIXES,
     LABEL_SEPARATOR,
@@ -28,6 +29,7 @@ from featx.data.manifest import (
     read_manifest,
     write_manifest,
 )
+from featx.progress import progress_bar
 
 DATASETS = ("kermany",)
 KERMANY_KAGGLE_HANDLE = "paultimothymooney/chest-xray-pneumonia"
@@ -41,7 +43,6 @@ KERMANY_COUNTS = {
     ("test", "NORMAL"): 234,
     ("test", "PNEUMONIA"): 390,
 }
-_SKIPPED_FOLDERS = ("__MACOSX",)
 
 
 def kermany_manifest_path() -> Path | None:
@@ -54,7 +55,7 @@ def kermany_manifest_path() -> Path | None:
 
 
 def _skipped(parts: tuple[str, ...]) -> bool:
-    return any(part in _SKIPPED_FOLDERS or part.startswith(".") for part in parts)
+    return any(is_ignored(part) for part in parts)
 
 
 def _plan(names, classes=("NORMAL", "PNEUMONIA")) -> tuple[str, list[tuple[str, str]]]:
@@ -93,24 +94,10 @@ def _plan(names, classes=("NORMAL", "PNEUMONIA")) -> tuple[str, list[tuple[str, 
     return "/".join(best), sorted(by_prefix[best], key=lambda item: item[1])
 
 
-def _progress(console, description: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn(description),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
-
-
 def _copy_all(items, open_source, dest: Path, console, description: str) -> int:
     """Copy (source, DEST-relative path) pairs; each file appears atomically."""
-    with _progress(console, description) as progress:
-        task = progress.add_task(description, total=len(items), rate="")
+    with progress_bar(console, unit="files", transient=True) as progress:
+        task = progress.add_task(description, total=len(items))
         for source, relative in items:
             target = dest / relative
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -118,8 +105,7 @@ def _copy_all(items, open_source, dest: Path, console, description: str) -> int:
             with open_source(source) as reader, partial.open("wb") as writer:
                 shutil.copyfileobj(reader, writer, 1 << 20)
             os.replace(partial, target)
-            speed = progress.tasks[0].speed
-            progress.update(task, advance=1, rate=f"{speed:,.0f} files/s" if speed else "")
+            progress.advance(task)
     return len(items)
 
 
@@ -164,10 +150,7 @@ def unpack_zip(archive, dest, console, _depth: int = 0) -> tuple[str, int]:
 def copy_tree(source, dest, console) -> tuple[str, int]:
     """Copy the Kermany images of an unpacked download (e.g. kagglehub's cache) into dest."""
     source = Path(source)
-    names = []
-    for current, dirs, files in os.walk(source):
-        dirs[:] = [d for d in dirs if d not in _SKIPPED_FOLDERS and not d.startswith(".")]
-        names += [(Path(current) / name).relative_to(source).as_posix() for name in files]
+    names = [file.relative_to(source).as_posix() for file in walk_files(source)]
     root, items = _plan(names)
     if not items:
         raise _not_kermany(source)
@@ -185,7 +168,7 @@ def _found_counts(dest: Path) -> dict[tuple[str, str], int]:
         if not split_dir.is_dir():
             continue
         for label_dir in split_dir.iterdir():
-            if label_dir.is_dir() and not label_dir.name.startswith("."):
+            if label_dir.is_dir() and not is_ignored(label_dir.name):
                 counts[(split, label_dir.name)] = sum(
                     1 for f in label_dir.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
                 )
@@ -391,13 +374,8 @@ def _first(names) -> str:
     return ", ".join(repr(n) for n in names[:_SHOWN]) + (", ..." if len(names) > _SHOWN else "")
 
 
-def nih_manifest_rows(entries, train_list, test_list, images) -> list[dict]:
-    """Manifest rows for NIH ChestX-ray14: multi-label, official split, patient IDs from the CSV."""
-    entries, train_list, test_list, images = Path(entries), Path(train_list), Path(test_list), Path(images)
-    if not entries.is_file():
-        raise ManifestError(f"The entries file '{entries}' does not exist; pass Data_Entry_2017.csv from the release.")
-    if not images.is_dir():
-        raise ManifestError(f"The images folder '{images}' is not a folder; pass the folder holding the PNGs.")
+def _read_nih_entries(entries: Path) -> list[tuple[str, tuple[str, ...], str]]:
+    """(image name, labels, patient id) per row of Data_Entry_2017.csv; ManifestError names the line and column."""
     with entries.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         header = [name.strip() for name in (reader.fieldnames or [])]
@@ -434,7 +412,11 @@ def nih_manifest_rows(entries, train_list, test_list, images) -> list[dict]:
             records.append((name, labels, patient))
     if not records:
         raise ManifestError(f"'{entries}' has no rows.")
+    return records
 
+
+def _nih_splits(names: list[str], entries: Path, train_list: Path, test_list: Path) -> dict[str, str]:
+    """Image name -> "train" | "test" from the official lists, which must cover exactly the CSV's names."""
     train_names = _read_list(train_list, "train list")
     test_names = _read_list(test_list, "test list")
     both = sorted(set(train_names) & set(test_names))
@@ -444,40 +426,56 @@ def nih_manifest_rows(entries, train_list, test_list, images) -> list[dict]:
             "each belongs to one split."
         )
     split_of = {**{n: "train" for n in train_names}, **{n: "test" for n in test_names}}
-    unlisted = [name for name, _, _ in records if name not in split_of]
+    unlisted = [name for name in names if name not in split_of]
     if unlisted:
         raise ManifestError(
             f"{len(unlisted)} image(s) of '{entries}' are in neither '{train_list}' nor '{test_list}' "
             f"({_first(unlisted)}); pass the official train_val_list.txt and test_list.txt."
         )
-    unknown_listed = sorted(set(split_of) - set(seen))
+    unknown_listed = sorted(set(split_of) - set(names))
     if unknown_listed:
         raise ManifestError(
             f"{len(unknown_listed)} image(s) in the split lists are not in '{entries}' ({_first(unknown_listed)}); "
             "the lists and the CSV must come from the same release."
         )
+    return split_of
 
+
+def _locate_nih_images(names: list[str], entries: Path, images: Path) -> dict[str, str]:
+    """Image name -> its path relative to images (searched recursively); each name found exactly once."""
+    wanted = set(names)
     location: dict[str, str] = {}
     duplicates = []
-    for current, dirs, files in os.walk(images):
-        dirs[:] = sorted(d for d in dirs if d not in _SKIPPED_FOLDERS and not d.startswith("."))
-        for file in files:
-            if file in seen:
-                relative = (Path(current) / file).relative_to(images).as_posix()
-                if file in location:
-                    duplicates.append(file)
-                location.setdefault(file, relative)
+    for file in walk_files(images):
+        if file.name in wanted:
+            if file.name in location:
+                duplicates.append(file.name)
+            location.setdefault(file.name, file.relative_to(images).as_posix())
     if duplicates:
         raise ManifestError(
             f"{len(duplicates)} image name(s) occur in more than one folder under '{images}' "
             f"({_first(sorted(duplicates))}); keep one copy of each."
         )
-    not_found = [name for name, _, _ in records if name not in location]
+    not_found = [name for name in names if name not in location]
     if not_found:
         raise ManifestError(
-            f"{len(not_found):,} of the {len(records):,} images listed in '{entries}' are not under '{images}' "
+            f"{len(not_found):,} of the {len(names):,} images listed in '{entries}' are not under '{images}' "
             f"({_first(not_found)}); unpack every images_0NN archive of the release into it."
         )
+    return location
+
+
+def nih_manifest_rows(entries, train_list, test_list, images) -> list[dict]:
+    """Manifest rows for NIH ChestX-ray14: multi-label, official split, patient IDs from the CSV."""
+    entries, train_list, test_list, images = Path(entries), Path(train_list), Path(test_list), Path(images)
+    if not entries.is_file():
+        raise ManifestError(f"The entries file '{entries}' does not exist; pass Data_Entry_2017.csv from the release.")
+    if not images.is_dir():
+        raise ManifestError(f"The images folder '{images}' is not a folder; pass the folder holding the PNGs.")
+    records = _read_nih_entries(entries)
+    names = [name for name, _, _ in records]
+    split_of = _nih_splits(names, entries, train_list, test_list)
+    location = _locate_nih_images(names, entries, images)
     rows = [
         {"path": location[name], "label": labels, "split": split_of[name], "patient_id": patient}
         for name, labels, patient in records
