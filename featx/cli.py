@@ -214,7 +214,8 @@ def _add_classify(sub) -> None:
 
 
 def _cmd_classify(args):
-    from featx.classify.stage import ClassifyConfig, classify_command
+    from featx.classify.stage import ClassifyConfig
+    from featx.results.finish import classify_command
 
     config = ClassifyConfig(
         features_dir=args.features,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from featx.errors import CacheError, FeatxError, LockError
+from featx.extract.backbones import RANDOM_BANNER
 from featx.data.synthetic import PhantomParams, existing_phantoms, generate_phantoms
 
 DEFAULT_BACKBONES = ("mobilenetv3small", "resnet50")
@@ -24,10 +25,6 @@ QUICK_PATIENTS = 16
 QUICK_IMAGE_SIZE = 32
 QUICK_CV = 3
 DEMO_CV = 5
-RANDOM_BANNER = (
-    "RANDOM-INIT WEIGHTS: no ImageNet weights are cached for {names}, so the demo uses randomly initialised "
-    "backbones. These numbers test the pipeline; they say nothing about ImageNet features."
-)
 
 
 @dataclass(frozen=True)
@@ -103,11 +100,9 @@ def _weights_plan(config: DemoConfig) -> dict[str, str]:
     return plan
 
 
-def _clear_previous_results(results_dir: Path) -> None:
-    """The demo owns workdir/results: runs of an earlier demo with other backbones must not join this leaderboard."""
-    for folder, pattern in (("runs", "*.json"), ("models", "*.joblib")):
-        for path in (results_dir / folder).glob(pattern):
-            path.unlink()
+def random_banner(backbones: list[str]) -> str:
+    """The random-weights banner, naming the demo backbones that have no ImageNet weights cached."""
+    return f"{RANDOM_BANNER} (no ImageNet weights cached for {', '.join(backbones)})"
 
 
 def demo_command(config: DemoConfig, console) -> None:
@@ -130,12 +125,12 @@ def demo_command(config: DemoConfig, console) -> None:
     weights = _weights_plan(config)
     random_backbones = [name for name, label in weights.items() if label == "random"]
     if random_backbones:
-        console.print(f"[bold white on red] {RANDOM_BANNER.format(names=', '.join(random_backbones))} [/]")
+        console.print(f"[bold white on red] {random_banner(random_backbones)} [/]")
 
-    from featx.results import leaderboard
-    from featx.classify.stage import ClassifyConfig, run_classify
+    from featx.classify.stage import ClassifyConfig
     from featx.extract.stage import ExtractConfig, run_extract
-    from featx.results.report import write_report
+    from featx.results import records
+    from featx.results.finish import classify_runs, finish_results
 
     features_dir = config.workdir / "features"
     results_dir = config.workdir / "results"
@@ -160,8 +155,8 @@ def demo_command(config: DemoConfig, console) -> None:
         run_extract(replace(extract_config, force=True), console)
     stage_two = time.perf_counter()
     console.rule(f"Stage two: {', '.join(config.classifiers)}")
-    _clear_previous_results(results_dir)
-    run_classify(
+    records.clear_runs(results_dir)  # the demo owns workdir/results: an earlier demo's runs must not join its table
+    classify_runs(
         ClassifyConfig(
             features_dir=features_dir,
             out_dir=results_dir,
@@ -175,23 +170,18 @@ def demo_command(config: DemoConfig, console) -> None:
     )
     finished_two = time.perf_counter()
 
-    runs = leaderboard.load_runs(results_dir)
-    csv_path, md_path = leaderboard.write_leaderboard(results_dir, runs)
-    leaderboard.print_leaderboard(runs, console)
-    report = write_report(results_dir, manifest=manifest, data_root=data_dir)
-
-    best = leaderboard.leaderboard_rows(runs)[0]
-    bundle = results_dir / "models" / f"{best['run_id']}.joblib"
+    finished = finish_results(results_dir, console, manifest=manifest, data_root=data_dir, announce=False)
+    bundle = records.bundle_path(results_dir, finished.best_run_id)
     example = sorted((data_dir / "test").rglob("*.png"))[:1]
     example_text = str(example[0]) if example else str(data_dir / "test")
     total = time.perf_counter() - started
     if random_backbones:
-        console.print(f"[bold white on red] {RANDOM_BANNER.format(names=', '.join(random_backbones))} [/]")
+        console.print(f"[bold white on red] {random_banner(random_backbones)} [/]")
     console.print(
         f"\n[bold]Demo finished in {total:.0f} s[/] (data {stage_one - started:.0f} s, stage one "
         f"{stage_two - stage_one:.0f} s, stage two {finished_two - stage_two:.0f} s).\n"
-        f"  leaderboard  {csv_path}  ({md_path.name})\n"
-        f"  report       {report}\n"
+        f"  leaderboard  {finished.leaderboard_csv}  ({finished.leaderboard_md.name})\n"
+        f"  report       {finished.report}\n"
         f"  best model   {bundle}\n"
         "\nNext:\n"
         f"  featx predict --model {bundle} {example_text}\n"

@@ -76,3 +76,9 @@ def one_of_message(parameter: str, value: object, allowed: Iterable[str]) -> str
     else:
         message += "."
     return message
+
+
+def short_reason(error: object, limit: int = 200) -> str:
+    """An exception (or text) as one whitespace-collapsed line of at most `limit` characters, for a message."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

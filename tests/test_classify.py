@@ -18,7 +18,8 @@ from sklearn.metrics import roc_auc_score
 from cachefactory import signal_dataset, write_cache, write_signal_cache
 from featx.classify import evaluate
 from featx.classify.scoring import predict_scores
-from featx.classify.stage import ClassifyConfig, classify_command, run_classify
+from featx.classify.stage import ClassifyConfig
+from featx.results.finish import classify_command, classify_runs
 from featx.cli import main
 
 RUN_FIELDS = (
@@ -166,7 +167,7 @@ def test_threshold_and_model_choice_do_not_depend_on_test_labels(tmp_path):
         features = tmp_path / name / "features"
         write_cache(features / "tiny.h5", {"avg": data["X"]}, y, data["classes"], data["split"], data["patient_id"])
         config = config_for(features, tmp_path / name / "results", quick=False)
-        [path] = run_classify(config, quiet_console())
+        [path] = classify_runs(config, quiet_console())
         runs.append(load_json(path))
     original, perturbed = runs
     assert original["threshold"] == perturbed["threshold"]
@@ -181,7 +182,7 @@ def test_cache_without_test_rows_holds_out_patients_and_says_so(tmp_path):
     features = tmp_path / "features"
     write_cache(features / "tiny.h5", {"avg": data["X"]}, data["y"], data["classes"], data["split"], data["patient_id"])
     console = quiet_console()
-    [path] = run_classify(config_for(features, tmp_path / "results"), console)
+    [path] = classify_runs(config_for(features, tmp_path / "results"), console)
     run = load_json(path)
     assert run["data"]["test_source"] == "held_out_patients"
     assert console.file.getvalue().count("holding out 20% of its patients") == 1
@@ -197,8 +198,8 @@ def test_val_rows_join_train_unless_val_as_test(tmp_path):
     features = tmp_path / "features"
     write_cache(features / "tiny.h5", {"avg": data["X"]}, data["y"], data["classes"], data["split"], data["patient_id"])
     n_val = data["split"].count("val")
-    merged = load_json(run_classify(config_for(features, tmp_path / "merged"), quiet_console())[0])
-    separate = load_json(run_classify(config_for(features, tmp_path / "separate", val_as_test=True), quiet_console())[0])
+    merged = load_json(classify_runs(config_for(features, tmp_path / "merged"), quiet_console())[0])
+    separate = load_json(classify_runs(config_for(features, tmp_path / "separate", val_as_test=True), quiet_console())[0])
     assert merged["data"]["n_test"] == 30
     assert separate["data"]["n_test"] == 30 + n_val
     assert separate["data"]["n_train"] == merged["data"]["n_train"] - n_val
@@ -216,7 +217,7 @@ def test_failed_images_are_dropped_and_counted(tmp_path):
     X[~ok] = 0.0
     features = tmp_path / "features"
     write_cache(features / "tiny.h5", {"avg": X}, data["y"], data["classes"], data["split"], data["patient_id"], ok=ok)
-    run = load_json(run_classify(config_for(features, tmp_path / "results"), quiet_console())[0])
+    run = load_json(classify_runs(config_for(features, tmp_path / "results"), quiet_console())[0])
     assert run["data"]["n_failed_images_dropped"] == 3
     assert run["data"]["n_train"] + run["data"]["n_test"] == len(ok) - 3
     assert f"img_{len(ok) - 1:05d}.png" not in run["test_predictions"]["ids"]
@@ -225,7 +226,7 @@ def test_failed_images_are_dropped_and_counted(tmp_path):
 def test_multiclass_cache_runs_end_to_end(tmp_path):
     features = tmp_path / "features"
     write_signal_cache(features / "tiny.h5", n_classes=3, n_train_patients=60, n_test=60, seed=6, separation=2.0)
-    paths = run_classify(config_for(features, tmp_path / "results", classifiers=("logreg", "xgboost")), quiet_console())
+    paths = classify_runs(config_for(features, tmp_path / "results", classifiers=("logreg", "xgboost")), quiet_console())
     for path in paths:
         run = load_json(path)
         assert run["task"] == "multiclass" and run["threshold"] is None and run["positive_class"] is None
@@ -241,7 +242,7 @@ def test_multiclass_cache_runs_end_to_end(tmp_path):
 def test_multilabel_cache_runs_end_to_end(tmp_path):
     features = tmp_path / "features"
     write_signal_cache(features / "tiny.h5", n_classes=3, multilabel=True, seed=7, separation=2.0)
-    [path] = run_classify(config_for(features, tmp_path / "results"), quiet_console())
+    [path] = classify_runs(config_for(features, tmp_path / "results"), quiet_console())
     run = load_json(path)
     assert run["task"] == "multilabel"
     y_true = np.asarray(run["test_predictions"]["y_true"])
@@ -256,7 +257,7 @@ def test_multilabel_cache_runs_end_to_end(tmp_path):
 def test_dense_head_runs_end_to_end(tmp_path):
     features = tmp_path / "features"
     write_signal_cache(features / "tiny.h5", seed=8)
-    [path] = run_classify(config_for(features, tmp_path / "results", classifiers=("dense",)), quiet_console())
+    [path] = classify_runs(config_for(features, tmp_path / "results", classifiers=("dense",)), quiet_console())
     run = load_json(path)
     assert run["classifier"] == "dense" and run["test"]["auc"]["value"] > 0.7
     bundle = joblib.load(tmp_path / "results" / "models" / "tiny__avg__dense.joblib")
@@ -422,7 +423,7 @@ def test_auc_scorer_is_nan_not_an_error_on_single_class_rows():
 def test_a_failing_report_does_not_lose_the_results(tmp_path, monkeypatch):
     import featx.results.report
 
-    def broken(results_dir, out=None):
+    def broken(results_dir, out=None, **options):
         raise RuntimeError("matplotlib exploded")
 
     monkeypatch.setattr(featx.results.report, "write_report", broken)
@@ -469,7 +470,7 @@ def test_parallel_jobs_give_the_same_selection_threshold_and_test_scores(tmp_pat
     runs = {}
     for n_jobs in (1, 2):
         out = tmp_path / f"results{n_jobs}"
-        run_classify(config_for(features, out, classifiers=("xgboost",), n_jobs=n_jobs), quiet_console())
+        classify_runs(config_for(features, out, classifiers=("xgboost",), n_jobs=n_jobs), quiet_console())
         runs[n_jobs] = load_json(out / "runs" / "tiny__avg__xgboost.json")
     assert runs[1]["best_params"] == runs[2]["best_params"]
     assert runs[1]["threshold"]["value"] == runs[2]["threshold"]["value"]

@@ -169,7 +169,7 @@ def test_leaderboard_command_via_cli(tmp_path, runs, capsys):
 def test_empty_results_directory_says_what_to_run(tmp_path, capsys):
     assert main(["leaderboard", "--results", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("featx: error: No run results") and "featx classify" in err
+    assert err.startswith("featx: error: No runs found") and "featx classify" in err
     assert len(err.splitlines()) == 1
     with pytest.raises(ResultsError):
         leaderboard.load_runs(tmp_path / "missing")

@@ -9,11 +9,13 @@ import joblib
 import pytest
 from rich.console import Console
 
-from featx.classify.stage import ClassifyConfig, run_classify
+from featx.classify.stage import ClassifyConfig
+from featx.results.finish import classify_runs
 from featx.cli import main
 from featx.errors import BundleError, FeatxError
 from featx.extract.stage import ExtractConfig, run_extract
-from featx.results.predict import load_bundle, predict_command, predict_paths
+from featx.results.predict import predict_command, predict_paths
+from featx.results.records import load_bundle
 from featx.data.synthetic import generate_phantoms
 
 
@@ -28,7 +30,7 @@ def trained(tmp_path_factory):
                       weights="random", image_size=32, seed=5),
         quiet,
     )
-    run_classify(
+    classify_runs(
         ClassifyConfig(features_dir=root / "features", out_dir=root / "results", classifiers=("logreg",), cv=2, quick=True),
         quiet,
     )

@@ -183,26 +183,25 @@ def grouped_splits(y, groups, n_splits: int, seed: int = 0, classes: Sequence[st
 
 
 def holdout_patients(y, groups, test_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Hold out `test_fraction` of the patients (stratified by each patient's label): (train_rows, test_rows)."""
-    from sklearn.model_selection import train_test_split
+    """Hold out whole patients as a test split: (train_rows, test_rows) row indices.
+
+    The patients are chosen by featx.data.holdout.holdout_patients, the same algorithm `featx manifest scan
+    --split-policy patient-holdout` uses, stratified by each patient's largest stratification label (its
+    positive, or for multi-label its rarest positive label).
+    """
+    from featx.data.holdout import holdout_patients as choose_test_patients
 
     if not 0.0 < test_fraction < 1.0:
         raise ClassifyError(f"The test fraction must lie strictly between 0 and 1. Got {test_fraction} instead.")
     y = np.asarray(y)
-    groups = np.asarray(groups)
-    proxy = _stratification_proxy(y)
-    patients, first_row = np.unique(groups, return_index=True)
+    groups = np.asarray(groups).astype(str)
+    patients, patient_index = np.unique(groups, return_inverse=True)
     if len(patients) < 2:
         raise ClassifyError(f"Holding out test patients needs at least 2 patients; the training rows hold {len(patients)}.")
-    # a patient's stratum: the largest proxy value among its rows (the positive/rarest one)
-    patient_index = np.searchsorted(patients, groups)
     stratum = np.full(len(patients), np.iinfo(np.int64).min, dtype=np.int64)
-    np.maximum.at(stratum, patient_index, proxy.astype(np.int64))
-    n_test = max(1, int(round(test_fraction * len(patients))))
-    values, counts = np.unique(stratum, return_counts=True)
-    stratify = stratum if counts.min() >= 2 and n_test >= len(values) and len(patients) - n_test >= len(values) else None
-    _, test_patients = train_test_split(patients, test_size=n_test, random_state=seed, stratify=stratify)
-    is_test = np.isin(groups, test_patients)
+    np.maximum.at(stratum, patient_index, _stratification_proxy(y).astype(np.int64))
+    test_patients = choose_test_patients(dict(zip(patients.tolist(), map(str, stratum.tolist()))), test_fraction, seed)
+    is_test = np.isin(groups, sorted(test_patients))
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
 
 

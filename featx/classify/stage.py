@@ -1,41 +1,38 @@
-"""Stage two: grouped-CV model selection on cached embeddings -> results/.
+"""Stage two: grouped-CV model selection on cached embeddings.
 
 For every backbone x pooling x classifier: a patient-grouped stratified K-fold
 grid search on the training rows, a refit on all of them, out-of-fold scores for
 the chosen parameters (the only place a decision threshold may come from), and a
-single evaluation on the test rows. Each run writes a JSON record and a joblib
-bundle; the leaderboard (and the report, when available) close the command.
+single evaluation on the test rows. Each finished run is handed to a sink (the
+results stage's writer, featx.results.records.RunWriter) as a FittedRun.
 
-Everything the user can get wrong is checked before the first fit, so a bad
-cache or flag costs seconds, not a half-finished grid.
+Everything the user can get wrong is checked before the first fit, from the caches'
+headers and row metadata, so a bad cache or flag costs seconds, not a half-finished
+grid. Each cache is hashed once per command and each pooling loaded once.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import tempfile
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from joblib import Parallel, delayed
 
-from featx import __version__
+from featx.classify import evaluate
+from featx.classify import registry as classifiers
 from featx.classify.scoring import AUCScorer, predict_scores, task_for
-from featx.errors import CacheError, ClassifyError, FeatxError, ResultsError, one_of_message
+from featx.errors import CacheError, ClassifyError, one_of_message
+from featx.extract import store
+from featx.extract.backbones import POOLINGS
+from featx.files import file_sha256
 
-# Mirrors backbones.POOLINGS; repeated here so stage two never imports TensorFlow.
-POOLINGS = ("avg", "max", "gem", "flatten")
 TRAIN_SPLITS = ("train", "val")
 HOLDOUT_FRACTION = 0.2
-VERSION_PACKAGES = ("featx", "numpy", "scikit-learn", "xgboost", "tensorflow", "keras", "h5py")
 
 
 @dataclass(frozen=True)
@@ -77,38 +74,46 @@ class RowSplit:
     n_failed_dropped: int
 
 
+@dataclass(frozen=True, eq=False)
+class FittedRun:
+    """Everything one finished run produced; the results stage turns it into a run record and a model bundle."""
+
+    plan: RunPlan
+    config: ClassifyConfig
+    feature_attrs: dict
+    feature_sha256: str
+    task: str
+    classes: list[str]
+    data: dict  # row and patient counts, class counts, test source, dropped failures
+    search: Any  # the fitted GridSearchCV / HalvingGridSearchCV
+    threshold: dict | None  # chosen on out-of-fold training scores (binary); None otherwise
+    test_metrics: dict
+    test_ids: list[str]
+    y_test: np.ndarray
+    test_score: np.ndarray
+    timings: dict
+
+    @property
+    def estimator(self):
+        return self.search.best_estimator_
+
+    @property
+    def threshold_value(self) -> float | None:
+        return self.threshold["value"] if self.threshold else None
+
+
+class RunSink(Protocol):
+    """Where finished runs go: `prepare` is called after planning and before the first fit."""
+
+    def prepare(self) -> None: ...
+
+    def save(self, run: FittedRun) -> Path: ...
+
+
 # ---------------------------------------------------------------- validation
 
 
-def _read_cache_header(path: Path) -> dict:
-    """Root attributes and cached poolings, without reading any embeddings."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            attrs = {key: _plain(value) for key, value in f.attrs.items()}
-            attrs["_cached_poolings"] = sorted(f["embeddings"].keys()) if "embeddings" in f else []
-    except (OSError, KeyError) as error:
-        raise CacheError(
-            f"Feature file '{path}' cannot be read as an HDF5 embedding cache ({error}); "
-            "rebuild it with `featx extract ... --force`."
-        ) from None
-    return attrs
-
-
-def _plain(value):
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def _find_caches(config: ClassifyConfig) -> list[Path]:
-    from featx.extract import store
-
     folder = Path(config.features_dir)
     how = (
         "make feature files with `featx extract --backbone NAME --manifest MANIFEST.csv --data-root DATA "
@@ -128,7 +133,7 @@ def _find_caches(config: ClassifyConfig) -> list[Path]:
             raise ClassifyError(one_of_message("backbone", name, available))
     for name in wanted:
         if name in unusable:
-            store.load(unusable[name])  # raises the CacheError that says what is wrong with it
+            store.read_header(unusable[name])  # raises the CacheError that says what is wrong with it
             raise CacheError(f"Feature file '{unusable[name]}' is not a complete featx cache; rebuild it with --force.")
         if name not in complete:
             raise CacheError(
@@ -138,24 +143,7 @@ def _find_caches(config: ClassifyConfig) -> list[Path]:
     return [complete[name] for name in wanted]
 
 
-def _check_results_dir(out_dir: Path) -> None:
-    out_dir = Path(out_dir)
-    try:
-        for sub in ("runs", "models"):
-            (out_dir / sub).mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_dir / "runs", prefix=".write-test-"):
-            pass
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        raise ResultsError(
-            f"The results folder '{out_dir}' is not writable ({reason}); pass --out with a folder you can write to."
-        ) from None
-
-
 def _check_options(config: ClassifyConfig) -> None:
-    from featx.classify import registry as classifiers
-    from featx.classify import evaluate
-
     if not config.classifiers:
         raise ClassifyError(one_of_message("classifier", "", sorted(classifiers.CLASSIFIERS)))
     for name in config.classifiers:
@@ -169,10 +157,10 @@ def _check_options(config: ClassifyConfig) -> None:
     evaluate.choose_threshold(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.4, 0.6]), rule=config.threshold_rule)
 
 
-def _check_same_manifest(headers: dict[Path, dict]) -> None:
+def _check_same_manifest(headers: Sequence[store.CacheHeader]) -> None:
     by_manifest: dict[str, list[Path]] = {}
-    for path, attrs in headers.items():
-        by_manifest.setdefault(str(attrs.get("manifest_sha256")), []).append(path)
+    for header in headers:
+        by_manifest.setdefault(str(header.attrs.get("manifest_sha256")), []).append(header.path)
     if len(by_manifest) > 1:
         described = "; ".join(
             f"{', '.join(p.name for p in paths)} (manifest {sha[:12]})" for sha, paths in by_manifest.items()
@@ -183,23 +171,22 @@ def _check_same_manifest(headers: dict[Path, dict]) -> None:
         )
 
 
-def _poolings_for(path: Path, attrs: dict, config: ClassifyConfig) -> list[str]:
-    cached = attrs["_cached_poolings"]
+def _poolings_for(header: store.CacheHeader, config: ClassifyConfig) -> list[str]:
+    cached = list(header.poolings)
     if not config.poolings:
         return [p for p in POOLINGS if p in cached] + [p for p in cached if p not in POOLINGS]
     for pooling in config.poolings:
         if pooling not in cached:
             raise ClassifyError(
-                f"Feature file '{path}' has no {pooling!r} embeddings (it holds {cached}); "
-                f"re-extract with --pooling {','.join(sorted(set(cached) | {pooling}))} --force or drop it from --pooling."
+                f"Feature file '{header.path}' has no {pooling!r} embeddings (it holds {sorted(cached)}); "
+                f"re-extract with --pooling {','.join(sorted(set(cached) | {pooling}))} --force "
+                "or drop it from --pooling."
             )
     return list(config.poolings)
 
 
 def split_rows(features, config: ClassifyConfig) -> RowSplit:
     """Training and test rows of a cache; rows whose image failed are dropped and counted."""
-    from featx.classify import evaluate
-
     ok = np.asarray(features.ok, dtype=bool)
     split = np.asarray(features.split).astype(str)
     train_splits = ("train",) if config.val_as_test else TRAIN_SPLITS
@@ -259,39 +246,37 @@ def _check_classes(features, rows: np.ndarray, what: str) -> None:
         )
 
 
-def _check_finite(features) -> None:
-    finite = np.isfinite(features.X)
-    if not finite.all():
-        bad = int(finite.size - np.count_nonzero(finite))
-        bad_rows = int(np.count_nonzero(~finite.all(axis=1)))
+def _check_finite(path: Path, pooling: str) -> None:
+    bad, bad_rows = store.count_nonfinite(path, pooling)
+    if bad:
         raise ClassifyError(
-            f"Feature file '{features.path}' has {bad} NaN or infinite values in embeddings/{features.pooling} "
+            f"Feature file '{path}' has {bad} NaN or infinite values in embeddings/{pooling} "
             f"({bad_rows} rows); rebuild it with `featx extract ... --force`."
         )
 
 
 def plan_runs(config: ClassifyConfig) -> list[RunPlan]:
-    """Validate every input and return the runs to do; raises a FeatxError on the first problem."""
-    from featx.classify import evaluate
-    from featx.extract import store
+    """Validate every input before any fit; the runs to do, grouped by cache and pooling.
 
+    Reads each cache's header and row metadata, and streams each planned pooling once to check that every
+    embedding is finite (no embedding matrix is held and no file is hashed here). Raises a FeatxError on
+    the first problem.
+    """
     _check_options(config)
-    caches = _find_caches(config)
-    headers = {path: _read_cache_header(path) for path in caches}
+    headers = [store.read_header(path) for path in _find_caches(config)]
     _check_same_manifest(headers)
     plans = []
-    for path, attrs in headers.items():
-        for pooling in _poolings_for(path, attrs, config):
-            features = store.load(path, pooling)
-            _check_finite(features)
-            rows = split_rows(features, config)
-            _check_classes(features, rows.test, "test")
-            groups = np.asarray(features.patient_id).astype(str)[rows.train]
-            evaluate.grouped_splits(features.y[rows.train], groups, config.cv, config.seed, classes=features.classes)
+    for header in headers:
+        poolings = _poolings_for(header, config)
+        rows_meta = store.read_rows(header.path)
+        rows = split_rows(rows_meta, config)
+        _check_classes(rows_meta, rows.test, "test")
+        groups = np.asarray(rows_meta.patient_id).astype(str)[rows.train]
+        evaluate.grouped_splits(rows_meta.y[rows.train], groups, config.cv, config.seed, classes=rows_meta.classes)
+        for pooling in poolings:
+            _check_finite(header.path, pooling)
             for classifier in config.classifiers:
-                plans.append(RunPlan(path, str(attrs.get("backbone") or path.stem), pooling, classifier))
-            del features
-    _check_results_dir(config.out_dir)
+                plans.append(RunPlan(header.path, header.backbone, pooling, classifier))
     return plans
 
 
@@ -321,9 +306,6 @@ def select_model(
     """Grid search, refit and out-of-fold scores. Sees the training rows and nothing else."""
     from sklearn.base import clone
 
-    from featx.classify import registry as classifiers
-    from featx.classify import evaluate
-
     splits = evaluate.grouped_splits(y_train, groups, config.cv, config.seed, classes=classes)
     estimator, grid = classifiers.build_classifier(
         classifier, task, len(classes), seed=config.seed, n_jobs=config.n_jobs, quick=config.quick
@@ -352,127 +334,65 @@ def select_model(
     return Selection(search, splits, oof, threshold, search_s, oof_s)
 
 
-def run_one(plan: RunPlan, config: ClassifyConfig, features=None) -> Path:
-    """Fit, evaluate and save one backbone x pooling x classifier; returns the JSON path.
-
-    `features` is the loaded FeatureSet of plan.cache/plan.pooling when the caller has it.
-    """
-    import joblib
-
-    from featx.classify import evaluate
-    from featx.extract import store
-
+def fit_run(plan: RunPlan, config: ClassifyConfig, features: store.FeatureSet) -> FittedRun:
+    """Select, refit and evaluate one backbone x pooling x classifier on a loaded FeatureSet."""
     started_total = time.perf_counter()
-    if features is None:
-        features = store.load(plan.cache, plan.pooling)
     rows = split_rows(features, config)
     classes = [str(c) for c in features.classes]
     task = task_for(features.y, classes)
+    y = np.asarray(features.y)
     groups = np.asarray(features.patient_id).astype(str)
-    ids = np.asarray(features.ids).astype(str)
-    X_train, y_train = features.X[rows.train], np.asarray(features.y)[rows.train]
+    X_train, y_train = features.X[rows.train], y[rows.train]
 
     selection = select_model(plan.classifier, task, classes, X_train, y_train, groups[rows.train], config)
     search = selection.search
 
     # The test rows are sliced out only now, after model selection is fixed.
-    X_test, y_test = features.X[rows.test], np.asarray(features.y)[rows.test]
+    X_test, y_test = features.X[rows.test], y[rows.test]
     started = time.perf_counter()
     test_score = predict_scores(search.best_estimator_, X_test, task)
     predict_s = time.perf_counter() - started
     threshold_value = selection.threshold["value"] if selection.threshold else None
     test_metrics = evaluate.evaluate_test(task, y_test, test_score, classes, threshold_value)
-
-    record = _run_record(plan, config, features, rows, task, classes, selection, test_metrics)
-    record["test_predictions"] = {
-        "ids": ids[rows.test].tolist(),
-        "y_true": y_test.tolist(),
-        "score": test_score.tolist(),
-    }
-    refit_s = float(getattr(search, "refit_time_", 0.0) or 0.0)
-    record["timings"] = {
+    timings = {
         "search_s": selection.search_s,
-        "refit_s": refit_s,
+        "refit_s": float(getattr(search, "refit_time_", 0.0) or 0.0),
         "oof_s": selection.oof_s,
         "predict_s": predict_s,
         "total_s": time.perf_counter() - started_total,
         "n_fits": len(search.cv_results_["params"]) * len(selection.splits) + 1,
     }
-    record["created_utc"] = _utc_now()
+    return FittedRun(
+        plan=plan,
+        config=config,
+        feature_attrs=features.attrs,
+        feature_sha256=features.sha256,
+        task=task,
+        classes=classes,
+        data=_data_summary(y, groups, rows, classes),
+        search=search,
+        threshold=selection.threshold,
+        test_metrics=test_metrics,
+        test_ids=np.asarray(features.ids).astype(str)[rows.test].tolist(),
+        y_test=y_test,
+        test_score=test_score,
+        timings=timings,
+    )
 
-    out_dir = Path(config.out_dir)
-    bundle = _bundle(plan, features, task, classes, search.best_estimator_, threshold_value)
-    _atomic_write(out_dir / "models" / f"{plan.run_id}.joblib", lambda f: joblib.dump(bundle, f))
-    json_path = out_dir / "runs" / f"{plan.run_id}.json"
-    text = json.dumps(_jsonable(record), indent=2, allow_nan=False)
-    _atomic_write(json_path, lambda f: f.write(text.encode()))
-    return json_path
 
-
-def _run_record(plan, config, features, rows, task, classes, selection, test_metrics) -> dict:
-    attrs = features.attrs
-    search = selection.search
-    y = np.asarray(features.y)
-    groups = np.asarray(features.patient_id).astype(str)
-    best = int(search.best_index_)
-    cv_results = search.cv_results_
+def _data_summary(y: np.ndarray, groups: np.ndarray, rows: RowSplit, classes: list[str]) -> dict:
     return {
-        "run_id": plan.run_id,
-        "backbone": plan.backbone,
-        "pooling": plan.pooling,
-        "classifier": plan.classifier,
-        "task": task,
-        "classes": classes,
-        "positive_class": classes[1] if task == "binary" else None,
-        "weights": attrs.get("weights"),
-        "weights_seed": attrs.get("weights_seed", -1),
-        "random_weights": attrs.get("weights") == "random",
-        "feature_file": str(plan.cache),
-        "feature_sha256": features.sha256,
-        "manifest_sha256": attrs.get("manifest_sha256"),
-        "image_size": attrs.get("image_size"),
-        "resize_mode": attrs.get("resize_mode"),
-        "config": {
-            "cv": config.cv,
-            "seed": config.seed,
-            "n_jobs": config.n_jobs,
-            "threshold_rule": config.threshold_rule,
-            "val_as_test": config.val_as_test,
-            "quick": config.quick,
+        "n_train": int(len(rows.train)),
+        "n_test": int(len(rows.test)),
+        "n_train_patients": int(len(np.unique(groups[rows.train]))),
+        "n_test_patients": int(len(np.unique(groups[rows.test]))),
+        "class_counts": {
+            "train": _class_counts(y[rows.train], classes),
+            "test": _class_counts(y[rows.test], classes),
         },
-        "versions": library_versions(),
-        "data": {
-            "n_train": int(len(rows.train)),
-            "n_test": int(len(rows.test)),
-            "n_train_patients": int(len(np.unique(groups[rows.train]))),
-            "n_test_patients": int(len(np.unique(groups[rows.test]))),
-            "class_counts": {
-                "train": _class_counts(y[rows.train], classes),
-                "test": _class_counts(y[rows.test], classes),
-            },
-            "test_source": rows.test_source,
-            "n_failed_images_dropped": rows.n_failed_dropped,
-        },
-        "grid": _grid_of(search),
-        "search": type(search).__name__,
-        "cv_results": {
-            key: cv_results[key]
-            for key in ("params", "mean_test_score", "std_test_score", "rank_test_score", "mean_fit_time", "iter", "n_resources")
-            if key in cv_results
-        },
-        "best_params": search.best_params_,
-        "cv_auc_mean": float(cv_results["mean_test_score"][best]),
-        "cv_auc_std": float(cv_results["std_test_score"][best]),
-        "threshold": selection.threshold,
-        "test": test_metrics,
+        "test_source": rows.test_source,
+        "n_failed_images_dropped": rows.n_failed_dropped,
     }
-
-
-def _grid_of(search):
-    grid = getattr(search, "param_grid", None)
-    if grid is None:
-        grid = getattr(search, "param_distributions", None)
-    return grid
 
 
 def _class_counts(y: np.ndarray, classes: list[str]) -> dict[str, int]:
@@ -481,152 +401,38 @@ def _class_counts(y: np.ndarray, classes: list[str]) -> dict[str, int]:
     return {name: int(np.sum(y == k)) for k, name in enumerate(classes)}
 
 
-def _bundle(plan, features, task, classes, estimator, threshold_value) -> dict:
-    attrs = features.attrs
-    return {
-        "format": 1,
-        "featx_version": __version__,
-        "run_id": plan.run_id,
-        "estimator": estimator,
-        "task": task,
-        "classes": classes,
-        "positive_class": classes[1] if task == "binary" else None,
-        "threshold": threshold_value,
-        "backbone": plan.backbone,
-        "pooling": plan.pooling,
-        "weights": attrs.get("weights"),
-        "weights_seed": attrs.get("weights_seed", -1),
-        "weights_sha256": attrs.get("weights_sha256"),
-        "image_size": attrs.get("image_size"),
-        "resize_mode": attrs.get("resize_mode"),
-        "preprocess": attrs.get("preprocess"),
-        "feature_sha256": features.sha256,
-        "manifest_sha256": attrs.get("manifest_sha256"),
-    }
+# ---------------------------------------------------------------- every run
 
 
-def library_versions() -> dict[str, str | None]:
-    """Installed versions, read from package metadata (importing TensorFlow just to ask would cost seconds)."""
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for package in VERSION_PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    if versions["featx"] is None:
-        versions["featx"] = __version__
-    return versions
-
-
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: no half-written results."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            write(f)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def _jsonable(value):
-    """numpy and friends -> plain JSON; NaN/inf -> null (strict JSON readers reject NaN)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ma.MaskedArray):
-        return [_jsonable(v) for v in value.tolist()]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, (str, int, bool)) or value is None:
-        return value
-    if isinstance(value, Path):
-        return str(value)
-    return repr(value)
-
-
-# ---------------------------------------------------------------- the command
-
-
-def run_classify(config: ClassifyConfig, console=None) -> list[Path]:
-    """Validate, then fit every planned run; returns the run JSON paths written."""
+def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Path]:
+    """Validate, then fit every planned run and hand each to `sink` as it finishes; returns what sink.save returned."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from featx.extract import store
+    from featx.progress import progress_bar
 
     console = console or Console()
     plans = plan_runs(config)
+    sink.prepare()
     written: list[Path] = []
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    started = time.perf_counter()
+    sha256: dict[Path, str] = {}
     loaded_key, features = None, None
-    with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task("classify", total=len(plans), rate="")
+    with progress_bar(console, unit="runs") as progress:
+        bar = progress.add_task("classify", total=len(plans))
         for plan in plans:
             progress.update(bar, description=f"{plan.backbone} / {plan.pooling} / {plan.classifier}")
             if loaded_key != (plan.cache, plan.pooling):  # plans are grouped by cache and pooling: load each once
-                features, loaded_key = None, None
-                features = store.load(plan.cache, plan.pooling)
+                features = None
+                if plan.cache not in sha256:
+                    sha256[plan.cache] = file_sha256(plan.cache)
+                features = store.load(plan.cache, plan.pooling, sha256=sha256[plan.cache])
                 loaded_key = (plan.cache, plan.pooling)
                 if split_rows(features, config).test_source == "held_out_patients":
                     progress.console.print(
                         f"[yellow]{plan.cache.name} has no test rows: holding out {HOLDOUT_FRACTION:.0%} of its "
                         f"patients (stratified, seed {config.seed}) as the test set.[/yellow]"
                     )
-            written.append(run_one(plan, config, features))
-            elapsed = time.perf_counter() - started
-            progress.update(bar, advance=1, rate=f"{len(written) / elapsed * 60:.1f} runs/min")
+            written.append(sink.save(fit_run(plan, config, features)))
+            progress.advance(bar)
         progress.update(bar, description="classify: done")
     return written
 
-
-def classify_command(config: ClassifyConfig, console) -> None:
-    """`featx classify`: the runs, then the leaderboard, then the report when one can be made."""
-    from featx.results import leaderboard
-
-    written = run_classify(config, console)
-    out_dir = Path(config.out_dir)
-    console.print(f"Wrote {len(written)} run(s) to {out_dir / 'runs'} and their models to {out_dir / 'models'}.")
-    runs = leaderboard.load_runs(out_dir)
-    csv_path, md_path = leaderboard.write_leaderboard(out_dir, runs)
-    leaderboard.print_leaderboard(runs, console)
-    console.print(f"Leaderboard written to {csv_path} and {md_path}.")
-    _write_report_if_available(out_dir, console)
-
-
-def _write_report_if_available(out_dir: Path, console) -> None:
-    try:
-        from featx.results.report import write_report
-    except ImportError:
-        return
-    try:
-        path = write_report(out_dir)
-    except FeatxError as error:
-        console.print(f"[yellow]The report was not written: {error} The results above are saved.[/yellow]")
-    except Exception as error:  # the runs are already on disk; a plotting failure must not hide them
-        console.print(
-            f"[yellow]The report was not written ({type(error).__name__}: {error}); the results above are saved; "
-            f"retry with `featx report --results {out_dir}`.[/yellow]"
-        )
-    else:
-        console.print(f"Report written to {path}.")

@@ -16,7 +16,6 @@ import csv
 import hashlib
 import io
 import os
-import random
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
+from featx.data.holdout import holdout_patients
 from featx.errors import ManifestError, closest, one_of_message
 from featx.files import file_sha256, is_ignored, walk_files
 from featx.progress import track
@@ -376,23 +376,6 @@ def _image_files(folder: Path) -> tuple[list[Path], int]:
     return images, skipped
 
 
-def _stratified_patient_holdout(patient_labels: dict[str, str], test_fraction: float, seed: int) -> set[str]:
-    """Test patients: within each label stratum, a seeded shuffle and the first round(fraction * n)."""
-    strata: dict[str, list[str]] = defaultdict(list)
-    for patient, label in patient_labels.items():
-        strata[label].append(patient)
-    rng = random.Random(seed)
-    test: set[str] = set()
-    for label in sorted(strata):
-        patients = sorted(strata[label])
-        rng.shuffle(patients)
-        n_test = round(test_fraction * len(patients))
-        if len(patients) >= 2:
-            n_test = min(max(n_test, 1), len(patients) - 1)
-        test.update(patients[:n_test])
-    return test
-
-
 def scan(
     root, dataset: str = "auto", split_policy: str | None = None, test_fraction: float = 0.2, seed: int = 0
 ) -> ScanResult:
@@ -462,7 +445,7 @@ def scan(
             for row in rows:
                 patient_classes[row["patient_id"]].add(row["label"])
             strata = {patient: LABEL_SEPARATOR.join(sorted(names)) for patient, names in patient_classes.items()}
-            test = _stratified_patient_holdout(strata, test_fraction, seed)
+            test = holdout_patients(strata, test_fraction, seed)
             for row in rows:
                 row["split"] = "test" if row["patient_id"] in test else "train"
             notes.append(

@@ -19,8 +19,8 @@ from typing import Iterable, Sequence
 import h5py
 import numpy as np
 
-from featx.errors import CacheError, LockError, StaleCacheError, one_of_message
-from featx.files import file_sha256  # noqa: F401  (re-exported: stage two's way to hash a cache)
+from featx.errors import CacheError, LockError, StaleCacheError, one_of_message, short_reason
+from featx.files import file_sha256
 
 FORMAT = 1
 SUFFIX = ".h5"
@@ -117,7 +117,7 @@ def _open_cache(path: Path) -> h5py.File:
         handle = h5py.File(path, "r")
     except (OSError, ValueError) as error:
         raise CacheError(
-            f"The embedding cache {str(path)!r} is unreadable (truncated or not HDF5: {_short(error)}); "
+            f"The embedding cache {str(path)!r} is unreadable (truncated or not HDF5: {short_reason(error, 160)}); "
             "delete it or pass --force to rebuild it."
         ) from None
     missing = [key for key in REQUIRED_ATTRS if key not in handle.attrs]
@@ -135,11 +135,6 @@ def _open_cache(path: Path) -> h5py.File:
             "pass --force to rebuild it."
         )
     return handle
-
-
-def _short(error: BaseException) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text[:160]
 
 
 # ---------------------------------------------------------------- lock
@@ -454,7 +449,7 @@ def _create(partial, attrs, ids, labels, classes, split, patient_id, widths, bat
     try:
         handle = h5py.File(partial, "w")
     except OSError as error:
-        raise CacheError(f"Cannot write {str(partial)!r}: {_short(error)}.") from None
+        raise CacheError(f"Cannot write {str(partial)!r}: {short_reason(error, 160)}.") from None
     try:
         for key, value in attrs.items():
             handle.attrs[key] = _h5_value(value)
@@ -481,6 +476,39 @@ def _create(partial, attrs, ids, labels, classes, split, patient_id, widths, bat
 
 
 # ---------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class CacheHeader:
+    """What planning needs from a cache: its attributes, cached poolings and row count (no row data)."""
+
+    path: Path
+    attrs: dict
+    poolings: tuple[str, ...]
+    n_rows: int
+
+    @property
+    def backbone(self) -> str:
+        return str(self.attrs.get("backbone") or self.path.stem)
+
+
+@dataclass(frozen=True, eq=False)
+class CacheRows:
+    """The per-row metadata of a complete cache: everything but the embeddings."""
+
+    path: Path
+    attrs: dict
+    y: np.ndarray
+    classes: tuple[str, ...]
+    ids: np.ndarray
+    split: np.ndarray
+    patient_id: np.ndarray
+    ok: np.ndarray
+    errors: tuple[str, ...]
+
+    @property
+    def multilabel(self) -> bool:
+        return self.y.ndim == 2
 
 
 @dataclass(frozen=True, eq=False)
@@ -517,49 +545,160 @@ class FeatureSet:
         return int(self.X.shape[0])
 
 
-def load(path, pooling: str = "avg") -> FeatureSet:
-    """Read one pooling of a complete cache. CacheError for a .partial, incomplete, truncated or foreign file."""
+def _open_complete(path) -> h5py.File:
+    """Open a complete cache read-only; CacheError for a .partial, missing, incomplete, truncated or foreign file."""
     path = Path(path)
     if path.name.endswith(PARTIAL_SUFFIX):
         raise CacheError(
             f"{str(path)!r} is an unfinished extraction; run featx extract again to resume and complete it."
         )
     if not path.is_file():
-        hint = " (an unfinished .partial is there; run featx extract again to complete it)" if partial_path(path).exists() else ""
+        hint = (
+            " (an unfinished .partial is there; run featx extract again to complete it)"
+            if partial_path(path).exists()
+            else ""
+        )
         raise CacheError(f"No embedding cache at {str(path)!r}{hint}.")
-    with _open_cache(path) as handle:
-        attrs = read_attrs(handle)
-        if not attrs.get("complete") or int(attrs.get("n_done", -1)) != handle["ids"].shape[0]:
-            raise CacheError(
-                f"The embedding cache {str(path)!r} is incomplete ({attrs.get('n_done')} of "
-                f"{handle['ids'].shape[0]} rows); run featx extract again to complete it."
-            )
+    handle = _open_cache(path)
+    attrs = read_attrs(handle)
+    if not attrs.get("complete") or int(attrs.get("n_done", -1)) != handle["ids"].shape[0]:
+        n_rows = handle["ids"].shape[0]
+        handle.close()
+        raise CacheError(
+            f"The embedding cache {str(path)!r} is incomplete ({attrs.get('n_done')} of "
+            f"{n_rows} rows); run featx extract again to complete it."
+        )
+    return handle
+
+
+def read_header(path) -> CacheHeader:
+    """Attributes, cached poolings and row count of a complete cache, without reading any rows.
+
+    Parameters
+    ----------
+    path : path-like
+        A `<backbone>.h5` cache.
+
+    Returns
+    -------
+    CacheHeader
+
+    Raises
+    ------
+    CacheError
+        For a .partial, missing, incomplete, truncated or foreign file (the sentence says how to fix it).
+    """
+    with _open_complete(path) as handle:
+        return CacheHeader(
+            path=Path(path),
+            attrs=read_attrs(handle),
+            poolings=tuple(handle["embeddings"].keys()),
+            n_rows=int(handle["ids"].shape[0]),
+        )
+
+
+def _read_rows(handle: h5py.File, path: Path) -> CacheRows:
+    labels = handle["labels"]
+    return CacheRows(
+        path=path,
+        attrs=read_attrs(handle),
+        y=labels[:],
+        classes=tuple(_plain(labels.attrs["classes"])),
+        ids=np.asarray(handle["ids"].asstr()[:], dtype=object),
+        split=np.asarray(handle["split"].asstr()[:], dtype=object),
+        patient_id=np.asarray(handle["patient_id"].asstr()[:], dtype=object),
+        ok=handle["ok"][:].astype(bool),
+        errors=tuple(handle["errors"].asstr()[:]),
+    )
+
+
+def read_rows(path) -> CacheRows:
+    """Labels, classes, ids, splits, patient ids, ok flags and errors of a complete cache (no embeddings).
+
+    Parameters
+    ----------
+    path : path-like
+        A `<backbone>.h5` cache.
+
+    Returns
+    -------
+    CacheRows
+
+    Raises
+    ------
+    CacheError
+        As for read_header.
+    """
+    with _open_complete(path) as handle:
+        return _read_rows(handle, Path(path))
+
+
+def count_failures(path) -> int:
+    """How many rows of a complete cache hold an image that could not be read (ok False)."""
+    with _open_complete(path) as handle:
+        return int(np.count_nonzero(~handle["ok"][:].astype(bool)))
+
+
+def count_nonfinite(path, pooling: str) -> tuple[int, int]:
+    """(NaN or infinite values, rows holding one) in one pooling of a complete cache, read chunk by chunk.
+
+    Memory stays at one chunk whatever the cache's size, so stage two can check every cache before its first fit.
+    """
+    with _open_complete(path) as handle:
+        dataset = handle["embeddings"][pooling]
+        step = max(1, dataset.chunks[0] if dataset.chunks else 4096)
+        values = rows = 0
+        for start in range(0, dataset.shape[0], step):
+            finite = np.isfinite(dataset[start : start + step])
+            values += int(finite.size - np.count_nonzero(finite))
+            rows += int(np.count_nonzero(~finite.all(axis=1)))
+    return values, rows
+
+
+def load(path, pooling: str = "avg", sha256: str | None = None) -> FeatureSet:
+    """Read one pooling of a complete cache with its row metadata.
+
+    Parameters
+    ----------
+    path : path-like
+        A `<backbone>.h5` cache.
+    pooling : str
+        One of the poolings the cache holds.
+    sha256 : str, optional
+        The file's sha256 when the caller has already hashed it (each cache is hashed once per command);
+        computed here otherwise.
+
+    Returns
+    -------
+    FeatureSet
+        X is the (N, D) float32 embedding matrix of `pooling`, in manifest order.
+
+    Raises
+    ------
+    CacheError
+        For a .partial, missing, incomplete, truncated or foreign file, or a pooling the cache lacks.
+    """
+    path = Path(path)
+    with _open_complete(path) as handle:
         cached = list(handle["embeddings"].keys())
         if pooling not in cached:
             raise CacheError(f"{one_of_message('pooling', pooling, cached)[:-1]} (the poolings cached in {path.name}).")
         X = handle["embeddings"][pooling][:]
-        labels = handle["labels"]
-        y = labels[:]
-        classes = tuple(_plain(labels.attrs["classes"]))
-        ids = handle["ids"].asstr()[:]
-        split = handle["split"].asstr()[:]
-        patient_id = handle["patient_id"].asstr()[:]
-        ok = handle["ok"][:].astype(bool)
-        errors = tuple(handle["errors"].asstr()[:])
+        rows = _read_rows(handle, path)
     return FeatureSet(
         path=path,
-        sha256=file_sha256(path),
+        sha256=sha256 or file_sha256(path),
         pooling=pooling,
-        attrs=attrs,
+        attrs=rows.attrs,
         X=X,
-        y=y,
-        classes=classes,
-        multilabel=y.ndim == 2,
-        ids=np.asarray(ids, dtype=object),
-        split=np.asarray(split, dtype=object),
-        patient_id=np.asarray(patient_id, dtype=object),
-        ok=ok,
-        errors=errors,
+        y=rows.y,
+        classes=rows.classes,
+        multilabel=rows.multilabel,
+        ids=rows.ids,
+        split=rows.split,
+        patient_id=rows.patient_id,
+        ok=rows.ok,
+        errors=rows.errors,
     )
 
 

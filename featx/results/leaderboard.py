@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from featx.errors import ResultsError
+from featx.extract.backbones import RANDOM_BANNER
+from featx.results.records import load_runs
 
-RANDOM_BANNER = "RANDOM-INIT WEIGHTS — these numbers measure nothing about ImageNet features"
 ALPHA = 0.05
 BEST_MARK = "★"
-REQUIRED_KEYS = ("run_id", "backbone", "pooling", "classifier", "task", "test")
 CSV_COLUMNS = (
     "rank",
     "run_id",
@@ -79,32 +79,6 @@ HOW_TO_READ = f"""\
 - **RANDOM-INIT** rows come from randomly initialised backbones: they test the pipeline and
   measure nothing about ImageNet features.
 """
-
-
-# ---------------------------------------------------------------- loading
-
-
-def load_runs(results_dir) -> list[dict]:
-    """Every run JSON under results_dir/runs; ResultsError when there is none or one is foreign."""
-    runs_dir = Path(results_dir) / "runs"
-    paths = sorted(runs_dir.glob("*.json")) if runs_dir.is_dir() else []
-    if not paths:
-        raise ResultsError(
-            f"No run results in '{runs_dir}'; run `featx classify --features features --out {Path(results_dir)}` first."
-        )
-    runs = []
-    for path in paths:
-        try:
-            run = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ResultsError(f"Run file '{path}' is not readable JSON ({error}); delete it or re-run classify.") from None
-        missing = [key for key in REQUIRED_KEYS if not isinstance(run, dict) or key not in run]
-        if missing:
-            raise ResultsError(
-                f"Run file '{path}' is not a featx run record (missing {missing}); remove it from '{runs_dir}'."
-            )
-        runs.append(run)
-    return runs
 
 
 # ---------------------------------------------------------------- rows
@@ -250,10 +224,10 @@ def format_params(params: dict) -> str:
     """Short form for tables: the last part of 'step__param' names."""
     if not params:
         return "–"
-    return ", ".join(f"{key.split('__')[-1]}={_short(value)}" for key, value in sorted(params.items()))
+    return ", ".join(f"{key.split('__')[-1]}={_param_text(value)}" for key, value in sorted(params.items()))
 
 
-def _short(value) -> str:
+def _param_text(value) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)

@@ -12,52 +12,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from featx.errors import BackboneError, BundleError, FeatxError, WeightsError
+from featx.classify.scoring import class_probabilities
+from featx.errors import BackboneError, BundleError, FeatxError, ManifestError, WeightsError
+from featx.extract.backbones import RANDOM_BANNER
+from featx.files import walk_files
+from featx.results.records import load_bundle
 
-BUNDLE_FORMAT = 1
-REQUIRED_KEYS = (
-    "format", "run_id", "estimator", "task", "classes", "threshold", "backbone", "pooling",
-    "weights", "weights_seed", "image_size", "resize_mode",
-)
-RANDOM_BANNER = "RANDOM-INIT WEIGHTS: this model's backbone was randomly initialised, not ImageNet; its predictions only test the pipeline."
-
-
-# ---------------------------------------------------------------- the bundle
-
-
-def load_bundle(bundle_path) -> dict:
-    """The bundle dict; BundleError when the file is missing or is not a featx bundle of a known format."""
-    path = Path(bundle_path)
-    if not path.is_file():
-        raise BundleError(f"Model bundle '{path}' does not exist; pass a results/models/<run>.joblib file written by featx classify.")
-    import joblib
-
-    try:
-        bundle = joblib.load(path)
-    except Exception as error:  # pickle raises anything for a foreign file
-        raise BundleError(
-            f"'{path}' is not a featx model bundle (it could not be loaded: {type(error).__name__}); "
-            "pass a results/models/<run>.joblib file written by featx classify."
-        ) from None
-    if not isinstance(bundle, dict) or "format" not in bundle:
-        raise BundleError(
-            f"'{path}' is not a featx model bundle (a dict with a 'format' key); "
-            "pass a results/models/<run>.joblib file written by featx classify."
-        )
-    if not isinstance(bundle["format"], int) or isinstance(bundle["format"], bool) or bundle["format"] != BUNDLE_FORMAT:
-        raise BundleError(
-            f"Model bundle '{path}' has format {bundle['format']!r}; this featx reads format {BUNDLE_FORMAT} only."
-        )
-    missing = [key for key in REQUIRED_KEYS if key not in bundle]
-    if missing:
-        raise BundleError(f"Model bundle '{path}' lacks the keys {missing}; re-run featx classify to write it again.")
-    return bundle
 
 
 def _weights_file(bundle: dict, bundle_path: Path) -> Path:
@@ -132,14 +97,7 @@ def rebuild_backbone(bundle: dict, bundle_path):
 # ---------------------------------------------------------------- inputs
 
 
-def _image_suffixes() -> tuple[str, ...]:
-    from featx.data.manifest import IMAGE_SUFFIXES
-
-    return IMAGE_SUFFIXES
-
-
 def _manifest_paths(csv_path: Path, data_root) -> list[Path]:
-    from featx.errors import ManifestError
     from featx.data.manifest import resolve_path
 
     root = Path(data_root) if data_root is not None else csv_path.parent
@@ -152,14 +110,13 @@ def _manifest_paths(csv_path: Path, data_root) -> list[Path]:
 
 def collect_inputs(inputs, data_root=None) -> list[Path]:
     """Image files as given, image files under folders (recursive, sorted), and the rows of manifest CSVs."""
-    suffixes = _image_suffixes()
+    from featx.data.manifest import IMAGE_SUFFIXES as suffixes
+
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            for current, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
-                paths += [Path(current) / f for f in sorted(files) if not f.startswith(".") and Path(f).suffix.lower() in suffixes]
+            paths += [file for file in walk_files(path) if file.suffix.lower() in suffixes]
         elif path.suffix.lower() == ".csv" and path.is_file():
             paths += _manifest_paths(path, data_root)
         elif path.exists():
@@ -178,17 +135,6 @@ def _threshold_value(threshold) -> float | None:
     if isinstance(threshold, dict):
         threshold = threshold.get("value")
     return None if threshold is None else float(threshold)
-
-
-def _probabilities(bundle: dict, X: np.ndarray) -> np.ndarray:
-    """(n, K) per-class probabilities, the columns in bundle['classes'] order (binary: [P(neg), P(pos)])."""
-    proba = bundle["estimator"].predict_proba(X)
-    if isinstance(proba, list):  # some multi-output estimators answer one (n, 2) array per label
-        proba = np.stack([p[:, 1] for p in proba], axis=1)
-    proba = np.asarray(proba, dtype=np.float64)
-    if bundle["task"] == "binary" and proba.ndim == 1:
-        proba = np.stack([1.0 - proba, proba], axis=1)
-    return proba
 
 
 def _labels(bundle: dict, proba: np.ndarray) -> list[str]:
@@ -230,7 +176,7 @@ def predict_paths(bundle_path, inputs, data_root=None, batch_size=32, progress=N
         proba = labels = None
         if batch.ok.any():
             embeddings = forward(batch.images)[pooling][batch.ok]  # whole batch, as stage one embeds it
-            proba = _probabilities(bundle, embeddings)
+            proba = class_probabilities(bundle["estimator"], embeddings, bundle["task"])
             labels = _labels(bundle, proba)
         done = 0
         for row, ok in enumerate(batch.ok):
@@ -284,23 +230,16 @@ def _json_text(rows: list[dict], bundle: dict) -> str:
 def predict_command(model, inputs, data_root, out, as_json, batch_size, console) -> None:
     """`featx predict`: predictions as CSV (or JSON) to --out or stdout; messages go to stderr when stdout is the output."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
-    from rich.text import Text
 
-    class RateColumn(ProgressColumn):
-        def render(self, task):
-            return Text(f"{task.speed:.1f} img/s" if task.speed else "… img/s")
+    from featx.progress import progress_bar
 
     messages = console if out is not None else Console(stderr=True)
     bundle = load_bundle(model)
     if bundle["weights"] == "random":
         messages.print(f"[bold white on red] {RANDOM_BANNER} [/]")
     n_images = len(collect_inputs([str(i) for i in inputs], data_root))
-    with Progress(
-        TextColumn("predict"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn(),
-        console=messages, transient=True,
-    ) as bar:
-        task = bar.add_task("images", total=n_images)
+    with progress_bar(messages, unit="img", transient=True) as bar:
+        task = bar.add_task("predict", total=n_images)
         rows = predict_paths(model, inputs, data_root, batch_size, progress=lambda n: bar.advance(task, n))
     text = _json_text(rows, bundle) if as_json else _csv_text(rows, bundle)
     if out is None:

@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from featx import __version__
-from featx.errors import ResultsError
+from featx.errors import CacheError
+from featx.extract import store
+from featx.extract.backbones import RANDOM_BANNER
+from featx.results import records
+from featx.results.leaderboard import leaderboard_rows
 
 PLOT_PREFIXES = ("heatmap_", "roc_", "confusion_", "calibration_")
-RANDOM_BANNER = (
-    "RANDOM-INIT WEIGHTS: at least one run below used randomly initialised backbone weights, not ImageNet. "
-    "These numbers check the pipeline; they say nothing about ImageNet features."
-)
 SECTIONS = (
     ("dataset", "Dataset"),
     ("leaderboard", "Leaderboard"),
@@ -47,26 +47,8 @@ COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e3
 # ---------------------------------------------------------------- loading runs
 
 
-def _no_runs_message(results_dir: Path) -> str:
-    return (
-        f"No runs found in '{results_dir / 'runs'}'; run `featx classify --features features --out {results_dir}` "
-        "first (or `featx demo` for the offline demo)."
-    )
-
-
-def _load_runs(results_dir: Path) -> list[dict]:
-    """The run JSONs (featx.results.leaderboard validates them); ResultsError with what to run when there are none."""
-    from featx.results.leaderboard import load_runs
-
-    if not (results_dir / "runs").is_dir() or not any((results_dir / "runs").glob("*.json")):
-        raise ResultsError(_no_runs_message(results_dir))
-    return load_runs(results_dir)
-
-
 def _leaderboard_order(runs: list[dict]) -> tuple[list[dict], dict[str, dict]]:
     """Runs in leaderboard order (best first) and featx.results.leaderboard's row per run_id."""
-    from featx.results.leaderboard import leaderboard_rows
-
     rows = leaderboard_rows(runs)
     by_run_id = {run["run_id"]: run for run in runs}
     return [by_run_id[row["run_id"]] for row in rows], {row["run_id"]: row for row in rows}
@@ -426,14 +408,11 @@ def _feature_file_findings(runs: list[dict], results_dir: Path) -> list[str]:
                             "(run `featx manifest check MANIFEST --data-root DIR`).")
             continue
         try:
-            import h5py
-
-            with h5py.File(file, "r") as handle:
-                splits = handle["split"].asstr()[...]
-                patients = handle["patient_id"].asstr()[...]
-        except (OSError, KeyError, ValueError) as error:
+            cache_rows = store.read_rows(file)
+        except CacheError as error:
             findings.append(f"{name}: could not read split/patient ids ({error}).")
             continue
+        splits, patients = cache_rows.split.astype(str), cache_rows.patient_id.astype(str)
         test_patients = set(patients[splits == "test"])
         other_patients = set(patients[splits != "test"])
         shared = sorted(test_patients & other_patients)
@@ -580,9 +559,7 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
     findings (missing files, duplicates, patient leakage) join the dataset section.
     """
     results_dir = Path(results_dir)
-    runs = _load_runs(results_dir)
-    if not runs:
-        raise ResultsError(_no_runs_message(results_dir))
+    runs = records.load_runs(results_dir)
     out = Path(out) if out is not None else results_dir / "report.html"
     ranked, rows_by_id = _leaderboard_order(runs)
     random_weights = any(_is_random(run) for run in runs)
@@ -667,7 +644,7 @@ def report_command(results_dir, out, console) -> None:
     """`featx report`: write the HTML report and say where it and its plots are."""
     results_dir = Path(results_dir)
     path = write_report(results_dir, out)
-    runs = _load_runs(results_dir)
+    runs = records.load_runs(results_dir)
     if any(_is_random(run) for run in runs):
         console.print(f"[bold white on red] {RANDOM_BANNER} [/]")
     n_plots = sum(1 for p in (results_dir / "plots").glob("*.png") if p.name.startswith(PLOT_PREFIXES))

@@ -1,0 +1,313 @@
+"""Run records (results/runs/<run>.json) and model bundles (results/models/<run>.joblib): their one owner.
+
+Stage two hands each finished run (featx.classify.stage.FittedRun) to a RunWriter,
+which writes both files atomically. The leaderboard, the report, predict and the
+demo read them through load_runs / load_bundle, which check the format. A run record
+written before the `format` key existed is format 1.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from featx import __version__
+from featx.errors import BundleError, ResultsError
+from featx.files import atomic_write, check_writable_dir
+from featx.runtime import library_versions
+
+if TYPE_CHECKING:
+    from featx.classify.stage import FittedRun
+
+RUN_FORMAT = 1
+BUNDLE_FORMAT = 1
+RUNS_DIR = "runs"
+MODELS_DIR = "models"
+RUN_REQUIRED_KEYS = ("run_id", "backbone", "pooling", "classifier", "task", "test")
+BUNDLE_REQUIRED_KEYS = (
+    "format",
+    "run_id",
+    "estimator",
+    "task",
+    "classes",
+    "threshold",
+    "backbone",
+    "pooling",
+    "weights",
+    "weights_seed",
+    "image_size",
+    "resize_mode",
+)
+CV_RESULT_KEYS = ("params", "mean_test_score", "std_test_score", "rank_test_score", "mean_fit_time", "iter", "n_resources")
+CLASSIFY_HINT = "run `featx classify --features features --out {results}` first (or `featx demo` for the offline demo)"
+
+
+def run_path(results_dir, run_id: str) -> Path:
+    """results_dir/runs/<run_id>.json"""
+    return Path(results_dir) / RUNS_DIR / f"{run_id}.json"
+
+
+def bundle_path(results_dir, run_id: str) -> Path:
+    """results_dir/models/<run_id>.joblib"""
+    return Path(results_dir) / MODELS_DIR / f"{run_id}.joblib"
+
+
+# ---------------------------------------------------------------- writing
+
+
+def run_record(run: FittedRun) -> dict:
+    """The run JSON of a finished run (docs/internals.md lists every field).
+
+    Parameters
+    ----------
+    run : featx.classify.stage.FittedRun
+
+    Returns
+    -------
+    dict
+        Plain JSON values (NaN and infinities become null when written).
+    """
+    attrs = run.feature_attrs
+    search = run.search
+    cv_results = search.cv_results_
+    best = int(search.best_index_)
+    config = run.config
+    return {
+        "format": RUN_FORMAT,
+        "run_id": run.plan.run_id,
+        "backbone": run.plan.backbone,
+        "pooling": run.plan.pooling,
+        "classifier": run.plan.classifier,
+        "task": run.task,
+        "classes": run.classes,
+        "positive_class": run.classes[1] if run.task == "binary" else None,
+        "weights": attrs.get("weights"),
+        "weights_seed": attrs.get("weights_seed", -1),
+        "random_weights": attrs.get("weights") == "random",
+        "feature_file": str(run.plan.cache),
+        "feature_sha256": run.feature_sha256,
+        "manifest_sha256": attrs.get("manifest_sha256"),
+        "image_size": attrs.get("image_size"),
+        "resize_mode": attrs.get("resize_mode"),
+        "config": {
+            "cv": config.cv,
+            "seed": config.seed,
+            "n_jobs": config.n_jobs,
+            "threshold_rule": config.threshold_rule,
+            "val_as_test": config.val_as_test,
+            "quick": config.quick,
+        },
+        "versions": library_versions(),
+        "data": run.data,
+        "grid": getattr(search, "param_grid", None) or getattr(search, "param_distributions", None),
+        "search": type(search).__name__,
+        "cv_results": {key: cv_results[key] for key in CV_RESULT_KEYS if key in cv_results},
+        "best_params": search.best_params_,
+        "cv_auc_mean": float(cv_results["mean_test_score"][best]),
+        "cv_auc_std": float(cv_results["std_test_score"][best]),
+        "threshold": run.threshold,
+        "test": run.test_metrics,
+        "test_predictions": {
+            "ids": list(run.test_ids),
+            "y_true": np.asarray(run.y_test).tolist(),
+            "score": np.asarray(run.test_score).tolist(),
+        },
+        "timings": run.timings,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def bundle(run: FittedRun) -> dict:
+    """The model bundle of a finished run: the fitted estimator and everything predict needs to rebuild its inputs.
+
+    Parameters
+    ----------
+    run : featx.classify.stage.FittedRun
+
+    Returns
+    -------
+    dict
+        Keys: format, featx_version, run_id, estimator, task, classes, positive_class, threshold, backbone,
+        pooling, weights, weights_seed, weights_sha256, image_size, resize_mode, preprocess, feature_sha256,
+        manifest_sha256.
+    """
+    attrs = run.feature_attrs
+    return {
+        "format": BUNDLE_FORMAT,
+        "featx_version": __version__,
+        "run_id": run.plan.run_id,
+        "estimator": run.estimator,
+        "task": run.task,
+        "classes": run.classes,
+        "positive_class": run.classes[1] if run.task == "binary" else None,
+        "threshold": run.threshold_value,
+        "backbone": run.plan.backbone,
+        "pooling": run.plan.pooling,
+        "weights": attrs.get("weights"),
+        "weights_seed": attrs.get("weights_seed", -1),
+        "weights_sha256": attrs.get("weights_sha256"),
+        "image_size": attrs.get("image_size"),
+        "resize_mode": attrs.get("resize_mode"),
+        "preprocess": attrs.get("preprocess"),
+        "feature_sha256": run.feature_sha256,
+        "manifest_sha256": attrs.get("manifest_sha256"),
+    }
+
+
+def jsonable(value: Any) -> Any:
+    """numpy and friends -> plain JSON; NaN/inf -> null (strict JSON readers reject NaN)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ma.MaskedArray):
+        return [jsonable(v) for v in value.tolist()]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    return repr(value)
+
+
+class RunWriter:
+    """Stage two's sink: writes each finished run's JSON record and joblib bundle into a results folder."""
+
+    def __init__(self, results_dir):
+        self.results_dir = Path(results_dir)
+
+    def prepare(self) -> None:
+        """Create runs/ and models/ and prove they are writable, before any fit."""
+        fix = "pass --out with a folder you can write to"
+        check_writable_dir(self.results_dir, ResultsError, "results folder", fix)
+        for sub in (RUNS_DIR, MODELS_DIR):
+            check_writable_dir(self.results_dir / sub, ResultsError, "results folder", fix)
+
+    def save(self, run: FittedRun) -> Path:
+        """Write the bundle, then the run JSON (each atomically); returns the JSON path.
+
+        Parameters
+        ----------
+        run : featx.classify.stage.FittedRun
+
+        Returns
+        -------
+        pathlib.Path
+            results_dir/runs/<run_id>.json
+        """
+        import joblib
+
+        model = bundle(run)
+        atomic_write(bundle_path(self.results_dir, run.plan.run_id), lambda f: joblib.dump(model, f))
+        text = json.dumps(jsonable(run_record(run)), indent=2, allow_nan=False)
+        path = run_path(self.results_dir, run.plan.run_id)
+        atomic_write(path, lambda f: f.write(text.encode()))
+        return path
+
+
+def clear_runs(results_dir) -> None:
+    """Delete every run record and bundle in a results folder (the demo owns its results folder)."""
+    for folder, pattern in ((RUNS_DIR, "*.json"), (MODELS_DIR, "*.joblib")):
+        for path in (Path(results_dir) / folder).glob(pattern):
+            path.unlink()
+
+
+# ---------------------------------------------------------------- reading
+
+
+def load_runs(results_dir) -> list[dict]:
+    """Every run record under results_dir/runs, sorted by file name.
+
+    Parameters
+    ----------
+    results_dir : path-like
+
+    Returns
+    -------
+    list of dict
+
+    Raises
+    ------
+    ResultsError
+        When there is no run record, or one is unreadable, foreign or of another format.
+    """
+    runs_dir = Path(results_dir) / RUNS_DIR
+    paths = sorted(runs_dir.glob("*.json")) if runs_dir.is_dir() else []
+    if not paths:
+        raise ResultsError(f"No runs found in '{runs_dir}'; {CLASSIFY_HINT.format(results=Path(results_dir))}.")
+    runs = []
+    for path in paths:
+        try:
+            run = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ResultsError(f"Run file '{path}' is not readable JSON ({error}); delete it or re-run classify.") from None
+        missing = [key for key in RUN_REQUIRED_KEYS if not isinstance(run, dict) or key not in run]
+        if missing:
+            raise ResultsError(
+                f"Run file '{path}' is not a featx run record (missing {missing}); remove it from '{runs_dir}'."
+            )
+        found = run.get("format", 1)
+        if found != RUN_FORMAT:
+            raise ResultsError(
+                f"Run file '{path}' has format {found!r}, this featx reads format {RUN_FORMAT}; "
+                "re-run featx classify to write it again."
+            )
+        runs.append(run)
+    return runs
+
+
+def load_bundle(path) -> dict:
+    """A model bundle, checked to be a featx bundle of a known format.
+
+    A joblib bundle runs code when it is loaded: load trusted files only.
+
+    Parameters
+    ----------
+    path : path-like
+        results/models/<run>.joblib
+
+    Returns
+    -------
+    dict
+        The bundle (see `bundle`).
+
+    Raises
+    ------
+    BundleError
+        When the file is missing, not a featx bundle, of another format, or lacks keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(
+            f"Model bundle '{path}' does not exist; pass a results/models/<run>.joblib file written by featx classify."
+        )
+    import joblib
+
+    try:
+        loaded = joblib.load(path)
+    except Exception as error:  # pickle raises anything for a foreign file
+        raise BundleError(
+            f"'{path}' is not a featx model bundle (it could not be loaded: {type(error).__name__}); "
+            "pass a results/models/<run>.joblib file written by featx classify."
+        ) from None
+    if not isinstance(loaded, dict) or "format" not in loaded:
+        raise BundleError(
+            f"'{path}' is not a featx model bundle (a dict with a 'format' key); "
+            "pass a results/models/<run>.joblib file written by featx classify."
+        )
+    found = loaded["format"]
+    if not isinstance(found, int) or isinstance(found, bool) or found != BUNDLE_FORMAT:
+        raise BundleError(f"Model bundle '{path}' has format {found!r}; this featx reads format {BUNDLE_FORMAT} only.")
+    missing = [key for key in BUNDLE_REQUIRED_KEYS if key not in loaded]
+    if missing:
+        raise BundleError(f"Model bundle '{path}' lacks the keys {missing}; re-run featx classify to write it again.")
+    return loaded
