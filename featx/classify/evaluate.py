@@ -21,6 +21,7 @@ import numpy as np
 from scipy import stats
 
 from featx.errors import ClassifyError
+from featx.jsonvalues import jsonable
 
 TASKS = ("binary", "multiclass", "multilabel")
 THRESHOLD_RULES = ("youden", "f1", "sens@<x>", "spec@<x>")
@@ -384,21 +385,6 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return float(numerator / denominator) if denominator > 0 else None
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    return value
-
-
 def _binary_counts(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     y_true = y_true.astype(bool)
     y_pred = y_pred.astype(bool)
@@ -444,115 +430,138 @@ def _threshold_value(threshold) -> float:
 def evaluate_test(task: str, y_true, score, classes: Sequence[str], threshold=None) -> dict:
     """Every test metric of a run: the "test" section of the run JSON (docs/internals.md).
 
-    binary: threshold is the OOF-chosen value (float or choose_threshold's dict; None = 0.5);
-    multiclass: predictions are the argmax, threshold is ignored, sensitivity etc. are macro averages;
-    multilabel: threshold is None (0.5 for every label), one float, or one value per label.
-    Undefined ratios (e.g. PPV with no positive call) are None.
-    """
-    from sklearn.metrics import (
-        average_precision_score,
-        balanced_accuracy_score,
-        classification_report,
-        confusion_matrix,
-        multilabel_confusion_matrix,
-    )
+    Parameters
+    ----------
+    task : {"binary", "multiclass", "multilabel"}
+    y_true : array-like
+        (N,) class indices, or (N, K) 0/1 for multilabel.
+    score : array-like
+        P(positive) (N,) for binary, (N, K) otherwise (featx.classify.scoring.predict_scores).
+    classes : sequence of str
+    threshold : float, dict, sequence or None
+        binary: the OOF-chosen value (float or choose_threshold's dict; None = 0.5); multiclass: ignored
+        (predictions are the argmax); multilabel: None (0.5 for every label), one float, or one per label.
 
+    Returns
+    -------
+    dict
+        Plain JSON values; undefined ratios (e.g. PPV with no positive call) are None.
+    """
     _check_task(task)
     classes = [str(c) for c in classes]
     y_true = np.asarray(y_true)
     score = np.asarray(score, dtype=np.float64)
-    n = int(y_true.shape[0])
-    if n == 0:
+    if int(y_true.shape[0]) == 0:
         raise ClassifyError("There are no test rows to evaluate.")
+    metrics = {"binary": _binary_metrics, "multiclass": _multiclass_metrics, "multilabel": _multilabel_metrics}[task]
+    return jsonable(metrics(y_true, score, classes, threshold))
 
-    if task == "binary":
-        y = y_true.reshape(-1).astype(int)
-        p = _positive_scores(score)
-        value = _threshold_value(threshold)
-        y_pred = (p >= value).astype(int)
-        counts = _binary_counts(y, y_pred)
-        result = {
-            "n": n,
-            "n_positive": int(y.sum()),
-            "threshold": value,
-            "auc": delong_ci(y, p),
-            "pr_auc": float(average_precision_score(y, p)) if y.any() else None,
-            "accuracy": counts["accuracy"],
-            "balanced_accuracy": float(balanced_accuracy_score(y, y_pred)),
-            "sensitivity": counts["sensitivity"],
-            "specificity": counts["specificity"],
-            "ppv": counts["ppv"],
-            "npv": counts["npv"],
-            "f1": counts["f1"],
-            "brier": float(np.mean((p - y) ** 2)) if p.min() >= 0.0 and p.max() <= 1.0 else None,
-            "confusion_matrix": confusion_matrix(y, y_pred, labels=[0, 1]).tolist(),
-            "classification_report": classification_report(
-                y, y_pred, labels=[0, 1], target_names=classes[:2], output_dict=True, zero_division=0
-            ),
-        }
-        return _jsonable(result)
+
+def _binary_metrics(y_true: np.ndarray, score: np.ndarray, classes: list[str], threshold) -> dict:
+    from sklearn.metrics import average_precision_score, balanced_accuracy_score, classification_report, confusion_matrix
+
+    y = y_true.reshape(-1).astype(int)
+    p = _positive_scores(score)
+    value = _threshold_value(threshold)
+    y_pred = (p >= value).astype(int)
+    counts = _binary_counts(y, y_pred)
+    return {
+        "n": int(y.shape[0]),
+        "n_positive": int(y.sum()),
+        "threshold": value,
+        "auc": delong_ci(y, p),
+        "pr_auc": float(average_precision_score(y, p)) if y.any() else None,
+        "accuracy": counts["accuracy"],
+        "balanced_accuracy": float(balanced_accuracy_score(y, y_pred)),
+        "sensitivity": counts["sensitivity"],
+        "specificity": counts["specificity"],
+        "ppv": counts["ppv"],
+        "npv": counts["npv"],
+        "f1": counts["f1"],
+        "brier": float(np.mean((p - y) ** 2)) if p.min() >= 0.0 and p.max() <= 1.0 else None,
+        "confusion_matrix": confusion_matrix(y, y_pred, labels=[0, 1]).tolist(),
+        "classification_report": classification_report(
+            y, y_pred, labels=[0, 1], target_names=classes[:2], output_dict=True, zero_division=0
+        ),
+    }
+
+
+def _mean_pr_auc(indicator: np.ndarray, score: np.ndarray) -> float | None:
+    """Mean average precision over the classes/labels that have both values in the rows."""
+    from sklearn.metrics import average_precision_score
+
+    n = indicator.shape[0]
+    present = [k for k in range(indicator.shape[1]) if 0 < indicator[:, k].sum() < n]
+    if not present:
+        return None
+    return float(np.mean([average_precision_score(indicator[:, k], score[:, k]) for k in present]))
+
+
+def _multiclass_metrics(y_true: np.ndarray, score: np.ndarray, classes: list[str], threshold) -> dict:
+    from sklearn.metrics import balanced_accuracy_score, classification_report, confusion_matrix
 
     n_classes = score.shape[1]
-    if task == "multiclass":
-        y = y_true.reshape(-1).astype(int)
-        indicator = (y[:, None] == np.arange(n_classes)[None, :]).astype(int)
-        y_pred = score.argmax(axis=1)
-        per_class = [_binary_counts(indicator[:, k], y_pred == k) for k in range(n_classes)]
-        present = [k for k in range(n_classes) if 0 < indicator[:, k].sum() < n]
-        result = {
-            "n": n,
-            "threshold": None,
-            "prediction_rule": "argmax",
-            "auc": bootstrap_ci(lambda a, b: auc("multiclass", a, b), y, score),
-            "per_class_auc": _per_class_auc(indicator, score, classes),
-            "pr_auc": float(np.mean([average_precision_score(indicator[:, k], score[:, k]) for k in present]))
-            if present
-            else None,
-            "accuracy": float((y_pred == y).mean()),
-            "balanced_accuracy": float(balanced_accuracy_score(y, y_pred)),
-            "sensitivity": _macro(per_class, "sensitivity"),
-            "specificity": _macro(per_class, "specificity"),
-            "ppv": _macro(per_class, "ppv"),
-            "npv": _macro(per_class, "npv"),
-            "f1": _macro(per_class, "f1"),
-            "brier": float(np.mean(np.sum((score - indicator) ** 2, axis=1))),
-            "confusion_matrix": confusion_matrix(y, y_pred, labels=list(range(n_classes))).tolist(),
-            "classification_report": classification_report(
-                y, y_pred, labels=list(range(n_classes)), target_names=classes, output_dict=True, zero_division=0
-            ),
-            "averaging": "macro over classes (one-vs-rest)",
-        }
-        note = auc_details("multiclass", y, score)["note"]
-        if note:
-            result["auc_note"] = note
-        return _jsonable(result)
-
-    # multilabel
-    indicator = y_true.astype(int)
-    if threshold is None or isinstance(threshold, (int, float, dict)):
-        thresholds = np.full(n_classes, _threshold_value(threshold))
-    else:
-        thresholds = np.asarray(threshold, dtype=np.float64).reshape(-1)
-        if thresholds.size != n_classes:
-            raise ClassifyError(f"There are {n_classes} labels but {thresholds.size} thresholds; pass one per label.")
-    y_pred = (score >= thresholds[None, :]).astype(int)
-    per_label = [_binary_counts(indicator[:, k], y_pred[:, k]) for k in range(n_classes)]
-    present = [k for k in range(n_classes) if 0 < indicator[:, k].sum() < n]
-    details = auc_details("multilabel", indicator, score)
+    y = y_true.reshape(-1).astype(int)
+    indicator = (y[:, None] == np.arange(n_classes)[None, :]).astype(int)
+    y_pred = score.argmax(axis=1)
+    per_class = [_binary_counts(indicator[:, k], y_pred == k) for k in range(n_classes)]
     result = {
-        "n": n,
+        "n": int(y.shape[0]),
+        "threshold": None,
+        "prediction_rule": "argmax",
+        "auc": bootstrap_ci(lambda a, b: auc("multiclass", a, b), y, score),
+        "per_class_auc": _per_class_auc(indicator, score, classes),
+        "pr_auc": _mean_pr_auc(indicator, score),
+        "accuracy": float((y_pred == y).mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(y, y_pred)),
+        "sensitivity": _macro(per_class, "sensitivity"),
+        "specificity": _macro(per_class, "specificity"),
+        "ppv": _macro(per_class, "ppv"),
+        "npv": _macro(per_class, "npv"),
+        "f1": _macro(per_class, "f1"),
+        "brier": float(np.mean(np.sum((score - indicator) ** 2, axis=1))),
+        "confusion_matrix": confusion_matrix(y, y_pred, labels=list(range(n_classes))).tolist(),
+        "classification_report": classification_report(
+            y, y_pred, labels=list(range(n_classes)), target_names=classes, output_dict=True, zero_division=0
+        ),
+        "averaging": "macro over classes (one-vs-rest)",
+    }
+    note = auc_details("multiclass", y, score)["note"]
+    if note:
+        result["auc_note"] = note
+    return result
+
+
+def _label_thresholds(threshold, n_labels: int) -> np.ndarray:
+    if threshold is None or isinstance(threshold, (int, float, dict)):
+        return np.full(n_labels, _threshold_value(threshold))
+    thresholds = np.asarray(threshold, dtype=np.float64).reshape(-1)
+    if thresholds.size != n_labels:
+        raise ClassifyError(f"There are {n_labels} labels but {thresholds.size} thresholds; pass one per label.")
+    return thresholds
+
+
+def _multilabel_metrics(y_true: np.ndarray, score: np.ndarray, classes: list[str], threshold) -> dict:
+    from sklearn.metrics import classification_report, multilabel_confusion_matrix
+
+    indicator = y_true.astype(int)
+    thresholds = _label_thresholds(threshold, score.shape[1])
+    y_pred = (score >= thresholds[None, :]).astype(int)
+    per_label = [_binary_counts(indicator[:, k], y_pred[:, k]) for k in range(score.shape[1])]
+    balanced = [
+        {"ba": None if c["sensitivity"] is None or c["specificity"] is None else (c["sensitivity"] + c["specificity"]) / 2}
+        for c in per_label
+    ]
+    result = {
+        "n": int(indicator.shape[0]),
         "threshold": thresholds.tolist(),
         "prediction_rule": "per-label threshold",
         "auc": bootstrap_ci(lambda a, b: auc("multilabel", a, b), indicator, score),
         "per_class_auc": _per_class_auc(indicator, score, classes),
-        "pr_auc": float(np.mean([average_precision_score(indicator[:, k], score[:, k]) for k in present]))
-        if present
-        else None,
+        "pr_auc": _mean_pr_auc(indicator, score),
         "accuracy": float((y_pred == indicator).mean()),
         "subset_accuracy": float((y_pred == indicator).all(axis=1).mean()),
-        "balanced_accuracy": _macro(
-            [{"ba": None if c["sensitivity"] is None or c["specificity"] is None
-              else (c["sensitivity"] + c["specificity"]) / 2} for c in per_label], "ba"),
+        "balanced_accuracy": _macro(balanced, "ba"),
         "sensitivity": _macro(per_label, "sensitivity"),
         "specificity": _macro(per_label, "specificity"),
         "ppv": _macro(per_label, "ppv"),
@@ -565,6 +574,7 @@ def evaluate_test(task: str, y_true, score, classes: Sequence[str], threshold=No
         ),
         "averaging": "macro over labels; confusion_matrix is one [[tn, fp], [fn, tp]] per label",
     }
-    if details["note"]:
-        result["auc_note"] = details["note"]
-    return _jsonable(result)
+    note = auc_details("multilabel", indicator, score)["note"]
+    if note:
+        result["auc_note"] = note
+    return result

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from featx import __version__
 from featx.errors import BundleError, ResultsError
 from featx.files import atomic_write, check_writable_dir
+from featx.jsonvalues import jsonable
 from featx.runtime import library_versions
 
 if TYPE_CHECKING:
@@ -156,27 +157,6 @@ def bundle(run: FittedRun) -> dict:
         "feature_sha256": run.feature_sha256,
         "manifest_sha256": attrs.get("manifest_sha256"),
     }
-
-
-def jsonable(value: Any) -> Any:
-    """numpy and friends -> plain JSON; NaN/inf -> null (strict JSON readers reject NaN)."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ma.MaskedArray):
-        return [jsonable(v) for v in value.tolist()]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return jsonable(value.item())
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, (str, int, bool)) or value is None:
-        return value
-    if isinstance(value, Path):
-        return str(value)
-    return repr(value)
 
 
 class RunWriter:
