@@ -114,11 +114,10 @@ def demo_command(config: DemoConfig, console) -> None:
     if not config.classifiers:
         raise FeatxError("The demo needs at least one classifier; pass e.g. --classifiers logreg,xgboost,dense.")
     manifest = prepare_data(config, console)
-    data_dir = manifest.parent
     if config.data_only:
         console.print(
-            f"Data only: next, `featx extract --backbone vgg16 --weights auto --manifest {manifest} --data-root {data_dir}` "
-            "(or `make extract`)."
+            f"Data only: next, `featx extract --backbone vgg16 --weights auto --manifest {manifest} "
+            f"--data-root {manifest.parent}` (or `make extract`)."
         )
         return
 
@@ -126,21 +125,31 @@ def demo_command(config: DemoConfig, console) -> None:
     random_backbones = [name for name, label in weights.items() if label == "random"]
     if random_backbones:
         console.print(f"[bold white on red] {random_banner(random_backbones)} [/]")
+    timings = {"data": time.perf_counter() - started}
+    stage_one(config, manifest, weights, console)
+    timings["stage one"] = time.perf_counter() - started - sum(timings.values())
+    stage_two(config, console)
+    timings["stage two"] = time.perf_counter() - started - sum(timings.values())
 
-    from featx.classify.stage import ClassifyConfig
-    from featx.extract.stage import ExtractConfig, run_extract
-    from featx.results import records
-    from featx.results.finish import classify_runs, finish_results
+    from featx.results.finish import finish_results
 
-    features_dir = config.workdir / "features"
     results_dir = config.workdir / "results"
-    stage_one = time.perf_counter()
+    finished = finish_results(results_dir, console, manifest=manifest, data_root=manifest.parent, announce=False)
+    if random_backbones:
+        console.print(f"[bold white on red] {random_banner(random_backbones)} [/]")
+    _print_where_and_next(finished, manifest.parent, results_dir, time.perf_counter() - started, timings, console)
+
+
+def stage_one(config: DemoConfig, manifest: Path, weights: dict[str, str], console) -> None:
+    """Extract every demo backbone into workdir/features; a cache from other phantom parameters is rebuilt."""
+    from featx.extract.stage import ExtractConfig, run_extract
+
     console.rule(f"Stage one: {', '.join(config.backbones)} ({', '.join(f'{k}: {v}' for k, v in weights.items())})")
     extract_config = ExtractConfig(
         backbones=config.backbones,
         manifest=manifest,
-        data_root=data_dir,
-        out_dir=features_dir,
+        data_root=manifest.parent,
+        out_dir=config.workdir / "features",
         weights=config.weights,
         poolings=("avg",),
         image_size=config.image_size,
@@ -148,17 +157,25 @@ def demo_command(config: DemoConfig, console) -> None:
     )
     try:
         run_extract(extract_config, console)
-    except CacheError as error:  # the demo owns its caches: one from other phantom parameters is rebuilt
+    except CacheError as error:  # the demo owns its caches
         if isinstance(error, LockError):
             raise
         console.print(f"[yellow]{error} Rebuilding the demo caches.[/yellow]")
         run_extract(replace(extract_config, force=True), console)
-    stage_two = time.perf_counter()
+
+
+def stage_two(config: DemoConfig, console) -> None:
+    """Classify the demo caches into workdir/results, replacing an earlier demo's runs."""
+    from featx.classify.stage import ClassifyConfig
+    from featx.results import records
+    from featx.results.finish import classify_runs
+
     console.rule(f"Stage two: {', '.join(config.classifiers)}")
-    records.clear_runs(results_dir)  # the demo owns workdir/results: an earlier demo's runs must not join its table
+    results_dir = config.workdir / "results"
+    records.clear_runs(results_dir)  # an earlier demo's runs (other backbones) must not join this leaderboard
     classify_runs(
         ClassifyConfig(
-            features_dir=features_dir,
+            features_dir=config.workdir / "features",
             out_dir=results_dir,
             backbones=config.backbones,
             classifiers=config.classifiers,
@@ -168,20 +185,20 @@ def demo_command(config: DemoConfig, console) -> None:
         ),
         console,
     )
-    finished_two = time.perf_counter()
 
-    finished = finish_results(results_dir, console, manifest=manifest, data_root=data_dir, announce=False)
+
+def _print_where_and_next(finished, data_dir: Path, results_dir: Path, total: float, timings: dict, console) -> None:
+    from featx.results import records
+
     bundle = records.bundle_path(results_dir, finished.best_run_id)
     example = sorted((data_dir / "test").rglob("*.png"))[:1]
     example_text = str(example[0]) if example else str(data_dir / "test")
-    total = time.perf_counter() - started
-    if random_backbones:
-        console.print(f"[bold white on red] {random_banner(random_backbones)} [/]")
+    report = finished.report if finished.report is not None else "(not written; see the message above)"
     console.print(
-        f"\n[bold]Demo finished in {total:.0f} s[/] (data {stage_one - started:.0f} s, stage one "
-        f"{stage_two - stage_one:.0f} s, stage two {finished_two - stage_two:.0f} s).\n"
+        f"\n[bold]Demo finished in {total:.0f} s[/] "
+        f"({', '.join(f'{step} {seconds:.0f} s' for step, seconds in timings.items())}).\n"
         f"  leaderboard  {finished.leaderboard_csv}  ({finished.leaderboard_md.name})\n"
-        f"  report       {finished.report}\n"
+        f"  report       {report}\n"
         f"  best model   {bundle}\n"
         "\nNext:\n"
         f"  featx predict --model {bundle} {example_text}\n"
