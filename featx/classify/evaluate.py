@@ -368,8 +368,10 @@ def choose_threshold(y_true, score, rule: str = "youden") -> dict:
         if kind == "youden":
             index = int(np.argmax(tpr - fpr))  # first maximum = highest threshold among ties
         elif kind == "sens":
+            assert target is not None  # parse_threshold_rule gives sens@X and spec@X a target
             index = int(np.flatnonzero(tpr >= target - 1e-12)[0])
         else:
+            assert target is not None
             index = int(np.flatnonzero(1.0 - fpr >= target - 1e-12)[-1])
         value = float(thresholds[index])
     if not math.isfinite(value):  # roc_curve's first threshold (inf) = call nothing positive

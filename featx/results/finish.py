@@ -73,5 +73,7 @@ def classify_command(config, console) -> None:
     """`featx classify`: the runs, then the leaderboard, then the report."""
     written = classify_runs(config, console)
     out_dir = Path(config.out_dir)
-    console.print(f"Wrote {len(written)} run(s) to {out_dir / 'runs'} and their models to {out_dir / 'models'}.")
+    console.print(
+        f"Wrote {len(written)} run(s) to {out_dir / records.RUNS_DIR} and their models to {out_dir / records.MODELS_DIR}."
+    )
     finish_results(out_dir, console)

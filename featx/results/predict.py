@@ -173,7 +173,8 @@ def predict_paths(bundle_path, inputs, data_root=None, batch_size=32, progress=N
     rows: list[dict] = []
     for batch in iter_batches(paths, tuple(bundle["image_size"]), bundle["resize_mode"], batch_size):
         reasons = dict(batch.errors)
-        proba = labels = None
+        proba = np.empty((0, len(classes)))
+        labels: list[str] = []
         if batch.ok.any():
             embeddings = forward(batch.images)[pooling][batch.ok]  # whole batch, as stage one embeds it
             proba = class_probabilities(bundle["estimator"], embeddings, bundle["task"])
@@ -181,7 +182,7 @@ def predict_paths(bundle_path, inputs, data_root=None, batch_size=32, progress=N
         done = 0
         for row, ok in enumerate(batch.ok):
             path = str(paths[batch.start + row])
-            record = {"path": path}
+            record: dict[str, object] = {"path": path}
             if ok:
                 record.update({f"p_{c}": float(proba[done, k]) for k, c in enumerate(classes)})
                 record["predicted_label"] = labels[done]

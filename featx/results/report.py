@@ -150,7 +150,7 @@ def _heatmap(groups: "OrderedDict[str, list[dict]]", classifiers: list[str], ran
     labels = [["" for _ in classifiers] for _ in groups]
     for i, runs in enumerate(groups.values()):
         for run in runs:
-            j = classifiers.index(run.get("classifier"))
+            j = classifiers.index(run["classifier"])
             auc = _auc(run)
             values[i, j] = _num(auc.get("value"))
             ci = ""
@@ -373,7 +373,7 @@ def _dataset_section(runs: list[dict], findings: list[str]) -> str:
             "manifest": "the test split comes from the manifest",
             "held_out_patients": "the manifest had no test rows: a patient-grouped, stratified share of the train "
             "patients was held out as test",
-        }.get(source, f"test source: {source}")
+        }.get(str(source), f"test source: {source}")
         dropped = data.get("n_failed_images_dropped")
         extra = f"; {dropped} unreadable image(s) dropped" if dropped else ""
         multilabel = " (a multi-label image counts once per label)" if run.get("task") == "multilabel" else ""
@@ -450,7 +450,7 @@ def _leaderboard_table(ranked: list[dict], rows_by_id: dict[str, dict]) -> str:
         threshold = run.get("threshold") or {}
         weights = str(run.get("weights", ""))
         weights_cell = f"<span class='bad'>{_e(weights)}</span>" if _is_random(run) else _e(weights)
-        flag = (rows_by_id.get(run.get("run_id")) or {}).get("not_worse_than_best")
+        flag = (rows_by_id.get(run["run_id"]) or {}).get("not_worse_than_best")
         flag_text = "" if flag is None else ("yes" if flag else "no")
         cv = f"{_fmt(run.get('cv_auc_mean'))} ± {_fmt(run.get('cv_auc_std'))}"
         lines.append(
@@ -568,12 +568,12 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
     groups: "OrderedDict[str, list[dict]]" = OrderedDict()
     for run in ranked:
         groups.setdefault(_group_key(run, several_poolings), []).append(run)
-    classifier_order = []
+    classifier_order: list[str] = []
     for run in ranked:
-        if run.get("classifier") not in classifier_order:
-            classifier_order.append(run.get("classifier"))
+        if run["classifier"] not in classifier_order:
+            classifier_order.append(run["classifier"])
     for key in groups:
-        groups[key].sort(key=lambda r: classifier_order.index(r.get("classifier")))
+        groups[key].sort(key=lambda r: classifier_order.index(r["classifier"]))
 
     heatmap = _heatmap(groups, classifier_order, random_weights)
     roc = [p for g, rs in groups.items() if (p := _roc_plot(g, rs, random_weights)) is not None]
