@@ -18,18 +18,27 @@ cv          ?= 5
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install test test-slow test-all demo data extract classify leaderboard report bench clean
+.PHONY: help install lint format test test-slow test-all demo data extract classify leaderboard report bench clean
 
 help:  ## list every target with its one-line description
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
-$(BIN)/featx: setup.cfg setup.py
+$(BIN)/featx: setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,lint]'
 	@touch $(BIN)/featx
 
-install: $(BIN)/featx  ## create .venv and install featx with its test extra
+install: $(BIN)/featx  ## create .venv and install featx with its test and lint extras
+
+lint: install  ## ruff check, ruff format --check and mypy (CI runs this before the tests)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 test: install  ## run the fast test suite (offline, random weights)
 	$(BIN)/pytest -m "not slow" -q
