@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
 from rich.console import Console
 
 from featx import config
-from featx.extract import backbones
 from featx.errors import BackboneError, WeightsError
+from featx.extract import backbones
 
 keras = pytest.importorskip("keras")
 from keras.applications import imagenet_utils  # noqa: E402
-from keras.src.utils import file_utils  # noqa: E402
 
 REQUIRED = (
     "vgg16", "resnet50", "densenet121", "xception", "efficientnetv2s", "inceptionv3", "mobilenetv2",
@@ -51,14 +52,18 @@ def _raw_images(n, size, seed=0):
 
 @pytest.fixture
 def offline(monkeypatch):
-    """No network: every download attempt fails the way a failed DNS lookup does, and is counted."""
+    """No network: every URL opened fails the way a failed DNS lookup does, and is counted.
+
+    Keras's get_file downloads with urllib.request.urlretrieve, which opens the URL through
+    urllib.request.urlopen; everything above that (Keras's cache lookup, hash check, clean-up) runs for real.
+    """
     attempts = []
 
-    def refuse(origin, *args, **kwargs):
-        attempts.append(origin)
+    def refuse(url, *args, **kwargs):
+        attempts.append(getattr(url, "full_url", url))
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(file_utils, "urlretrieve", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
     return attempts
 
 
@@ -289,6 +294,41 @@ def test_a_damaged_weights_file_is_refused(tmp_path):
 # ------------------------------------------------------------------ imagenet through Keras's cache
 
 
+def _md5(path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _write_keras_h5(network, path) -> None:
+    """Save weights in the legacy HDF5 layout of Keras's published ImageNet files (test-only use of keras.src)."""
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as handle:
+        legacy_h5_format.save_weights_to_hdf5_group(handle, network)
+
+
+def _keras_own_imagenet_build(monkeypatch, spec, size, weights_path):
+    """The network Keras itself builds for weights="imagenet", and what it asked its get_file for.
+
+    There is no public way to ask Keras which file, origin and hash its own ImageNet path wants,
+    so this oracle (and only it) intercepts Keras's private get_file and hands it `weights_path`.
+    """
+    from keras.src.utils import file_utils
+
+    requests = []
+
+    def get_file(fname=None, origin=None, **kwargs):
+        requests.append({"fname": fname, "origin": origin, **kwargs})
+        return str(weights_path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(file_utils, "get_file", get_file)
+        network = backbones._constructor(spec)(include_top=False, weights="imagenet", input_shape=(*size, 3))
+    assert len(requests) == 1
+    return network, requests[0]
+
+
 @pytest.mark.filterwarnings("ignore:`input_shape` is undefined or non-square")
 def test_imagenet_without_network_says_where_to_put_the_file(offline):
     spec = backbones.get_backbone("mobilenetv3small")
@@ -299,41 +339,80 @@ def test_imagenet_without_network_says_where_to_put_the_file(offline):
     message = str(info.value)
     assert spec.weights_file() in message and str(config.keras_models_dir()) in message
     assert "--weights random" in message and "Temporary failure in name resolution" in message
-    assert len(offline) == 1 and offline[0].endswith(spec.weights_file())
+    assert offline == [spec.weights_origin()] and offline[0].endswith("/" + spec.weights_file())
     assert not (config.keras_models_dir() / spec.weights_file()).exists()  # nothing half-downloaded left behind
 
 
 @pytest.mark.filterwarnings("ignore:`input_shape` is undefined or non-square")
-def test_imagenet_from_the_cache_loads_without_download(offline, monkeypatch):
-    """A file already in keras_models_dir() under Keras's name is used as is (its hash check faked to pass)."""
-    from keras.src.legacy.saving import legacy_h5_format
-    import h5py
-
+def test_imagenet_from_the_cache_loads_without_download(offline, monkeypatch, tmp_path):
+    """A file in keras_models_dir() under Keras's name and with the pinned hash is used as is."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     spec = backbones.get_backbone("mobilenetv3small")
     stand_in = backbones.create_backbone(spec, _random(seed=21), 32)
-    config.keras_models_dir().mkdir(parents=True, exist_ok=True)
     cached = config.keras_models_dir() / spec.weights_file()
-    with h5py.File(cached, "w") as handle:
-        legacy_h5_format.save_weights_to_hdf5_group(handle, backbones.bare_network(stand_in))
-    monkeypatch.setattr(file_utils, "validate_file", lambda *args, **kwargs: True)
-    try:
-        assert backbones.imagenet_available(spec)
-        info = backbones.resolve_weights("auto", 0, spec)
-        assert info.kind == "imagenet" and info.seed == -1
-        model = backbones.create_backbone(spec, info, 32)
-        assert offline == []
-        assert all(np.array_equal(a, b) for a, b in zip(_weights(stand_in), _weights(model)))
-    finally:
-        cached.unlink()
+    _write_keras_h5(backbones.bare_network(stand_in), cached)
+    monkeypatch.setitem(backbones.BACKBONES, spec.name, dataclasses.replace(spec, weights_md5=_md5(cached)))
+    assert backbones.imagenet_available(spec)
+    info = backbones.resolve_weights("auto", 0, spec)
+    assert info.kind == "imagenet" and info.seed == -1
+    model = backbones.create_backbone(spec.name, info, 32)
+    assert offline == []
+    assert all(np.array_equal(a, b) for a, b in zip(_weights(stand_in), _weights(model)))
+
+
+@pytest.mark.filterwarnings("ignore:`input_shape` is undefined or non-square")
+def test_a_cached_file_with_the_wrong_hash_is_downloaded_again(offline, monkeypatch, tmp_path):
+    """Keras's pinned md5 reaches get_file: a damaged or foreign file under Keras's name is not trusted."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    spec = backbones.get_backbone("mobilenetv3small")
+    cached = config.keras_models_dir() / spec.weights_file()
+    _write_keras_h5(backbones.bare_network(backbones.create_backbone(spec, _random(seed=21), 32)), cached)
+    assert backbones.imagenet_available(spec)  # present, so auto picks imagenet ...
+    with pytest.raises(WeightsError, match=f"'{spec.name}' are not in .* could not be downloaded"):
+        backbones.create_backbone(spec, backbones.resolve_weights("auto", 0, spec), 32)
+    assert offline == [spec.weights_origin()]  # ... but its md5 is not Keras's, so it was fetched again
+
+
+def _assert_imagenet_build_is_keras_own(name, size, monkeypatch, tmp_path):
+    """featx's imagenet network = the one Keras builds for weights="imagenet", from the same file, bit for bit."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    spec = backbones.get_backbone(name)
+    stand_in = tmp_path / "stand_in.h5"
+    _write_keras_h5(backbones.bare_network(backbones.create_backbone(spec, _random(seed=13), size)), stand_in)
+    keras_network, request = _keras_own_imagenet_build(monkeypatch, spec, size, stand_in)
+    expected_hash = request.get("file_hash")
+    assert (request["fname"], request["origin"]) == (spec.weights_file(size), spec.weights_origin(size))
+    assert (request.get("cache_subdir"), expected_hash or "") == ("models", spec.weights_md5)
+
+    cached = config.keras_models_dir() / spec.weights_file(size)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(stand_in.read_bytes())
+    monkeypatch.setitem(backbones.BACKBONES, name, dataclasses.replace(spec, weights_md5=_md5(cached)))
+    model = backbones.create_backbone(name, backbones.resolve_weights("imagenet", 0, name), size, ("avg",))
+    x = _raw_images(2, size[0], seed=4)[:, :, : size[1]]
+    if spec.preprocess != "none":
+        x = imagenet_utils.preprocess_input(x, mode=spec.preprocess)
+    featx_map = np.asarray(backbones.bare_network(model)(x, training=False))
+    keras_map = np.asarray(keras_network(x, training=False))
+    assert np.array_equal(featx_map, keras_map)
+
+
+@pytest.mark.filterwarnings("ignore:`input_shape` is undefined or non-square")
+def test_imagenet_build_is_keras_own_imagenet_build(offline, monkeypatch, tmp_path):
+    _assert_imagenet_build_is_keras_own("mobilenetv3small", (32, 32), monkeypatch, tmp_path)
+    assert offline == []
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", SLOW)
-def test_keras_asks_for_the_registered_weights_file(offline, name):
+@pytest.mark.filterwarnings("ignore:`input_shape` is undefined or non-square")
+@pytest.mark.parametrize("name", [name for name in SLOW if backbones.BACKBONES[name].imagenet_weights])
+def test_keras_asks_for_the_registered_weights_file(offline, monkeypatch, tmp_path, name):
+    """Registry file, origin and md5 are what Keras's own imagenet path asks for; the networks compute the same.
+
+    EfficientNet-B7 is the case that matters: Keras adds a layer only for weights="imagenet".
+    MobileNetV2 at 160 px exercises the size-dependent file.
+    """
     spec = backbones.get_backbone(name)
-    if not spec.imagenet_weights:
-        pytest.skip("no ImageNet weights")
-    size = spec.native_size if name != "mobilenetv2" else 160
-    with pytest.raises(WeightsError, match="could not be downloaded"):
-        backbones.create_backbone(spec, backbones.resolve_weights("imagenet", 0, spec), size)
-    assert [origin.rsplit("/", 1)[-1] for origin in offline] == [spec.weights_file(size)]
+    side = 160 if name == "mobilenetv2" else spec.min_size
+    _assert_imagenet_build_is_keras_own(name, (side, side), monkeypatch, tmp_path)
+    assert offline == []

@@ -37,6 +37,7 @@ def peak_rss_mib() -> float:
 
 
 def rss_mib() -> float:
+    """This process's current resident set size (VmRSS) in MiB."""
     return _status_kib("VmRSS") / 1024
 
 
@@ -106,7 +107,7 @@ class BareForward:
 
     def __init__(self, backbone: str, batch_size: int, seed: int = 0):
         from featx.extract import backbones
-        from featx.extract.stage import forward_step
+        from featx.extract.forward import forward_step
 
         spec = backbones.get_backbone(backbone)
         size = backbones.check_image_size(spec, spec.native_size)
@@ -118,6 +119,7 @@ class BareForward:
         self._predict(self._batch)
 
     def measure(self, n_images: int) -> dict:
+        """Time whole batches covering at least n_images: {images, seconds, rate}."""
         batch_size = len(self._batch)
         n_batches = max(1, -(-n_images // batch_size))
         started = time.perf_counter()
@@ -181,14 +183,15 @@ def extract_in_child(backbone: str, manifest: Path, data_root: Path, out_dir: Pa
 
 
 def bench_extract_command(backbone, image_counts, source_size, batch_size, workdir, console) -> None:
+    """`featx bench extract`: decode rate, extract / bare-forward ratio and peak RSS per image count."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
-    from featx.extract import backbones
     from featx.errors import FeatxError
+    from featx.extract import backbones
 
     backbones.get_backbone(backbone)
-    counts = sorted(set(int(n) for n in image_counts))
+    counts = sorted({int(n) for n in image_counts})
     if not counts or counts[0] < 1:
         raise FeatxError(f"--images must list positive image counts, e.g. 256,1024. Got {list(image_counts)!r} instead.")
     scratch = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="featx-bench-"))

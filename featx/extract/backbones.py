@@ -9,20 +9,23 @@ widths are known without building anything.
 (float32); the spec's preprocessing runs inside it exactly once, and every
 requested pooling is read off the same final feature map in one forward pass.
 
-Weights: ``imagenet`` goes through Keras's own ``weights="imagenet"`` download and
-cache (file hashes included), pinned to ``featx.config.keras_models_dir()``;
+Weights: ``imagenet`` is Keras's own ImageNet file (the name, origin and md5 Keras
+pins, kept in the registry), fetched with the public ``keras.utils.get_file`` into
+``featx.config.keras_models_dir()`` and handed to the Keras constructor as a path;
 ``random`` is drawn from a recorded seed so the network can be rebuilt bit for
 bit; a PATH loads a local weights file and records its sha256.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
 import warnings
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from featx import config
 from featx.errors import BackboneError, WeightsError, closest, one_of_message
@@ -49,6 +52,8 @@ _INCEPTION_STEM = (_VALID3_S2, _VALID3_S1, _VALID3_S2, _VALID3_S1, _VALID3_S2, _
 
 @dataclass(frozen=True)
 class BackboneSpec:
+    """One registered backbone: its Keras constructor, preprocessing, sizes, feature-map arithmetic, weights."""
+
     name: str
     family: str
     constructor: str  # e.g. "keras.applications.VGG16"; "featx.extract.backbones.build_tiny" for the test net
@@ -60,9 +65,16 @@ class BackboneSpec:
     description: str
     size_ops: tuple[tuple[int, int, int], ...] = ()
     weights_file_pattern: str = ""  # the file Keras's get_file asks for; "{rows}" where it depends on size
+    weights_url: str = ""  # the folder Keras downloads that file from (origin = weights_url + file name)
+    weights_md5: str = ""  # the md5 Keras pins the file with; "" where Keras pins none (MobileNetV2)
+    # Keras's EfficientNet (B0-B7) adds Rescaling(1 / sqrt(std)) after its stem Normalization only when it is
+    # given weights="imagenet" (tensorflow/tensorflow#49930); built from a weights path it lacks that layer, so
+    # featx puts it back with these per-channel ImageNet standard deviations. () for every other family.
+    imagenet_rescale_stddev: tuple[float, ...] = ()
 
     @property
     def imagenet_weights(self) -> bool:
+        """True when Keras publishes ImageNet weights for this backbone."""
         return bool(self.weights_file_pattern)
 
     def feature_map_size(self, image_size) -> tuple[int, int]:
@@ -89,8 +101,19 @@ class BackboneSpec:
         rows = height if height == width and height in (96, 128, 160, 192, 224) else 224
         return self.weights_file_pattern.format(rows=rows)
 
+    def weights_origin(self, image_size=None) -> str:
+        """The URL Keras downloads weights_file(image_size) from ('' when there is none)."""
+        return self.weights_url + self.weights_file(image_size) if self.imagenet_weights else ""
 
-def _spec(name, family, constructor, preprocess, native, minimum, channels, ops, weights_file, description):
+
+_KERAS_APPLICATIONS = "https://storage.googleapis.com/tensorflow/keras-applications/"
+_EFFICIENTNET_STDDEV_RGB = (0.229, 0.224, 0.225)  # keras.applications.efficientnet's IMAGENET_STDDEV_RGB
+
+
+def _spec(
+    name, family, constructor, preprocess, native, minimum, channels, ops, weights_file, description,
+    url="", md5="", rescale_stddev=(),
+):
     return BackboneSpec(
         name=name,
         family=family,
@@ -103,6 +126,9 @@ def _spec(name, family, constructor, preprocess, native, minimum, channels, ops,
         description=description,
         size_ops=ops,
         weights_file_pattern=weights_file,
+        weights_url=url,
+        weights_md5=md5,
+        imagenet_rescale_stddev=tuple(rescale_stddev),
     )
 
 
@@ -115,60 +141,72 @@ BACKBONES: dict[str, BackboneSpec] = {
             "vgg16", "VGG", "keras.applications.VGG16", "caffe", 224, 32, 512, (_FLOOR_HALF,) * 5,
             "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
             "VGG16 (Simonyan & Zisserman 2015); its flatten feature (7x7x512 = 25,088 at 224) is the one Laban et al. use.",
+            url=f"{_KERAS_APPLICATIONS}vgg16/", md5="6d6bbae143d832006294945121d1f1fc",
         ),
         _spec(
             "resnet50", "ResNet", "keras.applications.ResNet50", "caffe", 224, 32, 2048, _FIVE_CEIL,
             "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
             "ResNet-50 (He et al. 2016), the common transfer-learning baseline.",
+            url=f"{_KERAS_APPLICATIONS}resnet/", md5="4d473c1dd8becc155b73f8504c6f6626",
         ),
         _spec(
             "resnet101v2", "ResNet", "keras.applications.ResNet101V2", "tf", 224, 32, 2048, _FIVE_CEIL,
             "resnet101v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
             "ResNet-101 v2, pre-activation residual units (He et al. 2016, identity mappings).",
+            url=f"{_KERAS_APPLICATIONS}resnet/", md5="c0ed64b8031c3730f411d2eb4eea35b5",
         ),
         _spec(
             "densenet121", "DenseNet", "keras.applications.DenseNet121", "torch", 224, 32, 1024,
             (_CEIL_HALF, _CEIL_HALF, _FLOOR_HALF, _FLOOR_HALF, _FLOOR_HALF),
             "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
             "DenseNet-121 (Huang et al. 2017), the CheXNet backbone (Rajpurkar et al. 2017).",
+            url=f"{_KERAS_APPLICATIONS}densenet/", md5="30ee3e1110167f948a6b9946edeeb738",
         ),
         _spec(
             "xception", "Xception", "keras.applications.Xception", "tf", 299, 71, 2048,
             (_VALID3_S2, _VALID3_S1) + (_CEIL_HALF,) * 4,
             "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
             "Xception (Chollet 2017), depthwise-separable Inception.",
+            url=f"{_KERAS_APPLICATIONS}xception/", md5="b0042744bf5b25fce3cb969f33bebb97",
         ),
         _spec(
             "inceptionv3", "Inception", "keras.applications.InceptionV3", "tf", 299, 75, 2048, _INCEPTION_STEM,
             "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
             "Inception-v3 (Szegedy et al. 2016), the backbone of Kermany et al. 2018 on these chest X-rays.",
+            url=f"{_KERAS_APPLICATIONS}inception_v3/", md5="bcbd6486424b2319ff4ef7d526e38f63",
         ),
         _spec(
             "inceptionresnetv2", "Inception", "keras.applications.InceptionResNetV2", "tf", 299, 75, 1536,
             _INCEPTION_STEM,
             "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
             "Inception-ResNet-v2 (Szegedy et al. 2017).",
+            url=f"{_KERAS_APPLICATIONS}inception_resnet_v2/", md5="d19885ff4a710c122648d3b5c3b684e4",
         ),
         _spec(
             "mobilenetv2", "MobileNet", "keras.applications.MobileNetV2", "tf", 224, 32, 1280, _FIVE_CEIL,
             "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5",
             "MobileNetV2 (Sandler et al. 2018), inverted residuals; light enough for CPU runs.",
+            url=f"{_KERAS_APPLICATIONS}mobilenet_v2/",  # Keras pins no hash for these files
         ),
         _spec(
             "mobilenetv3small", "MobileNet", "keras.applications.MobileNetV3Small", "none", 224, 32, 576, _FIVE_CEIL,
             "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
             "MobileNetV3-Small (Howard et al. 2019); rescales its own input; the fastest real backbone here.",
+            url=f"{_KERAS_APPLICATIONS}mobilenet_v3/", md5="d3e8ec802a04aa4fc771ee12a9a9b836",
         ),
         _spec(
             "efficientnetb7", "EfficientNet", "keras.applications.EfficientNetB7", "none", 600, 32, 2560, _FIVE_CEIL,
             "efficientnetb7_notop.h5",
             "EfficientNet-B7 (Tan & Le 2019); rescales and normalises its own input; heavy (600 px native).",
+            url="https://storage.googleapis.com/keras-applications/", md5="cbcfe4450ddf6f3ad90b1b398090fe4a",
+            rescale_stddev=_EFFICIENTNET_STDDEV_RGB,
         ),
         _spec(
             "efficientnetv2s", "EfficientNet", "keras.applications.EfficientNetV2S", "none", 384, 32, 1280,
             _FIVE_CEIL,
             "efficientnetv2-s_notop.h5",
             "EfficientNetV2-S (Tan & Le 2021); rescales its own input.",
+            url=f"{_KERAS_APPLICATIONS}efficientnet_v2/", md5="af0682fb74e8c54910f2d4393339c070",
         ),
         _spec(
             "tiny", "test", "featx.extract.backbones.build_tiny", "tf", 32, 8, 32, (_CEIL_HALF,) * 3, "",
@@ -192,6 +230,7 @@ def get_backbone(name) -> BackboneSpec:
 
 
 def check_pooling(pooling) -> str:
+    """The pooling name unchanged; BackboneError with the one-of sentence when it is not in POOLINGS."""
     if pooling not in POOLINGS:
         raise BackboneError(one_of_message("pooling", pooling, POOLINGS))
     return pooling
@@ -228,6 +267,8 @@ def _pair(size) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class WeightsInfo:
+    """What `--weights` resolved to, as recorded in the cache attrs and bundles."""
+
     kind: str  # "imagenet" | "random" | "file"
     label: str  # the cache attr `weights`: "imagenet" | "random" | file name
     sha256: str  # of the weights file for kind "file"; "" otherwise (Keras pins ImageNet files by its own hash)
@@ -236,6 +277,7 @@ class WeightsInfo:
 
     @property
     def random(self) -> bool:
+        """True for randomly initialised weights."""
         return self.kind == "random"
 
 
@@ -290,45 +332,32 @@ def _no_imagenet(spec: BackboneSpec) -> WeightsError:
 
 
 
-class _DownloadFailed(Exception):
-    def __init__(self, fname: str, origin: str, cause: BaseException):
-        super().__init__(fname)
-        self.fname, self.origin, self.cause = fname, origin, cause
+def _imagenet_file(spec, image_size=None) -> Path:
+    """Keras's ImageNet file for this backbone and size in keras_models_dir(), downloaded there when absent.
 
-
-@contextmanager
-def _keras_cache_pinned() -> Iterator[list[str]]:
-    """Route Keras's get_file to featx.config.keras_home() and turn a failed download into _DownloadFailed.
-
-    Keras reads KERAS_HOME once at import; featx reads it when asked, so both agree
-    on where the files are even when the environment changed after the import.
+    ``keras.utils.get_file`` with the origin and md5 Keras pins: a file already there with
+    the right hash is used as is; a missing or damaged one is downloaded again. WeightsError
+    naming the file, the folder and --weights random when that download fails.
     """
-    from keras.src.utils import file_utils
+    import keras
 
-    original = file_utils.get_file
-    requested: list[str] = []
-
-    def get_file(fname=None, origin=None, *args, **kwargs):
-        if kwargs.get("cache_dir") is None:
-            kwargs["cache_dir"] = str(config.keras_home())
-            try:
-                config.keras_models_dir().mkdir(parents=True, exist_ok=True)
-            except OSError:
-                pass
-        name = fname or Path(str(origin)).name
-        requested.append(name)
-        try:
-            return original(fname, origin, *args, **kwargs)
-        except (Exception, KeyboardInterrupt) as exc:
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            raise _DownloadFailed(name, str(origin), exc) from exc
-
-    file_utils.get_file = get_file
+    spec = get_backbone(spec)
+    if not spec.imagenet_weights:
+        raise _no_imagenet(spec)
+    fname, origin = spec.weights_file(image_size), spec.weights_origin(image_size)
+    with contextlib.suppress(OSError):  # get_file falls back to a writable folder of its own
+        config.keras_models_dir().mkdir(parents=True, exist_ok=True)
     try:
-        yield requested
-    finally:
-        file_utils.get_file = original
+        path = keras.utils.get_file(
+            fname, origin, cache_subdir="models", cache_dir=str(config.keras_home()), file_hash=spec.weights_md5 or None
+        )
+    except Exception as cause:  # Keras raises a bare Exception for a failed fetch, ValueError for a bad hash
+        raise WeightsError(
+            f"ImageNet weights for {spec.name!r} are not in {config.keras_models_dir()} and could not be "
+            f"downloaded ({_download_reason(cause)}); put '{fname}' (from {origin}) in that "
+            "folder, or pass --weights random."
+        ) from None
+    return Path(path)
 
 
 # ------------------------------------------------------------------ building
@@ -359,7 +388,7 @@ def _constructor(spec: BackboneSpec):
     return getattr(module, attribute)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _custom_layers():
     """The two weightless layers featx adds, defined once (Keras is imported lazily)."""
     import keras
@@ -425,6 +454,7 @@ def _pooling_layer(pooling: str):
 
 
 def gpu_available() -> bool:
+    """True when TensorFlow sees a GPU."""
     import tensorflow as tf
 
     return bool(tf.config.list_physical_devices("GPU"))
@@ -479,23 +509,38 @@ def bare_network(model):
 
 def _build_network(spec: BackboneSpec, weights: WeightsInfo, size: tuple[int, int]):
     constructor = _constructor(spec)
-    keras_weights = "imagenet" if weights.kind == "imagenet" else None
-    with _keras_cache_pinned():
-        try:
-            return constructor(include_top=False, weights=keras_weights, input_shape=(*size, 3))
-        except _DownloadFailed as failure:
+    imagenet = weights.kind == "imagenet"
+    keras_weights = str(_imagenet_file(spec, size)) if imagenet else None
+    try:
+        network = constructor(include_top=False, weights=keras_weights, input_shape=(*size, 3))
+    except ValueError as exc:  # Keras refusing a size or a corrupt cached file
+        if imagenet:
             raise WeightsError(
-                f"ImageNet weights for {spec.name!r} are not in {config.keras_models_dir()} and could not be "
-                f"downloaded ({_download_reason(failure.cause)}); put '{failure.fname}' (from {failure.origin}) in that "
-                "folder, or pass --weights random."
+                f"ImageNet weights for {spec.name!r} could not be loaded from {config.keras_models_dir()} "
+                f"({_short(exc)}); delete the file to download it again, or pass --weights random."
             ) from None
-        except ValueError as exc:  # Keras refusing a size or a corrupt cached file
-            if keras_weights == "imagenet":
-                raise WeightsError(
-                    f"ImageNet weights for {spec.name!r} could not be loaded from {config.keras_models_dir()} "
-                    f"({_short(exc)}); delete the file to download it again, or pass --weights random."
-                ) from None
-            raise BackboneError(f"Backbone {spec.name!r} cannot be built at {size[0]}x{size[1]}: {_short(exc)}.") from None
+        raise BackboneError(f"Backbone {spec.name!r} cannot be built at {size[0]}x{size[1]}: {_short(exc)}.") from None
+    if imagenet and spec.imagenet_rescale_stddev:
+        network = _with_imagenet_rescale(network, spec.imagenet_rescale_stddev)
+    return network
+
+
+def _with_imagenet_rescale(network, stddev: Sequence[float]):
+    """The network as Keras builds it for weights="imagenet": Rescaling(1 / sqrt(std)) after the stem Normalization.
+
+    Every other layer (and so every loaded weight) is shared with `network`; only that
+    weightless layer is added, computing exactly what Keras's own ImageNet build computes.
+    """
+    import keras
+
+    stem = next(layer for layer in network.layers if isinstance(layer, keras.layers.Normalization))
+    scale = [1.0 / math.sqrt(value) for value in stddev]
+
+    def call(layer, *args, **kwargs):
+        outputs = layer(*args, **kwargs)
+        return keras.layers.Rescaling(scale)(outputs) if layer is stem else outputs
+
+    return keras.models.clone_model(network, clone_function=lambda layer: layer, call_function=call)
 
 
 def _load_weights_file(network, spec: BackboneSpec, weights: WeightsInfo) -> None:

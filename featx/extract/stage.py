@@ -9,26 +9,30 @@ backbone come from one forward pass.
 
 from __future__ import annotations
 
-import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from featx import __version__
-from featx.extract import store
 from featx.errors import BackboneError, CacheError, FeatxError, ManifestError
+from featx.extract import store
+from featx.extract.backbones import RANDOM_BANNER
+from featx.extract.forward import forward_step
+from featx.files import check_writable_dir
+from featx.progress import progress_bar
+from featx.runtime import library_versions
 
-RANDOM_BANNER = "RANDOM-INIT WEIGHTS: embeddings are not ImageNet features; use for testing only"
 _EXISTENCE_PROBE_ROWS = 20
 
 
 @dataclass(frozen=True)
 class ExtractConfig:
+    """The arguments of `featx extract`."""
+
     backbones: tuple[str, ...]
     manifest: Path
     data_root: Path
@@ -47,6 +51,8 @@ class ExtractConfig:
 
 @dataclass(frozen=True)
 class ExtractSummary:
+    """One backbone's outcome: its cache, status, rows, failures and throughput."""
+
     backbone: str
     path: Path
     status: str  # "hit" | "built" | "resumed"
@@ -85,21 +91,6 @@ def _unique(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _check_out_dir(out_dir: Path) -> Path:
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CacheError(f"The output directory '{out_dir}' is a file; pass --out a folder for the <backbone>.h5 caches.")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".featx-write-test-"):
-            pass
-    except OSError as error:
-        raise CacheError(
-            f"The output directory '{out_dir}' is not writable ({error.strerror or error}); pass --out a folder you can write to."
-        ) from None
-    return out_dir
-
-
 def _check_manifest_paths(rel_paths: Sequence[str], data_root: Path) -> list[Path]:
     """Every path resolved inside the data root; a wrong --data-root is caught when none of the first rows exist."""
     from featx.data.manifest import resolve_path
@@ -115,20 +106,16 @@ def _check_manifest_paths(rel_paths: Sequence[str], data_root: Path) -> list[Pat
 
 
 def _versions() -> dict[str, str]:
-    found = {}
-    for key, package in (("tensorflow_version", "tensorflow"), ("keras_version", "keras")):
-        try:
-            found[key] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[key] = "absent"
-    return found
+    """The cache attrs tensorflow_version and keras_version ("absent" where the package is not installed)."""
+    versions = library_versions()
+    return {f"{package}_version": versions[package] or "absent" for package in ("tensorflow", "keras")}
 
 
 def _plan(config: ExtractConfig):
     """Check every input and describe each backbone's job; nothing is built or written yet."""
-    from featx.extract import backbones
     from featx.data import images
     from featx.data.manifest import read_manifest
+    from featx.extract import backbones
 
     names = _unique(config.backbones)
     if not names:
@@ -155,7 +142,9 @@ def _plan(config: ExtractConfig):
     n_rows = len(manifest) if config.limit is None else min(len(manifest), int(config.limit))
     paths = _check_manifest_paths(manifest.paths[:n_rows], data_root)
     weights = [backbones.resolve_weights(config.weights, config.seed, spec, size) for spec, size in zip(specs, sizes)]
-    out_dir = _check_out_dir(config.out_dir)
+    out_dir = check_writable_dir(
+        config.out_dir, CacheError, "output directory", "pass --out a folder you can write the <backbone>.h5 caches to"
+    )
 
     data_root_text = str(data_root.resolve())
     jobs = []
@@ -183,63 +172,7 @@ def _plan(config: ExtractConfig):
     return manifest, n_rows, paths, jobs
 
 
-# ---------------------------------------------------------------- the model step
-
-
-def forward_step(model, image_size: tuple[int, int], poolings: Sequence[str]):
-    """A compiled forward pass: (b, h, w, 3) float32 -> {pooling: (b, width) float32 numpy}.
-
-    One trace serves every batch size (the leading dimension is left open), so the
-    short last batch does not recompile.
-    """
-    import tensorflow as tf
-
-    signature = [tf.TensorSpec((None, int(image_size[0]), int(image_size[1]), 3), tf.float32)]
-
-    @tf.function(input_signature=signature, reduce_retracing=True)
-    def step(batch):
-        return model(batch, training=False)
-
-    def predict(images: np.ndarray) -> dict[str, np.ndarray]:
-        outputs = step(tf.convert_to_tensor(images, dtype=tf.float32))
-        if not isinstance(outputs, dict):
-            outputs = {poolings[0]: outputs}
-        return {pooling: np.asarray(outputs[pooling], dtype=np.float32) for pooling in poolings}
-
-    return predict
-
-
 # ---------------------------------------------------------------- the run
-
-
-def _progress(console):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
-
-    class RateColumn(ProgressColumn):
-        def render(self, task):
-            speed = task.finished_speed or task.speed
-            return Text("  -- img/s" if speed is None else f"{speed:6.1f} img/s", style="progress.data.speed")
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
 
 
 def _summary(job: _Job, status: str, rows: int, failures: int) -> ExtractSummary:
@@ -256,13 +189,6 @@ def _summary(job: _Job, status: str, rows: int, failures: int) -> ExtractSummary
         random_weights=job.weights.kind == "random",
         note=" ".join(job.notes) or None,
     )
-
-
-def _hit_failures(path: Path) -> int:
-    import h5py
-
-    with h5py.File(path, "r") as handle:
-        return int(np.count_nonzero(~handle["ok"][:].astype(bool)))
 
 
 def run_extract(config: ExtractConfig, console=None) -> list[ExtractSummary]:
@@ -283,7 +209,7 @@ def run_extract(config: ExtractConfig, console=None) -> list[ExtractSummary]:
         started = time.perf_counter()
         if store.check_cache(job.path, job.attrs, n_rows, force=config.force):
             job.seconds = time.perf_counter() - started
-            job.summary = _summary(job, "hit", n_rows, _hit_failures(job.path))
+            job.summary = _summary(job, "hit", n_rows, store.count_failures(job.path))
             console.print(f"[green]{job.spec.name}[/]: cache hit, {job.path} is up to date (nothing to do).")
         else:
             pending.append(job)
@@ -299,8 +225,8 @@ def run_extract(config: ExtractConfig, console=None) -> list[ExtractSummary]:
 
 def _run_group(group, config, size, resize_mode, paths, ids, labels, classes, split, patient_id, console) -> None:
     """Open every writer of the group, build its models, then stream one shared decode through all of them."""
-    from featx.extract import backbones
     from featx.data import images
+    from featx.extract import backbones
 
     versions = _versions()
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -332,7 +258,7 @@ def _run_group(group, config, size, resize_mode, paths, ids, labels, classes, sp
 
         start = min(job.writer.n_done for job in group)
         n_total = len(ids)
-        with _progress(console) as progress:
+        with progress_bar(console, unit="img") as progress:
             tasks = {
                 id(job): progress.add_task(job.spec.name, total=n_total, completed=job.writer.n_done) for job in group
             }
@@ -379,9 +305,9 @@ def _run_group(group, config, size, resize_mode, paths, ids, labels, classes, sp
 
 
 def print_summary(summaries: Sequence[ExtractSummary], console) -> None:
-    from rich.table import Table
-
+    """The summary table, each cache's path, and the random-weights banner when any backbone was random."""
     from rich import box
+    from rich.table import Table
 
     table = Table(title="featx extract", box=box.SIMPLE_HEAD, pad_edge=False)
     for column, justify in (
