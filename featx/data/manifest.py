@@ -26,7 +26,7 @@ import numpy as np
 
 from featx.data.holdout import holdout_patients
 from featx.errors import ManifestError, closest, one_of_message
-from featx.files import file_sha256, is_ignored, walk_files
+from featx.files import atomic_write, file_sha256, is_ignored, walk_files
 from featx.progress import track
 
 COLUMNS = ("path", "label", "split", "patient_id", "sha256")
@@ -222,11 +222,19 @@ def write_manifest(rows: Iterable[Mapping], path) -> Path:
             label = LABEL_SEPARATOR.join(label)
         fields = [str(row["path"]), label, row["split"], str(row["patient_id"])]
         writer.writerow(fields + [row.get("sha256") or ""] if with_sha else fields)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(buffer.getvalue().encode("utf-8"))
-    os.replace(partial, path)
+    data = buffer.getvalue().encode("utf-8")
+    atomic_write(path, lambda f: f.write(data))
     return path
+
+
+def read_path_column(path) -> list[str]:
+    """The non-empty `path` values of a CSV whose other columns may be anything (predict's input lists)."""
+    path = Path(path)
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or "path" not in reader.fieldnames:
+            raise ManifestError(f"Manifest '{path}' has no 'path' column; its columns are {reader.fieldnames}.")
+        return [row["path"] for row in reader if row.get("path")]
 
 
 def _normalised_relative(rel_path: str) -> str | None:

@@ -11,7 +11,6 @@ the same bytes.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -20,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from featx.errors import FeatxError
+from featx.data.manifest import read_manifest, write_manifest
+from featx.errors import FeatxError, ManifestError
 
 CLASSES = ("normal", "opacity")
 PARAMS_FILE = "phantoms.json"
@@ -254,11 +254,10 @@ def existing_phantoms(dest: Path | str, params: PhantomParams) -> Path | None:
     try:
         if json.loads(recorded.read_text()) != params.to_json():
             return None
-        with manifest.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except (OSError, ValueError):
+        paths = read_manifest(manifest).paths
+    except (OSError, ValueError, ManifestError):
         return None
-    if not rows or not all((dest / row["path"]).is_file() for row in rows):
+    if not paths or not all((dest / path).is_file() for path in paths):
         return None
     return manifest
 
@@ -269,11 +268,14 @@ def _remove_previous_phantoms(dest: Path) -> None:
     if not recorded.is_file():
         return
     if manifest.is_file():
-        with manifest.open(newline="") as handle:
-            for row in csv.DictReader(handle):
-                path = (dest / row.get("path", "")).resolve()
-                if path.suffix == ".png" and dest.resolve() in path.parents:
-                    path.unlink(missing_ok=True)
+        try:
+            listed = read_manifest(manifest).paths
+        except ManifestError:
+            listed = ()
+        for rel in listed:
+            path = (dest / rel).resolve()
+            if path.suffix == ".png" and dest.resolve() in path.parents:
+                path.unlink(missing_ok=True)
     recorded.unlink()  # the folder counts as incomplete until the new generation ends
 
 
@@ -331,10 +333,6 @@ def generate_phantoms(
                 }
             )
 
-    manifest = dest / MANIFEST_FILE
-    with manifest.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["path", "label", "split", "patient_id", "sha256"], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    manifest = write_manifest(rows, dest / MANIFEST_FILE)
     (dest / PARAMS_FILE).write_text(json.dumps(params.to_json(), indent=2) + "\n")
     return manifest

@@ -20,6 +20,7 @@ import numpy as np
 
 from featx.errors import ResultsError
 from featx.extract.backbones import RANDOM_BANNER
+from featx.files import atomic_write
 from featx.results.records import load_runs
 
 ALPHA = 0.05
@@ -370,8 +371,9 @@ def write_leaderboard(results_dir, runs=None) -> tuple[Path, Path]:
     rows = leaderboard_rows(runs)
     csv_path, md_path = results_dir / "leaderboard.csv", results_dir / "leaderboard.md"
     try:
-        csv_path.write_text(to_csv(rows), encoding="utf-8")
-        md_path.write_text(to_markdown(rows), encoding="utf-8")
+        for path, text in ((csv_path, to_csv(rows)), (md_path, to_markdown(rows))):
+            data = text.encode("utf-8")
+            atomic_write(path, lambda f, data=data: f.write(data))
     except OSError as error:
         raise ResultsError(
             f"Cannot write the leaderboard into '{results_dir}' ({error.strerror or error}); check its permissions."

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from featx.classify.scoring import class_probabilities
-from featx.errors import BackboneError, BundleError, FeatxError, ManifestError, WeightsError
+from featx.errors import BackboneError, BundleError, FeatxError, WeightsError
 from featx.extract.backbones import RANDOM_BANNER
 from featx.files import walk_files
 from featx.results.records import load_bundle
@@ -98,14 +98,10 @@ def rebuild_backbone(bundle: dict, bundle_path):
 
 
 def _manifest_paths(csv_path: Path, data_root) -> list[Path]:
-    from featx.data.manifest import resolve_path
+    from featx.data.manifest import read_path_column, resolve_path
 
     root = Path(data_root) if data_root is not None else csv_path.parent
-    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or "path" not in reader.fieldnames:
-            raise ManifestError(f"Manifest '{csv_path}' has no 'path' column; its columns are {reader.fieldnames}.")
-        return [resolve_path(root, row["path"]) for row in reader if row.get("path")]
+    return [resolve_path(root, rel) for rel in read_path_column(csv_path)]
 
 
 def collect_inputs(inputs, data_root=None) -> list[Path]:

@@ -15,7 +15,6 @@ import html
 import io
 import json
 import math
-import os
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import numpy as np
 from featx import __version__
 from featx.errors import CacheError
 from featx.extract import store
+from featx.files import atomic_write
 from featx.extract.backbones import RANDOM_BANNER
 from featx.results import records
 from featx.results.leaderboard import leaderboard_rows
@@ -633,10 +633,8 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
         f"<title>featx report — {_e(results_dir.name)}</title><style>{CSS}</style></head><body>"
         + "\n".join(body) + "</body></html>\n"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + f".{os.getpid()}.partial")
-    partial.write_text(document, encoding="utf-8")
-    partial.replace(out)
+    data = document.encode("utf-8")
+    atomic_write(out, lambda f: f.write(data))
     return out
 
 
