@@ -1,6 +1,9 @@
-"""classifiers.py: the registry, the early-stopping XGBoost wrapper, the Keras DenseHead, make_search."""
+"""classify/registry.py and classify/estimators.py: the registry, make_search, the early-stopping XGBoost wrapper,
+the Keras DenseHead."""
 
 from __future__ import annotations
+
+import shutil
 
 import joblib
 import numpy as np
@@ -8,9 +11,11 @@ import pytest
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, ParameterGrid
 
-from featx.classify import registry as classifiers
 from featx.classify import evaluate
-from featx.classify.registry import CLASSIFIERS, DenseHead, EarlyStoppingXGB, build_classifier, get_classifier, make_search
+from featx.classify import registry as classifiers
+from featx.classify.estimators import DenseHead, EarlyStoppingXGB
+from featx.classify.registry import CLASSIFIERS, build_classifier, get_classifier, make_search
+from featx.classify.scoring import AUCScorer
 from featx.errors import ClassifyError
 
 
@@ -35,7 +40,7 @@ def _embeddings(n_patients=80, rows=3, dim=24, signal=1.2, n_classes=2, seed=0, 
 def _search_auc(name, task, X, y, groups, n_classes):
     estimator, grid = build_classifier(name, task, n_classes, seed=0, quick=True)
     splits = evaluate.grouped_splits(y, groups, 3, seed=0)
-    search = make_search(name, estimator, grid, splits, evaluate.auc_scorer(task), n_jobs=1, seed=0)
+    search = make_search(name, estimator, grid, splits, AUCScorer(task), n_jobs=1, seed=0)
     search.fit(X, y)
     return search
 
@@ -82,7 +87,7 @@ def test_make_search_strategy_follows_the_registry_and_quick_grids_stay_exhausti
     small_splits = evaluate.grouped_splits(y, groups, 3, 0)
     for name, spec in CLASSIFIERS.items():
         estimator, grid = build_classifier(name, "binary", 2)
-        search = make_search(name, estimator, grid, big_splits, evaluate.auc_scorer("binary"))
+        search = make_search(name, estimator, grid, big_splits, AUCScorer("binary"))
         expected = "HalvingGridSearchCV" if spec.search == "halving" else "GridSearchCV"
         assert type(search).__name__ == expected
         assert classifiers.search_strategy(name, grid, n_rows) == spec.search
@@ -159,16 +164,60 @@ def test_xgboost_balanced_weight_is_resolved_at_fit_time(tmp_path):
         EarlyStoppingXGB(scale_pos_weight="even").fit(X, y)
 
 
-def test_xgboost_device_is_cpu_without_a_cuda_build(monkeypatch):
+class _ProbeBooster:
+    def __init__(self, config: str):
+        self._config = config
+
+    def save_config(self) -> str:
+        return self._config
+
+
+@pytest.mark.parametrize(
+    "cuda_build, probe, expected",
+    [
+        (True, "works", "cuda"),
+        (False, "works", "cpu"),  # a CPU-only xgboost build is never probed
+        (True, "raises", "cpu"),
+        (True, "warns", "cpu"),  # xgboost fell back to the CPU and said so
+        (True, "ran on cpu", "cpu"),  # the booster's own config does not name cuda
+    ],
+)
+def test_xgboost_device_is_cuda_only_when_a_cuda_build_answers_the_probe(monkeypatch, cuda_build, probe, expected):
+    """A machine with a GPU driver, faked: the answer turns on the build flag and the one-round probe alone."""
+    import warnings
+
     import xgboost
 
+    probes = []
+
+    def train(params, dtrain, num_boost_round):
+        probes.append(params["device"])
+        if probe == "raises":
+            raise xgboost.core.XGBoostError("no CUDA-capable device is detected")
+        if probe == "warns":
+            warnings.warn("No visible GPU is found, setting device to CPU.", UserWarning, stacklevel=1)
+        device = '"cpu"' if probe == "ran on cpu" else '"cuda:0"'
+        return _ProbeBooster('{"learner": {"generic_param": {"device": ' + device + "}}}")
+
+    monkeypatch.setattr(xgboost, "build_info", lambda: {"USE_CUDA": cuda_build})
+    monkeypatch.setattr(xgboost, "train", train)
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
     classifiers.xgboost_device.cache_clear()
-    monkeypatch.setattr(xgboost, "build_info", lambda: {"USE_CUDA": False})
     try:
-        assert classifiers.xgboost_device() == "cpu"
+        assert classifiers.xgboost_device() == expected
+        assert probes == (["cuda"] if cuda_build else [])
     finally:
         classifiers.xgboost_device.cache_clear()
-    assert classifiers.xgboost_device() in ("cpu", "cuda")
+
+
+def test_bundles_pickled_under_the_registry_path_still_load():
+    """Joblib bundles name an estimator by class path; the classes lived in registry.py until they moved."""
+    import io
+    import pickle
+
+    unpickler = pickle.Unpickler(io.BytesIO())
+    assert unpickler.find_class("featx.classify.registry", "DenseHead") is DenseHead
+    assert unpickler.find_class("featx.classify.registry", "EarlyStoppingXGB") is EarlyStoppingXGB
 
 
 # ---------------------------------------------------------------- DenseHead

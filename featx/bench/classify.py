@@ -58,8 +58,9 @@ def bench_classify_command(classifiers, n_train, n_test, dim, n_jobs, console, c
     from rich.table import Table
     from sklearn.base import clone
 
+    from featx.classify.evaluate import auc, grouped_splits
     from featx.classify.registry import build_classifier, get_classifier, grid_size, make_search, search_strategy
-    from featx.classify.evaluate import auc, auc_scorer, grouped_splits
+    from featx.classify.scoring import AUCScorer
 
     specs = [get_classifier(name) for name in classifiers]  # unknown names fail before any work
     X, y, groups, X_test, y_test = synthetic_embeddings(n_train, n_test, dim, seed=seed)
@@ -68,7 +69,7 @@ def bench_classify_command(classifiers, n_train, n_test, dim, n_jobs, console, c
         f"{len(y_test)} test rows, {cv}-fold patient-grouped CV, n_jobs={n_jobs}, {os.cpu_count()} cores"
     )
     splits = grouped_splits(y, groups, cv, seed)
-    scorer = auc_scorer("binary")
+    scorer = AUCScorer("binary")  # the scorer featx classify searches with
     rows = []
     for spec in specs:
         estimator, grid = build_classifier(spec.name, "binary", 2, seed=seed, n_jobs=1)
