@@ -113,21 +113,6 @@ def auc(task: str, y_true, score) -> float:
     return auc_details(task, y_true, score)["value"]
 
 
-def auc_scorer(task: str):
-    """A scikit-learn scorer computing `auc(task, ...)` from predict_proba, for the CV search."""
-    from sklearn.metrics import make_scorer
-
-    _check_task(task)
-
-    def _score(y_true, proba):
-        return auc(task, y_true, proba)
-
-    return make_scorer(_score, response_method="predict_proba")
-
-
-# ---------------------------------------------------------------- splits
-
-
 def _stratification_proxy(y: np.ndarray) -> np.ndarray:
     """1-D labels to stratify on: the class, or for multilabel the row's rarest positive label (-1 for none)."""
     if y.ndim == 1:

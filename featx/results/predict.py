@@ -160,7 +160,7 @@ def predict_paths(bundle_path, inputs, data_root=None, batch_size=32, progress=N
     bundle_path = Path(bundle_path)
     bundle = load_bundle(bundle_path)
     paths = collect_inputs([str(i) for i in inputs], data_root)
-    from featx.extract.stage import forward_step  # the very forward pass stage one used, so embeddings match
+    from featx.extract.forward import forward_step  # the very forward pass stage one used, so embeddings match
 
     model = rebuild_backbone(bundle, bundle_path)
     pooling = bundle["pooling"]
