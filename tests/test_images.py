@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import struct
 import threading
-import time
 import zlib
 
 import numpy as np
@@ -295,27 +294,93 @@ def test_iter_batches_start_at_the_end_yields_nothing(numbered):
     assert list(images.iter_batches(numbered, 6, "stretch", batch_size=3, start=len(numbered))) == []
 
 
-def test_iter_batches_decodes_only_prefetch_batches_ahead(tmp_path, monkeypatch):
-    path = _save(np.zeros((8, 8, 3)), tmp_path / "a.png")
-    calls = []
-    lock = threading.Lock()
-    real = images.load_image
+GATE_TIMEOUT = 10  # seconds; only ever waited out when a test is failing
 
-    def counting(*args, **kwargs):
-        with lock:
-            calls.append(1)
-        return real(*args, **kwargs)
 
-    monkeypatch.setattr(images, "load_image", counting)
-    batches = images.iter_batches([path] * 200, (4, 4), "stretch", batch_size=2, workers=2, prefetch=1)
-    first = next(batches)
-    time.sleep(0.3)  # ample time for the pool to run ahead if it were unbounded
-    assert first.start == 0
-    assert len(calls) <= 2 * 2  # the batch held plus one prefetched
-    second = next(batches)
-    time.sleep(0.1)
-    assert second.start == 2 and len(calls) <= 3 * 2
-    batches.close()
+class _GatedDecoder:
+    """Stands in for images.load_image: the file named <i> decodes to the value i, once the test opens row i."""
+
+    def __init__(self, n_rows: int):
+        self.gates = [threading.Event() for _ in range(n_rows)]
+        self.started = [threading.Event() for _ in range(n_rows)]
+        self.finished = [threading.Event() for _ in range(n_rows)]
+
+    def __call__(self, path, size, resize_mode="stretch"):
+        row = int(path.stem)
+        self.started[row].set()
+        if not self.gates[row].wait(GATE_TIMEOUT):
+            raise AssertionError(f"row {row} was never opened")
+        self.finished[row].set()
+        return np.full((*size, 3), row, dtype=np.uint8)
+
+    def open(self, *rows):
+        for row in rows or range(len(self.gates)):
+            self.gates[row].set()
+
+    def wait_started(self, *rows) -> bool:
+        return all(self.started[row].wait(GATE_TIMEOUT) for row in rows)
+
+    def wait_finished(self, *rows) -> bool:
+        return all(self.finished[row].wait(GATE_TIMEOUT) for row in rows)
+
+    def started_rows(self) -> set[int]:
+        return {row for row, event in enumerate(self.started) if event.is_set()}
+
+
+@pytest.fixture
+def gated(tmp_path, monkeypatch):
+    """Twelve rows whose decoding the test releases row by row (no file is read)."""
+    decoder = _GatedDecoder(12)
+    monkeypatch.setattr(images, "load_image", decoder)
+    return [tmp_path / f"{row}.png" for row in range(12)], decoder
+
+
+def test_iter_batches_yields_in_row_order_when_later_rows_finish_first(gated):
+    paths, decoder = gated
+    batches = images.iter_batches(paths[:6], (4, 4), "stretch", batch_size=2, workers=6, prefetch=2)
+    got = []
+    consumer = threading.Thread(target=lambda: got.extend(batches))
+    consumer.start()
+    try:
+        decoder.open(4, 5)
+        assert decoder.wait_finished(4, 5)  # the last batch is decoded first ...
+        decoder.open(2, 3)
+        assert decoder.wait_finished(2, 3)
+        assert got == []  # ... yet nothing is yielded before row 0 is ready
+        decoder.open(0, 1)
+    finally:
+        decoder.open()
+        consumer.join(GATE_TIMEOUT)
+    assert not consumer.is_alive()
+    assert [b.start for b in got] == [0, 2, 4]
+    assert [b.images[:, 0, 0, 0].tolist() for b in got] == [[0, 1], [2, 3], [4, 5]]
+
+
+def test_iter_batches_decodes_only_prefetch_batches_ahead(gated, monkeypatch):
+    """Decode work is handed out only inside next(): the batch held plus `prefetch` more, however many workers."""
+    paths, decoder = gated
+    handed_out = []
+
+    class RecordingPool(images.ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):
+            handed_out.append(fn)
+            return super().submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(images, "ThreadPoolExecutor", RecordingPool)
+    batches = images.iter_batches(paths, (4, 4), "stretch", batch_size=2, workers=8, prefetch=1)
+    try:
+        decoder.open(0, 1)
+        first = next(batches)
+        assert first.start == 0 and decoder.wait_started(2, 3)  # batch 1 is decoding while the caller holds 0
+        assert len(handed_out) == 4 and decoder.started_rows() == {0, 1, 2, 3}  # 8 workers, but no batch 2 yet
+        decoder.open(2, 3)
+        second = next(batches)
+        assert second.start == 2 and decoder.wait_started(4, 5)
+        assert len(handed_out) == 6 and decoder.started_rows() == set(range(6))
+    finally:
+        decoder.open()
+        batches.close()
+    assert len(handed_out) == 6 and decoder.started_rows() == set(range(6))  # closing starts nothing new
 
 
 @pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"start": 99}, {"size": (0, 4)}])

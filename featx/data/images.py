@@ -39,6 +39,7 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 def check_resize_mode(resize_mode: str) -> str:
+    """The resize mode unchanged; FeatxError with the one-of sentence when it is not in RESIZE_MODES."""
     if resize_mode not in RESIZE_MODES:
         raise FeatxError(one_of_message("resize_mode", resize_mode, RESIZE_MODES))
     return resize_mode
@@ -187,6 +188,8 @@ def load_image(path, size, resize_mode: str = "stretch") -> np.ndarray:
 
 @dataclass
 class Batch:
+    """One batch of decoded rows as iter_batches yields it."""
+
     start: int  # index of the first row in the full path list
     images: np.ndarray  # (b, h, w, 3) float32 in 0..255, raw RGB, zeros where not ok
     ok: np.ndarray  # (b,) bool
