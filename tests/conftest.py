@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -29,3 +31,20 @@ def _isolated_keras_home(tmp_path_factory, monkeypatch):
     home.mkdir(exist_ok=True)
     monkeypatch.setenv("KERAS_HOME", str(home))
     return home
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No network: every URL opened fails the way a failed DNS lookup does, and is counted.
+
+    Keras's get_file downloads with urllib.request.urlretrieve, which opens the URL through
+    urllib.request.urlopen; everything above that (Keras's cache lookup, hash check, clean-up) runs for real.
+    """
+    attempts = []
+
+    def refuse(url, *args, **kwargs):
+        attempts.append(getattr(url, "full_url", url))
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    return attempts

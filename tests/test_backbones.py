@@ -50,23 +50,6 @@ def _raw_images(n, size, seed=0):
     return np.random.default_rng(seed).uniform(0, 255, (n, size, size, 3)).astype(np.float32)
 
 
-@pytest.fixture
-def offline(monkeypatch):
-    """No network: every URL opened fails the way a failed DNS lookup does, and is counted.
-
-    Keras's get_file downloads with urllib.request.urlretrieve, which opens the URL through
-    urllib.request.urlopen; everything above that (Keras's cache lookup, hash check, clean-up) runs for real.
-    """
-    attempts = []
-
-    def refuse(url, *args, **kwargs):
-        attempts.append(getattr(url, "full_url", url))
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    return attempts
-
-
 # ------------------------------------------------------------------ the registry
 
 

@@ -52,14 +52,9 @@ def test_quick_shrinks_only_what_was_left_at_its_default():
     assert effective_config(DemoConfig()).backbones == ("mobilenetv3small", "resnet50")
 
 
-def test_imagenet_weights_that_cannot_be_had_stop_the_demo_with_one_sentence(tmp_path, capsys, monkeypatch):
-    from keras.src.utils import file_utils
-
-    def offline(*args, **kwargs):
-        raise OSError("network is unreachable")
-
-    monkeypatch.setattr(file_utils, "get_file", offline)
+def test_imagenet_weights_that_cannot_be_had_stop_the_demo_with_one_sentence(tmp_path, capsys, offline):
     code = main(["demo", "--workdir", str(tmp_path), "--weights", "imagenet", "--backbones", "mobilenetv3small",
                  "--patients", "8", "--image-size", "32", "--classifiers", "logreg"])
     err = capsys.readouterr().err
     assert code == 2 and "ImageNet weights" in err and "--weights random" in err and "Traceback" not in err
+    assert len(offline) == 1  # one download was tried, and refused

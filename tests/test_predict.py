@@ -119,7 +119,7 @@ def test_missing_and_foreign_bundles_are_bundle_errors(tmp_path, capsys, trained
     assert "not a featx model bundle" in err and "Traceback" not in err
 
 
-def test_weights_that_cannot_be_had_are_refused_with_the_reason(trained, tmp_path, monkeypatch):
+def test_weights_that_cannot_be_had_are_refused_with_the_reason(trained, tmp_path, monkeypatch, offline):
     data, _, bundle, _ = trained
     image = [str(sorted(data.rglob("*.png"))[0])]
     # the tiny backbone has no ImageNet weights
@@ -136,16 +136,11 @@ def test_weights_that_cannot_be_had_are_refused_with_the_reason(trained, tmp_pat
     with pytest.raises(BundleError, match="records no seed"):
         predict_paths(_altered_bundle(bundle, tmp_path, weights_seed=-1), image)
     # ImageNet weights that are neither cached nor downloadable (the network is faked away)
-    from keras.src.utils import file_utils
-
-    def offline(*args, **kwargs):
-        raise OSError("network is unreachable")
-
-    monkeypatch.setattr(file_utils, "get_file", offline)
     imagenet = _altered_bundle(bundle, tmp_path, backbone="mobilenetv3small", preprocess="none", weights="imagenet",
                                weights_seed=-1)
     with pytest.raises(BundleError, match="cannot be rebuilt identically.*--weights random|not in"):
         predict_paths(imagenet, image)
+    assert len(offline) == 1  # the download was tried once, and refused
 
 
 def test_bad_inputs_are_one_sentence(trained, tmp_path):
@@ -159,3 +154,27 @@ def test_bad_inputs_are_one_sentence(trained, tmp_path):
     escaping.write_text("path\n../../etc/passwd\n")
     with pytest.raises(FeatxError, match="escapes the data root"):
         predict_paths(bundle, [escaping])
+
+
+def test_a_bundle_written_before_the_layout_by_stage_still_loads(tmp_path, monkeypatch):
+    """Bundles of featx <= 0.1 pickled EarlyStoppingXGB / DenseHead as featx.classifiers.<Class>."""
+    import sys
+
+    import joblib
+    import numpy as np
+    from sklearn.datasets import make_classification
+
+    from featx.classify import estimators
+
+    X, y = make_classification(n_samples=60, n_features=4, random_state=0)
+    model = estimators.EarlyStoppingXGB(n_estimators=5).fit(X, y)
+    with monkeypatch.context() as patch:  # pickle it under the old module path, as the old layout did
+        patch.setattr(estimators.EarlyStoppingXGB, "__module__", "featx.classifiers")
+        patch.setitem(sys.modules, "featx.classifiers", estimators)
+        path = tmp_path / "old.joblib"
+        joblib.dump({"format": 1, "run_id": "r", "estimator": model, "task": "binary", "classes": ["a", "b"],
+                     "threshold": 0.5, "backbone": "tiny", "pooling": "avg", "weights": "random", "weights_seed": 0,
+                     "image_size": [32, 32], "resize_mode": "stretch"}, path)
+    monkeypatch.delitem(sys.modules, "featx.classifiers", raising=False)
+    bundle = load_bundle(path)
+    assert np.allclose(bundle["estimator"].predict_proba(X), model.predict_proba(X))

@@ -27,9 +27,9 @@ import numpy as np
 # Used by the builders below; importing them here also keeps featx.classify.registry.<Class> resolvable
 # for joblib bundles pickled while the two classes lived in this module.
 from featx.classify.estimators import DenseHead, EarlyStoppingXGB
+from featx.classify.evaluate import TASKS
 from featx.errors import ClassifyError, one_of_message
 
-TASKS = ("binary", "multiclass", "multilabel")
 SEARCHES = ("grid", "halving")
 
 

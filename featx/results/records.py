@@ -44,6 +44,8 @@ BUNDLE_REQUIRED_KEYS = (
     "resize_mode",
 )
 CV_RESULT_KEYS = ("params", "mean_test_score", "std_test_score", "rank_test_score", "mean_fit_time", "iter", "n_resources")
+# Bundles pickle their estimator by class path; where a class moved, the old path still loads.
+LEGACY_MODULES = {"featx.classifiers": "featx.classify.estimators"}
 CLASSIFY_HINT = "run `featx classify --features features --out {results}` first (or `featx demo` for the offline demo)"
 
 
@@ -245,6 +247,16 @@ def load_runs(results_dir) -> list[dict]:
     return runs
 
 
+def _alias_legacy_modules() -> None:
+    """Let bundles written before the layout by stage find their estimator classes at the new module paths."""
+    import importlib
+    import sys
+
+    for old, new in LEGACY_MODULES.items():
+        if old not in sys.modules:
+            sys.modules[old] = importlib.import_module(new)
+
+
 def load_bundle(path) -> dict:
     """A model bundle, checked to be a featx bundle of a known format.
 
@@ -272,6 +284,7 @@ def load_bundle(path) -> dict:
         )
     import joblib
 
+    _alias_legacy_modules()
     try:
         loaded = joblib.load(path)
     except Exception as error:  # pickle raises anything for a foreign file
