@@ -16,6 +16,7 @@ from pathlib import Path
 from featx import __version__
 from featx.errors import FeatxError
 
+
 def _csv_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 

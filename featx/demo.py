@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from featx.data.synthetic import PhantomParams, existing_phantoms, generate_phantoms
 from featx.errors import CacheError, FeatxError, LockError
 from featx.extract.backbones import RANDOM_BANNER
-from featx.data.synthetic import PhantomParams, existing_phantoms, generate_phantoms
 
 DEFAULT_BACKBONES = ("mobilenetv3small", "resnet50")
 DEFAULT_PATIENTS = 120
@@ -42,7 +42,9 @@ class DemoConfig:
 
 def effective_config(config: DemoConfig) -> DemoConfig:
     """--quick replaces the values still at their defaults with tiny ones; explicit values are kept."""
-    config = replace(config, workdir=Path(config.workdir), backbones=tuple(config.backbones), classifiers=tuple(config.classifiers))
+    config = replace(
+        config, workdir=Path(config.workdir), backbones=tuple(config.backbones), classifiers=tuple(config.classifiers)
+    )
     if not config.quick:
         return config
     return replace(
@@ -85,7 +87,9 @@ def prepare_data(config: DemoConfig, console) -> Path:
         )
     n_images = sum(1 for _ in manifest.open()) - 1
     seconds = time.perf_counter() - started
-    console.print(f"Generated {n_images} phantom images of {params.n_patients} patients in {seconds:.1f} s -> {manifest}")
+    console.print(
+        f"Generated {n_images} phantom images of {params.n_patients} patients in {seconds:.1f} s -> {manifest}"
+    )
     return manifest
 
 

@@ -7,7 +7,7 @@ traceback; anything else is an internal failure (exit code 1).
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from collections.abc import Iterable
 
 
 class FeatxError(Exception):

@@ -65,5 +65,12 @@ def check_writable_dir(folder: Path, error: type[FeatxError], what: str, fix: st
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".featx-write-test-"):
             pass
     except OSError as reason:
-        raise error(f"The {what} '{folder}' is not writable ({reason.strerror or type(reason).__name__}); {fix}.") from None
+        raise error(
+            f"The {what} '{folder}' is not writable ({reason.strerror or type(reason).__name__}); {fix}."
+        ) from None
     return folder
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write bytes atomically (see atomic_write)."""
+    atomic_write(path, lambda f: f.write(data))

@@ -44,7 +44,9 @@ def progress_bar(console: Console | None, unit: str = "img", transient: bool = F
     )
 
 
-def track(items: Iterable[T], total: int, description: str, console: Console | None, unit: str = "files") -> Iterator[T]:
+def track(
+    items: Iterable[T], total: int, description: str, console: Console | None, unit: str = "files"
+) -> Iterator[T]:
     """Yield the items while a transient bar counts them."""
     with progress_bar(console, unit=unit, transient=True) as bar:
         task = bar.add_task(description, total=total)

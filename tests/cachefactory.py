@@ -7,9 +7,9 @@ backbone would be slow and would hide what the test is about.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
 
 import h5py
 import numpy as np
@@ -165,6 +165,13 @@ def write_signal_cache(
     for i, pooling in enumerate(poolings):
         X[pooling] = data["X"] if i == 0 else data["X"] + rng.normal(scale=0.3, size=data["X"].shape)
     return write_cache(
-        path, X, data["y"], data["classes"], data["split"], data["patient_id"], weights=weights, backbone=backbone,
+        path,
+        X,
+        data["y"],
+        data["classes"],
+        data["split"],
+        data["patient_id"],
+        weights=weights,
+        backbone=backbone,
         **(attrs or {}),
     )

@@ -18,12 +18,14 @@ def write_png(path: Path, rng: np.random.Generator, size: int = 32) -> None:
 
 def bomb_png(path: Path, width: int = 20_000, height: int = 20_000) -> None:
     """A valid PNG header announcing width x height pixels (4e8 > featx's limit) with almost no data."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 BAD_FILES = {
@@ -34,8 +36,9 @@ BAD_FILES = {
 }
 
 
-def make_tree(root: Path, n: int = 24, size: int = 32, seed: int = 0, bad: bool = False,
-              manifest_name: str = "manifest.csv") -> Path:
+def make_tree(
+    root: Path, n: int = 24, size: int = 32, seed: int = 0, bad: bool = False, manifest_name: str = "manifest.csv"
+) -> Path:
     """n small grayscale PNGs under root/images (two classes, 2 images per patient, last 4 rows test) + manifest.
 
     With bad=True the manifest also lists a zero-byte file, a text file, a truncated JPEG
@@ -48,8 +51,9 @@ def make_tree(root: Path, n: int = 24, size: int = 32, seed: int = 0, bad: bool 
     for index in range(n):
         rel = f"images/img_{index:04d}.png"
         write_png(root / rel, rng, size)
-        rows.append([rel, ("NORMAL", "PNEUMONIA")[index % 2], "test" if index >= n - 4 else "train",
-                     f"patient{index // 2:04d}"])
+        rows.append(
+            [rel, ("NORMAL", "PNEUMONIA")[index % 2], "test" if index >= n - 4 else "train", f"patient{index // 2:04d}"]
+        )
     if bad:
         (root / "bad").mkdir(exist_ok=True)
         for offset, (rel, make) in enumerate(BAD_FILES.items()):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -19,14 +17,31 @@ keras = pytest.importorskip("keras")
 from keras.applications import imagenet_utils  # noqa: E402
 
 REQUIRED = (
-    "vgg16", "resnet50", "densenet121", "xception", "efficientnetv2s", "inceptionv3", "mobilenetv2",
-    "mobilenetv3small", "efficientnetb7", "resnet101v2", "inceptionresnetv2", "tiny",
+    "vgg16",
+    "resnet50",
+    "densenet121",
+    "xception",
+    "efficientnetv2s",
+    "inceptionv3",
+    "mobilenetv2",
+    "mobilenetv3small",
+    "efficientnetb7",
+    "resnet101v2",
+    "inceptionresnetv2",
+    "tiny",
 )
 # Each backbone's own Keras module: its preprocess_input is what the registry's mode must reproduce.
 KERAS_MODULES = {
-    "vgg16": "vgg16", "resnet50": "resnet50", "resnet101v2": "resnet_v2", "densenet121": "densenet",
-    "xception": "xception", "inceptionv3": "inception_v3", "inceptionresnetv2": "inception_resnet_v2",
-    "mobilenetv2": "mobilenet_v2", "mobilenetv3small": "mobilenet_v3", "efficientnetb7": "efficientnet",
+    "vgg16": "vgg16",
+    "resnet50": "resnet50",
+    "resnet101v2": "resnet_v2",
+    "densenet121": "densenet",
+    "xception": "xception",
+    "inceptionv3": "inception_v3",
+    "inceptionresnetv2": "inception_resnet_v2",
+    "mobilenetv2": "mobilenet_v2",
+    "mobilenetv3small": "mobilenet_v3",
+    "efficientnetb7": "efficientnet",
     "efficientnetv2s": "efficientnet_v2",
 }
 FAST = ("tiny", "mobilenetv3small")
@@ -82,7 +97,9 @@ def test_widths_follow_the_published_shapes():
 
 
 def test_unknown_backbone_lists_names_and_closest_match():
-    expected = r"'backbone' parameter must be one of \[.*'vgg16'.*'tiny'\]\. Got 'resnet5' instead; did you mean 'resnet50'\?"
+    expected = (
+        r"'backbone' parameter must be one of \[.*'vgg16'.*'tiny'\]\. Got 'resnet5' instead; did you mean 'resnet50'\?"
+    )
     with pytest.raises(BackboneError, match=expected):
         backbones.get_backbone("resnet5")
 

@@ -51,7 +51,9 @@ def _search_auc(name, task, X, y, groups, n_classes):
 def test_registry_names_and_unknown_classifier_sentence():
     assert {"logreg", "xgboost", "dense"} <= set(CLASSIFIERS)
     assert all(spec.search in classifiers.SEARCHES for spec in CLASSIFIERS.values())
-    with pytest.raises(ClassifyError, match=r"'classifier' parameter must be one of .*'xgbost'.*did you mean 'xgboost'"):
+    with pytest.raises(
+        ClassifyError, match=r"'classifier' parameter must be one of .*'xgbost'.*did you mean 'xgboost'"
+    ):
         get_classifier("xgbost")
     with pytest.raises(ClassifyError, match="'task' parameter"):
         build_classifier("logreg", "regression", 2)
@@ -83,7 +85,7 @@ def test_make_search_strategy_follows_the_registry_and_quick_grids_stay_exhausti
     n_rows = classifiers.HALVING_MIN_ROWS
     rows = np.arange(n_rows)
     big_splits = [(np.setdiff1d(rows, part), part) for part in np.array_split(rows, 5)]
-    X, y, groups = _embeddings(n_patients=30)
+    _X, y, groups = _embeddings(n_patients=30)
     small_splits = evaluate.grouped_splits(y, groups, 3, 0)
     for name, spec in CLASSIFIERS.items():
         estimator, grid = build_classifier(name, "binary", 2)
@@ -101,7 +103,7 @@ def test_make_search_strategy_follows_the_registry_and_quick_grids_stay_exhausti
 def test_parallel_search_gives_each_fit_one_thread():
     estimator, grid = build_classifier("xgboost", "binary", 2, n_jobs=2)
     assert estimator.n_jobs == 2
-    X, y, groups = _embeddings(n_patients=30)
+    _X, y, groups = _embeddings(n_patients=30)
     search = make_search("xgboost", estimator, grid, evaluate.grouped_splits(y, groups, 3, 0), "roc_auc", n_jobs=2)
     assert search.estimator.n_jobs == 1 and search.n_jobs == 2
 

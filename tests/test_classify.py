@@ -12,26 +12,66 @@ import h5py
 import joblib
 import numpy as np
 import pytest
+from cachefactory import signal_dataset, write_cache, write_signal_cache
 from rich.console import Console
 from sklearn.metrics import roc_auc_score
 
-from cachefactory import signal_dataset, write_cache, write_signal_cache
 from featx.classify import evaluate
 from featx.classify.scoring import predict_scores
 from featx.classify.stage import ClassifyConfig
-from featx.results.finish import classify_command, classify_runs
 from featx.cli import main
+from featx.results.finish import classify_command, classify_runs
 
-RUN_FIELDS = (
-    "run_id backbone pooling classifier task classes positive_class weights weights_seed random_weights "
-    "feature_file feature_sha256 manifest_sha256 image_size resize_mode config versions data grid cv_results "
-    "best_params cv_auc_mean cv_auc_std threshold test test_predictions timings created_utc"
-).split()
+RUN_FIELDS = [
+    "run_id",
+    "backbone",
+    "pooling",
+    "classifier",
+    "task",
+    "classes",
+    "positive_class",
+    "weights",
+    "weights_seed",
+    "random_weights",
+    "feature_file",
+    "feature_sha256",
+    "manifest_sha256",
+    "image_size",
+    "resize_mode",
+    "config",
+    "versions",
+    "data",
+    "grid",
+    "cv_results",
+    "best_params",
+    "cv_auc_mean",
+    "cv_auc_std",
+    "threshold",
+    "test",
+    "test_predictions",
+    "timings",
+    "created_utc",
+]
 VERSION_KEYS = {"featx", "python", "numpy", "scikit-learn", "xgboost", "tensorflow", "keras", "h5py"}
 BUNDLE_KEYS = {
-    "format", "featx_version", "run_id", "estimator", "task", "classes", "positive_class", "threshold", "backbone",
-    "pooling", "weights", "weights_seed", "weights_sha256", "image_size", "resize_mode", "preprocess",
-    "feature_sha256", "manifest_sha256",
+    "format",
+    "featx_version",
+    "run_id",
+    "estimator",
+    "task",
+    "classes",
+    "positive_class",
+    "threshold",
+    "backbone",
+    "pooling",
+    "weights",
+    "weights_seed",
+    "weights_sha256",
+    "image_size",
+    "resize_mode",
+    "preprocess",
+    "feature_sha256",
+    "manifest_sha256",
 }
 
 
@@ -41,8 +81,17 @@ def quiet_console() -> Console:
 
 def config_for(features, out, **overrides) -> ClassifyConfig:
     settings = dict(
-        features_dir=Path(features), out_dir=Path(out), backbones=None, classifiers=("logreg",), poolings=None,
-        cv=3, seed=0, n_jobs=1, threshold_rule="youden", val_as_test=False, quick=True,
+        features_dir=Path(features),
+        out_dir=Path(out),
+        backbones=None,
+        classifiers=("logreg",),
+        poolings=None,
+        cv=3,
+        seed=0,
+        n_jobs=1,
+        threshold_rule="youden",
+        val_as_test=False,
+        quick=True,
     )
     settings.update(overrides)
     return ClassifyConfig(**settings)
@@ -72,8 +121,13 @@ def binary_results(tmp_path_factory):
         patch.setattr(evaluate, "grouped_splits", spy)
         config = config_for(features, root / "results", classifiers=("logreg", "xgboost"))
         classify_command(config, console)
-    return {"root": root, "features": features, "results": root / "results", "calls": calls,
-            "console": console.file.getvalue()}
+    return {
+        "root": root,
+        "features": features,
+        "results": root / "results",
+        "calls": calls,
+        "console": console.file.getvalue(),
+    }
 
 
 def test_every_run_writes_json_and_bundle(binary_results):
@@ -95,8 +149,14 @@ def test_run_json_has_every_schema_field(binary_results):
     assert run["data"]["n_test"] == 60 and run["data"]["n_train"] + run["data"]["n_test"] == len(
         h5py.File(binary_results["features"] / "tiny.h5")["ids"]
     )
-    assert run["config"] == {"cv": 3, "seed": 0, "n_jobs": 1, "threshold_rule": "youden", "val_as_test": False,
-                             "quick": True}
+    assert run["config"] == {
+        "cv": 3,
+        "seed": 0,
+        "n_jobs": 1,
+        "threshold_rule": "youden",
+        "val_as_test": False,
+        "quick": True,
+    }
     best = run["cv_results"]["rank_test_score"].index(1)
     assert run["cv_auc_mean"] == pytest.approx(run["cv_results"]["mean_test_score"][best])
     assert run["cv_results"]["params"][best] == run["best_params"]
@@ -199,7 +259,9 @@ def test_val_rows_join_train_unless_val_as_test(tmp_path):
     write_cache(features / "tiny.h5", {"avg": data["X"]}, data["y"], data["classes"], data["split"], data["patient_id"])
     n_val = data["split"].count("val")
     merged = load_json(classify_runs(config_for(features, tmp_path / "merged"), quiet_console())[0])
-    separate = load_json(classify_runs(config_for(features, tmp_path / "separate", val_as_test=True), quiet_console())[0])
+    separate = load_json(
+        classify_runs(config_for(features, tmp_path / "separate", val_as_test=True), quiet_console())[0]
+    )
     assert merged["data"]["n_test"] == 30
     assert separate["data"]["n_test"] == 30 + n_val
     assert separate["data"]["n_train"] == merged["data"]["n_train"] - n_val
@@ -226,7 +288,9 @@ def test_failed_images_are_dropped_and_counted(tmp_path):
 def test_multiclass_cache_runs_end_to_end(tmp_path):
     features = tmp_path / "features"
     write_signal_cache(features / "tiny.h5", n_classes=3, n_train_patients=60, n_test=60, seed=6, separation=2.0)
-    paths = classify_runs(config_for(features, tmp_path / "results", classifiers=("logreg", "xgboost")), quiet_console())
+    paths = classify_runs(
+        config_for(features, tmp_path / "results", classifiers=("logreg", "xgboost")), quiet_console()
+    )
     for path in paths:
         run = load_json(path)
         assert run["task"] == "multiclass" and run["threshold"] is None and run["positive_class"] is None
@@ -306,8 +370,15 @@ def test_missing_features_folder(tmp_path, capsys):
 
 def test_incomplete_partial_cache(tmp_path, capsys):
     data = signal_dataset(n_train_patients=12, n_test=8, dim=4)
-    write_cache(tmp_path / "f" / "tiny.h5", {"avg": data["X"]}, data["y"], data["classes"], data["split"],
-                data["patient_id"], complete=False)
+    write_cache(
+        tmp_path / "f" / "tiny.h5",
+        {"avg": data["X"]},
+        data["y"],
+        data["classes"],
+        data["split"],
+        data["patient_id"],
+        complete=False,
+    )
     code, err = run_cli(capsys, "--features", tmp_path / "f", "--out", tmp_path / "results")
     assert code == 2
     assert_one_sentence(err, "tiny.h5.partial", "incomplete")
@@ -401,8 +472,15 @@ def test_validation_happens_before_any_fit(tmp_path, capsys):
     data = signal_dataset(n_train_patients=12, n_test=8, dim=4)
     X = data["X"].copy()
     X[0, 0] = np.nan
-    write_cache(tmp_path / "f" / "zbad.h5", {"avg": X}, data["y"], data["classes"], data["split"], data["patient_id"],
-                backbone="zbad")
+    write_cache(
+        tmp_path / "f" / "zbad.h5",
+        {"avg": X},
+        data["y"],
+        data["classes"],
+        data["split"],
+        data["patient_id"],
+        backbone="zbad",
+    )
     code, err = run_cli(capsys, "--features", tmp_path / "f", "--out", tmp_path / "results")
     assert code == 2 and "zbad.h5" in err
     assert not list((tmp_path / "results").glob("runs/*.json"))
@@ -449,17 +527,52 @@ def test_real_kermany_images_through_both_stages(tmp_path, kermany_train, capsys
     manifest = tmp_path / "kermany.csv"
     manifest.write_text("\n".join(lines) + "\n")
     features, results = tmp_path / "features", tmp_path / "results"
-    assert main(["extract", "--backbone", "tiny", "--weights", "random", "--manifest", str(manifest), "--data-root",
-                 str(kermany_train), "--out", str(features), "--image-size", "64"]) == 0
-    assert main(["classify", "--features", str(features), "--out", str(results), "--classifier", "logreg",
-                 "--quick", "--cv", "3"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--backbone",
+                "tiny",
+                "--weights",
+                "random",
+                "--manifest",
+                str(manifest),
+                "--data-root",
+                str(kermany_train),
+                "--out",
+                str(features),
+                "--image-size",
+                "64",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "classify",
+                "--features",
+                str(features),
+                "--out",
+                str(results),
+                "--classifier",
+                "logreg",
+                "--quick",
+                "--cv",
+                "3",
+            ]
+        )
+        == 0
+    )
     run = load_json(results / "runs" / "tiny__avg__logreg.json")
     assert run["data"]["test_source"] == "held_out_patients" and run["random_weights"] is True
     assert run["data"]["n_train"] + run["data"]["n_test"] == 300
     patient_of = {line.split(",")[0]: line.split(",")[3] for line in lines[1:]}
     test_patients = {patient_of[i] for i in run["test_predictions"]["ids"]}
     train_patients = set(patient_of.values()) - test_patients
-    assert len(test_patients) == run["data"]["n_test_patients"] and len(train_patients) == run["data"]["n_train_patients"]
+    assert (
+        len(test_patients) == run["data"]["n_test_patients"] and len(train_patients) == run["data"]["n_train_patients"]
+    )
     assert 0.0 <= run["test"]["auc"]["ci_low"] <= run["test"]["auc"]["value"] <= run["test"]["auc"]["ci_high"] <= 1.0
     assert "RANDOM-INIT WEIGHTS" in (results / "leaderboard.md").read_text()
 

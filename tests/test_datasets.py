@@ -25,8 +25,8 @@ from featx.data.datasets import (
     nih_manifest_command,
     nih_manifest_rows,
 )
-from featx.errors import FetchError, ManifestError
 from featx.data.manifest import read_manifest, write_manifest
+from featx.errors import FetchError, ManifestError
 
 KERMANY_FILES = {
     "train/NORMAL/IM-0001-0001.jpeg": "NORMAL",
@@ -95,7 +95,12 @@ def test_fetch_from_mendeley_style_zip(tmp_path):
     assert not list((tmp_path / "data").rglob("._*"))
     assert not list((tmp_path / "data").rglob("*.partial"))
     assert not (tmp_path / "data" / "OCT2017").exists()
-    assert summary.counts == {("train", "NORMAL"): 2, ("train", "PNEUMONIA"): 2, ("test", "NORMAL"): 1, ("test", "PNEUMONIA"): 1}
+    assert summary.counts == {
+        ("train", "NORMAL"): 2,
+        ("train", "PNEUMONIA"): 2,
+        ("test", "NORMAL"): 1,
+        ("test", "PNEUMONIA"): 1,
+    }
     assert summary.notes == ()
 
 
@@ -233,7 +238,8 @@ def test_fetch_with_kagglehub(tmp_path, monkeypatch, no_kaggle_credentials):
     assert summary.source == f"kagglehub:{KERMANY_KAGGLE_HANDLE}"
     assert summary.root_in_source == "chest_xray"
     assert sorted(p.relative_to(tmp_path / "data").as_posix() for p in (tmp_path / "data").rglob("*.jpeg")) == sorted(
-        KERMANY_FILES)
+        KERMANY_FILES
+    )
     assert (download / "chest_xray" / "train" / "NORMAL" / "IM-0001-0001.jpeg").is_file()  # the cache is left alone
 
 
@@ -285,7 +291,15 @@ def test_builtin_counts_match_shipped_manifest():
 
 # ---------------------------------------------------------------- NIH ChestX-ray14
 
-NIH_HEADER = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender", "View Position"]
+NIH_HEADER = [
+    "Image Index",
+    "Finding Labels",
+    "Follow-up #",
+    "Patient ID",
+    "Patient Age",
+    "Patient Gender",
+    "View Position",
+]
 NIH_ROWS = [
     ("00000001_000.png", "Cardiomegaly", "0", "1"),
     ("00000001_001.png", "Cardiomegaly|Emphysema", "1", "1"),
@@ -295,15 +309,28 @@ NIH_ROWS = [
 ]
 
 
-def _nih(tmp_path: Path, rows=NIH_ROWS, header=NIH_HEADER, train=("00000001_000.png", "00000001_001.png", "00000002_000.png"),
-         test=("00000003_000.png", "00000004_000.png"), images=None):
+def _nih(
+    tmp_path: Path,
+    rows=NIH_ROWS,
+    header=NIH_HEADER,
+    train=("00000001_000.png", "00000001_001.png", "00000002_000.png"),
+    test=("00000003_000.png", "00000004_000.png"),
+    images=None,
+):
     entries = tmp_path / "Data_Entry_2017.csv"
     with entries.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for name, labels, follow, patient in rows:
-            record = {"Image Index": name, "Finding Labels": labels, "Follow-up #": follow, "Patient ID": patient,
-                      "Patient Age": "50", "Patient Gender": "M", "View Position": "PA"}
+            record = {
+                "Image Index": name,
+                "Finding Labels": labels,
+                "Follow-up #": follow,
+                "Patient ID": patient,
+                "Patient Age": "50",
+                "Patient Gender": "M",
+                "View Position": "PA",
+            }
             writer.writerow([record.get(column, "") for column in header])
     (tmp_path / "train_val_list.txt").write_text("\n".join(train) + "\n")
     (tmp_path / "test_list.txt").write_text("\n".join(test) + "\n")
@@ -321,10 +348,24 @@ def test_nih_manifest_multilabel_official_split(tmp_path):
     manifest = read_manifest(tmp_path / "nih.csv")
     assert manifest.multilabel
     assert manifest.classes[0] == "No Finding"
-    assert set(manifest.classes) == {"No Finding", "Cardiomegaly", "Emphysema", "Hernia", "Pleural_Thickening", "Effusion"}
-    rows = {Path(p).name: (p, labels, split, pid) for p, labels, split, pid in
-            zip(manifest.paths, manifest.labels, manifest.splits, manifest.patient_ids)}
-    assert rows["00000001_001.png"] == ("images_002/images/00000001_001.png", ("Cardiomegaly", "Emphysema"), "train", "1")
+    assert set(manifest.classes) == {
+        "No Finding",
+        "Cardiomegaly",
+        "Emphysema",
+        "Hernia",
+        "Pleural_Thickening",
+        "Effusion",
+    }
+    rows = {
+        Path(p).name: (p, labels, split, pid)
+        for p, labels, split, pid in zip(manifest.paths, manifest.labels, manifest.splits, manifest.patient_ids)
+    }
+    assert rows["00000001_001.png"] == (
+        "images_002/images/00000001_001.png",
+        ("Cardiomegaly", "Emphysema"),
+        "train",
+        "1",
+    )
     assert rows["00000003_000.png"][1:] == (("Hernia", "Pleural_Thickening", "Effusion"), "test", "3")
     assert rows["00000002_000.png"][1] == ("No Finding",)
     assert manifest.splits == ("train", "train", "train", "test", "test")
@@ -339,8 +380,10 @@ def test_nih_manifest_multilabel_official_split(tmp_path):
 
 def test_nih_flags_patient_leakage_of_the_lists(tmp_path):
     entries, train, test, images = _nih(
-        tmp_path, train=("00000001_000.png", "00000002_000.png"),
-        test=("00000001_001.png", "00000003_000.png", "00000004_000.png"))
+        tmp_path,
+        train=("00000001_000.png", "00000002_000.png"),
+        test=("00000001_001.png", "00000003_000.png", "00000004_000.png"),
+    )
     console, buffer = _console()
     nih_manifest_command(entries, train, test, images, tmp_path / "nih.csv", console)
     assert "1 patient(s) appear in more than one split" in buffer.getvalue()
@@ -376,8 +419,7 @@ def test_nih_image_in_neither_list(tmp_path):
 
 
 def test_nih_image_in_both_lists(tmp_path):
-    entries, train, test, images = _nih(
-        tmp_path, test=("00000002_000.png", "00000003_000.png", "00000004_000.png"))
+    entries, train, test, images = _nih(tmp_path, test=("00000002_000.png", "00000003_000.png", "00000004_000.png"))
     with pytest.raises(ManifestError, match=r"in both"):
         nih_manifest_rows(entries, train, test, images)
 
@@ -385,8 +427,22 @@ def test_nih_image_in_both_lists(tmp_path):
 def test_nih_cli_bad_input_exit_2(tmp_path, capsys):
     header = [c for c in NIH_HEADER if c != "Finding Labels"]
     entries, train, test, images = _nih(tmp_path, header=header)
-    code = main(["manifest", "nih", "--entries", str(entries), "--train-list", str(train), "--test-list", str(test),
-                 "--images", str(images), "-o", str(tmp_path / "out.csv")])
+    code = main(
+        [
+            "manifest",
+            "nih",
+            "--entries",
+            str(entries),
+            "--train-list",
+            str(train),
+            "--test-list",
+            str(test),
+            "--images",
+            str(images),
+            "-o",
+            str(tmp_path / "out.csv"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "Finding Labels" in err and "Traceback" not in err

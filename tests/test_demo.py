@@ -19,7 +19,9 @@ def test_quick_demo_end_to_end_with_a_predict_round_trip(tmp_path, capsys):
     results = workdir / "results"
     assert "RANDOM-INIT WEIGHTS" in out and "featx predict --model" in out
     rows = list(csv.DictReader((results / "leaderboard.csv").open()))
-    assert {r["classifier"] for r in rows} == {"logreg", "xgboost", "dense"} and {r["backbone"] for r in rows} == {"tiny"}
+    assert {r["classifier"] for r in rows} == {"logreg", "xgboost", "dense"} and {r["backbone"] for r in rows} == {
+        "tiny"
+    }
     report = (results / "report.html").read_text()
     assert "RANDOM-INIT WEIGHTS" in report and report.count("data:image/png;base64,") >= 4
     assert "manifest check of" in report  # the demo passes its manifest to the report's data checks
@@ -53,8 +55,23 @@ def test_quick_shrinks_only_what_was_left_at_its_default():
 
 
 def test_imagenet_weights_that_cannot_be_had_stop_the_demo_with_one_sentence(tmp_path, capsys, offline):
-    code = main(["demo", "--workdir", str(tmp_path), "--weights", "imagenet", "--backbones", "mobilenetv3small",
-                 "--patients", "8", "--image-size", "32", "--classifiers", "logreg"])
+    code = main(
+        [
+            "demo",
+            "--workdir",
+            str(tmp_path),
+            "--weights",
+            "imagenet",
+            "--backbones",
+            "mobilenetv3small",
+            "--patients",
+            "8",
+            "--image-size",
+            "32",
+            "--classifiers",
+            "logreg",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "ImageNet weights" in err and "--weights random" in err and "Traceback" not in err
     assert len(offline) == 1  # one download was tried, and refused

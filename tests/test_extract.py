@@ -9,16 +9,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from imagetree import make_tree
 from rich.console import Console
 
-from featx.extract import backbones
-from featx.extract import stage as extract
-from featx.data import images
-from featx.extract import store
 from featx.cli import main
+from featx.data import images
 from featx.errors import StaleCacheError
+from featx.extract import backbones, store
+from featx.extract import stage as extract
 from featx.extract.stage import ExtractConfig, run_extract
-from imagetree import make_tree
 
 
 def config_for(tmp_path, manifest, **overrides) -> ExtractConfig:
@@ -72,10 +71,14 @@ def test_embeddings_equal_a_direct_forward_pass_of_the_same_network(tmp_path, tr
     config = config_for(tmp_path, tree, poolings=("avg", "max", "gem"), seed=5)
     path = run_extract(config, quiet())[0].path
     spec = backbones.get_backbone("tiny")
-    model = backbones.create_backbone(spec, backbones.resolve_weights("random", 5, spec), (32, 32), ("avg", "max", "gem"))
+    model = backbones.create_backbone(
+        spec, backbones.resolve_weights("random", 5, spec), (32, 32), ("avg", "max", "gem")
+    )
     features = {p: store.load(path, p) for p in ("avg", "max", "gem")}
     rows = np.flatnonzero(features["avg"].ok)[:6]
-    batch = np.stack([images.load_image(tree.parent / features["avg"].ids[i], (32, 32)) for i in rows]).astype(np.float32)
+    batch = np.stack([images.load_image(tree.parent / features["avg"].ids[i], (32, 32)) for i in rows]).astype(
+        np.float32
+    )
     expected = model(batch, training=False)
     for pooling, feature_set in features.items():
         np.testing.assert_allclose(feature_set.X[rows], np.asarray(expected[pooling]), rtol=1e-5, atol=1e-6)
@@ -181,8 +184,23 @@ def test_limit_takes_the_first_rows(tmp_path, tree):
 
 
 def test_auto_weights_fall_back_to_random_with_the_banner(tmp_path, tree, capsys):
-    code = main(["extract", "--backbone", "tiny", "--manifest", str(tree), "--data-root", str(tree.parent),
-                 "--out", str(tmp_path / "features"), "--weights", "auto", "--batch-size", "8"])
+    code = main(
+        [
+            "extract",
+            "--backbone",
+            "tiny",
+            "--manifest",
+            str(tree),
+            "--data-root",
+            str(tree.parent),
+            "--out",
+            str(tmp_path / "features"),
+            "--weights",
+            "auto",
+            "--batch-size",
+            "8",
+        ]
+    )
     out = " ".join(capsys.readouterr().out.split())
     assert code == 0
     assert extract.RANDOM_BANNER in out and "random weights were used" in out
@@ -205,9 +223,20 @@ def test_a_model_that_cannot_be_built_leaves_nothing_behind(tmp_path, tree, monk
 
 
 def _extract_args(tmp_path, manifest, data_root=None, *extra):
-    return ["extract", "--backbone", "tiny", "--manifest", str(manifest),
-            "--data-root", str(data_root if data_root is not None else manifest.parent),
-            "--out", str(tmp_path / "features"), "--weights", "random", *extra]
+    return [
+        "extract",
+        "--backbone",
+        "tiny",
+        "--manifest",
+        str(manifest),
+        "--data-root",
+        str(data_root if data_root is not None else manifest.parent),
+        "--out",
+        str(tmp_path / "features"),
+        "--weights",
+        "random",
+        *extra,
+    ]
 
 
 def _one_sentence_error(capsys) -> str:
@@ -324,16 +353,26 @@ def test_lock_held_by_another_process_through_the_cli(tmp_path, capsys):
 
 @pytest.mark.realdata
 def test_real_kermany_images_through_two_backbones_sharing_one_decode(tmp_path, kermany_train, monkeypatch):
-    picked = sorted((kermany_train / "NORMAL").glob("*.jpeg"))[:16] + sorted((kermany_train / "PNEUMONIA").glob("*.jpeg"))[:16]
+    picked = (
+        sorted((kermany_train / "NORMAL").glob("*.jpeg"))[:16]
+        + sorted((kermany_train / "PNEUMONIA").glob("*.jpeg"))[:16]
+    )
     manifest = tmp_path / "kermany.csv"
     lines = ["path,label,split,patient_id"]
     for path in picked:
         lines.append(f"{path.relative_to(kermany_train)},{path.parent.name},train,{path.stem.split('-')[0]}")
     manifest.write_text("\n".join(lines) + "\n")
     decoded = _count_decodes(monkeypatch)
-    config = ExtractConfig(backbones=("tiny", "mobilenetv3small"), manifest=manifest, data_root=kermany_train,
-                           out_dir=tmp_path / "features", weights="random", poolings=("avg", "max"), image_size=96,
-                           batch_size=16)
+    config = ExtractConfig(
+        backbones=("tiny", "mobilenetv3small"),
+        manifest=manifest,
+        data_root=kermany_train,
+        out_dir=tmp_path / "features",
+        weights="random",
+        poolings=("avg", "max"),
+        image_size=96,
+        batch_size=16,
+    )
     summaries = run_extract(config, quiet())
     assert len(decoded) == 32
     for summary, width in zip(summaries, (32, 576)):

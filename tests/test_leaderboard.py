@@ -11,9 +11,9 @@ import pytest
 from rich.console import Console
 
 from featx.classify import evaluate
-from featx.results import leaderboard
 from featx.cli import main
 from featx.errors import ResultsError
+from featx.results import leaderboard
 
 N_TEST = 120
 

@@ -12,7 +12,6 @@ import pytest
 from rich.console import Console
 
 from featx.cli import main
-from featx.errors import ManifestError
 from featx.data.manifest import (
     PATIENT_PARSERS,
     check_command,
@@ -25,6 +24,7 @@ from featx.data.manifest import (
     scan_command,
     write_manifest,
 )
+from featx.errors import ManifestError
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_KERMANY = REPO / "data_manifests" / "kermany2018.csv"
@@ -94,7 +94,10 @@ def test_read_manifest_multilabel_gives_indicator_matrix(tmp_path):
         ("path,label,split\na.png,A,train\n", ["missing the column(s) ['patient_id']", "required columns"]),
         ("", ["is empty"]),
         ("path,label,split,patient_id\n", ["no rows"]),
-        ("path,label,split,patient_id\na.png,A,train,p1\nb.png,A,tset,p2\n", ["line 3", "'split'", "did you mean 'test'"]),
+        (
+            "path,label,split,patient_id\na.png,A,train,p1\nb.png,A,tset,p2\n",
+            ["line 3", "'split'", "did you mean 'test'"],
+        ),
         ("path,label,split,patient_id\na.png,,train,p1\n", ["line 2", "'label'"]),
         ("path,label,split,patient_id\na.png,A|,train,p1\n", ["line 2", "'label'"]),
         ("path,label,split,patient_id\na.png,A,train,\n", ["line 2", "'patient_id'"]),
@@ -213,7 +216,11 @@ def test_scan_split_label_file_tree(tmp_path):
     assert [row["split"] for row in result.rows] == ["train"] * 6 + ["test"] * 2
     by_path = {row["path"]: row for row in result.rows}
     assert by_path["train/NORMAL/IM-0001-0002.jpeg"] == {
-        "path": "train/NORMAL/IM-0001-0002.jpeg", "label": "NORMAL", "split": "train", "patient_id": "IM-0001"}
+        "path": "train/NORMAL/IM-0001-0002.jpeg",
+        "label": "NORMAL",
+        "split": "train",
+        "patient_id": "IM-0001",
+    }
     assert by_path["train/NORMAL/NORMAL2-IM-0001-0001.jpeg"]["patient_id"] == "NORMAL2-IM-0001"
     assert by_path["test/PNEUMONIA/person3_virus_9.jpeg"]["label"] == "PNEUMONIA"
     assert any("1 non-image" in note for note in result.notes)
@@ -248,7 +255,9 @@ def test_scan_label_file_all_train(tmp_path):
     result = scan(tmp_path, split_policy="all-train")
     assert result.layout == "label/file"
     assert [(row["path"], row["label"], row["split"]) for row in result.rows] == [
-        ("A/x1.png", "A", "train"), ("B/sub/x2.PNG", "B", "train")]
+        ("A/x1.png", "A", "train"),
+        ("B/sub/x2.PNG", "B", "train"),
+    ]
 
 
 def _patient_tree(root: Path, n_normal: int, n_pneumonia: int, images_per_patient: int = 3) -> None:
@@ -358,8 +367,14 @@ def test_check_flags_every_problem(tmp_path):
     report = check_manifest(manifest, root, verify_sha256=True)
     kinds = {finding.kind: finding for finding in report.findings}
     assert set(kinds) == {
-        "duplicate_path", "missing_file", "escapes_root", "unknown_split", "empty_field",
-        "missing_class", "patient_leakage", "sha256_mismatch",
+        "duplicate_path",
+        "missing_file",
+        "escapes_root",
+        "unknown_split",
+        "empty_field",
+        "missing_class",
+        "patient_leakage",
+        "sha256_mismatch",
     }
     assert kinds["duplicate_path"].examples == ("a.png",)
     assert kinds["missing_file"].examples == ("missing.png",)
@@ -456,7 +471,12 @@ def test_shipped_kermany_manifest_is_valid_and_official():
         counts[(row["split"], row["label"])] = counts.get((row["split"], row["label"]), 0) + 1
         assert row["path"].startswith(f"{row['split']}/{row['label']}/")
         assert row["patient_id"] == PATIENT_PARSERS["kermany"](row["path"])
-    assert counts == {("train", "NORMAL"): 1341, ("train", "PNEUMONIA"): 3875, ("test", "NORMAL"): 234, ("test", "PNEUMONIA"): 390}
+    assert counts == {
+        ("train", "NORMAL"): 1341,
+        ("train", "PNEUMONIA"): 3875,
+        ("test", "NORMAL"): 234,
+        ("test", "PNEUMONIA"): 390,
+    }
 
 
 @pytest.mark.realdata
@@ -504,4 +524,5 @@ def test_scan_real_kermany_train(kermany_train, tmp_path):
     assert {row["split"] for row in result.rows} == {"train"}
     shipped_train = [r for r in csv.DictReader(SHIPPED_KERMANY.open(newline="")) if r["split"] == "train"]
     assert sorted((r["path"], r["patient_id"]) for r in shipped_train) == sorted(
-        (r["path"], r["patient_id"]) for r in result.rows)
+        (r["path"], r["patient_id"]) for r in result.rows
+    )

@@ -10,13 +10,13 @@ import pytest
 from rich.console import Console
 
 from featx.classify.stage import ClassifyConfig
-from featx.results.finish import classify_runs
 from featx.cli import main
+from featx.data.synthetic import generate_phantoms
 from featx.errors import BundleError, FeatxError
 from featx.extract.stage import ExtractConfig, run_extract
+from featx.results.finish import classify_runs
 from featx.results.predict import predict_command, predict_paths
 from featx.results.records import load_bundle
-from featx.data.synthetic import generate_phantoms
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +26,21 @@ def trained(tmp_path_factory):
     manifest = generate_phantoms(root / "data", n_patients=12, image_size=32, seed=0)
     quiet = Console(quiet=True)
     run_extract(
-        ExtractConfig(backbones=("tiny",), manifest=manifest, data_root=root / "data", out_dir=root / "features",
-                      weights="random", image_size=32, seed=5),
+        ExtractConfig(
+            backbones=("tiny",),
+            manifest=manifest,
+            data_root=root / "data",
+            out_dir=root / "features",
+            weights="random",
+            image_size=32,
+            seed=5,
+        ),
         quiet,
     )
     classify_runs(
-        ClassifyConfig(features_dir=root / "features", out_dir=root / "results", classifiers=("logreg",), cv=2, quick=True),
+        ClassifyConfig(
+            features_dir=root / "features", out_dir=root / "results", classifiers=("logreg",), cv=2, quick=True
+        ),
         quiet,
     )
     run = json.loads((root / "results" / "runs" / "tiny__avg__logreg.json").read_text())
@@ -136,8 +145,9 @@ def test_weights_that_cannot_be_had_are_refused_with_the_reason(trained, tmp_pat
     with pytest.raises(BundleError, match="records no seed"):
         predict_paths(_altered_bundle(bundle, tmp_path, weights_seed=-1), image)
     # ImageNet weights that are neither cached nor downloadable (the network is faked away)
-    imagenet = _altered_bundle(bundle, tmp_path, backbone="mobilenetv3small", preprocess="none", weights="imagenet",
-                               weights_seed=-1)
+    imagenet = _altered_bundle(
+        bundle, tmp_path, backbone="mobilenetv3small", preprocess="none", weights="imagenet", weights_seed=-1
+    )
     with pytest.raises(BundleError, match="cannot be rebuilt identically.*--weights random|not in"):
         predict_paths(imagenet, image)
     assert len(offline) == 1  # the download was tried once, and refused
@@ -172,9 +182,23 @@ def test_a_bundle_written_before_the_layout_by_stage_still_loads(tmp_path, monke
         patch.setattr(estimators.EarlyStoppingXGB, "__module__", "featx.classifiers")
         patch.setitem(sys.modules, "featx.classifiers", estimators)
         path = tmp_path / "old.joblib"
-        joblib.dump({"format": 1, "run_id": "r", "estimator": model, "task": "binary", "classes": ["a", "b"],
-                     "threshold": 0.5, "backbone": "tiny", "pooling": "avg", "weights": "random", "weights_seed": 0,
-                     "image_size": [32, 32], "resize_mode": "stretch"}, path)
+        joblib.dump(
+            {
+                "format": 1,
+                "run_id": "r",
+                "estimator": model,
+                "task": "binary",
+                "classes": ["a", "b"],
+                "threshold": 0.5,
+                "backbone": "tiny",
+                "pooling": "avg",
+                "weights": "random",
+                "weights_seed": 0,
+                "image_size": [32, 32],
+                "resize_mode": "stretch",
+            },
+            path,
+        )
     monkeypatch.delitem(sys.modules, "featx.classifiers", raising=False)
     bundle = load_bundle(path)
     assert np.allclose(bundle["estimator"].predict_proba(X), model.predict_proba(X))

@@ -12,25 +12,52 @@ from pathlib import Path
 
 import h5py
 import pytest
+from imagetree import make_tree
 from rich.console import Console
 
 from featx.extract import store
 from featx.extract.stage import ExtractConfig, run_extract
-from imagetree import make_tree
 
 ROWS = 240
 BATCH = 2
 
 
 def extract_args(manifest: Path, out: Path) -> list[str]:
-    return ["extract", "--backbone", "tiny", "--manifest", str(manifest), "--data-root", str(manifest.parent),
-            "--out", str(out), "--weights", "random", "--seed", "4", "--pooling", "avg,max",
-            "--batch-size", str(BATCH), "--workers", "1"]
+    return [
+        "extract",
+        "--backbone",
+        "tiny",
+        "--manifest",
+        str(manifest),
+        "--data-root",
+        str(manifest.parent),
+        "--out",
+        str(out),
+        "--weights",
+        "random",
+        "--seed",
+        "4",
+        "--pooling",
+        "avg,max",
+        "--batch-size",
+        str(BATCH),
+        "--workers",
+        "1",
+    ]
 
 
 def config(manifest: Path, out: Path) -> ExtractConfig:
-    return ExtractConfig(backbones=("tiny",), manifest=manifest, data_root=manifest.parent, out_dir=out,
-                         weights="random", seed=4, poolings=("avg", "max"), batch_size=BATCH, workers=1)
+    return ExtractConfig(
+        backbones=("tiny",),
+        manifest=manifest,
+        data_root=manifest.parent,
+        out_dir=out,
+        weights="random",
+        seed=4,
+        poolings=("avg", "max"),
+        batch_size=BATCH,
+        workers=1,
+    )
 
 
 def n_done_of(partial: Path) -> int | None:
@@ -46,8 +73,12 @@ def kill_mid_run(manifest: Path, out: Path, timeout: float = 180.0) -> int:
     """Start featx extract in a subprocess, SIGKILL it once some rows but not all are flushed; the n_done seen."""
     partial = store.partial_path(store.cache_path(out, "tiny"))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    child = subprocess.Popen([sys.executable, "-m", "featx.cli", *extract_args(manifest, out)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "featx.cli", *extract_args(manifest, out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     deadline = time.monotonic() + timeout
     seen = None
     try:
@@ -61,8 +92,10 @@ def kill_mid_run(manifest: Path, out: Path, timeout: float = 180.0) -> int:
     finally:
         child.wait()
     if child.returncode != -signal.SIGKILL:
-        pytest.fail(f"featx extract ended on its own (code {child.returncode}) before it could be killed: "
-                    f"{child.stderr.read().decode()[-500:]}")
+        pytest.fail(
+            f"featx extract ended on its own (code {child.returncode}) before it could be killed: "
+            f"{child.stderr.read().decode()[-500:]}"
+        )
     return seen
 
 

@@ -10,8 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from featx.extract import store
 from featx.errors import CacheError, LockError, StaleCacheError
+from featx.extract import store
 
 N = 10
 ATTRS = {

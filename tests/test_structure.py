@@ -27,7 +27,11 @@ def featx_imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("featx"):
             found.add(node.module)
             # `from featx.extract import store` imports the module featx.extract.store
-            found.update(f"{node.module}.{alias.name}" for alias in node.names if (PACKAGE.parent / f"{node.module}.{alias.name}".replace(".", "/")).with_suffix(".py").exists())
+            found.update(
+                f"{node.module}.{alias.name}"
+                for alias in node.names
+                if (PACKAGE.parent / f"{node.module}.{alias.name}".replace(".", "/")).with_suffix(".py").exists()
+            )
     return found
 
 
@@ -82,7 +86,7 @@ def test_module_level_imports_have_no_cycles():
         state[node] = 1
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                cycles.append(" -> ".join([*trail[trail.index(nxt):], nxt]) if nxt in trail else f"{node} -> {nxt}")
+                cycles.append(" -> ".join([*trail[trail.index(nxt) :], nxt]) if nxt in trail else f"{node} -> {nxt}")
             elif nxt not in state:
                 visit(nxt, [*trail, nxt])
         state[node] = 2
@@ -98,7 +102,8 @@ def test_only_the_store_opens_hdf5_files():
     offenders = [
         str(path.relative_to(PACKAGE.parent))
         for path in sources()
-        if path != owner and ("h5py.File" in path.read_text(encoding="utf-8") or "import h5py" in path.read_text(encoding="utf-8"))
+        if path != owner
+        and ("h5py.File" in path.read_text(encoding="utf-8") or "import h5py" in path.read_text(encoding="utf-8"))
     ]
     assert offenders == []
 

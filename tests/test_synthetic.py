@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from featx.errors import FeatxError
 from featx.data.synthetic import PhantomParams, existing_phantoms, generate_phantoms
+from featx.errors import FeatxError
 
 
 def _rows(manifest):
@@ -49,7 +49,7 @@ def test_manifest_columns_ids_hashes_and_patient_level_stratified_split(tmp_path
     assert len(per_patient) == 40
     assert all(len(v) == 1 for v in per_patient.values()), "a patient has one label and sits in one split"
     counts = {}
-    for (label, split), in per_patient.values():
+    for ((label, split),) in per_patient.values():
         counts[(label, split)] = counts.get((label, split), 0) + 1
     assert set(counts) == {(lab, sp) for lab in ("normal", "opacity") for sp in ("train", "test")}
     n_positive = counts[("opacity", "train")] + counts[("opacity", "test")]

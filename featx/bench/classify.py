@@ -27,10 +27,14 @@ def synthetic_embeddings(n_train=5216, n_test=624, dim=2048, seed=0, signal=0.25
     n_patients = max(2, int(round(n_rows * KERMANY_PATIENTS_PER_ROW)))
     patient_label = (rng.random(n_patients) < POSITIVE_FRACTION).astype(np.int8)
     # every patient has at least one image, the rest are spread at random (Kermany: 1-~10 per patient)
-    patient_of_row = np.sort(np.concatenate([np.arange(n_patients), rng.integers(0, n_patients, size=n_rows - n_patients)]))
+    patient_of_row = np.sort(
+        np.concatenate([np.arange(n_patients), rng.integers(0, n_patients, size=n_rows - n_patients)])
+    )
     patient_effect = rng.normal(scale=0.5, size=(n_patients, dim)).astype(np.float32)
     direction = np.zeros(dim, dtype=np.float32)
-    direction[rng.choice(dim, size=min(informative, dim), replace=False)] = rng.choice([-1.0, 1.0], size=min(informative, dim))
+    direction[rng.choice(dim, size=min(informative, dim), replace=False)] = rng.choice(
+        [-1.0, 1.0], size=min(informative, dim)
+    )
     y = patient_label[patient_of_row]
     X = rng.normal(size=(n_rows, dim)).astype(np.float32)
     X += patient_effect[patient_of_row]
@@ -105,7 +109,17 @@ def bench_classify_command(classifiers, n_train, n_test, dim, n_jobs, console, c
         )
 
     table = Table(title="classify benchmark (Kermany-sized synthetic embeddings)")
-    for column in ("classifier", "search", "candidates", "fits", "time (s)", "fits/s", "CV AUC", "test AUC", "best params"):
+    for column in (
+        "classifier",
+        "search",
+        "candidates",
+        "fits",
+        "time (s)",
+        "fits/s",
+        "CV AUC",
+        "test AUC",
+        "best params",
+    ):
         table.add_column(column, justify="left" if column in ("classifier", "search", "best params") else "right")
     for row in rows:
         table.add_row(
@@ -121,8 +135,17 @@ def bench_classify_command(classifiers, n_train, n_test, dim, n_jobs, console, c
         )
     total_fits = sum(row["fits"] for row in rows)
     total_seconds = sum(row["seconds"] for row in rows)
-    table.add_row("total", "", "", str(total_fits), f"{total_seconds:.1f}", f"{total_fits / max(total_seconds, 1e-9):.2f}",
-                  "", "", "")
+    table.add_row(
+        "total",
+        "",
+        "",
+        str(total_fits),
+        f"{total_seconds:.1f}",
+        f"{total_fits / max(total_seconds, 1e-9):.2f}",
+        "",
+        "",
+        "",
+    )
     console.print(table)
     verdict = "within" if total_seconds <= 300 else "over"
     console.print(f"Total {total_seconds:.1f} s for {len(rows)} classifiers: {verdict} the 5-minute goal.")

@@ -92,8 +92,9 @@ def write_jpegs(folder: Path, count: int, side: int, seed: int = 0, progress=Non
         if not target.exists():
             pixels = np.roll(bases[index % len(bases)], shift=(index * 7) % side, axis=1)
             Image.fromarray(pixels, mode="L").save(target, quality=90)
-        rows.append({"path": name, "label": ("NORMAL", "PNEUMONIA")[index % 2], "split": "train",
-                     "patient_id": f"p{index:05d}"})
+        rows.append(
+            {"path": name, "label": ("NORMAL", "PNEUMONIA")[index % 2], "split": "train", "patient_id": f"p{index:05d}"}
+        )
         if progress is not None:
             progress()
     return write_manifest(rows, folder / f"manifest_{count}.csv")
@@ -139,16 +140,23 @@ def decode_only(paths: list[Path], size: tuple[int, int], batch_size: int) -> di
     return {"images": count, "seconds": seconds, "rate": count / seconds}
 
 
-def full_extract(backbone: str, manifest: Path, data_root: Path, out_dir: Path, batch_size: int,
-                 workers: int | None = None) -> dict:
+def full_extract(
+    backbone: str, manifest: Path, data_root: Path, out_dir: Path, batch_size: int, workers: int | None = None
+) -> dict:
     """One run of the real extract path with random weights; rate as run_extract reports it."""
     from featx.extract.stage import ExtractConfig, run_extract
 
     shutil.rmtree(out_dir, ignore_errors=True)
     baseline = rss_mib()
     config = ExtractConfig(
-        backbones=(backbone,), manifest=manifest, data_root=data_root, out_dir=out_dir, weights="random",
-        batch_size=batch_size, force=True, workers=workers,
+        backbones=(backbone,),
+        manifest=manifest,
+        data_root=data_root,
+        out_dir=out_dir,
+        weights="random",
+        batch_size=batch_size,
+        force=True,
+        workers=workers,
     )
     summary = run_extract(config)[0]
     return {
@@ -169,13 +177,21 @@ def _child(argv: list[str]) -> None:
 
 def extract_in_child(backbone: str, manifest: Path, data_root: Path, out_dir: Path, batch_size: int) -> dict:
     """full_extract in a fresh process, so its peak RSS belongs to that run alone."""
-    command = [sys.executable, "-m", "featx.bench.extract", backbone, str(manifest), str(data_root), str(out_dir),
-               str(batch_size)]
+    command = [
+        sys.executable,
+        "-m",
+        "featx.bench.extract",
+        backbone,
+        str(manifest),
+        str(data_root),
+        str(out_dir),
+        str(batch_size),
+    ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     for line in done.stdout.splitlines():
         if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG):])
+            return json.loads(line[len(RESULT_TAG) :])
     raise RuntimeError(f"benchmark child failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")
 
 
@@ -193,32 +209,40 @@ def bench_extract_command(backbone, image_counts, source_size, batch_size, workd
     backbones.get_backbone(backbone)
     counts = sorted({int(n) for n in image_counts})
     if not counts or counts[0] < 1:
-        raise FeatxError(f"--images must list positive image counts, e.g. 256,1024. Got {list(image_counts)!r} instead.")
+        raise FeatxError(
+            f"--images must list positive image counts, e.g. 256,1024. Got {list(image_counts)!r} instead."
+        )
     scratch = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="featx-bench-"))
     data = scratch / "jpegs"
     try:
         console.print(f"Scratch folder: {scratch}")
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=console) as progress:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+        ) as progress:
             task = progress.add_task(f"writing {source_size}x{source_size} JPEGs", total=counts[-1])
             manifests = {}
             for count in counts:
                 progress.update(task, completed=0)
-                manifests[count] = write_jpegs(data, count, source_size,
-                                               progress=lambda: progress.advance(task))
+                manifests[count] = write_jpegs(data, count, source_size, progress=lambda: progress.advance(task))
         jpeg_kib = sum(p.stat().st_size for p in data.glob("*.jpeg")) / max(1, counts[-1]) / 1024
-        console.print(f"{counts[-1]} JPEGs, {jpeg_kib:.0f} KiB each on average "
-                      f"({jpeg_kib * 1024 / source_size ** 2:.2f} bytes per pixel).")
+        console.print(
+            f"{counts[-1]} JPEGs, {jpeg_kib:.0f} KiB each on average "
+            f"({jpeg_kib * 1024 / source_size**2:.2f} bytes per pixel)."
+        )
 
         spec = backbones.get_backbone(backbone)
-        decode = decode_only(sorted(data.glob("*.jpeg"))[: counts[-1]], (spec.native_size, spec.native_size), batch_size)
+        decode = decode_only(
+            sorted(data.glob("*.jpeg"))[: counts[-1]], (spec.native_size, spec.native_size), batch_size
+        )
         console.print(f"decode + resize alone: {decode['rate']:.1f} images/s")
 
         # Bare and full runs alternate (B E B E ... B) and each full run is compared with the mean of the
         # bare runs on either side, so load drifting on a shared machine biases the ratio less.
         n_ratio = min(counts[-1], RATIO_IMAGES)
         ratio_manifest = manifests.get(n_ratio) or write_jpegs(data, n_ratio, source_size)
-        console.print(f"[bold]1/2[/] bare forward pass vs full extract, {n_ratio} images, {RATIO_ROUNDS} alternating rounds ...")
+        console.print(
+            f"[bold]1/2[/] bare forward pass vs full extract, {n_ratio} images, {RATIO_ROUNDS} alternating rounds ..."
+        )
         bare_model = BareForward(backbone, batch_size)
         previous = bare_model.measure(n_ratio)
         rounds = []
@@ -227,24 +251,31 @@ def bench_extract_command(backbone, image_counts, source_size, batch_size, workd
             after = bare_model.measure(n_ratio)
             bare_rate = (previous["rate"] + after["rate"]) / 2
             rounds.append({"bare": bare_rate, "extract": full["rate"], "ratio": full["rate"] / bare_rate})
-            console.print(f"    round {number + 1}: bare {bare_rate:.2f} images/s, extract {full['rate']:.2f} images/s, "
-                          f"ratio {rounds[-1]['ratio']:.3f}")
+            console.print(
+                f"    round {number + 1}: bare {bare_rate:.2f} images/s, extract {full['rate']:.2f} images/s, "
+                f"ratio {rounds[-1]['ratio']:.3f}"
+            )
             previous = after
         del bare_model
 
         children = {}
         for count in counts:
             console.print(f"[bold]2/2[/] full extract in a fresh process, {count} images (peak RSS) ...")
-            children[count] = extract_in_child(backbone, manifests[count], data, scratch / f"features-{count}",
-                                               batch_size)
-            console.print(f"    {children[count]['rate']:.2f} images/s, peak RSS {children[count]['peak_rss_mib']:.0f} MiB")
+            children[count] = extract_in_child(
+                backbone, manifests[count], data, scratch / f"features-{count}", batch_size
+            )
+            console.print(
+                f"    {children[count]['rate']:.2f} images/s, peak RSS {children[count]['peak_rss_mib']:.0f} MiB"
+            )
     finally:
         if workdir is None:
             shutil.rmtree(scratch, ignore_errors=True)
 
     ratio = float(np.median([r["ratio"] for r in rounds]))
-    table = Table(title=f"featx bench extract: {backbone}, batch {batch_size}, {source_size}x{source_size} JPEGs, "
-                        f"{os.cpu_count()} CPU cores")
+    table = Table(
+        title=f"featx bench extract: {backbone}, batch {batch_size}, {source_size}x{source_size} JPEGs, "
+        f"{os.cpu_count()} CPU cores"
+    )
     for column in ("measurement", "images", "images/s", "peak RSS (MiB)"):
         table.add_column(column, justify="left" if column == "measurement" else "right")
     table.add_row("decode + resize alone (no model)", str(decode["images"]), f"{decode['rate']:.2f}", "-")
@@ -252,20 +283,30 @@ def bench_extract_command(backbone, image_counts, source_size, batch_size, workd
         table.add_row(f"round {number}: bare forward (pre-decoded)", str(n_ratio), f"{result['bare']:.2f}", "-")
         table.add_row(f"round {number}: full extract (this process)", str(n_ratio), f"{result['extract']:.2f}", "-")
     for count, child in children.items():
-        table.add_row(f"full extract (fresh process, N={count})", str(child["images"]), f"{child['rate']:.2f}",
-                      f"{child['peak_rss_mib']:.0f}")
+        table.add_row(
+            f"full extract (fresh process, N={count})",
+            str(child["images"]),
+            f"{child['rate']:.2f}",
+            f"{child['peak_rss_mib']:.0f}",
+        )
     console.print(table)
     verdict = "meets" if ratio >= 0.9 else "misses"
     listed = ", ".join(f"{result['ratio']:.3f}" for result in rounds)
-    console.print(f"extract / bare forward, median of {len(rounds)} rounds = [bold]{ratio:.3f}[/] "
-                  f"(rounds: {listed}; {verdict} the 0.9 goal)")
+    console.print(
+        f"extract / bare forward, median of {len(rounds)} rounds = [bold]{ratio:.3f}[/] "
+        f"(rounds: {listed}; {verdict} the 0.9 goal)"
+    )
     if decode["rate"] < min(r["bare"] for r in rounds):
-        console.print(f"{backbone} is faster than decoding {source_size}px JPEGs on this machine: extract is decode-bound "
-                      "here, and the ratio goal is meant for heavier backbones such as resnet50.")
+        console.print(
+            f"{backbone} is faster than decoding {source_size}px JPEGs on this machine: extract is decode-bound "
+            "here, and the ratio goal is meant for heavier backbones such as resnet50."
+        )
     if len(children) > 1:
         low, high = children[counts[0]]["peak_rss_mib"], children[counts[-1]]["peak_rss_mib"]
-        console.print(f"peak RSS N={counts[0]}: {low:.0f} MiB, N={counts[-1]}: {high:.0f} MiB "
-                      f"(difference {high - low:+.0f} MiB for {counts[-1] - counts[0]} more images)")
+        console.print(
+            f"peak RSS N={counts[0]}: {low:.0f} MiB, N={counts[-1]}: {high:.0f} MiB "
+            f"(difference {high - low:+.0f} MiB for {counts[-1] - counts[0]} more images)"
+        )
 
 
 if __name__ == "__main__":

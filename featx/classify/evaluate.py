@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -141,7 +141,9 @@ def grouped_splits(y, groups, n_splits: int, seed: int = 0, classes: Sequence[st
     y = np.asarray(y)
     groups = np.asarray(groups)
     if y.shape[0] != groups.shape[0]:
-        raise ClassifyError(f"There are {y.shape[0]} labels but {groups.shape[0]} patient ids; they must match row for row.")
+        raise ClassifyError(
+            f"There are {y.shape[0]} labels but {groups.shape[0]} patient ids; they must match row for row."
+        )
     if n_splits < 2:
         raise ClassifyError(f"The number of CV folds must be at least 2. Got {n_splits} instead.")
     n_patients = len(np.unique(groups))
@@ -183,7 +185,9 @@ def holdout_patients(y, groups, test_fraction: float = 0.2, seed: int = 0) -> tu
     groups = np.asarray(groups).astype(str)
     patients, patient_index = np.unique(groups, return_inverse=True)
     if len(patients) < 2:
-        raise ClassifyError(f"Holding out test patients needs at least 2 patients; the training rows hold {len(patients)}.")
+        raise ClassifyError(
+            f"Holding out test patients needs at least 2 patients; the training rows hold {len(patients)}."
+        )
     stratum = np.full(len(patients), np.iinfo(np.int64).min, dtype=np.int64)
     np.maximum.at(stratum, patient_index, _stratification_proxy(y).astype(np.int64))
     test_patients = choose_test_patients(dict(zip(patients.tolist(), map(str, stratum.tolist()))), test_fraction, seed)
@@ -288,7 +292,9 @@ def bootstrap_ci(
         else:
             samples.append(sample)
     if not samples:
-        raise ClassifyError("No bootstrap resample had a defined metric; the evaluated rows are too few or hold one class.")
+        raise ClassifyError(
+            "No bootstrap resample had a defined metric; the evaluated rows are too few or hold one class."
+        )
     samples_array = np.asarray(samples)
     return {
         "value": value,
@@ -399,8 +405,14 @@ def _per_class_auc(indicator: np.ndarray, score: np.ndarray, classes: Sequence[s
     for k, name in enumerate(classes):
         column = indicator[:, k]
         if column.all() or not column.any():
-            result[str(name)] = {"value": None, "ci_low": None, "ci_high": None, "se": None, "method": "delong",
-                                 "note": "single value in the test rows"}
+            result[str(name)] = {
+                "value": None,
+                "ci_low": None,
+                "ci_high": None,
+                "se": None,
+                "method": "delong",
+                "note": "single value in the test rows",
+            }
         else:
             result[str(name)] = delong_ci(column, score[:, k])
     return result
@@ -445,7 +457,12 @@ def evaluate_test(task: str, y_true, score, classes: Sequence[str], threshold=No
 
 
 def _binary_metrics(y_true: np.ndarray, score: np.ndarray, classes: list[str], threshold) -> dict:
-    from sklearn.metrics import average_precision_score, balanced_accuracy_score, classification_report, confusion_matrix
+    from sklearn.metrics import (
+        average_precision_score,
+        balanced_accuracy_score,
+        classification_report,
+        confusion_matrix,
+    )
 
     y = y_true.reshape(-1).astype(int)
     p = _positive_scores(score)
@@ -536,7 +553,11 @@ def _multilabel_metrics(y_true: np.ndarray, score: np.ndarray, classes: list[str
     y_pred = (score >= thresholds[None, :]).astype(int)
     per_label = [_binary_counts(indicator[:, k], y_pred[:, k]) for k in range(score.shape[1])]
     balanced = [
-        {"ba": None if c["sensitivity"] is None or c["specificity"] is None else (c["sensitivity"] + c["specificity"]) / 2}
+        {
+            "ba": None
+            if c["sensitivity"] is None or c["specificity"] is None
+            else (c["sensitivity"] + c["specificity"]) / 2
+        }
         for c in per_label
     ]
     result = {

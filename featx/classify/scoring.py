@@ -10,7 +10,6 @@ from featx.classify import evaluate
 from featx.errors import ClassifyError
 
 
-
 def task_for(y: np.ndarray, classes: Sequence[str]) -> str:
     """binary | multiclass | multilabel, from the label array's shape and the class list."""
     if np.asarray(y).ndim == 2:

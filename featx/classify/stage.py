@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -382,10 +382,10 @@ def fit_run(plan: RunPlan, config: ClassifyConfig, features: store.FeatureSet) -
 
 def _data_summary(y: np.ndarray, groups: np.ndarray, rows: RowSplit, classes: list[str]) -> dict:
     return {
-        "n_train": int(len(rows.train)),
-        "n_test": int(len(rows.test)),
-        "n_train_patients": int(len(np.unique(groups[rows.train]))),
-        "n_test_patients": int(len(np.unique(groups[rows.test]))),
+        "n_train": len(rows.train),
+        "n_test": len(rows.test),
+        "n_train_patients": len(np.unique(groups[rows.train])),
+        "n_test_patients": len(np.unique(groups[rows.test])),
         "class_counts": {
             "train": _class_counts(y[rows.train], classes),
             "test": _class_counts(y[rows.test], classes),
@@ -435,4 +435,3 @@ def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Pa
             progress.advance(bar)
         progress.update(bar, description="classify: done")
     return written
-

@@ -18,8 +18,6 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from featx.errors import FetchError, ManifestError, one_of_message
-from featx.files import is_ignored, walk_files
 from featx.data.manifest import (
     IMAGE_SUFFIXES,
     LABEL_SEPARATOR,
@@ -29,6 +27,8 @@ from featx.data.manifest import (
     read_manifest,
     write_manifest,
 )
+from featx.errors import FetchError, ManifestError, one_of_message
+from featx.files import is_ignored, walk_files
 from featx.progress import progress_bar
 
 DATASETS = ("kermany",)
@@ -85,7 +85,8 @@ def _plan(names, classes=("NORMAL", "PNEUMONIA")) -> tuple[str, list[tuple[str, 
         if split == "train":
             train_classes[prefix].add(label)
     roots = [
-        prefix for prefix, splits in splits_of.items()
+        prefix
+        for prefix, splits in splits_of.items()
         if {"train", "test"} <= splits and set(classes) <= train_classes[prefix]
     ]
     if not roots:
@@ -203,10 +204,11 @@ def verify_unpacked(dest, expected_manifest=None) -> list[str]:
                 )
         known = set(manifest.paths)
         extra = Counter()
-        for (split, label), n in found.items():
+        for split, label in found:
             folder = dest / split / label
             extra[f"{split}/{label}"] += sum(
-                1 for f in folder.iterdir()
+                1
+                for f in folder.iterdir()
                 if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and f"{split}/{label}/{f.name}" not in known
             )
         extra = {key: n for key, n in extra.items() if n}
@@ -353,8 +355,20 @@ def fetch_command(dataset, dest, from_zip, console, expected_manifest="default")
 
 
 NIH_FINDINGS = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
 )
 NIH_NO_FINDING = "No Finding"
 NIH_LABELS = (NIH_NO_FINDING, *NIH_FINDINGS)
@@ -425,7 +439,7 @@ def _nih_splits(names: list[str], entries: Path, train_list: Path, test_list: Pa
             f"{len(both)} image(s) are in both '{train_list}' and '{test_list}' ({_first(both)}); "
             "each belongs to one split."
         )
-    split_of = {**{n: "train" for n in train_names}, **{n: "test" for n in test_names}}
+    split_of = {**dict.fromkeys(train_names, "train"), **dict.fromkeys(test_names, "test")}
     unlisted = [name for name in names if name not in split_of]
     if unlisted:
         raise ManifestError(

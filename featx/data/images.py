@@ -14,10 +14,10 @@ from __future__ import annotations
 import math
 import warnings
 from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -52,7 +52,9 @@ def check_size(size) -> tuple[int, int]:
     try:
         height, width = (int(v) for v in size)
     except (TypeError, ValueError):
-        raise FeatxError(f"The image size must be an int or a (height, width) pair of ints. Got {size!r} instead.") from None
+        raise FeatxError(
+            f"The image size must be an int or a (height, width) pair of ints. Got {size!r} instead."
+        ) from None
     if height < 1 or width < 1:
         raise FeatxError(f"The image size must be positive. Got {size!r} instead.")
     return height, width

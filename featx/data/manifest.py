@@ -18,15 +18,15 @@ import io
 import os
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
 from featx.data.holdout import holdout_patients
 from featx.errors import ManifestError, closest, one_of_message
-from featx.files import atomic_write, file_sha256, is_ignored, walk_files
+from featx.files import atomic_write_bytes, file_sha256, is_ignored, walk_files
 from featx.progress import track
 
 COLUMNS = ("path", "label", "split", "patient_id", "sha256")
@@ -109,7 +109,9 @@ def _parse(path: Path, strict: bool) -> _Parsed:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        raise ManifestError(f"Manifest '{path}' is not UTF-8 text (byte {error.start}); save it as UTF-8 CSV.") from None
+        raise ManifestError(
+            f"Manifest '{path}' is not UTF-8 text (byte {error.start}); save it as UTF-8 CSV."
+        ) from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
     header = [name.strip() for name in (reader.fieldnames or [])]
     if not header:
@@ -222,8 +224,7 @@ def write_manifest(rows: Iterable[Mapping], path) -> Path:
             label = LABEL_SEPARATOR.join(label)
         fields = [str(row["path"]), label, row["split"], str(row["patient_id"])]
         writer.writerow(fields + [row.get("sha256") or ""] if with_sha else fields)
-    data = buffer.getvalue().encode("utf-8")
-    atomic_write(path, lambda f: f.write(data))
+    atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
     return path
 
 
@@ -411,7 +412,9 @@ def scan(
             )
         layout = "split/label/file"
         if split_policy is not None:
-            notes.append(f"The tree already has split folders {split_dirs}; --split-policy {split_policy} was not used.")
+            notes.append(
+                f"The tree already has split folders {split_dirs}; --split-policy {split_policy} was not used."
+            )
         for split in split_dirs:
             for label_dir in sorted(p for p in (root / split).iterdir() if p.is_dir() and not is_ignored(p.name)):
                 files, n_skipped = _image_files(label_dir)
@@ -433,16 +436,16 @@ def scan(
             skipped += n_skipped
             entries += [(f.relative_to(root).as_posix(), label, "") for f in files]
     if not entries:
-        raise ManifestError(
-            f"No images ({', '.join(IMAGE_SUFFIXES)}) found under '{root}' in a {layout} layout."
-        )
+        raise ManifestError(f"No images ({', '.join(IMAGE_SUFFIXES)}) found under '{root}' in a {layout} layout.")
     if skipped:
         notes.append(f"Skipped {skipped} non-image file(s).")
     parser_name, note = _choose_parser(dataset, [path for path, _, _ in entries])
     if note:
         notes.append(note)
     parser = PATIENT_PARSERS[parser_name]
-    rows = [{"path": path, "label": label, "split": split, "patient_id": parser(path)} for path, label, split in entries]
+    rows = [
+        {"path": path, "label": label, "split": split, "patient_id": parser(path)} for path, label, split in entries
+    ]
 
     if layout == "label/file":
         if split_policy == "all-train":
@@ -649,7 +652,7 @@ def _sha256_mismatch(to_hash: list[tuple[_Row, Path]], progress=None) -> Finding
 def _split_counts(valid_rows: list[_Row]):
     """(classes, split -> class -> images, images per split, patients per split) over the splits present."""
     classes = order_classes(name for row in valid_rows for name in row.labels)
-    counts = {split: {name: 0 for name in classes} for split in SPLITS}
+    counts = {split: dict.fromkeys(classes, 0) for split in SPLITS}
     images_per_split: Counter = Counter()
     patients: dict[str, set[str]] = defaultdict(set)
     for row in valid_rows:
@@ -731,8 +734,13 @@ def _counts_table(title: str, counts, images_per_split, patients_per_split, clas
     for split, per_class in counts.items():
         total = sum(per_class.values()) or 1
         balance = " / ".join(f"{100 * per_class[name] / total:.1f}%" for name in classes)
-        table.add_row(split, *(f"{per_class[name]:,}" for name in classes),
-                      f"{images_per_split[split]:,}", f"{patients_per_split[split]:,}", balance)
+        table.add_row(
+            split,
+            *(f"{per_class[name]:,}" for name in classes),
+            f"{images_per_split[split]:,}",
+            f"{patients_per_split[split]:,}",
+            balance,
+        )
     return table
 
 
@@ -742,14 +750,18 @@ def _summarise_rows(rows: list[dict]):
     images: Counter = Counter()
     patients: dict[str, set] = defaultdict(set)
     for row in rows:
-        per_class = counts.setdefault(row["split"], {name: 0 for name in classes})
+        per_class = counts.setdefault(row["split"], dict.fromkeys(classes, 0))
         for name in str(row["label"]).split(LABEL_SEPARATOR):
             per_class[name] += 1
         images[row["split"]] += 1
         patients[row["split"]].add(row["patient_id"])
     ordered = [s for s in SPLITS if s in counts]
-    return ({s: counts[s] for s in ordered}, {s: images[s] for s in ordered},
-            {s: len(patients[s]) for s in ordered}, classes)
+    return (
+        {s: counts[s] for s in ordered},
+        {s: images[s] for s in ordered},
+        {s: len(patients[s]) for s in ordered},
+        classes,
+    )
 
 
 def scan_command(root, out, dataset, split_policy, test_fraction, seed, console) -> None:
@@ -773,11 +785,20 @@ def check_command(manifest, data_root, verify_sha256, console) -> bool:
         return track(items, total=len(items), description="sha256", console=console, unit="files")
 
     report = check_manifest(manifest, data_root, verify_sha256=verify_sha256, progress=progress)
-    console.print(_counts_table(f"{report.manifest} ({report.n_rows:,} rows, data root {report.data_root})",
-                                report.counts, report.images_per_split, report.patients_per_split, report.classes))
+    console.print(
+        _counts_table(
+            f"{report.manifest} ({report.n_rows:,} rows, data root {report.data_root})",
+            report.counts,
+            report.images_per_split,
+            report.patients_per_split,
+            report.classes,
+        )
+    )
     if verify_sha256:
-        console.print(f"sha256 verified for {report.sha256_checked:,} file(s)"
-                      + ("" if report.sha256_checked else " (the manifest has no sha256 values for present files)"))
+        console.print(
+            f"sha256 verified for {report.sha256_checked:,} file(s)"
+            + ("" if report.sha256_checked else " (the manifest has no sha256 values for present files)")
+        )
     if report.ok:
         console.print("[green]No problems found.[/green]")
         return True

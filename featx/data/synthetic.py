@@ -213,9 +213,13 @@ def render_phantom(
 def _check_params(params: PhantomParams) -> None:
     lo, hi = params.images_per_patient
     if params.n_patients < 8:
-        raise FeatxError(f"The phantom dataset needs at least 8 patients (both classes in train and test); got {params.n_patients}.")
+        raise FeatxError(
+            f"The phantom dataset needs at least 8 patients (both classes in train and test); got {params.n_patients}."
+        )
     if not 1 <= lo <= hi:
-        raise FeatxError(f"images_per_patient must be (low, high) with 1 <= low <= high; got {params.images_per_patient}.")
+        raise FeatxError(
+            f"images_per_patient must be (low, high) with 1 <= low <= high; got {params.images_per_patient}."
+        )
     if params.image_size < 16:
         raise FeatxError(f"The phantom image size must be at least 16 pixels; got {params.image_size}.")
     if not 0.0 < params.positive_fraction < 1.0:

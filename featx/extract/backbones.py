@@ -34,7 +34,9 @@ from featx.runtime import import_tensorflow_quietly
 
 POOLINGS = ("avg", "max", "gem", "flatten")
 # Shown wherever numbers from a randomly initialised backbone appear: screen, caches, tables, report, predictions.
-RANDOM_BANNER = "RANDOM-INIT WEIGHTS: the backbone was randomly initialised, not ImageNet; these numbers only test the pipeline"
+RANDOM_BANNER = (
+    "RANDOM-INIT WEIGHTS: the backbone was randomly initialised, not ImageNet; these numbers only test the pipeline"
+)
 PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
 WEIGHT_KINDS = ("imagenet", "random", "auto")
 WEIGHTS_FILE_SUFFIXES = (".weights.h5", ".h5", ".keras")
@@ -111,8 +113,19 @@ _EFFICIENTNET_STDDEV_RGB = (0.229, 0.224, 0.225)  # keras.applications.efficient
 
 
 def _spec(
-    name, family, constructor, preprocess, native, minimum, channels, ops, weights_file, description,
-    url="", md5="", rescale_stddev=(),
+    name,
+    family,
+    constructor,
+    preprocess,
+    native,
+    minimum,
+    channels,
+    ops,
+    weights_file,
+    description,
+    url="",
+    md5="",
+    rescale_stddev=(),
 ):
     return BackboneSpec(
         name=name,
@@ -138,78 +151,169 @@ BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
         _spec(
-            "vgg16", "VGG", "keras.applications.VGG16", "caffe", 224, 32, 512, (_FLOOR_HALF,) * 5,
+            "vgg16",
+            "VGG",
+            "keras.applications.VGG16",
+            "caffe",
+            224,
+            32,
+            512,
+            (_FLOOR_HALF,) * 5,
             "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
             "VGG16 (Simonyan & Zisserman 2015); its flatten feature (7x7x512 = 25,088 at 224) is the one Laban et al. use.",
-            url=f"{_KERAS_APPLICATIONS}vgg16/", md5="6d6bbae143d832006294945121d1f1fc",
+            url=f"{_KERAS_APPLICATIONS}vgg16/",
+            md5="6d6bbae143d832006294945121d1f1fc",
         ),
         _spec(
-            "resnet50", "ResNet", "keras.applications.ResNet50", "caffe", 224, 32, 2048, _FIVE_CEIL,
+            "resnet50",
+            "ResNet",
+            "keras.applications.ResNet50",
+            "caffe",
+            224,
+            32,
+            2048,
+            _FIVE_CEIL,
             "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
             "ResNet-50 (He et al. 2016), the common transfer-learning baseline.",
-            url=f"{_KERAS_APPLICATIONS}resnet/", md5="4d473c1dd8becc155b73f8504c6f6626",
+            url=f"{_KERAS_APPLICATIONS}resnet/",
+            md5="4d473c1dd8becc155b73f8504c6f6626",
         ),
         _spec(
-            "resnet101v2", "ResNet", "keras.applications.ResNet101V2", "tf", 224, 32, 2048, _FIVE_CEIL,
+            "resnet101v2",
+            "ResNet",
+            "keras.applications.ResNet101V2",
+            "tf",
+            224,
+            32,
+            2048,
+            _FIVE_CEIL,
             "resnet101v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
             "ResNet-101 v2, pre-activation residual units (He et al. 2016, identity mappings).",
-            url=f"{_KERAS_APPLICATIONS}resnet/", md5="c0ed64b8031c3730f411d2eb4eea35b5",
+            url=f"{_KERAS_APPLICATIONS}resnet/",
+            md5="c0ed64b8031c3730f411d2eb4eea35b5",
         ),
         _spec(
-            "densenet121", "DenseNet", "keras.applications.DenseNet121", "torch", 224, 32, 1024,
+            "densenet121",
+            "DenseNet",
+            "keras.applications.DenseNet121",
+            "torch",
+            224,
+            32,
+            1024,
             (_CEIL_HALF, _CEIL_HALF, _FLOOR_HALF, _FLOOR_HALF, _FLOOR_HALF),
             "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
             "DenseNet-121 (Huang et al. 2017), the CheXNet backbone (Rajpurkar et al. 2017).",
-            url=f"{_KERAS_APPLICATIONS}densenet/", md5="30ee3e1110167f948a6b9946edeeb738",
+            url=f"{_KERAS_APPLICATIONS}densenet/",
+            md5="30ee3e1110167f948a6b9946edeeb738",
         ),
         _spec(
-            "xception", "Xception", "keras.applications.Xception", "tf", 299, 71, 2048,
+            "xception",
+            "Xception",
+            "keras.applications.Xception",
+            "tf",
+            299,
+            71,
+            2048,
             (_VALID3_S2, _VALID3_S1) + (_CEIL_HALF,) * 4,
             "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
             "Xception (Chollet 2017), depthwise-separable Inception.",
-            url=f"{_KERAS_APPLICATIONS}xception/", md5="b0042744bf5b25fce3cb969f33bebb97",
+            url=f"{_KERAS_APPLICATIONS}xception/",
+            md5="b0042744bf5b25fce3cb969f33bebb97",
         ),
         _spec(
-            "inceptionv3", "Inception", "keras.applications.InceptionV3", "tf", 299, 75, 2048, _INCEPTION_STEM,
+            "inceptionv3",
+            "Inception",
+            "keras.applications.InceptionV3",
+            "tf",
+            299,
+            75,
+            2048,
+            _INCEPTION_STEM,
             "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
             "Inception-v3 (Szegedy et al. 2016), the backbone of Kermany et al. 2018 on these chest X-rays.",
-            url=f"{_KERAS_APPLICATIONS}inception_v3/", md5="bcbd6486424b2319ff4ef7d526e38f63",
+            url=f"{_KERAS_APPLICATIONS}inception_v3/",
+            md5="bcbd6486424b2319ff4ef7d526e38f63",
         ),
         _spec(
-            "inceptionresnetv2", "Inception", "keras.applications.InceptionResNetV2", "tf", 299, 75, 1536,
+            "inceptionresnetv2",
+            "Inception",
+            "keras.applications.InceptionResNetV2",
+            "tf",
+            299,
+            75,
+            1536,
             _INCEPTION_STEM,
             "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
             "Inception-ResNet-v2 (Szegedy et al. 2017).",
-            url=f"{_KERAS_APPLICATIONS}inception_resnet_v2/", md5="d19885ff4a710c122648d3b5c3b684e4",
+            url=f"{_KERAS_APPLICATIONS}inception_resnet_v2/",
+            md5="d19885ff4a710c122648d3b5c3b684e4",
         ),
         _spec(
-            "mobilenetv2", "MobileNet", "keras.applications.MobileNetV2", "tf", 224, 32, 1280, _FIVE_CEIL,
+            "mobilenetv2",
+            "MobileNet",
+            "keras.applications.MobileNetV2",
+            "tf",
+            224,
+            32,
+            1280,
+            _FIVE_CEIL,
             "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5",
             "MobileNetV2 (Sandler et al. 2018), inverted residuals; light enough for CPU runs.",
             url=f"{_KERAS_APPLICATIONS}mobilenet_v2/",  # Keras pins no hash for these files
         ),
         _spec(
-            "mobilenetv3small", "MobileNet", "keras.applications.MobileNetV3Small", "none", 224, 32, 576, _FIVE_CEIL,
+            "mobilenetv3small",
+            "MobileNet",
+            "keras.applications.MobileNetV3Small",
+            "none",
+            224,
+            32,
+            576,
+            _FIVE_CEIL,
             "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
             "MobileNetV3-Small (Howard et al. 2019); rescales its own input; the fastest real backbone here.",
-            url=f"{_KERAS_APPLICATIONS}mobilenet_v3/", md5="d3e8ec802a04aa4fc771ee12a9a9b836",
+            url=f"{_KERAS_APPLICATIONS}mobilenet_v3/",
+            md5="d3e8ec802a04aa4fc771ee12a9a9b836",
         ),
         _spec(
-            "efficientnetb7", "EfficientNet", "keras.applications.EfficientNetB7", "none", 600, 32, 2560, _FIVE_CEIL,
+            "efficientnetb7",
+            "EfficientNet",
+            "keras.applications.EfficientNetB7",
+            "none",
+            600,
+            32,
+            2560,
+            _FIVE_CEIL,
             "efficientnetb7_notop.h5",
             "EfficientNet-B7 (Tan & Le 2019); rescales and normalises its own input; heavy (600 px native).",
-            url="https://storage.googleapis.com/keras-applications/", md5="cbcfe4450ddf6f3ad90b1b398090fe4a",
+            url="https://storage.googleapis.com/keras-applications/",
+            md5="cbcfe4450ddf6f3ad90b1b398090fe4a",
             rescale_stddev=_EFFICIENTNET_STDDEV_RGB,
         ),
         _spec(
-            "efficientnetv2s", "EfficientNet", "keras.applications.EfficientNetV2S", "none", 384, 32, 1280,
+            "efficientnetv2s",
+            "EfficientNet",
+            "keras.applications.EfficientNetV2S",
+            "none",
+            384,
+            32,
+            1280,
             _FIVE_CEIL,
             "efficientnetv2-s_notop.h5",
             "EfficientNetV2-S (Tan & Le 2021); rescales its own input.",
-            url=f"{_KERAS_APPLICATIONS}efficientnet_v2/", md5="af0682fb74e8c54910f2d4393339c070",
+            url=f"{_KERAS_APPLICATIONS}efficientnet_v2/",
+            md5="af0682fb74e8c54910f2d4393339c070",
         ),
         _spec(
-            "tiny", "test", "featx.extract.backbones.build_tiny", "tf", 32, 8, 32, (_CEIL_HALF,) * 3, "",
+            "tiny",
+            "test",
+            "featx.extract.backbones.build_tiny",
+            "tf",
+            32,
+            8,
+            32,
+            (_CEIL_HALF,) * 3,
+            "",
             "A three-layer random-init CNN for tests and demos: runs the whole pipeline in seconds; no ImageNet weights.",
         ),
     )
@@ -325,11 +429,7 @@ def imagenet_available(spec, image_size=None) -> bool:
 
 
 def _no_imagenet(spec: BackboneSpec) -> WeightsError:
-    return WeightsError(
-        f"Backbone {spec.name!r} has no ImageNet weights; pass --weights random (or a weights file)."
-    )
-
-
+    return WeightsError(f"Backbone {spec.name!r} has no ImageNet weights; pass --weights random (or a weights file).")
 
 
 def _imagenet_file(spec, image_size=None) -> Path:
@@ -372,7 +472,9 @@ def build_tiny(include_top=False, weights=None, input_shape=(32, 32, 3), **_):
     inputs = keras.Input(shape=input_shape)
     x = inputs
     for index, filters in enumerate((16, 32, 32)):
-        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu", name=f"tiny_conv{index + 1}")(x)
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu", name=f"tiny_conv{index + 1}")(
+            x
+        )
     return keras.Model(inputs, x, name="tiny")
 
 
@@ -460,7 +562,9 @@ def gpu_available() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def create_backbone(spec, weights: WeightsInfo, image_size=None, poolings: Sequence[str] = ("avg",), mixed_precision=False):
+def create_backbone(
+    spec, weights: WeightsInfo, image_size=None, poolings: Sequence[str] = ("avg",), mixed_precision=False
+):
     """One frozen model: float32 raw RGB (b, h, w, 3) in 0..255 -> {pooling: (b, width) float32}.
 
     The spec's preprocessing is a layer inside the model (applied exactly once);
@@ -601,7 +705,9 @@ def print_backbones(console) -> None:
     from rich.table import Table
 
     wide = console.width >= 150
-    table = Table(title="featx backbones (embedding widths at the native input size)", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(
+        title="featx backbones (embedding widths at the native input size)", box=box.SIMPLE_HEAD, pad_edge=False
+    )
     table.add_column("name", no_wrap=True)
     table.add_column("size/min", justify="right", no_wrap=True)
     table.add_column("prep", no_wrap=True)

@@ -134,10 +134,14 @@ def _plan(config: ExtractConfig):
 
     manifest_path = Path(config.manifest)
     if not manifest_path.is_file():
-        raise ManifestError(f"The manifest '{manifest_path}' does not exist; pass --manifest a CSV file (see `featx manifest scan`).")
+        raise ManifestError(
+            f"The manifest '{manifest_path}' does not exist; pass --manifest a CSV file (see `featx manifest scan`)."
+        )
     data_root = Path(config.data_root)
     if not data_root.is_dir():
-        raise ManifestError(f"The data root '{data_root}' is not a folder; pass --data-root the folder the manifest paths are relative to.")
+        raise ManifestError(
+            f"The data root '{data_root}' is not a folder; pass --data-root the folder the manifest paths are relative to."
+        )
     manifest = read_manifest(manifest_path)
     n_rows = len(manifest) if config.limit is None else min(len(manifest), int(config.limit))
     paths = _check_manifest_paths(manifest.paths[:n_rows], data_root)
@@ -164,8 +168,14 @@ def _plan(config: ExtractConfig):
             "data_root": data_root_text,
         }
         widths = {pooling: int(spec.embedding_width(pooling, size)) for pooling in poolings}
-        job = _Job(spec=spec, weights=info, image_size=size, path=store.cache_path(out_dir, spec.name),
-                   attrs=attrs, widths=widths)
+        job = _Job(
+            spec=spec,
+            weights=info,
+            image_size=size,
+            path=store.cache_path(out_dir, spec.name),
+            attrs=attrs,
+            widths=widths,
+        )
         if config.weights == "auto" and info.kind == "random":
             job.notes.append("--weights auto: no ImageNet weights cached, so random weights were used.")
         jobs.append(job)

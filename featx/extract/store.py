@@ -12,9 +12,9 @@ file complete and renames it to `<name>.h5` with `os.replace` (atomic).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import h5py
 import numpy as np
@@ -61,8 +61,6 @@ def partial_path(path) -> Path:
 
 def lock_path(path) -> Path:
     return Path(f"{path}{LOCK_SUFFIX}")
-
-
 
 
 # ---------------------------------------------------------------- attributes
@@ -180,10 +178,7 @@ def acquire_lock(path: Path) -> Path:
                     f"Another featx process (pid {pid}) is writing {str(path)!r}; wait for it to finish, "
                     f"or delete {str(lock)!r} if that process is not featx."
                 ) from None
-            try:
-                lock.unlink()  # stale: its writer died
-            except FileNotFoundError:
-                pass
+            lock.unlink(missing_ok=True)  # stale: its writer died
             continue
         except PermissionError:
             raise CacheError(
@@ -197,10 +192,7 @@ def acquire_lock(path: Path) -> Path:
 
 def release_lock(lock: Path) -> None:
     if _read_lock_pid(lock) == os.getpid():
-        try:
-            lock.unlink()
-        except FileNotFoundError:
-            pass
+        lock.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- writer
@@ -242,7 +234,7 @@ class CacheWriter:
         self.note = note
         self.poolings = tuple(handle["embeddings"].keys())
 
-    def __enter__(self) -> "CacheWriter":
+    def __enter__(self) -> CacheWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -312,10 +304,7 @@ class CacheWriter:
             finally:
                 self._handle = None
                 if self.n_done == 0 and self._created:
-                    try:
-                        self.partial.unlink()
-                    except FileNotFoundError:
-                        pass
+                    self.partial.unlink(missing_ok=True)
                 release_lock(self._lock)
 
 
@@ -333,13 +322,12 @@ def check_cache(path, attrs: dict, n_rows: int, force: bool = False) -> bool:
         cached = read_attrs(handle)
         n_cached = handle["ids"].shape[0]
     if not cached.get("complete"):
-        raise CacheError(
-            f"The embedding cache {str(path)!r} is marked incomplete; pass --force to rebuild it."
-        )
+        raise CacheError(f"The embedding cache {str(path)!r} is marked incomplete; pass --force to rebuild it.")
     differ = differing_keys(cached, attrs, n_cached, n_rows)
     if differ:
-        details = ", ".join(f"{key}: cached {_shown(cached, key, n_cached)} vs requested {_shown(attrs, key, n_rows)}"
-                            for key in differ)
+        details = ", ".join(
+            f"{key}: cached {_shown(cached, key, n_cached)} vs requested {_shown(attrs, key, n_rows)}" for key in differ
+        )
         raise StaleCacheError(
             f"The embedding cache {str(path)!r} was made with different settings ({details}); "
             "pass --force to rebuild it."
@@ -414,7 +402,10 @@ def _try_resume(partial: Path, attrs: dict, n_rows: int) -> tuple[h5py.File | No
     if sorted(cached_poolings) != sorted(attrs["poolings"]) and "poolings" not in differ:
         differ.append("poolings")
     if differ:
-        return None, f"The unfinished {partial.name} was made with different settings ({', '.join(differ)}); starting over."
+        return (
+            None,
+            f"The unfinished {partial.name} was made with different settings ({', '.join(differ)}); starting over.",
+        )
     try:
         handle = h5py.File(partial, "r+")
     except OSError:
@@ -465,8 +456,9 @@ def _create(partial, attrs, ids, labels, classes, split, patient_id, widths, bat
         handle.create_dataset("errors", shape=(0,), maxshape=(None,), dtype=STR, chunks=(256,))
         group = handle.create_group("embeddings")
         for pooling, width in widths.items():
-            _create_preallocated(group, pooling, (n_rows, int(width)), np.float32,
-                                 _chunk_rows(int(width), batch_rows, n_rows))
+            _create_preallocated(
+                group, pooling, (n_rows, int(width)), np.float32, _chunk_rows(int(width), batch_rows, n_rows)
+            )
         handle.flush()
     except BaseException:
         handle.close()

@@ -20,7 +20,7 @@ import numpy as np
 
 from featx.errors import ResultsError
 from featx.extract.backbones import RANDOM_BANNER
-from featx.files import atomic_write
+from featx.files import atomic_write_bytes
 from featx.results.records import load_runs
 
 ALPHA = 0.05
@@ -372,8 +372,7 @@ def write_leaderboard(results_dir, runs=None) -> tuple[Path, Path]:
     csv_path, md_path = results_dir / "leaderboard.csv", results_dir / "leaderboard.md"
     try:
         for path, text in ((csv_path, to_csv(rows)), (md_path, to_markdown(rows))):
-            data = text.encode("utf-8")
-            atomic_write(path, lambda f, data=data: f.write(data))
+            atomic_write_bytes(path, text.encode("utf-8"))
     except OSError as error:
         raise ResultsError(
             f"Cannot write the leaderboard into '{results_dir}' ({error.strerror or error}); check its permissions."

@@ -17,7 +17,7 @@ import numpy as np
 
 from featx import __version__
 from featx.errors import BundleError, ResultsError
-from featx.files import atomic_write, check_writable_dir
+from featx.files import atomic_write, atomic_write_bytes, check_writable_dir
 from featx.jsonvalues import jsonable
 from featx.runtime import library_versions
 
@@ -192,7 +192,7 @@ class RunWriter:
         atomic_write(bundle_path(self.results_dir, run.plan.run_id), lambda f: joblib.dump(model, f))
         text = json.dumps(jsonable(run_record(run)), indent=2, allow_nan=False)
         path = run_path(self.results_dir, run.plan.run_id)
-        atomic_write(path, lambda f: f.write(text.encode()))
+        atomic_write_bytes(path, text.encode())
         return path
 
 

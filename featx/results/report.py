@@ -26,7 +26,7 @@ import numpy as np
 from featx import __version__
 from featx.errors import CacheError
 from featx.extract import store
-from featx.files import atomic_write
+from featx.files import atomic_write_bytes
 from featx.extract.backbones import RANDOM_BANNER
 from featx.results import records
 from featx.results.leaderboard import leaderboard_rows
@@ -633,8 +633,7 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
         f"<title>featx report — {_e(results_dir.name)}</title><style>{CSS}</style></head><body>"
         + "\n".join(body) + "</body></html>\n"
     )
-    data = document.encode("utf-8")
-    atomic_write(out, lambda f: f.write(data))
+    atomic_write_bytes(out, document.encode("utf-8"))
     return out
 
 
