@@ -201,7 +201,12 @@ def _add_classify(sub) -> None:
     p.add_argument("--pooling", default=None, help="comma-separated poolings (default: every pooling cached)")
     p.add_argument("--cv", type=_positive_int, default=5, help="patient-grouped folds (default 5)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-jobs", type=int, default=1, help="parallel fits (default 1)")
+    p.add_argument(
+        "--n-jobs",
+        type=_positive_int,
+        default=None,
+        help="cores for the fits, split between parallel fits and each library's threads (default: every usable core)",
+    )
     p.add_argument(
         "--threshold-rule",
         default="youden",
@@ -211,6 +216,11 @@ def _add_classify(sub) -> None:
         "--val-as-test", action="store_true", help="evaluate val rows with test instead of merging them into train"
     )
     p.add_argument("--quick", action="store_true", help="a small grid for smoke runs (not for reporting)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="re-fit every run, even those whose inputs are unchanged since they were fitted",
+    )
     p.set_defaults(handler=_cmd_classify)
 
 
@@ -230,6 +240,7 @@ def _cmd_classify(args):
         threshold_rule=args.threshold_rule,
         val_as_test=args.val_as_test,
         quick=args.quick,
+        force=args.force,
     )
     classify_command(config, console=_console())
 
@@ -363,7 +374,14 @@ def _add_bench_classify(bsub) -> None:
     p.add_argument("--n-train", type=_positive_int, default=5216)
     p.add_argument("--n-test", type=_positive_int, default=624)
     p.add_argument("--dim", type=_positive_int, default=2048)
-    p.add_argument("--n-jobs", type=int, default=2)
+    p.add_argument("--cv", type=_positive_int, default=5, help="patient-grouped folds (default 5)")
+    p.add_argument(
+        "--n-jobs",
+        type=_positive_int,
+        default=None,
+        help="cores, split as featx classify splits them (default: all usable)",
+    )
+    p.add_argument("--repeat", type=_positive_int, default=1, help="time each search N times, report the fastest")
     p.set_defaults(handler=_cmd_bench_classify)
 
 
@@ -377,6 +395,8 @@ def _cmd_bench_classify(args):
         dim=args.dim,
         n_jobs=args.n_jobs,
         console=_console(),
+        cv=args.cv,
+        repeat=args.repeat,
     )
 
 

@@ -8,31 +8,40 @@ results stage's writer, featx.results.records.RunWriter) as a FittedRun.
 
 Everything the user can get wrong is checked before the first fit, from the caches'
 headers and row metadata, so a bad cache or flag costs seconds, not a half-finished
-grid. Each cache is hashed once per command and each pooling loaded once.
+grid. Each cache is hashed once per command (memoised beside it: store.content_sha256)
+and each pooling loaded once.
+
+Runs are cached like embeddings: a run whose inputs (run_inputs: the cache's content hash,
+pooling, classifier, estimator settings, grid, search, folds, seed, threshold rule, library
+versions) are unchanged since the sink saved it is not fitted again (`sink.reusable`), unless
+`force`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
-import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from joblib import Parallel, delayed
 
 from featx.classify import evaluate
 from featx.classify import registry as classifiers
-from featx.classify.scoring import AUCScorer, predict_scores, task_for
+from featx.classify.scoring import predict_scores, task_for
+from featx.config import usable_cores
 from featx.errors import CacheError, ClassifyError, one_of_message
 from featx.extract import store
 from featx.extract.backbones import POOLINGS
-from featx.files import file_sha256
+from featx.runtime import library_versions
 
 TRAIN_SPLITS = ("train", "val")
 HOLDOUT_FRACTION = 0.2
+# Part of every run's input key: bump it when how a run is fitted changes in a way its other inputs do not show.
+INPUT_KEY_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -44,10 +53,11 @@ class ClassifyConfig:
     poolings: tuple[str, ...] | None = None  # None: every pooling each cache holds
     cv: int = 5
     seed: int = 0
-    n_jobs: int = 1
+    n_jobs: int | None = None  # cores for the fits; None: every usable core (config.usable_cores)
     threshold_rule: str = "youden"
     val_as_test: bool = False
     quick: bool = False
+    force: bool = False  # fit every run, even one whose inputs are unchanged since it was saved
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,10 @@ class RunPlan:
     backbone: str
     pooling: str
     classifier: str
+    # what planning learnt from the cache's rows: the task, its classes and the training rows
+    task: str = field(default="binary", compare=False)
+    n_classes: int = field(default=2, compare=False)
+    n_train_rows: int = field(default=0, compare=False)
 
     @property
     def run_id(self) -> str:
@@ -92,6 +106,8 @@ class FittedRun:
     y_test: np.ndarray
     test_score: np.ndarray
     timings: dict
+    input_key: str = ""  # sha256 of `inputs`: a later command reuses the run while it is unchanged
+    inputs: dict = field(default_factory=dict)  # run_inputs(...)
 
     @property
     def estimator(self):
@@ -102,10 +118,25 @@ class FittedRun:
         return self.threshold["value"] if self.threshold else None
 
 
+@dataclass(frozen=True)
+class ReusableRun:
+    """A run the sink already holds with the same input key: it is not fitted again."""
+
+    path: Path
+    cv_auc: float | None
+    test_auc: float | None
+
+
 class RunSink(Protocol):
-    """Where finished runs go: `prepare` is called after planning and before the first fit."""
+    """Where finished runs go: `prepare` is called after planning and before the first fit.
+
+    `reusable(plan, input_key)` answers whether the sink holds that run fitted from the same
+    inputs (then it is not fitted again); `save` stores a fitted run and returns where.
+    """
 
     def prepare(self) -> None: ...
+
+    def reusable(self, plan: RunPlan, input_key: str) -> ReusableRun | None: ...
 
     def save(self, run: FittedRun) -> Path: ...
 
@@ -258,9 +289,9 @@ def _check_finite(path: Path, pooling: str) -> None:
 def plan_runs(config: ClassifyConfig) -> list[RunPlan]:
     """Validate every input before any fit; the runs to do, grouped by cache and pooling.
 
-    Reads each cache's header and row metadata, and streams each planned pooling once to check that every
-    embedding is finite (no embedding matrix is held and no file is hashed here). Raises a FeatxError on
-    the first problem.
+    Reads each cache's header and row metadata (no embedding matrix is read and no file is hashed
+    here). Raises a FeatxError on the first problem. The embeddings' finiteness is checked by
+    check_embeddings, for the runs that will be fitted.
     """
     _check_options(config)
     headers = [store.read_header(path) for path in _find_caches(config)]
@@ -273,11 +304,87 @@ def plan_runs(config: ClassifyConfig) -> list[RunPlan]:
         _check_classes(rows_meta, rows.test, "test")
         groups = np.asarray(rows_meta.patient_id).astype(str)[rows.train]
         evaluate.grouped_splits(rows_meta.y[rows.train], groups, config.cv, config.seed, classes=rows_meta.classes)
+        classes = [str(c) for c in rows_meta.classes]
+        facts = dict(task=task_for(rows_meta.y, classes), n_classes=len(classes), n_train_rows=len(rows.train))
         for pooling in poolings:
-            _check_finite(header.path, pooling)
             for classifier in config.classifiers:
-                plans.append(RunPlan(header.path, header.backbone, pooling, classifier))
+                plans.append(RunPlan(header.path, header.backbone, pooling, classifier, **facts))
     return plans
+
+
+def check_embeddings(plans: Sequence[RunPlan]) -> None:
+    """Every embedding the plans will read is finite: one chunked pass per (cache, pooling); FeatxError otherwise."""
+    for cache, pooling in dict.fromkeys((plan.cache, plan.pooling) for plan in plans):
+        _check_finite(cache, pooling)
+
+
+# ---------------------------------------------------------------- run inputs (what decides reuse)
+
+
+def cache_content_hash(path: Path) -> str:
+    """The content hash a run is keyed on: the cache file's sha256 (memoised beside it by the store)."""
+    return store.content_sha256(path)
+
+
+def _describe(value):
+    """Estimator parameters as plain JSON: nested estimators by class path, other objects by type."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_describe(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _describe(item) for key, item in value.items()}
+    if hasattr(value, "get_params"):
+        return f"{type(value).__module__}.{type(value).__qualname__}"
+    return type(value).__name__
+
+
+def run_inputs(plan: RunPlan, config: ClassifyConfig, content_hash: str) -> dict:
+    """Everything that decides a run's results, as plain JSON: the key of its reuse.
+
+    The cache's content, the pooling, the classifier with every estimator setting and its grid,
+    the search strategy, folds, seed, threshold rule, split options, the input-key version and
+    the library versions. Thread and process counts are left out: they change how fast, not what.
+    """
+    spec = classifiers.get_classifier(plan.classifier)
+    estimator, grid = classifiers.build_classifier(
+        plan.classifier, plan.task, plan.n_classes, seed=config.seed, quick=config.quick
+    )
+    params = {
+        key: _describe(value)
+        for key, value in sorted(estimator.get_params(deep=True).items())
+        if not (key == "n_jobs" or key.endswith("__n_jobs"))
+    }
+    return {
+        "input_key_version": INPUT_KEY_VERSION,
+        "feature_sha256": content_hash,
+        "pooling": plan.pooling,
+        "classifier": plan.classifier,
+        "task": plan.task,
+        "estimator": {"class": _describe(estimator), "params": params},
+        "grid": _describe(grid),
+        "search": {
+            "strategy": classifiers.search_strategy(plan.classifier, grid, plan.n_train_rows),
+            **_describe(spec.search_options),
+        },
+        "cv": config.cv,
+        "seed": config.seed,
+        "threshold_rule": config.threshold_rule,
+        "val_as_test": config.val_as_test,
+        "quick": config.quick,
+        "versions": library_versions(),
+    }
+
+
+def input_key(inputs: dict) -> str:
+    """sha256 of a run's inputs (canonical JSON)."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def planned_fits(plan: RunPlan, config: ClassifyConfig) -> int:
+    """The fits a run will make (grid points x folds over its search's rounds, plus the refit)."""
+    _, grid = classifiers.build_classifier(plan.classifier, plan.task, plan.n_classes, quick=config.quick)
+    return classifiers.planned_fits(plan.classifier, grid, plan.n_train_rows, config.cv)
 
 
 # ---------------------------------------------------------------- one run
@@ -287,7 +394,7 @@ def plan_runs(config: ClassifyConfig) -> list[RunPlan]:
 class Selection:
     """Model selection on training rows only: the search, its OOF scores and threshold."""
 
-    search: object
+    search: Any
     splits: list
     oof_score: np.ndarray
     threshold: dict | None
@@ -295,47 +402,49 @@ class Selection:
     oof_s: float
 
 
-def _fold_scores(model, X, y, fit_rows, score_rows, task):
-    """Out-of-fold scores of one grouped fold: fit on its training side, score its held-out side."""
-    return predict_scores(model.fit(X[fit_rows], y[fit_rows]), X[score_rows], task)
-
-
 def select_model(
-    classifier: str, task: str, classes: Sequence[str], X_train, y_train, groups, config: ClassifyConfig
+    classifier: str,
+    task: str,
+    classes: Sequence[str],
+    X_train,
+    y_train,
+    groups,
+    config: ClassifyConfig,
+    on_fits: Callable[[int], object] | None = None,
 ) -> Selection:
-    """Grid search, refit and out-of-fold scores. Sees the training rows and nothing else."""
-    from sklearn.base import clone
+    """Grid search, refit and out-of-fold scores. Sees the training rows and nothing else.
 
+    The out-of-fold scores of the chosen candidate are the held-out predictions its search made
+    on the same patient-grouped folds (search.FoldSearch.oof_scores_), not five more fits.
+    `on_fits(n)` is called as fits finish (the progress bar). `featx bench classify` times this.
+    """
+    n_jobs = resolve_n_jobs(config.n_jobs)
     splits = evaluate.grouped_splits(y_train, groups, config.cv, config.seed, classes=classes)
-    estimator, grid = classifiers.build_classifier(
-        classifier, task, len(classes), seed=config.seed, n_jobs=config.n_jobs, quick=config.quick
-    )
-    search = classifiers.make_search(
-        classifier, estimator, grid, splits, AUCScorer(task), n_jobs=config.n_jobs, seed=config.seed
-    )
+    estimator, grid = classifiers.build_classifier(classifier, task, len(classes), seed=config.seed, quick=config.quick)
+    search = classifiers.make_search(classifier, estimator, grid, splits, task, n_jobs=n_jobs, seed=config.seed)
+    spec = classifiers.get_classifier(classifier)
+    if spec.set_threads is not None:
+        spec.set_threads(search.threads)
     started = time.perf_counter()
-    with warnings.catch_warnings():
-        # NaN early-round scores of successive halving are expected (see AUCScorer); not news to the user.
-        warnings.filterwarnings("ignore", message="One or more of the test scores are non-finite")
-        search.fit(X_train, y_train)
+    search.fit(X_train, y_train, on_fits=on_fits)
     search_s = time.perf_counter() - started
-
-    started = time.perf_counter()
-    oof = np.zeros((len(y_train),) if task == "binary" else y_train.shape[:1] + (len(classes),), dtype=np.float64)
-    fold_scores = Parallel(n_jobs=config.n_jobs)(
-        delayed(_fold_scores)(clone(search.best_estimator_), X_train, y_train, fit_rows, score_rows, task)
-        for fit_rows, score_rows in splits
-    )
-    for (_, score_rows), scores in zip(splits, fold_scores):
-        oof[score_rows] = scores
-    oof_s = time.perf_counter() - started
-
+    oof = search.oof_scores_
     threshold = evaluate.choose_threshold(y_train, oof, rule=config.threshold_rule) if task == "binary" else None
-    return Selection(search, splits, oof, threshold, search_s, oof_s)
+    return Selection(search, splits, oof, threshold, search_s, 0.0)
 
 
-def fit_run(plan: RunPlan, config: ClassifyConfig, features: store.FeatureSet) -> FittedRun:
-    """Select, refit and evaluate one backbone x pooling x classifier on a loaded FeatureSet."""
+def fit_run(
+    plan: RunPlan,
+    config: ClassifyConfig,
+    features: store.FeatureSet,
+    *,
+    inputs: dict | None = None,
+    on_fits: Callable[[int], object] | None = None,
+) -> FittedRun:
+    """Select, refit and evaluate one backbone x pooling x classifier on a loaded FeatureSet.
+
+    `inputs` (run_inputs) travel with the run so the sink can record its input key.
+    """
     started_total = time.perf_counter()
     rows = split_rows(features, config)
     classes = [str(c) for c in features.classes]
@@ -344,7 +453,7 @@ def fit_run(plan: RunPlan, config: ClassifyConfig, features: store.FeatureSet) -
     groups = np.asarray(features.patient_id).astype(str)
     X_train, y_train = features.X[rows.train], y[rows.train]
 
-    selection = select_model(plan.classifier, task, classes, X_train, y_train, groups[rows.train], config)
+    selection = select_model(plan.classifier, task, classes, X_train, y_train, groups[rows.train], config, on_fits)
     search = selection.search
 
     # The test rows are sliced out only now, after model selection is fixed.
@@ -360,7 +469,7 @@ def fit_run(plan: RunPlan, config: ClassifyConfig, features: store.FeatureSet) -
         "oof_s": selection.oof_s,
         "predict_s": predict_s,
         "total_s": time.perf_counter() - started_total,
-        "n_fits": len(search.cv_results_["params"]) * len(selection.splits) + 1,
+        "n_fits": int(search.n_fits_),
     }
     return FittedRun(
         plan=plan,
@@ -377,6 +486,8 @@ def fit_run(plan: RunPlan, config: ClassifyConfig, features: store.FeatureSet) -
         y_test=y_test,
         test_score=test_score,
         timings=timings,
+        input_key=input_key(inputs) if inputs else "",
+        inputs=inputs or {},
     )
 
 
@@ -404,34 +515,113 @@ def _class_counts(y: np.ndarray, classes: list[str]) -> dict[str, int]:
 # ---------------------------------------------------------------- every run
 
 
+def resolve_n_jobs(n_jobs: int | None) -> int:
+    """Cores for stage two's fits: `n_jobs`, or every usable core when None."""
+    if n_jobs is None:
+        return usable_cores()
+    if int(n_jobs) < 1:
+        raise ClassifyError(f"The 'n_jobs' parameter must be a positive number of cores. Got {n_jobs} instead.")
+    return int(n_jobs)
+
+
+def describe_cpu_split(classifier_names: Sequence[str], n_jobs: int, cv: int) -> str:
+    """One line: the cores used and, per classifier, parallel fits x library threads per fit.
+
+    Starts the process-wide pools that need it (TensorFlow's), so the threads said are those in effect.
+    """
+    parts = []
+    for name in dict.fromkeys(classifier_names):
+        split = classifiers.cpu_split(name, n_jobs, cv)
+        spec = classifiers.get_classifier(name)
+        if spec.set_threads is not None:
+            split = replace(split, threads=spec.set_threads(split.threads))
+        parts.append(f"{name} {split.describe()}")
+    return f"{n_jobs} of {usable_cores()} usable cores: {'; '.join(parts)}"
+
+
+def _auc_text(value) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.3f}"
+
+
+def _run_line(plan: RunPlan, run: FittedRun) -> str:
+    test = run.test_metrics.get("auc") or {}
+    ci = ""
+    if test.get("ci_low") is not None and test.get("ci_high") is not None:
+        ci = f" [{test['ci_low']:.3f}, {test['ci_high']:.3f}]"
+    search = run.search
+    best = int(search.best_index_)
+    cv_mean = float(search.cv_results_["mean_test_score"][best])
+    cv_std = float(search.cv_results_["std_test_score"][best])
+    return (
+        f"[green]fitted[/green] {plan.run_id}: CV AUC {_auc_text(cv_mean)} ± {cv_std:.3f}, "
+        f"test AUC {_auc_text(test.get('value'))}{ci} ({run.timings['n_fits']} fits, {run.timings['total_s']:.1f} s)"
+    )
+
+
 def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Path]:
-    """Validate, then fit every planned run and hand each to `sink` as it finishes; returns what sink.save returned."""
+    """Validate, reuse the runs whose inputs are unchanged, fit the others; returns every run's path in plan order.
+
+    Each fitted run is handed to `sink.save` as it finishes and reported in a line with its CV
+    and test AUC; one progress bar counts the fits of every run to fit (grid points x folds over
+    each search's rounds, plus refits), with rate and ETA from the first finished task.
+    """
     from rich.console import Console
 
     from featx.progress import progress_bar
 
     console = console or Console()
+    config = replace(config, n_jobs=resolve_n_jobs(config.n_jobs))
     plans = plan_runs(config)
     sink.prepare()
-    written: list[Path] = []
-    sha256: dict[Path, str] = {}
+    hashes: dict[Path, str] = {}
+    paths: dict[RunPlan, Path] = {}
+    to_fit: list[tuple[RunPlan, dict]] = []
+    for plan in plans:
+        if plan.cache not in hashes:
+            hashes[plan.cache] = cache_content_hash(plan.cache)
+        inputs = run_inputs(plan, config, hashes[plan.cache])
+        reused = None if config.force else sink.reusable(plan, input_key(inputs))
+        if reused is None:
+            to_fit.append((plan, inputs))
+            continue
+        paths[plan] = reused.path
+        console.print(
+            f"[dim]reused[/dim] {plan.run_id}: inputs unchanged, CV AUC {_auc_text(reused.cv_auc)}, "
+            f"test AUC {_auc_text(reused.test_auc)}"
+        )
+    if paths:
+        console.print(
+            f"{len(paths)} of {len(plans)} runs reused (inputs unchanged since they were fitted; --force re-fits them); "
+            f"{len(to_fit)} to fit."
+        )
+    if not to_fit:
+        return [paths[plan] for plan in plans]
+
+    check_embeddings([plan for plan, _ in to_fit])
+    console.print(f"CPU: {describe_cpu_split([plan.classifier for plan, _ in to_fit], config.n_jobs, config.cv)}.")
     loaded_key, features = None, None
-    with progress_bar(console, unit="runs") as progress:
-        bar = progress.add_task("classify", total=len(plans))
-        for plan in plans:
+    with progress_bar(console, unit="fits") as progress:
+        planned = {plan: planned_fits(plan, config) for plan, _ in to_fit}
+        bar = progress.add_task(f"classify: {len(to_fit)} runs", total=sum(planned.values()))
+        done_before = 0
+        for plan, inputs in to_fit:
             progress.update(bar, description=f"{plan.backbone} / {plan.pooling} / {plan.classifier}")
             if loaded_key != (plan.cache, plan.pooling):  # plans are grouped by cache and pooling: load each once
                 features = None
-                if plan.cache not in sha256:
-                    sha256[plan.cache] = file_sha256(plan.cache)
-                features = store.load(plan.cache, plan.pooling, sha256=sha256[plan.cache])
+                features = store.load(plan.cache, plan.pooling, sha256=hashes[plan.cache])
                 loaded_key = (plan.cache, plan.pooling)
                 if split_rows(features, config).test_source == "held_out_patients":
                     progress.console.print(
                         f"[yellow]{plan.cache.name} has no test rows: holding out {HOLDOUT_FRACTION:.0%} of its "
                         f"patients (stratified, seed {config.seed}) as the test set.[/yellow]"
                     )
-            written.append(sink.save(fit_run(plan, config, features)))
-            progress.advance(bar)
-        progress.update(bar, description="classify: done")
-    return written
+            assert features is not None
+            run = fit_run(plan, config, features, inputs=inputs, on_fits=lambda n: progress.advance(bar, n))
+            done_before += run.timings["n_fits"]
+            if run.timings["n_fits"] != planned[plan]:  # an estimate that missed: the total follows the facts
+                total = progress.tasks[0].total or 0
+                progress.update(bar, total=total + run.timings["n_fits"] - planned[plan], completed=done_before)
+            paths[plan] = sink.save(run)
+            progress.console.print(_run_line(plan, run))
+        progress.update(bar, description=f"classify: {len(to_fit)} runs fitted")
+    return [paths[plan] for plan in plans]

@@ -11,6 +11,7 @@ file complete and renames it to `<name>.h5` with `os.replace` (atomic).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,12 +21,13 @@ import h5py
 import numpy as np
 
 from featx.errors import CacheError, LockError, StaleCacheError, one_of_message, short_reason
-from featx.files import file_sha256
+from featx.files import atomic_write_bytes, file_sha256
 
 FORMAT = 1
 SUFFIX = ".h5"
 PARTIAL_SUFFIX = ".partial"
 LOCK_SUFFIX = ".lock"
+HASH_SUFFIX = ".sha256"  # <name>.h5.sha256: content_sha256's memo
 
 # Attributes that must agree for a cache to answer a request. The pooling list is
 # compared as a subset (a cache holding avg and max answers a request for avg) and
@@ -708,3 +710,43 @@ def list_caches(features_dir) -> list[Path]:
         except (OSError, ValueError):
             continue
     return found
+
+
+def hash_memo_path(path) -> Path:
+    """<name>.h5.sha256: where content_sha256 memoises a cache's hash."""
+    path = Path(path)
+    return path.with_name(path.name + HASH_SUFFIX)
+
+
+def _file_identity(path: Path) -> dict:
+    info = path.stat()
+    # ctime moves on every write and cannot be set back by hand, unlike mtime; the inode changes on replace
+    return {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "ctime_ns": info.st_ctime_ns, "inode": info.st_ino}
+
+
+def content_sha256(path) -> str:
+    """The sha256 of a cache file, read in full only when the file changed since it was last hashed.
+
+    The hash is memoised beside the cache in `<name>.h5.sha256` (JSON: size, mtime_ns, ctime_ns,
+    inode, sha256) and reused while the file's size, times and inode are unchanged, so stage two
+    can tell "same cache" in microseconds. A missing, stale or unreadable memo means hashing the
+    file again; a folder that cannot take the memo means hashing it every time.
+    """
+    import json
+
+    path = Path(path)
+    identity = _file_identity(path)
+    memo = hash_memo_path(path)
+    try:
+        known = json.loads(memo.read_text(encoding="utf-8"))
+        if isinstance(known, dict) and {k: known.get(k) for k in identity} == identity:
+            sha256 = known.get("sha256")
+            if isinstance(sha256, str) and len(sha256) == 64:
+                return sha256
+    except (OSError, ValueError):
+        pass
+    sha256 = file_sha256(path)
+    if _file_identity(path) == identity:  # not rewritten while it was read
+        with contextlib.suppress(OSError):  # a read-only folder: no memo, the hash is still right
+            atomic_write_bytes(memo, json.dumps({**identity, "sha256": sha256}).encode())
+    return sha256

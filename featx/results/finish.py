@@ -63,17 +63,18 @@ def finish_results(results_dir, console, *, manifest=None, data_root=None, annou
 
 
 def classify_runs(config, console=None) -> list[Path]:
-    """Stage two into config.out_dir: every planned run fitted and written as a run JSON and a model bundle."""
+    """Stage two into config.out_dir: every planned run as a run JSON and a model bundle, fitted unless a run
+    with the same inputs is already there (records.RunWriter.reusable)."""
     from featx.classify.stage import run_classify
 
     return run_classify(config, records.RunWriter(config.out_dir), console)
 
 
 def classify_command(config, console) -> None:
-    """`featx classify`: the runs, then the leaderboard, then the report."""
-    written = classify_runs(config, console)
+    """`featx classify`: the runs, then the leaderboard and the report from every run in the folder."""
+    paths = classify_runs(config, console)
     out_dir = Path(config.out_dir)
     console.print(
-        f"Wrote {len(written)} run(s) to {out_dir / records.RUNS_DIR} and their models to {out_dir / records.MODELS_DIR}."
+        f"{len(paths)} run(s) in {out_dir / records.RUNS_DIR}, their models in {out_dir / records.MODELS_DIR}."
     )
     finish_results(out_dir, console)

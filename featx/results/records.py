@@ -22,7 +22,7 @@ from featx.jsonvalues import jsonable
 from featx.runtime import library_versions
 
 if TYPE_CHECKING:
-    from featx.classify.stage import FittedRun
+    from featx.classify.stage import FittedRun, ReusableRun, RunPlan
 
 RUN_FORMAT = 1
 BUNDLE_FORMAT = 1
@@ -107,7 +107,7 @@ def run_record(run: FittedRun) -> dict:
         "versions": library_versions(),
         "data": run.data,
         "grid": getattr(search, "param_grid", None) or getattr(search, "param_distributions", None),
-        "search": type(search).__name__,
+        "search": getattr(search, "strategy", type(search).__name__),
         "cv_results": {key: cv_results[key] for key in CV_RESULT_KEYS if key in cv_results},
         "best_params": search.best_params_,
         "cv_auc_mean": float(cv_results["mean_test_score"][best]),
@@ -121,6 +121,8 @@ def run_record(run: FittedRun) -> dict:
         },
         "timings": run.timings,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "input_key": run.input_key,
+        "inputs": run.inputs,
     }
 
 
@@ -173,6 +175,29 @@ class RunWriter:
         check_writable_dir(self.results_dir, ResultsError, "results folder", fix)
         for sub in (RUNS_DIR, MODELS_DIR):
             check_writable_dir(self.results_dir / sub, ResultsError, "results folder", fix)
+
+    def reusable(self, plan: RunPlan, input_key: str) -> ReusableRun | None:
+        """The run already in this folder when it was fitted from the same inputs (its record's input_key
+        equals `input_key` and its bundle is there), else None: then it is fitted again.
+
+        A record that is unreadable, of another format or without an input key (written before
+        runs were reused) is never reused.
+        """
+        from featx.classify.stage import ReusableRun
+
+        path = run_path(self.results_dir, plan.run_id)
+        if not input_key or not bundle_path(self.results_dir, plan.run_id).is_file():
+            return None
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        if not isinstance(record, dict) or record.get("format", 1) != RUN_FORMAT:
+            return None
+        if record.get("input_key") != input_key or any(key not in record for key in RUN_REQUIRED_KEYS):
+            return None
+        test_auc = (record.get("test") or {}).get("auc") or {}
+        return ReusableRun(path, record.get("cv_auc_mean"), test_auc.get("value") if isinstance(test_auc, dict) else None)
 
     def save(self, run: FittedRun) -> Path:
         """Write the bundle, then the run JSON (each atomically); returns the JSON path.
