@@ -338,10 +338,13 @@ def _cmd_demo(args):
 
 
 def _add_bench(sub) -> None:
-    pb = sub.add_parser("bench", help="benchmarks: extract throughput/memory, classify grid time")
+    pb = sub.add_parser(
+        "bench", help="benchmarks: extract throughput/memory, classify grid time, featx vs training on images"
+    )
     bsub = pb.add_subparsers(dest="bench_command", metavar="WHAT")
     _add_bench_extract(bsub)
     _add_bench_classify(bsub)
+    _add_bench_compare(bsub)
     pb.set_defaults(handler=lambda args: pb.print_help() or 2)
 
 
@@ -398,6 +401,49 @@ def _cmd_bench_classify(args):
         cv=args.cv,
         repeat=args.repeat,
     )
+
+
+def _add_bench_compare(bsub) -> None:
+    from featx.bench.compare import CompareConfig
+
+    defaults = CompareConfig()
+    p = bsub.add_parser(
+        "compare",
+        help="the seeds' way (backbone inside a Keras model, head trained N epochs on images) vs featx extract + "
+        "classify dense, on the same real images: forward passes, wall time, test AUC",
+    )
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        default=defaults.data_root,
+        help="label/file folder of real images (default ../shared/data/kermany224/train)",
+    )
+    p.add_argument("--images", type=_positive_int, default=defaults.images, help="images drawn from it (default 1000)")
+    p.add_argument("--image-size", type=_positive_int, default=defaults.image_size, help="input size (default 128)")
+    p.add_argument("--backbone", default=defaults.backbone, help="backbone (default resnet50)")
+    p.add_argument("--weights", default=defaults.weights, help="random (default), imagenet, auto or PATH")
+    p.add_argument("--epochs", type=_positive_int, default=defaults.epochs, help="seeds' way epochs (default 10)")
+    p.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size)
+    p.add_argument("--seed", type=int, default=defaults.seed, help="image draw, patient split and weights seed")
+    p.add_argument("--workdir", type=Path, default=None, help="scratch folder to keep (default: a temp dir)")
+    p.set_defaults(handler=_cmd_bench_compare)
+
+
+def _cmd_bench_compare(args):
+    from featx.bench.compare import CompareConfig, bench_compare_command
+
+    config = CompareConfig(
+        data_root=args.data_root,
+        images=args.images,
+        image_size=args.image_size,
+        backbone=args.backbone,
+        weights=args.weights,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        workdir=args.workdir,
+    )
+    bench_compare_command(config, console=_console())
 
 
 # ---------------------------------------------------------------- parser

@@ -739,3 +739,22 @@ def test_n_jobs_defaults_to_every_usable_core(tmp_path, monkeypatch):
     if hasattr(os, "sched_getaffinity"):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
         assert featx_config.usable_cores() == 3
+
+
+def test_the_report_is_rewritten_only_when_a_run_changed(tmp_path):
+    features, out = tmp_path / "features", tmp_path / "results"
+    write_signal_cache(features / "tiny.h5", backbone="tiny", seed=0, feature_seed=1)
+    config = config_for(features, out)
+    classify_command(config, quiet_console())
+    report = out / "report.html"
+    written = report.stat().st_mtime_ns
+
+    console = quiet_console()
+    classify_command(config, console)  # every run reused
+    assert report.stat().st_mtime_ns == written
+    assert "No run changed" in console.file.getvalue() and "featx leaderboard" in console.file.getvalue()
+
+    write_signal_cache(features / "tinyb.h5", backbone="tinyb", seed=0, feature_seed=2)
+    classify_command(config, quiet_console())  # a new backbone's run: leaderboard and report from all runs
+    assert report.stat().st_mtime_ns > written
+    assert "tinyb__avg__logreg" in report.read_text() and "tiny__avg__logreg" in report.read_text()

@@ -23,6 +23,7 @@ VERBS = [
     ["demo"],
     ["bench", "extract"],
     ["bench", "classify"],
+    ["bench", "compare"],
 ]
 
 

@@ -6,7 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from featx.errors import FeatxError
+from featx.files import atomic_write_bytes
 from featx.results import leaderboard, records
+
+LEADERBOARD_NAMES = ("leaderboard.csv", "leaderboard.md")  # as leaderboard.write_leaderboard names them
+REPORT_NAME = "report.html"  # report.write_report's default
+# results/.finished: the runs fingerprint the leaderboard and report were last written from (this module's file)
+FINISHED_NAME = ".finished"
 
 
 @dataclass(frozen=True)
@@ -22,6 +28,10 @@ class FinishedResults:
 
 def finish_results(results_dir, console, *, manifest=None, data_root=None, announce: bool = True) -> FinishedResults:
     """Write and print the leaderboard, then write the report; a failing report is said, never fatal.
+
+    When the leaderboard files and the report were written from exactly the run records there are
+    now (results/.finished holds their fingerprint: a second `featx classify` that reused every
+    run), the leaderboard is printed and nothing is rewritten.
 
     Parameters
     ----------
@@ -41,6 +51,17 @@ def finish_results(results_dir, console, *, manifest=None, data_root=None, annou
 
     results_dir = Path(results_dir)
     runs = records.load_runs(results_dir)
+    csv_path, md_path, report_path = (results_dir / name for name in (*LEADERBOARD_NAMES, REPORT_NAME))
+    if _up_to_date(results_dir, (csv_path, md_path, report_path)):
+        # nothing changed since they were written (every run reused): printing is enough
+        leaderboard.print_leaderboard(runs, console)
+        if announce:
+            console.print(
+                f"No run changed: {csv_path}, {md_path.name} and {report_path} are up to date "
+                f"(`featx report --results {results_dir}` rewrites the report)."
+            )
+        best = leaderboard.leaderboard_rows(runs)[0]["run_id"]
+        return FinishedResults(runs, csv_path, md_path, report_path, best)
     csv_path, md_path = leaderboard.write_leaderboard(results_dir, runs)
     leaderboard.print_leaderboard(runs, console)
     if announce:
@@ -56,10 +77,32 @@ def finish_results(results_dir, console, *, manifest=None, data_root=None, annou
             f"retry with `featx report --results {results_dir}`.[/yellow]"
         )
     else:
+        atomic_write_bytes(results_dir / FINISHED_NAME, _runs_fingerprint(results_dir).encode())
         if announce:
             console.print(f"Report written to {report}.")
     best = leaderboard.leaderboard_rows(runs)[0]["run_id"]
     return FinishedResults(runs, csv_path, md_path, report, best)
+
+
+def _runs_fingerprint(results_dir: Path) -> str:
+    """sha256 of every run record's name, size and mtime: it moves when a run is written, replaced or removed."""
+    import hashlib
+
+    entries = sorted(
+        f"{path.name}:{info.st_size}:{info.st_mtime_ns}"
+        for path in (results_dir / records.RUNS_DIR).glob("*.json")
+        for info in (path.stat(),)
+    )
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()
+
+
+def _up_to_date(results_dir: Path, outputs) -> bool:
+    """True when the outputs exist and were written from exactly the runs there are now."""
+    try:
+        written = (results_dir / FINISHED_NAME).read_text(encoding="utf-8").strip()
+        return all(Path(output).is_file() for output in outputs) and written == _runs_fingerprint(results_dir)
+    except OSError:
+        return False
 
 
 def classify_runs(config, console=None) -> list[Path]:

@@ -221,11 +221,17 @@ class RunWriter:
         return path
 
 
-def clear_runs(results_dir) -> None:
-    """Delete every run record and bundle in a results folder (the demo owns its results folder)."""
+def clear_runs(results_dir, keep=()) -> None:
+    """Delete the run records and bundles of a results folder, except the runs whose record paths are in `keep`.
+
+    The demo owns its results folder: after its stage two it keeps the runs of this demo (fitted
+    or reused) and drops the others.
+    """
+    kept = {Path(path).stem for path in keep}
     for folder, pattern in ((RUNS_DIR, "*.json"), (MODELS_DIR, "*.joblib")):
         for path in (Path(results_dir) / folder).glob(pattern):
-            path.unlink()
+            if path.stem not in kept:
+                path.unlink()
 
 
 # ---------------------------------------------------------------- reading
