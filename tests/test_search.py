@@ -27,14 +27,15 @@ def _data(n_patients=90, rows=3, dim=12, signal=0.8, seed=0):
 
 def test_halving_rounds_follow_scikit_learn_and_end_on_the_full_folds():
     assert search_rounds("grid", 14, 5215) == [Round(14, 5215, 5215)]
+    # scikit-learn's rounds (min_resources="exhaust"): 5215 // 16 = 325 rows, then x4; the last on all rows
     assert search_rounds("halving", 16, 5215, factor=4) == [
         Round(16, 325, 5215),
-        Round(4, 1303, 5215),
+        Round(4, 1300, 5215),
         Round(1, 5215, 5215),
     ]
     assert search_rounds("halving", 12, 5215, factor=3) == [
         Round(12, 579, 5215),
-        Round(4, 1738, 5215),
+        Round(4, 1737, 5215),
         Round(2, 5215, 5215),
     ]
     assert count_fits(search_rounds("halving", 12, 5215), n_folds=5) == (12 + 4 + 2) * 5 + 1
@@ -51,6 +52,28 @@ def test_the_grid_search_finds_what_grid_search_cv_finds():
     assert np.allclose(ours.cv_results_["mean_test_score"], theirs.cv_results_["mean_test_score"])
     assert list(ours.cv_results_["rank_test_score"]) == list(theirs.cv_results_["rank_test_score"])
     assert np.allclose(ours.predict_proba(X), theirs.predict_proba(X))
+
+
+def test_halving_fits_the_rows_and_keeps_the_candidates_scikit_learns_halving_does():
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+    from sklearn.model_selection import HalvingGridSearchCV
+
+    X, y, groups = _data(n_patients=200, dim=8, signal=0.3, seed=7)
+    splits = evaluate.grouped_splits(y, groups, 5, seed=0)
+    estimator = LogisticRegression(max_iter=1000)
+    grid = {"C": [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0], "class_weight": [None, "balanced"]}
+    ours = FoldSearch(estimator, grid, splits, strategy="halving", factor=3, random_state=0).fit(X, y)
+    theirs = HalvingGridSearchCV(
+        estimator, grid, cv=splits, scoring=AUCScorer("binary"), factor=3, min_resources="exhaust", random_state=0
+    ).fit(X, y)
+    assert ours.n_candidates_ == theirs.n_candidates_
+    assert ours.n_resources_[:-1] == theirs.n_resources_[:-1] and ours.n_resources_[-1] == len(y)
+    for round_ in range(len(ours.n_candidates_)):
+        mine = [i for i, r in enumerate(ours.cv_results_["iter"]) if r == round_]
+        sk = [i for i, r in enumerate(theirs.cv_results_["iter"]) if r == round_]
+        assert [ours.cv_results_["params"][i] for i in mine] == [theirs.cv_results_["params"][i] for i in sk]
+        if round_ < len(ours.n_candidates_) - 1:  # the last round differs only in fitting every row
+            assert np.allclose(ours.cv_results_["mean_test_score"][mine], theirs.cv_results_["mean_test_score"][sk])
 
 
 def test_out_of_fold_scores_are_the_best_candidate_refitted_on_each_fold():

@@ -367,7 +367,7 @@ def make_search(spec_name, estimator, grid, cv_splits, task="binary", n_jobs=1, 
     )
 
 
-def planned_fits(spec_name, grid, n_rows, n_folds) -> int:
+def planned_fits(spec_name, grid, n_rows, n_folds, n_classes=2) -> int:
     """The fits make_search's search will make on `n_rows` training rows: grid points x folds per round, + refit.
 
     Parameters
@@ -380,6 +380,9 @@ def planned_fits(spec_name, grid, n_rows, n_folds) -> int:
         Training rows.
     n_folds : int
         CV folds.
+    n_classes : int, default=2
+        Distinct label values (2 for binary and multilabel): halving's smallest round has at least
+        n_folds * 2 * n_classes rows.
 
     Returns
     -------
@@ -389,8 +392,8 @@ def planned_fits(spec_name, grid, n_rows, n_folds) -> int:
 
     spec = get_classifier(spec_name)
     strategy = search_strategy(spec_name, grid, n_rows)
-    rounds = search_rounds(strategy, grid_size(grid), n_rows, int(spec.search_options.get("factor", 3)))
-    return count_fits(rounds, n_folds)
+    factor = int(spec.search_options.get("factor", 3))
+    return count_fits(search_rounds(strategy, grid_size(grid), n_rows, factor, n_folds, n_classes), n_folds)
 
 
 @dataclass(frozen=True)

@@ -51,13 +51,16 @@ class Round:
         return self.rows / self.n_rows
 
 
-def search_rounds(strategy: str, n_candidates: int, n_rows: int, factor: int = 3) -> list[Round]:
+def search_rounds(
+    strategy: str, n_candidates: int, n_rows: int, factor: int = 3, n_folds: int = 5, n_classes: int = 2
+) -> list[Round]:
     """The rounds of a search of `n_candidates` on `n_rows` training rows.
 
-    "grid": one round, every candidate on the full folds. "halving": as scikit-learn's
-    HalvingGridSearchCV with min_resources="exhaust": 1 + floor(log_factor(n_candidates))
-    rounds, each keeping the best ceil(1/factor) of its candidates for the next and fitting
-    `factor` times the rows; the last round fits the full folds.
+    "grid": one round, every candidate on the full folds. "halving": the rounds of scikit-learn's
+    HalvingGridSearchCV(resource="n_samples", min_resources="exhaust"), computed the way it
+    computes them (so the same rows and candidates are fitted): 1 + floor(log_factor(candidates))
+    rounds (fewer when rows run short), round i on min_resources * factor**i rows keeping the best
+    ceil(1/factor) of its candidates; except that the last round fits the full folds.
     """
     if strategy not in STRATEGIES:
         raise ClassifyError(f"The 'strategy' parameter must be one of {list(STRATEGIES)}. Got {strategy!r} instead.")
@@ -65,13 +68,13 @@ def search_rounds(strategy: str, n_candidates: int, n_rows: int, factor: int = 3
         return [Round(n_candidates, n_rows, n_rows)]
     if factor < 2:
         raise ClassifyError(f"The halving 'factor' must be at least 2. Got {factor} instead.")
-    n_rounds, power = 1, factor
-    while power <= n_candidates:
-        n_rounds, power = n_rounds + 1, power * factor
+    required = 1 + math.floor(math.log(n_candidates, factor))
+    min_rows = max(n_folds * 2 * n_classes, n_rows // factor ** (required - 1))
+    possible = 1 + math.floor(math.log(max(1, n_rows // min_rows), factor))
+    n_rounds = min(required, possible)
     rounds, candidates = [], n_candidates
     for index in range(n_rounds):
-        last = index == n_rounds - 1
-        rows = n_rows if last else max(1, n_rows // factor ** (n_rounds - 1 - index))
+        rows = n_rows if index == n_rounds - 1 else min(int(factor**index * min_rows), n_rows)
         rounds.append(Round(candidates, rows, n_rows))
         candidates = math.ceil(candidates / factor)
     return rounds
@@ -136,9 +139,18 @@ def _auc_or_nan(task: str, y, scores) -> float:
         return float("nan")
 
 
-def _mean(values: Sequence[float]) -> float:
-    values = np.asarray(values, dtype=float)
-    return float("nan") if np.isnan(values).any() else float(values.mean())
+def _top_k(alive: list[int], fold_auc: dict, k: int) -> list[int]:
+    """The k best candidates by mean fold AUC, worst first, as scikit-learn's halving orders them
+    (NaN - a fold without both classes, or a failed early-round fit - ranks last)."""
+    scores = np.array([np.mean(fold_auc[c]) for c in alive])
+    order = np.roll(np.argsort(scores), np.count_nonzero(np.isnan(scores)))
+    return [alive[i] for i in order[-k:]]
+
+
+def _best_of(alive: list[int], fold_auc: dict) -> int:
+    """The candidate with the highest mean fold AUC (the first of the round when none has one)."""
+    scores = np.array([np.mean(fold_auc[c]) for c in alive])
+    return alive[0] if np.isnan(scores).all() else alive[int(np.nanargmax(scores))]
 
 
 # ---------------------------------------------------------------- the search
@@ -224,9 +236,9 @@ class FoldSearch(ClassifierMixin, BaseEstimator):
 
         return list(ParameterGrid(self.param_grid))
 
-    def rounds(self, n_rows: int) -> list[Round]:
-        """The rounds a fit on `n_rows` rows will run."""
-        return search_rounds(self.strategy, len(self.candidates()), n_rows, self.factor)
+    def rounds(self, n_rows: int, n_classes: int = 2) -> list[Round]:
+        """The rounds a fit on `n_rows` rows of `n_classes` classes will run."""
+        return search_rounds(self.strategy, len(self.candidates()), n_rows, self.factor, len(self.cv), n_classes)
 
     def planned_fits(self, n_rows: int) -> int:
         """The fits a fit on `n_rows` rows will make (what `on_fits` will have counted at the end)."""
@@ -245,7 +257,7 @@ class FoldSearch(ClassifierMixin, BaseEstimator):
         X, y = np.asarray(X), np.asarray(y)
         folds = [(np.asarray(fit_rows), np.asarray(eval_rows)) for fit_rows, eval_rows in self.cv]
         candidates = self.candidates()
-        rounds = self.rounds(len(y))
+        rounds = self.rounds(len(y), len(np.unique(y)))
         fitter = self.candidate_probabilities or each_candidate_probabilities
         share_key = self.share_key or share_everything
         n_jobs, threads = max(1, int(self.n_jobs)), max(1, int(self.threads))
@@ -304,14 +316,12 @@ class FoldSearch(ClassifierMixin, BaseEstimator):
                             "fit_time": fit_time[c] / len(folds),
                         }
                     )
-                means = {c: _mean(fold_auc[c]) for c in alive}
-                # best first (stable: ties keep grid order); NaN - a fold without both classes or a failed
-                # early-round fit - ranks last
-                alive = sorted(alive, key=lambda c: (np.isnan(means[c]), -np.nan_to_num(means[c])))
                 if last:
-                    best_scores = fold_scores[alive[0]]
+                    best = _best_of(alive, fold_auc)
+                    best_scores = fold_scores[best]
+                else:
+                    alive = _top_k(alive, fold_auc, math.ceil(len(alive) / self.factor))
         self._set_results(entries, candidates, len(folds))
-        best = alive[0]
         self.best_index_ = next(
             i for i, e in enumerate(entries) if e["iter"] == len(rounds) - 1 and e["candidate"] == best
         )
@@ -339,15 +349,17 @@ class FoldSearch(ClassifierMixin, BaseEstimator):
         return self
 
     def _subsample(self, fold, k: int, index: int, round_: Round):
-        """A fold's rows for one round: all in the last round, else a seeded share of each side."""
+        """A fold's rows for one round: all of them in the last round, else the share of each side
+        scikit-learn's halving draws (sklearn.utils.resample seeded with random_state, in its order)."""
+        from sklearn.utils import resample
+
         fit_rows, eval_rows = fold
         if round_.rows >= round_.n_rows:
             return fit_rows, eval_rows
-        rng = np.random.default_rng([int(self.random_state), index, k])
 
         def share(rows):
-            n = max(1, int(round_.fraction * len(rows)))
-            return np.sort(rng.choice(rows, size=n, replace=False))
+            n = int(round_.fraction * len(rows))
+            return resample(rows, replace=False, random_state=self.random_state, n_samples=n)
 
         return share(fit_rows), share(eval_rows)
 

@@ -384,7 +384,8 @@ def input_key(inputs: dict) -> str:
 def planned_fits(plan: RunPlan, config: ClassifyConfig) -> int:
     """The fits a run will make (grid points x folds over its search's rounds, plus the refit)."""
     _, grid = classifiers.build_classifier(plan.classifier, plan.task, plan.n_classes, quick=config.quick)
-    return classifiers.planned_fits(plan.classifier, grid, plan.n_train_rows, config.cv)
+    n_values = plan.n_classes if plan.task == "multiclass" else 2  # distinct label values (0/1 for multilabel)
+    return classifiers.planned_fits(plan.classifier, grid, plan.n_train_rows, config.cv, n_values)
 
 
 # ---------------------------------------------------------------- one run
