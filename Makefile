@@ -15,6 +15,8 @@ pooling     ?= avg
 classifiers ?= logreg,xgboost,dense
 backbones   ?=
 cv          ?= 5
+force       ?=
+n_jobs      ?=
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
@@ -59,8 +61,8 @@ extract: install  ## stage one: make extract backbone=vgg16 [weights=auto|imagen
 	@if [ "$(manifest)" = "demo/data/manifest.csv" ] && [ ! -f "$(manifest)" ]; then $(FEATX) demo --data-only; fi
 	$(FEATX) extract --backbone $(backbone) --weights $(weights) --manifest $(manifest) --data-root $(data) --out $(features) --pooling $(pooling)
 
-classify: install  ## stage two: make classify [classifiers=logreg,xgboost,dense backbones=vgg16,resnet50 cv=5]
-	$(FEATX) classify --features $(features) --out $(results) --classifier $(classifiers) --cv $(cv) $(if $(backbones),--backbone $(backbones),)
+classify: install  ## stage two (unchanged runs reused): make classify [classifiers=logreg,xgboost,dense backbones=vgg16,resnet50 cv=5 n_jobs=N force=1]
+	$(FEATX) classify --features $(features) --out $(results) --classifier $(classifiers) --cv $(cv) $(if $(backbones),--backbone $(backbones),) $(if $(n_jobs),--n-jobs $(n_jobs),) $(if $(force),--force,)
 
 leaderboard: install  ## print the backbone x classifier leaderboard from results/
 	$(FEATX) leaderboard --results $(results)
@@ -68,9 +70,10 @@ leaderboard: install  ## print the backbone x classifier leaderboard from result
 report: install  ## write results/report.html with plots
 	$(FEATX) report --results $(results)
 
-bench: install  ## benchmarks: extract (bare forward vs full path, peak RSS) and classify (default grids)
+bench: install  ## benchmarks: extract (bare forward vs full path, peak RSS), classify (default grids), compare (vs training on images)
 	$(FEATX) bench extract
 	$(FEATX) bench classify
+	$(FEATX) bench compare --data-root ../shared/data/kermany224/train
 
 clean:  ## remove generated demo data, features and results (keeps .venv)
 	rm -rf demo features results

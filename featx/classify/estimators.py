@@ -15,6 +15,8 @@ both classes, so bundles written when they lived there still load.
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
+from contextlib import contextmanager
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
@@ -270,20 +272,21 @@ class DenseHead(ClassifierMixin, BaseEstimator):
     def fit(self, X, y):
         """Standardise X and train the head (early stopping on an inner split where rows allow); returns self."""
         data = self._prepare(X, y)
-        stacked = _StackedHeads([self], data)
-        self.model_ = stacked.models[0]
-        self.n_epochs_, self.best_epoch_ = stacked.n_epochs[0], stacked.best_epoch[0]
+        trainer = _trainer([self], data)
+        epochs = trainer.train(self, data)
+        self.model_ = trainer.standalone(0)
+        self.n_epochs_, self.best_epoch_ = epochs[0]
         return self
 
     def candidate_probabilities(self, candidates, X_fit, y_fit, X_eval) -> list[np.ndarray]:
         """predict_proba of X_eval under each candidate (parameter dict) fitted on (X_fit, y_fit).
 
         The search's fast path: the heads of candidates that share a training schedule (batch
-        size, epochs, patience, inner split, seed) are trained side by side as one Keras model
-        on one standardised matrix, each with its own loss, learning rate (one Adam per rate)
-        and early stopping. Each head starts from the weights, sees the batches and draws the
+        size, epochs, patience, inner split, seed) are trained side by side in one compiled
+        epoch on one standardised matrix, each with its own loss, Adam and early stopping
+        (_HeadsTrainer). Each head starts from the weights, sees the batches and draws the
         dropout masks its own `fit` would, so its predictions are those of
-        `clone(self).set_params(**params).fit(X_fit, y_fit)` up to float rounding.
+        `clone(self).set_params(**params).fit(X_fit, y_fit)`.
         """
         models = [clone(self).set_params(**params) for params in candidates]
         groups: dict[tuple, list[int]] = {}
@@ -292,8 +295,12 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         probabilities: list = [None] * len(models)
         for members in groups.values():
             group = [models[i] for i in members]
-            stacked = _StackedHeads(group, group[0]._prepare(X_fit, y_fit))
-            for i, proba in zip(members, stacked.predict_proba(X_eval)):
+            data = group[0]._prepare(X_fit, y_fit)
+            trainer = _trainer(group, data)
+            trainer.train(group[0], data)
+            X_eval = validate_data(group[0], X_eval, dtype=np.float32, reset=False)
+            Z_eval = (X_eval - group[0].mean_) / group[0].scale_
+            for i, proba in zip(members, trainer.predict_proba(Z_eval, group[0].multilabel_)):
                 probabilities[i] = proba
         return probabilities
 
@@ -420,67 +427,83 @@ class DenseHead(ClassifierMixin, BaseEstimator):
 
 # What a DenseHead's training schedule is made of: heads agreeing on these can be trained side by side.
 _SCHEDULE_PARAMS = ("batch_size", "max_epochs", "patience", "validation_fraction", "random_state")
+# Compiled trainers kept for reuse (each holds its heads' models, Adams and traced functions)
+_TRAINERS: OrderedDict[tuple, _HeadsTrainer] = OrderedDict()
+_MAX_TRAINERS = 4  # a 12-head trainer on 2,048-wide embeddings holds ~200 MB (weights, Adam, initial values)
 
 
-class _StackedHeads:
-    """DenseHeads sharing one training schedule, trained side by side in one compiled train step.
+def _trainer(heads: list[DenseHead], data: dict) -> _HeadsTrainer:
+    """The compiled trainer for these heads on data of this shape: built and traced once, then reused.
 
-    `heads[0]` has been prepared (`DenseHead._prepare`): its standardisation is everyone's.
-    Each head is its own Keras model on the shared input, with its own layers (seeded as in
-    its own `fit`), loss, Adam, early stopping and best weights. One train step updates every
-    head still training on the same batch; a head that has stopped is skipped inside the step
-    (`tf.cond`), so it costs nothing more. Each head therefore starts from the weights, sees
-    the batches and draws the dropout masks its own `fit` would.
+    Tracing a head's train step costs far more than training it on a small fold, and the
+    search trains the same heads on every fold; a reused trainer is reset to the exact
+    initial state a fresh build has (weights, dropout seeds, Adam), so reuse changes nothing.
+    """
+    first = heads[0]
+    key = (
+        tuple((h.hidden_units, float(h.dropout), float(h.learning_rate), float(h.l2)) for h in heads),
+        int(first.random_state),
+        data["Z"].shape[1],
+        len(first.classes_),
+        bool(first.multilabel_),
+    )
+    trainer = _TRAINERS.pop(key, None)
+    if trainer is None:
+        trainer = _HeadsTrainer(heads, data["Z"].shape[1], len(first.classes_), bool(first.multilabel_))
+    _TRAINERS[key] = trainer
+    while len(_TRAINERS) > _MAX_TRAINERS:
+        _TRAINERS.popitem(last=False)
+    return trainer
+
+
+class _HeadsTrainer:
+    """DenseHeads sharing one training schedule, trained side by side by one compiled epoch function.
+
+    Each head is its own Keras model on a shared input, with its own layers (seeded as in its
+    own `fit`), loss, Adam, early stopping and best weights. One epoch call runs every batch
+    (a graph loop) and updates every head still training on the same batch; a head that has
+    stopped is skipped inside the step (`tf.cond`), so it costs nothing more. Each head
+    therefore starts from the weights, sees the batches and draws the dropout masks its own
+    `fit` would. The data are arguments of the compiled functions, so one trace serves every
+    fold; `reset` puts weights, dropout seeds and Adam back to their initial values first.
     """
 
-    def __init__(self, heads: list[DenseHead], data: dict):
+    def __init__(self, heads: list[DenseHead], n_features: int, n_outputs: int, multilabel: bool):
         from featx.runtime import import_tensorflow_quietly
 
-        import_tensorflow_quietly()
+        tf = import_tensorflow_quietly()
         import keras
 
         first = heads[0]
-        self.heads = heads
-        for head in heads[1:]:
-            head.multilabel_, head.classes_ = first.multilabel_, first.classes_
-        Z = data["Z"]
         python_state, numpy_state = random.getstate(), np.random.get_state()
         keras.utils.set_random_seed(int(first.random_state))  # only the TF seed matters; globals restored below
         try:
             self.models = []
             for head in heads:
-                inputs = keras.Input(shape=(Z.shape[1],), dtype="float32")
-                output, _ = head._head(keras, inputs, len(first.classes_))
+                head.multilabel_ = multilabel
+                inputs = keras.Input(shape=(n_features,), dtype="float32")
+                output, _ = head._head(keras, inputs, n_outputs)
                 self.models.append(keras.Model(inputs, output))
-            train_rows, valid_rows = first._inner_split(len(Z), data["strata"])
-            self._train(Z, data["targets"], train_rows, valid_rows)
         finally:
             random.setstate(python_state)
             np.random.set_state(numpy_state)
-
-    def _train(self, Z, targets, train_rows, valid_rows) -> None:
-        """Adam with mini-batches; early stopping per head on its validation loss, best weights restored.
-
-        A compiled train step and our own epoch loop instead of keras.Model.fit: fit's per-epoch
-        machinery (data adapters, callbacks, a validation pass through evaluate) dominated the
-        cost of these small heads, several times over on small inputs.
-        """
-        import keras
-        import tensorflow as tf
-
-        first = self.heads[0]
-        n_heads = len(self.heads)
-        loss_fn = (
-            keras.losses.BinaryCrossentropy() if first.multilabel_ else keras.losses.SparseCategoricalCrossentropy()
-        )
-        optimizers = []
-        for head, model in zip(self.heads, self.models):
+        self.optimizers = []
+        for head, model in zip(heads, self.models):
             optimizer = keras.optimizers.Adam(learning_rate=float(head.learning_rate))
             optimizer.build(model.trainable_variables)
-            optimizers.append(optimizer)
-        data, labels = tf.constant(Z), tf.constant(targets)
-        training = tf.Variable([True] * n_heads, trainable=False)  # heads not stopped yet
-        models = self.models
+            self.optimizers.append(optimizer)
+        self.initial = [[np.array(v.numpy()) for v in model.variables] for model in self.models]
+        self.initial_optimizer = [[np.array(v.numpy()) for v in opt.variables] for opt in self.optimizers]
+        self.training = tf.Variable([True] * len(heads), trainable=False)
+        self.multilabel = multilabel
+        self._compile(tf, keras, n_features, multilabel)
+
+    def _compile(self, tf, keras, n_features: int, multilabel: bool) -> None:
+        loss_fn = keras.losses.BinaryCrossentropy() if multilabel else keras.losses.SparseCategoricalCrossentropy()
+        models, optimizers, training = self.models, self.optimizers, self.training
+        label_spec = tf.TensorSpec([None, None], tf.float32) if multilabel else tf.TensorSpec([None], tf.int32)
+        data_spec = tf.TensorSpec([None, n_features], tf.float32)
+        rows_spec = tf.TensorSpec([None], tf.int32)
 
         def head_step(model, optimizer, x, t):
             def step():
@@ -494,74 +517,120 @@ class _StackedHeads:
 
             return step
 
-        rng = np.random.default_rng(int(first.random_state))
-        # at least ~8 steps per epoch, so small training sets are not starved of updates
-        batch_size = max(1, min(int(first.batch_size), max(16, len(train_rows) // 8)))
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)], reduce_retracing=True)
-        def train_epoch(order):
+        @tf.function(input_signature=[data_spec, label_spec, rows_spec, tf.TensorSpec([], tf.int32)])
+        def train_epoch(data, labels, order, batch_size):
             # the whole epoch in one call (a graph loop over its batches): Python's per-step call overhead
             # cost more than these small heads' arithmetic
-            losses = tf.zeros([n_heads], tf.float32)
+            losses = tf.zeros([len(models)], tf.float32)
             for start in tf.range(0, tf.shape(order)[0], batch_size):
                 rows = order[start : start + batch_size]
                 x, t = tf.gather(data, rows), tf.gather(labels, rows)
                 losses = tf.stack(
                     [
                         tf.cond(training[k], head_step(models[k], optimizers[k], x, t), lambda: tf.constant(0.0))
-                        for k in range(n_heads)
+                        for k in range(len(models))
                     ]
                 )
             return losses
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)], reduce_retracing=True)
-        def validation_losses(rows):
+        @tf.function(input_signature=[data_spec, label_spec, rows_spec])
+        def validation_losses(data, labels, rows):
             x, t = tf.gather(data, rows), tf.gather(labels, rows)
             return tf.stack([tf.cast(loss_fn(t, model(x, training=False)), tf.float32) for model in models])
 
+        self.train_epoch, self.validation_losses = train_epoch, validation_losses
+
+    def reset(self) -> None:
+        """Back to the state a fresh build has: initial weights and dropout seed states, zeroed Adam."""
+        for model, values in zip(self.models, self.initial):
+            for variable, value in zip(model.variables, values):
+                variable.assign(value)
+        for optimizer, values in zip(self.optimizers, self.initial_optimizer):
+            for variable, value in zip(optimizer.variables, values):
+                variable.assign(value)
+        self.training.assign([True] * len(self.models))
+
+    def train(self, first: DenseHead, data: dict) -> list[tuple[int, int]]:
+        """Adam with mini-batches; early stopping per head on its validation loss, best weights restored.
+
+        A compiled epoch and our own loop instead of keras.Model.fit: fit's per-epoch machinery (data
+        adapters, callbacks, a validation pass through evaluate) dominated the cost of these small heads.
+        Returns (epochs run, best epoch) per head.
+        """
+        import tensorflow as tf
+
+        self.reset()
+        Z, targets = data["Z"], data["targets"]
+        train_rows, valid_rows = first._inner_split(len(Z), data["strata"])
+        n_heads = len(self.models)
+        rng = np.random.default_rng(int(first.random_state))
+        # at least ~8 steps per epoch, so small training sets are not starved of updates
+        batch_size = tf.constant(max(1, min(int(first.batch_size), max(16, len(train_rows) // 8))), tf.int32)
+        features = tf.constant(Z)
+        labels = tf.constant(targets.astype(np.float32) if self.multilabel else targets.astype(np.int32))
         valid = None if valid_rows is None else tf.constant(valid_rows.astype(np.int32))
         history: list[list[float]] = [[] for _ in range(n_heads)]
         best_loss, best_weights = [np.inf] * n_heads, [None] * n_heads
         waited, active = [0] * n_heads, [True] * n_heads
-        for _ in range(int(first.max_epochs)):
-            losses = train_epoch(tf.constant(rng.permutation(train_rows).astype(np.int32)))
-            if valid is None:
-                for k, loss in enumerate(np.asarray(losses)):
-                    history[k].append(float(loss))
-                continue
-            epoch_losses = np.asarray(validation_losses(valid))
-            for k in range(n_heads):
-                if not active[k]:
+        with _quiet_retracing():
+            for _ in range(int(first.max_epochs)):
+                order = tf.constant(rng.permutation(train_rows).astype(np.int32))
+                losses = self.train_epoch(features, labels, order, batch_size)
+                if valid is None:
+                    for k, loss in enumerate(np.asarray(losses)):
+                        history[k].append(float(loss))
                     continue
-                loss = float(epoch_losses[k])
-                history[k].append(loss)
-                if loss < best_loss[k] - 1e-4:
-                    best_loss[k], best_weights[k], waited[k] = loss, self.models[k].get_weights(), 0
-                else:
-                    waited[k] += 1
-                    active[k] = waited[k] < int(first.patience)
-            if not any(active):
-                break
-            training.assign(active)
+                epoch_losses = np.asarray(self.validation_losses(features, labels, valid))
+                for k in range(n_heads):
+                    if not active[k]:
+                        continue
+                    loss = float(epoch_losses[k])
+                    history[k].append(loss)
+                    if loss < best_loss[k] - 1e-4:
+                        best_loss[k], best_weights[k], waited[k] = loss, self.models[k].get_weights(), 0
+                    else:
+                        waited[k] += 1
+                        active[k] = waited[k] < int(first.patience)
+                if not any(active):
+                    break
+                self.training.assign(active)
         for model, weights in zip(self.models, best_weights):
             if weights is not None:
                 model.set_weights(weights)
-        self.n_epochs = [len(h) for h in history]
-        self.best_epoch = [int(np.argmin(h)) + 1 if valid_rows is not None and h else len(h) for h in history]
+        return [(len(h), int(np.argmin(h)) + 1 if valid_rows is not None and h else len(h)) for h in history]
 
-    def predict_proba(self, X) -> list[np.ndarray]:
-        """Every head's probabilities of X, in the order of the heads (as DenseHead.predict_proba)."""
-        first = self.heads[0]
-        X = validate_data(first, X, dtype=np.float32, reset=False)
-        Z = (X - first.mean_) / first.scale_
+    def standalone(self, k: int):
+        """A copy of head k's model that later uses of this trainer do not touch (a fitted DenseHead's model_)."""
+        import keras
+
+        model = keras.models.clone_model(self.models[k])
+        model.set_weights(self.models[k].get_weights())
+        return model
+
+    def predict_proba(self, Z: np.ndarray, multilabel: bool) -> list[np.ndarray]:
+        """Every head's probabilities of standardised rows Z, in the order of the heads (as DenseHead's)."""
         probabilities = []
         for model in self.models:
             chunks = [
                 np.asarray(model(Z[start : start + 8192], training=False), dtype=np.float64)
                 for start in range(0, len(Z), 8192)
             ]
-            proba = np.concatenate(chunks) if chunks else np.zeros((0, len(first.classes_)))
-            if not first.multilabel_:
+            proba = np.concatenate(chunks) if chunks else np.zeros((0, model.output_shape[-1]))
+            if not multilabel:
                 proba = proba / proba.sum(axis=1, keepdims=True)
             probabilities.append(proba)
         return probabilities
+
+
+@contextmanager
+def _quiet_retracing():
+    """TensorFlow warns when tf.functions are traced often; a new trainer's first calls are expected traces."""
+    import logging
+
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
