@@ -160,3 +160,16 @@ def test_stacked_dense_heads_give_each_heads_own_fit():
     each = each_candidate_probabilities(estimator, candidates, X[:180], y[:180], X[180:])
     for a, b in zip(stacked, each):
         assert np.allclose(a, b, atol=1e-6)
+
+
+def test_a_reused_dense_trainer_gives_a_fresh_trainers_answer():
+    from featx.classify import estimators
+
+    X, y, _ = _data(n_patients=60, dim=10, seed=8)
+    head = DenseHead(hidden_units=8, max_epochs=5, patience=2, random_state=1)
+    estimators._TRAINERS.clear()
+    fresh = clone(head).fit(X[:150], y[:150]).predict_proba(X[150:])
+    clone(head).fit(X[30:], y[30:])  # the same trainer trained on other rows in between
+    assert len(estimators._TRAINERS) == 1
+    reused = clone(head).fit(X[:150], y[:150]).predict_proba(X[150:])
+    assert np.array_equal(fresh, reused)

@@ -170,6 +170,17 @@ def logreg_path_probabilities(estimator, candidates, X_fit, y_fit, X_eval) -> li
     return probabilities
 
 
+def own_candidate_probabilities(estimator, candidates, X_fit, y_fit, X_eval) -> list[np.ndarray]:
+    """The estimator's own `candidate_probabilities` fast path (EarlyStoppingXGB, DenseHead) where it has one;
+    a clone per candidate otherwise (e.g. inside the multilabel OneVsRestClassifier)."""
+    from featx.classify.search import each_candidate_probabilities
+
+    method = getattr(estimator, "candidate_probabilities", None)
+    if method is None:
+        return each_candidate_probabilities(estimator, candidates, X_fit, y_fit, X_eval)
+    return method(candidates, X_fit, y_fit, X_eval)
+
+
 def _logreg_share_key(params: dict):
     """One regularisation path per class weight: the unit of work a fold's logreg candidates share."""
     return repr(params.get("clf__class_weight", params.get("estimator__clf__class_weight")))
@@ -223,7 +234,7 @@ CLASSIFIERS: dict[str, ClassifierSpec] = {
             search="halving",
             # 16 candidates: 16 -> 4 -> 1 keeps one full-data round of 5 fits instead of two (factor 3)
             search_options={"factor": 4},
-            candidate_probabilities=EarlyStoppingXGB.candidate_probabilities,
+            candidate_probabilities=own_candidate_probabilities,
             threads_label="XGBoost",
         ),
         ClassifierSpec(
@@ -231,7 +242,7 @@ CLASSIFIERS: dict[str, ClassifierSpec] = {
             "Keras dense head: pooled softmax (0 hidden) or 256/1024 ReLU units with dropout, Adam, early stopping",
             _build_dense,
             search="halving",
-            candidate_probabilities=DenseHead.candidate_probabilities,
+            candidate_probabilities=own_candidate_probabilities,
             parallel_fits=False,
             threads_label="TensorFlow",
             set_threads=limit_tensorflow_threads,
