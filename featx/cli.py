@@ -167,14 +167,20 @@ def _add_extract(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for random weights (recorded in the cache)")
     p.add_argument("--workers", type=_positive_int, default=None, help="decode threads (default: one per core)")
     p.add_argument("--limit", type=_positive_int, default=None, help="only the first N manifest rows (smoke runs)")
+    p.add_argument(
+        "--no-pixels",
+        action="store_true",
+        help="leave out the raw-pixel floor (the 'pixels' backbone, added by default so every leaderboard has it)",
+    )
     p.set_defaults(handler=_cmd_extract)
 
 
 def _cmd_extract(args):
-    from featx.extract.stage import ExtractConfig, extract_command
+    from featx.extract.stage import ExtractConfig, extract_command, with_pixel_floor
 
+    backbones = tuple(b for group in args.backbone for b in _csv_list(group))
     config = ExtractConfig(
-        backbones=tuple(b for group in args.backbone for b in _csv_list(group)),
+        backbones=backbones if args.no_pixels else with_pixel_floor(backbones),
         manifest=args.manifest,
         data_root=args.data_root,
         out_dir=args.out,
@@ -211,13 +217,37 @@ def _add_classify(sub) -> None:
         "--val-as-test", action="store_true", help="evaluate val rows with test instead of merging them into train"
     )
     p.add_argument("--quick", action="store_true", help="a small grid for smoke runs (not for reporting)")
+    p.add_argument(
+        "--train-fraction",
+        default=None,
+        help="data-efficiency curve: re-fit each run's chosen configuration on these shares of the training "
+        "patients, e.g. 0.01,0.1,0.3,1.0 (no new search; 1.0 is the run itself)",
+    )
+    p.add_argument(
+        "--efficiency-seeds", type=_positive_int, default=3, help="patient subsamples per fraction (default 3)"
+    )
+    p.add_argument(
+        "--no-image-cv",
+        action="store_true",
+        help="skip the audit that cross-validates each run's configuration on plain image folds (saves cv fits/run)",
+    )
+    p.add_argument(
+        "--near-duplicate-threshold",
+        type=float,
+        default=None,
+        help="cosine similarity (mean-centred embeddings) at which two images count as near duplicates (default 0.99)",
+    )
     p.set_defaults(handler=_cmd_classify)
 
 
 def _cmd_classify(args):
+    from featx.classify import audit, efficiency
     from featx.classify.stage import ClassifyConfig
     from featx.results.finish import classify_command
 
+    threshold = (
+        audit.NEAR_DUPLICATE_THRESHOLD if args.near_duplicate_threshold is None else args.near_duplicate_threshold
+    )
     config = ClassifyConfig(
         features_dir=args.features,
         out_dir=args.out,
@@ -230,6 +260,10 @@ def _cmd_classify(args):
         threshold_rule=args.threshold_rule,
         val_as_test=args.val_as_test,
         quick=args.quick,
+        train_fractions=efficiency.check_fractions(_csv_list(args.train_fraction)) if args.train_fraction else (),
+        efficiency_seeds=args.efficiency_seeds,
+        image_cv=not args.no_image_cv,
+        near_duplicate_threshold=audit.check_threshold(threshold),
     )
     classify_command(config, console=_console())
 
@@ -299,7 +333,11 @@ def _add_demo(sub) -> None:
     p.add_argument(
         "--weights", default="auto", help="auto (imagenet if cached, else random with a banner), imagenet, random"
     )
-    p.add_argument("--backbones", default="mobilenetv3small,resnet50", help="two backbones by default")
+    p.add_argument(
+        "--backbones",
+        default="pixels,mobilenetv3small,resnet50",
+        help="comma-separated backbones (default: the raw-pixel floor and two CNNs; --quick: pixels,tiny)",
+    )
     p.add_argument("--classifiers", default="logreg,xgboost,dense")
     p.add_argument("--patients", type=_positive_int, default=120, help="synthetic patients (default 120)")
     p.add_argument("--image-size", type=_positive_int, default=128, help="phantom image size in pixels")

@@ -49,6 +49,8 @@ RUN_FIELDS = [
     "threshold",
     "test",
     "test_predictions",
+    "efficiency",
+    "audit",
     "timings",
     "created_utc",
 ]
@@ -156,6 +158,10 @@ def test_run_json_has_every_schema_field(binary_results):
         "threshold_rule": "youden",
         "val_as_test": False,
         "quick": True,
+        "train_fractions": [],
+        "efficiency_seeds": 3,
+        "image_cv": True,
+        "near_duplicate_threshold": 0.99,
     }
     best = run["cv_results"]["rank_test_score"].index(1)
     assert run["cv_auc_mean"] == pytest.approx(run["cv_results"]["mean_test_score"][best])

@@ -27,6 +27,7 @@ from featx.progress import progress_bar
 from featx.runtime import library_versions
 
 _EXISTENCE_PROBE_ROWS = 20
+PIXEL_FLOOR = "pixels"  # added to `featx extract` by default: every leaderboard shows what a backbone adds to it
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,12 @@ class _Job:
 
 
 # ---------------------------------------------------------------- validation
+
+
+def with_pixel_floor(backbones: Sequence[str]) -> tuple[str, ...]:
+    """The backbones asked for, then the raw-pixel floor (`pixels`) unless it is among them."""
+    backbones = tuple(backbones)
+    return backbones if not backbones or PIXEL_FLOOR in backbones else (*backbones, PIXEL_FLOOR)
 
 
 def _unique(names: Sequence[str]) -> tuple[str, ...]:
@@ -259,7 +266,8 @@ def _run_group(group, config, size, resize_mode, paths, ids, labels, classes, sp
                 console.print(f"[yellow]{job.spec.name}[/]: {job.writer.note}")
         for job in group:
             if job.writer.n_done < job.writer.n_total:
-                console.print(f"Building {job.spec.name} ({job.weights.label} weights, {size[0]}x{size[1]}) ...")
+                weights_text = "no weights" if job.weights.kind == "none" else f"{job.weights.label} weights"
+                console.print(f"Building {job.spec.name} ({weights_text}, {size[0]}x{size[1]}) ...")
                 model = backbones.create_backbone(
                     job.spec, job.weights, size, tuple(job.widths), mixed_precision=config.mixed_precision
                 )
