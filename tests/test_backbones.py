@@ -98,9 +98,7 @@ def test_widths_follow_the_published_shapes():
 
 
 def test_unknown_backbone_lists_names_and_closest_match():
-    expected = (
-        r"'backbone' parameter must be one of \[.*'vgg16'.*'tiny', 'pixels'\]\. Got 'resnet5' instead; did you mean 'resnet50'\?"
-    )
+    expected = r"'backbone' parameter must be one of \[.*'vgg16'.*'tiny', 'pixels'\]\. Got 'resnet5' instead; did you mean 'resnet50'\?"
     with pytest.raises(BackboneError, match=expected):
         backbones.get_backbone("resnet5")
 
