@@ -365,10 +365,11 @@ def _cmd_demo(args):
 
 
 def _add_bench(sub) -> None:
-    pb = sub.add_parser("bench", help="benchmarks: extract throughput/memory, classify grid time")
+    pb = sub.add_parser("bench", help="benchmarks: extract throughput/memory, classify grid time, audits and curves")
     bsub = pb.add_subparsers(dest="bench_command", metavar="WHAT")
     _add_bench_extract(bsub)
     _add_bench_classify(bsub)
+    _add_bench_analyses(bsub)
     pb.set_defaults(handler=lambda args: pb.print_help() or 2)
 
 
@@ -410,6 +411,35 @@ def _cmd_bench_classify(args):
 
     bench_classify_command(
         classifiers=_csv_list(args.classifier),
+        n_train=args.n_train,
+        n_test=args.n_test,
+        dim=args.dim,
+        n_jobs=args.n_jobs,
+        console=_console(),
+    )
+
+
+def _add_bench_analyses(bsub) -> None:
+    p = bsub.add_parser(
+        "analyses", help="time the duplicate audits and the data-efficiency curve on Kermany-sized embeddings"
+    )
+    p.add_argument("--classifier", default="logreg,xgboost,dense")
+    p.add_argument("--train-fraction", default="0.01,0.1,0.3,1.0", help="fractions of the curve")
+    p.add_argument("--efficiency-seeds", type=_positive_int, default=3)
+    p.add_argument("--n-train", type=_positive_int, default=5216)
+    p.add_argument("--n-test", type=_positive_int, default=624)
+    p.add_argument("--dim", type=_positive_int, default=2048)
+    p.add_argument("--n-jobs", type=int, default=2)
+    p.set_defaults(handler=_cmd_bench_analyses)
+
+
+def _cmd_bench_analyses(args):
+    from featx.bench.analyses import bench_analyses_command
+
+    bench_analyses_command(
+        classifiers=_csv_list(args.classifier),
+        fractions=_csv_list(args.train_fraction),
+        seeds=args.efficiency_seeds,
         n_train=args.n_train,
         n_test=args.n_test,
         dim=args.dim,

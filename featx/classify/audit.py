@@ -88,18 +88,20 @@ def near_duplicates(
         similarity, above_threshold}], seconds}
     """
     started = time.perf_counter()
-    X = np.asarray(X, dtype=np.float32)
-    n = len(X)
-    split = np.asarray(split).astype(str)
     evaluated = np.asarray(evaluated, dtype=bool)
-    ids = np.asarray(ids if ids is not None else [str(i) for i in range(n)]).astype(str)
+    # training rows first, evaluated rows last: a pair (i, j > i) crosses sides only when i trains and j is
+    # evaluated, so in every block the cross pairs are one contiguous slice (rows < n_train, columns >= n_train)
+    order = np.argsort(evaluated, kind="stable")
+    n_train = int(np.count_nonzero(~evaluated))
+    X = np.asarray(X, dtype=np.float32)[order]
+    n = len(X)
     centred = X - X.mean(axis=0, dtype=np.float64).astype(np.float32)
     norms = np.linalg.norm(centred, axis=1)
     unit = centred / np.where(norms > 0, norms, np.inf)[:, None]  # a constant row is similar to nothing
-    names, split_code = np.unique(split, return_inverse=True)
-    patient_code = (
-        np.unique(np.asarray(patient_id).astype(str), return_inverse=True)[1] if patient_id is not None else None
-    )
+    names, split_code = np.unique(np.asarray(split).astype(str)[order], return_inverse=True)
+    patient_code = None
+    if patient_id is not None:
+        patient_code = np.unique(np.asarray(patient_id).astype(str)[order], return_inverse=True)[1]
     pairs = np.zeros((len(names), len(names)), dtype=np.int64)
     same_patient = np.zeros_like(pairs)
     evaluated_hit = np.zeros(n, dtype=bool)
@@ -117,19 +119,20 @@ def near_duplicates(
         np.add.at(pairs, (low, high), 1)
         if patient_code is not None:
             np.add.at(same_patient, (low, high), (patient_code[i_rows] == patient_code[j_rows]).astype(np.int64))
-        across = evaluated[i_rows] != evaluated[j_rows]
-        evaluated_hit[np.where(evaluated[i_rows], i_rows, j_rows)[across]] = True
-        # the closest evaluated-vs-training pairs of this block, whatever the threshold
-        cross = evaluated[start:stop, None] != evaluated[None, start:]
-        candidates = np.where(cross, sims, -np.inf).ravel()
-        k = min(top, int(np.count_nonzero(np.isfinite(candidates))))
+        evaluated_hit[j_rows[(i_rows < n_train) & (j_rows >= n_train)]] = True
+        # the closest training-vs-evaluated pairs of this block, whatever the threshold
+        cross = sims[: max(0, min(stop, n_train) - start), max(0, n_train - start) :]
+        k = min(top, cross.size)
         if k:
-            flat = np.argpartition(-candidates, k - 1)[:k]
-            rows = np.stack([flat // sims.shape[1] + start, flat % sims.shape[1] + start], axis=1)
-            best_sim = np.concatenate([best_sim, candidates[flat]])
+            flat = np.argpartition(cross, cross.size - k, axis=None)[-k:]
+            rows = np.stack([flat // cross.shape[1] + start, flat % cross.shape[1] + max(start, n_train)], axis=1)
+            best_sim = np.concatenate([best_sim, cross.ravel()[flat]])
             best_rows = np.concatenate([best_rows, rows])
             keep = np.argsort(-best_sim, kind="stable")[:top]
             best_sim, best_rows = best_sim[keep], best_rows[keep]
+    best_rows = order[best_rows]  # back to the caller's row numbers; the training row is first
+    split = np.asarray(split).astype(str)
+    ids = np.asarray(ids if ids is not None else [str(i) for i in range(n)]).astype(str)
     split_pairs = [
         {
             "splits": [str(names[a]), str(names[b])],
@@ -141,8 +144,6 @@ def near_duplicates(
     ]
     top_pairs = []
     for (a, b), similarity in zip(best_rows.tolist(), best_sim.tolist()):
-        if evaluated[a] and not evaluated[b]:
-            a, b = b, a  # the training image first, the evaluated one second
         top_pairs.append(
             {
                 "rows": [a, b],
