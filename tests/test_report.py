@@ -314,8 +314,8 @@ def test_report_shows_the_pixel_floor_split_levels_curves_and_audits(binary_resu
 
     document = write_report(binary_results).read_text()
     floor = re.search(r"<p class='floor'>(.*?)</p>", document).group(1)
-    assert floor.startswith("Raw-pixel floor: raw pixels (pixels/avg/") and "paired DeLong p = " in floor
-    assert "the best backbone run (tiny/avg/" in floor and "random-init" in floor
+    assert floor.startswith("Raw-pixel floor: pixels/avg/") and "paired DeLong p = " in floor
+    assert "the best backbone run, tiny/avg/" in floor and ", random-init (" in floor
     assert "CV AUC, image folds" in document and "<b>+0.120</b>" in document and "87%" in document
     assert "Cost: <b>7.5 s</b> for 36 fits over 6 runs" in document and "0.700 ± 0.016" in document
     plots = {p.name for p in (binary_results / "plots").glob("*.png")}

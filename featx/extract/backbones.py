@@ -43,6 +43,7 @@ WEIGHTS_FILE_SUFFIXES = (".weights.h5", ".h5", ".keras")
 GEM_P = 3.0
 GEM_EPS = 1e-6
 # The raw-pixel floor: grayscale thumbnails at these sides, largest first, each flattened row by row.
+PIXEL_FLOOR = "pixels"
 PIXEL_SIZES = (32, 16)
 # ITU-R BT.601 luma: RGB -> gray (X-rays are gray already, so any weighting gives them back unchanged).
 LUMA_RGB = (0.299, 0.587, 0.114)
@@ -331,7 +332,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             "A three-layer random-init CNN for tests and demos: runs the whole pipeline in seconds; no ImageNet weights.",
         ),
         _spec(
-            "pixels",
+            PIXEL_FLOOR,
             "baseline",
             "featx.extract.backbones.build_pixels",
             "none",

@@ -20,14 +20,13 @@ import numpy as np
 from featx import __version__
 from featx.errors import BackboneError, CacheError, FeatxError, ManifestError
 from featx.extract import store
-from featx.extract.backbones import RANDOM_BANNER
+from featx.extract.backbones import PIXEL_FLOOR, RANDOM_BANNER
 from featx.extract.forward import forward_step
 from featx.files import check_writable_dir
 from featx.progress import progress_bar
 from featx.runtime import library_versions
 
 _EXISTENCE_PROBE_ROWS = 20
-PIXEL_FLOOR = "pixels"  # added to `featx extract` by default: every leaderboard shows what a backbone adds to it
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,10 @@ class _Job:
 
 
 def with_pixel_floor(backbones: Sequence[str]) -> tuple[str, ...]:
-    """The backbones asked for, then the raw-pixel floor (`pixels`) unless it is among them."""
+    """The backbones asked for, then the raw-pixel floor (`pixels`) unless it is among them.
+
+    `featx extract` adds it by default, so every leaderboard shows what a backbone adds over raw pixels.
+    """
     backbones = tuple(backbones)
     return backbones if not backbones or PIXEL_FLOOR in backbones else (*backbones, PIXEL_FLOOR)
 

@@ -14,12 +14,13 @@ import csv
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from featx.errors import ResultsError
-from featx.extract.backbones import RANDOM_BANNER
+from featx.extract.backbones import PIXEL_FLOOR, RANDOM_BANNER
 from featx.files import atomic_write_bytes
 from featx.results.records import load_runs
 
@@ -42,6 +43,8 @@ CSV_COLUMNS = (
     "p_vs_best",
     "cv_auc_mean",
     "cv_auc_std",
+    "cv_auc_image_folds",
+    "image_split_inflation",
     "threshold_rule",
     "threshold",
     "sensitivity",
@@ -160,6 +163,7 @@ def leaderboard_rows(runs: list[dict]) -> list[dict]:
         timings = run.get("timings") or {}
         data = run.get("data") or {}
         p_value, not_worse = marks[run["run_id"]]
+        levels = (run.get("audit") or {}).get("split_levels") or {}
         fit_parts = [_number(timings.get(k)) for k in ("search_s", "oof_s")]
         rows.append(
             {
@@ -179,6 +183,8 @@ def leaderboard_rows(runs: list[dict]) -> list[dict]:
                 "p_vs_best": p_value,
                 "cv_auc_mean": _number(run.get("cv_auc_mean")),
                 "cv_auc_std": _number(run.get("cv_auc_std")),
+                "cv_auc_image_folds": _number((levels.get("image") or {}).get("auc_mean")),
+                "image_split_inflation": _number(levels.get("inflation")),
                 "threshold_rule": threshold.get("rule") or (run.get("config") or {}).get("threshold_rule"),
                 "threshold": _number(threshold.get("value")),
                 "sensitivity": _number(test.get("sensitivity")),
@@ -198,6 +204,75 @@ def leaderboard_rows(runs: list[dict]) -> list[dict]:
             }
         )
     return rows
+
+
+# ---------------------------------------------------------------- the two sentences beside every leaderboard
+
+
+def _run_name(run) -> str:
+    return f"{run['backbone']}/{run['pooling']}/{run['classifier']}"
+
+
+def _auc_ci_text(run) -> str:
+    auc = (run.get("test") or {}).get("auc") or {}
+    low, high = _number(auc.get("ci_low")), _number(auc.get("ci_high"))
+    return fmt(_test_auc(run)) + (f" [{fmt(low)}, {fmt(high)}]" if low is not None and high is not None else "")
+
+
+def pixel_floor_sentence(runs: list[dict]) -> str:
+    """What the best backbone run adds over the best raw-pixel run (the `pixels` backbone), in one sentence.
+
+    With the paired DeLong p-value when both runs were scored on the same test rows.
+    """
+    from featx.classify import evaluate
+
+    ordered = [run for run in sorted(runs, key=_sort_key) if not math.isnan(_test_auc(run))]
+    floor = next((run for run in ordered if run["backbone"] == PIXEL_FLOOR), None)
+    best = next((run for run in ordered if run["backbone"] != PIXEL_FLOOR), None)
+    if floor is None:
+        return (
+            "No raw-pixel floor in these runs: extract the pixels backbone (featx extract adds it unless "
+            "--no-pixels) to see what a backbone adds over raw pixels."
+        )
+    floor_text = f"Raw-pixel floor: {_run_name(floor)} reaches test AUC {_auc_ci_text(floor)}"
+    if best is None:
+        return f"{floor_text}; no backbone run to compare it with."
+    gain = _test_auc(best) - _test_auc(floor)
+    tested = ""
+    key = _comparison_key(best)
+    if key is not None and key == _comparison_key(floor):
+        y_true, best_score = _aligned(best)
+        p_value = float(evaluate.delong_paired_pvalue(y_true, best_score, _aligned(floor)[1]))
+        tested = "" if math.isnan(p_value) else f" (paired DeLong p = {p_value:.3g})"
+    random_note = ", random-init" if run_is_random(best) else ""
+    return (
+        f"{floor_text}; the best backbone run, {_run_name(best)}{random_note} ({_auc_ci_text(best)}), is "
+        f"{abs(gain):.3f} {'above' if gain >= 0 else 'below'} it{tested}."
+    )
+
+
+def split_level_sentence(runs: list[dict]) -> str | None:
+    """The top run's configuration under patient-grouped vs plain image CV, in one sentence (None without the audit)."""
+    for run in sorted(runs, key=_sort_key):
+        levels = (run.get("audit") or {}).get("split_levels") or {}
+        patient = _number((levels.get("patient") or {}).get("auc_mean"))
+        image = _number((levels.get("image") or {}).get("auc_mean"))
+        if patient is not None and image is not None:
+            return (
+                f"Split level: the top run's configuration ({_run_name(run)}) scores CV AUC {fmt(patient)} with "
+                f"patient-grouped folds and {fmt(image)} with plain image folds ({image - patient:+.3f}): what a "
+                "random image split would have reported."
+            )
+    return None
+
+
+def leaderboard_sentences(runs: list[dict]) -> list[str]:
+    """The lines every leaderboard carries: the raw-pixel floor, and the split level when audited."""
+    return [sentence for sentence in (pixel_floor_sentence(runs), split_level_sentence(runs)) if sentence]
+
+
+def run_is_random(run) -> bool:
+    return bool(run.get("random_weights", run.get("weights") == "random"))
 
 
 # ---------------------------------------------------------------- formatting
@@ -371,7 +446,8 @@ def write_leaderboard(results_dir, runs=None) -> tuple[Path, Path]:
     rows = leaderboard_rows(runs)
     csv_path, md_path = results_dir / "leaderboard.csv", results_dir / "leaderboard.md"
     try:
-        for path, text in ((csv_path, to_csv(rows)), (md_path, to_markdown(rows))):
+        markdown = to_markdown(rows, leaderboard_sentences(runs))
+        for path, text in ((csv_path, to_csv(rows)), (md_path, markdown)):
             atomic_write_bytes(path, text.encode("utf-8"))
     except OSError as error:
         raise ResultsError(
@@ -408,7 +484,8 @@ def _md_table(headers, body) -> list[str]:
     return lines
 
 
-def to_markdown(rows: list[dict]) -> str:
+def to_markdown(rows: list[dict], sentences: Sequence[str] = ()) -> str:
+    """leaderboard.md: the table, `sentences` under it (the pixel floor, the split level), the pivot, how to read."""
     lines = ["# featx leaderboard", ""]
     if any(r["random_weights"] for r in rows):
         lines += [f"> **⚠ {RANDOM_BANNER}**", ""]
@@ -417,6 +494,7 @@ def to_markdown(rows: list[dict]) -> str:
         lines += ["> Some caches had no test rows: 20% of their patients were held out as the test set.", ""]
     lines += [f"{len(rows)} run(s), sorted by test ROC AUC.", ""]
     lines += _md_table(TABLE_HEADERS, [table_cells(r) for r in rows])
+    lines += ["", *(f"> {sentence}" for sentence in sentences)] if sentences else []
     backbones, classifiers, best = pivot(rows)
     show_pooling = len({r["pooling"] for r in rows}) > 1
     lines += ["", "## Test AUC: backbone × classifier", ""]
@@ -484,6 +562,8 @@ def print_leaderboard(runs: list[dict], console) -> None:
             _backbone_label(rows, backbone), *(pivot_cell(best.get((backbone, c)), show_pooling) for c in classifiers)
         )
     console.print(grid)
+    for sentence in leaderboard_sentences(runs):
+        console.print(sentence, highlight=False)
     console.print(
         f"{BEST_MARK} = test AUC not significantly below the best on the same test rows (paired DeLong, p ≥ {ALPHA}); "
         "sens/spec/acc at the threshold chosen on out-of-fold training predictions."

@@ -29,7 +29,7 @@ from featx.extract import store
 from featx.files import atomic_write_bytes
 from featx.extract.backbones import RANDOM_BANNER
 from featx.results import records
-from featx.results.leaderboard import leaderboard_rows
+from featx.results.leaderboard import leaderboard_rows, pixel_floor_sentence
 
 PLOT_PREFIXES = ("heatmap_", "roc_", "confusion_", "calibration_", "efficiency_", "near_duplicates_")
 SECTIONS = (
@@ -555,50 +555,13 @@ def _plots_html(plots: list[_Plot], empty: str) -> str:
 # ---------------------------------------------------------------- beside the leaderboard: the floor and the split level
 
 
-PIXELS = "pixels"
-
-
 def _run_name(run: dict) -> str:
     return f"{run.get('backbone')}/{run.get('pooling')}/{run.get('classifier')}"
 
 
-def _paired_p(a: dict, b: dict) -> float | None:
-    """Paired DeLong p of two binary runs scored on the same test rows; None where they cannot be paired."""
-    from featx.classify.evaluate import delong_paired_pvalue
-
-    first, second = a.get("test_predictions") or {}, b.get("test_predictions") or {}
-    data_a, data_b = _predictions(a), _predictions(b)
-    if a.get("task") != "binary" or b.get("task") != "binary" or data_a is None or data_b is None:
-        return None
-    if first.get("ids") != second.get("ids") or not np.array_equal(data_a[0], data_b[0]):
-        return None
-    try:
-        return delong_paired_pvalue(data_a[0], data_a[1], data_b[1])
-    except Exception:  # a degenerate test set (one class): no test to show
-        return None
-
-
-def _pixel_floor_line(ranked: list[dict]) -> str:
-    """One sentence: what the best CNN run adds over the best raw-pixel run."""
-    floor = next((run for run in ranked if run.get("backbone") == PIXELS), None)
-    best = next((run for run in ranked if run.get("backbone") != PIXELS), None)
-    if floor is None:
-        return (
-            "<p class='floor'>No raw-pixel floor in these runs: extract the <code>pixels</code> backbone (featx "
-            "extract adds it unless <code>--no-pixels</code>) to see what a backbone adds over raw pixels.</p>"
-        )
-    floor_text = f"raw pixels ({_e(_run_name(floor))}) reach test AUC {_e(_auc_text(_auc(floor)))}"
-    if best is None:
-        return f"<p class='floor'>Raw-pixel floor: {floor_text}; no backbone run to compare with.</p>"
-    gain = _num(_auc(best).get("value")) - _num(_auc(floor).get("value"))
-    p_value = _paired_p(best, floor)
-    tested = "" if p_value is None else f" (paired DeLong p = {p_value:.3g})"
-    random_note = ", random-init" if _is_random(best) else ""
-    verdict = "above" if gain >= 0 else "below"
-    return (
-        f"<p class='floor'>Raw-pixel floor: {floor_text}; the best backbone run ({_e(_run_name(best))}{random_note}, "
-        f"{_e(_auc_text(_auc(best)))}) is <b>{abs(gain):.3f}</b> AUC {verdict} it{tested}.</p>"
-    )
+def _pixel_floor_line(runs: list[dict]) -> str:
+    """The leaderboard's one sentence on what the best backbone run adds over the raw-pixel floor."""
+    return f"<p class='floor'>{_e(pixel_floor_sentence(runs))}</p>"
 
 
 def _split_level_table(ranked: list[dict]) -> str:
