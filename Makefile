@@ -68,9 +68,10 @@ leaderboard: install  ## print the backbone x classifier leaderboard from result
 report: install  ## write results/report.html with plots
 	$(FEATX) report --results $(results)
 
-bench: install  ## benchmarks: extract (bare forward vs full path, peak RSS) and classify (default grids)
+bench: install  ## benchmarks: extract (bare forward vs full path, peak RSS), classify (default grids), analyses (audits, curve)
 	$(FEATX) bench extract
 	$(FEATX) bench classify
+	$(FEATX) bench analyses
 
 clean:  ## remove generated demo data, features and results (keeps .venv)
 	rm -rf demo features results

@@ -284,13 +284,19 @@ def _add_report(sub) -> None:
     p = sub.add_parser("report", help="write the self-contained HTML report with plots")
     p.add_argument("--results", type=Path, default=Path("results"))
     p.add_argument("-o", "--out", type=Path, default=None, help="HTML file (default results/report.html)")
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="where the images are, for the near-duplicate thumbnails (default: the data root each cache recorded)",
+    )
     p.set_defaults(handler=_cmd_report)
 
 
 def _cmd_report(args):
     from featx.results.report import report_command
 
-    report_command(results_dir=args.results, out=args.out, console=_console())
+    report_command(results_dir=args.results, out=args.out, console=_console(), data_root=args.data_root)
 
 
 def _add_predict(sub) -> None:

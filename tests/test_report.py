@@ -330,6 +330,15 @@ def test_report_shows_the_pixel_floor_split_levels_curves_and_audits(binary_resu
         (name, "pixels"): False for name in ("_roc_plot", "_confusion_plot", "_calibration_plot")
     }
     assert all(flag for key, flag in flags.items() if key[1] == "tiny")
+    # images moved since classify: `featx report --data-root` finds them for the thumbnails
+    for run_file in (binary_results / "runs").glob("*.json"):
+        run = json.loads(run_file.read_text())
+        run["audit"]["data_root"] = str(tmp_path / "moved_away")
+        run_file.write_text(json.dumps(run))
+    write_report(binary_results)
+    assert not (binary_results / "plots" / "near_duplicates_pixels.png").exists()
+    assert main(["report", "--results", str(binary_results), "--data-root", str(data)]) == 0
+    assert (binary_results / "plots" / "near_duplicates_pixels.png").is_file()
 
 
 def test_without_a_pixels_run_the_report_says_how_to_get_the_floor(binary_results):

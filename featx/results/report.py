@@ -966,10 +966,10 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
     return out
 
 
-def report_command(results_dir, out, console) -> None:
+def report_command(results_dir, out, console, data_root=None) -> None:
     """`featx report`: write the HTML report and say where it and its plots are."""
     results_dir = Path(results_dir)
-    path = write_report(results_dir, out)
+    path = write_report(results_dir, out, data_root=data_root)
     runs = records.load_runs(results_dir)
     if any(_is_random(run) for run in runs):
         console.print(f"[bold white on red] {RANDOM_BANNER} [/]")
