@@ -246,10 +246,11 @@ def test_cache_without_test_rows_holds_out_patients_and_says_so(tmp_path):
     run = load_json(path)
     assert run["data"]["test_source"] == "held_out_patients"
     assert console.file.getvalue().count("holding out 20% of its patients") == 1
-    assert run["data"]["n_test_patients"] == 16 and run["data"]["n_train_patients"] == 64
+    n_test = run["data"]["n_test_patients"]
+    assert 8 <= n_test <= 24 and run["data"]["n_train_patients"] == 80 - n_test  # about 20% of 80, by a hash draw
     patient_of = dict(zip([f"img_{i:05d}.png" for i in range(len(data["y"]))], data["patient_id"]))
     test_patients = {patient_of[i] for i in run["test_predictions"]["ids"]}
-    assert len(test_patients) == 16
+    assert len(test_patients) == n_test
     assert run["data"]["n_train"] + run["data"]["n_test"] == len(data["y"])
 
 

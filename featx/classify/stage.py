@@ -429,7 +429,7 @@ def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Pa
                 if split_rows(features, config).test_source == "held_out_patients":
                     progress.console.print(
                         f"[yellow]{plan.cache.name} has no test rows: holding out {HOLDOUT_FRACTION:.0%} of its "
-                        f"patients (stratified, seed {config.seed}) as the test set.[/yellow]"
+                        f"patients (a seeded hash of each patient id, seed {config.seed}) as the test set.[/yellow]"
                     )
             written.append(sink.save(fit_run(plan, config, features)))
             progress.advance(bar)

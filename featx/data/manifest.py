@@ -461,7 +461,8 @@ def scan(
                 row["split"] = "test" if row["patient_id"] in test else "train"
             notes.append(
                 f"patient-holdout: {len(test)} of {len(strata)} patients to test "
-                f"(fraction {test_fraction}, stratified by class, seed {seed})."
+                f"(each by a seeded hash of its id, so adding patients moves none; fraction {test_fraction}, "
+                f"seed {seed})."
             )
     rows.sort(key=lambda row: (SPLITS.index(row["split"]), row["path"]))
     return ScanResult(rows=rows, layout=layout, parser=parser_name, notes=tuple(notes))
