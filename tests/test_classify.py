@@ -50,6 +50,8 @@ RUN_FIELDS = [
     "test",
     "test_predictions",
     "timings",
+    "bundle_sha256",
+    "feature_path",
     "created_utc",
 ]
 VERSION_KEYS = {"featx", "python", "numpy", "scikit-learn", "xgboost", "tensorflow", "keras", "h5py"}
@@ -589,3 +591,52 @@ def test_parallel_jobs_give_the_same_selection_threshold_and_test_scores(tmp_pat
     assert runs[1]["best_params"] == runs[2]["best_params"]
     assert runs[1]["threshold"]["value"] == runs[2]["threshold"]["value"]
     assert np.allclose(runs[1]["test_predictions"]["score"], runs[2]["test_predictions"]["score"])
+
+
+# ---------------------------------------------------------------- issue 8
+
+
+def test_two_caches_of_one_backbone_get_two_runs(tmp_path, capsys):
+    """Issue 8, case 2: tiny.h5 (64 px) and tiny_32px.h5 said "Wrote 2 run(s)" but left one JSON and one model."""
+    features, results = tmp_path / "features", tmp_path / "results"
+    small_cache(features / "tiny.h5", attrs={"image_size": [64, 64]})
+    small_cache(features / "tiny_32px.h5", feature_seed=9)
+    code, _ = run_cli(capsys, "--features", features, "--out", results)
+    assert code == 0
+    runs = sorted(p.name for p in (results / "runs").glob("*.json"))
+    assert runs == ["tiny_32px__avg__logreg.json", "tiny__avg__logreg.json"]
+    assert sorted(p.name for p in (results / "models").glob("*.joblib")) == [
+        "tiny_32px__avg__logreg.joblib",
+        "tiny__avg__logreg.joblib",
+    ]
+    sizes = {load_json(results / "runs" / name)["image_size"][0] for name in runs}
+    assert sizes == {32, 64}
+    assert {load_json(results / "runs" / name)["backbone"] for name in runs} == {"tiny"}
+    text = (results / "leaderboard.md").read_text()
+    assert "| tiny_32px |" in text and "| tiny |" in text
+
+
+def test_a_run_of_another_feature_file_is_never_overwritten(tmp_path, capsys):
+    """Issue 8, case 2: features_a/tiny.h5 and features_b/tiny.h5 into one results folder: refused before any fit."""
+    results = tmp_path / "results"
+    small_cache(tmp_path / "features_a" / "tiny.h5")
+    small_cache(tmp_path / "features_b" / "tiny.h5", attrs={"image_size": [64, 64]})
+    assert run_cli(capsys, "--features", tmp_path / "features_a", "--out", results)[0] == 0
+    record = (results / "runs" / "tiny__avg__logreg.json").read_bytes()
+    code, err = run_cli(capsys, "--features", tmp_path / "features_b", "--out", results)
+    assert code == 2
+    assert_one_sentence(err, "features_a", "features_b", "never overwritten", "--out")
+    assert (results / "runs" / "tiny__avg__logreg.json").read_bytes() == record
+    # the same cache again replaces its own run
+    assert run_cli(capsys, "--features", tmp_path / "features_a", "--out", results)[0] == 0
+
+
+def test_each_run_records_its_bundle_sha256(tmp_path, capsys):
+    """Issue 8, case 15: what `featx predict` checks a bundle against before unpickling it."""
+    from featx.files import file_sha256
+
+    features, results = tmp_path / "features", tmp_path / "results"
+    small_cache(features / "tiny.h5")
+    assert run_cli(capsys, "--features", features, "--out", results)[0] == 0
+    run = load_json(results / "runs" / "tiny__avg__logreg.json")
+    assert run["bundle_sha256"] == file_sha256(results / "models" / "tiny__avg__logreg.joblib")

@@ -207,7 +207,10 @@ def _other_dataset_runs():
     rng = np.random.default_rng(5)
     y = rng.integers(0, 2, size=87)
     ids = [f"demo/img_{i:04d}.png" for i in range(87)]
-    runs = [_run("tiny__avg__logreg", y, _scores(y, 1.0, 7), ids), _run("tiny__avg__xgboost", y, _scores(y, 1.2, 8), ids)]
+    runs = [
+        _run("tiny__avg__logreg", y, _scores(y, 1.0, 7), ids),
+        _run("tiny__avg__xgboost", y, _scores(y, 1.2, 8), ids),
+    ]
     for run in runs:
         run["manifest_sha256"] = "d" * 64
     return runs

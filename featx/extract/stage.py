@@ -24,7 +24,7 @@ from featx.extract.backbones import RANDOM_BANNER
 from featx.extract.forward import forward_step
 from featx.files import check_writable_dir
 from featx.progress import progress_bar
-from featx.runtime import library_versions
+from featx.runtime import interrupts_deferred, library_versions
 
 _EXISTENCE_PROBE_ROWS = 20
 
@@ -287,7 +287,8 @@ def _run_group(group, config, size, resize_mode, paths, ids, labels, classes, sp
                     tick = time.perf_counter()
                     embeddings = job.predict(batch.images[offset:])
                     errors = [(ids[batch.start + row], reasons[row]) for row in failed_rows.tolist() if row >= offset]
-                    writer.write(writer.n_done, embeddings, batch.ok[offset:], errors)
+                    with interrupts_deferred():  # a chunk and its n_done are written whole; Ctrl-C lands after
+                        writer.write(writer.n_done, embeddings, batch.ok[offset:], errors)
                     job.seconds += time.perf_counter() - tick
                     job.rows_this_run += len(batch) - offset
                     progress.update(tasks[id(job)], completed=writer.n_done)
@@ -295,7 +296,8 @@ def _run_group(group, config, size, resize_mode, paths, ids, labels, classes, sp
             status = "resumed" if job.writer.resumed_from > 0 else "built"
             failures = job.writer.n_failed
             job.seconds = time.perf_counter() - job.started
-            job.writer.finish()
+            with interrupts_deferred():
+                job.writer.finish()
             job.predict = None  # free the model before the next group builds its own
             job.summary = _summary(job, status, n_total, failures)
     except KeyboardInterrupt:

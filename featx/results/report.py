@@ -24,6 +24,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
@@ -55,7 +56,7 @@ SECTIONS = (
     ("provenance", "Provenance"),
 )
 # Labels are data (class names, file names): drawn as typed, never parsed as mathtext or LaTeX.
-LITERAL_TEXT = {"text.parse_math": False, "text.usetex": False}
+LITERAL_TEXT: dict[Any, Any] = {"text.parse_math": False, "text.usetex": False}
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
 
 
@@ -146,7 +147,7 @@ class _Plot:
 # ---------------------------------------------------------------- plotting
 
 
-def _figure(width: float, height: float, layout: str = "constrained"):
+def _figure(width: float, height: float, layout: Literal["constrained", "compressed"] = "constrained"):
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100, layout=layout)
