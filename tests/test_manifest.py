@@ -559,3 +559,21 @@ def test_scan_real_kermany_train(kermany_train, tmp_path):
     assert sorted((r["path"], r["patient_id"]) for r in shipped_train) == sorted(
         (r["path"], r["patient_id"]) for r in result.rows
     )
+
+
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        ('path,label,split,patient_id\n"a.png,A,train,p1\nb.png,B,test,p2\n', 2),
+        ('path,label,split,patient_id\na.png,A,train,p1\nb.png,"B,test,p2\nc.png,B,test,p3\n', 3),
+        ('path,label,split,patient_id\na.png,A,train,p1\nb.png,B,test,"p2', 3),
+    ],
+)
+def test_an_unterminated_quote_is_named_with_its_line(tmp_path, text, line, capsys):
+    """Issue 8, case 13: a quote never closed swallowed the following lines and was reported as an empty label."""
+    file = _write(tmp_path / "m.csv", text)
+    with pytest.raises(ManifestError, match=f"line {line} opens a quoted field .* never closed"):
+        read_manifest(file)
+    assert main(["manifest", "check", str(file), "--data-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"line {line} opens a quoted field" in err and len(err.splitlines()) == 1

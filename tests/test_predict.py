@@ -259,3 +259,33 @@ def test_a_bundle_without_its_run_record_is_loaded_with_a_one_line_warning(train
     bundle = _copy_run(trained, tmp_path / "with")
     assert main(["predict", "--model", str(bundle), image]) == 0
     assert "warning:" not in capsys.readouterr().err
+
+
+def test_a_dense_bundle_predicts_without_tensorflow_start_up_noise(trained, tmp_path):
+    """Issue 8, case 13: unpickling a dense head imported TensorFlow before featx's quiet import (~8 lines, twice)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data, _, bundle, _ = trained
+    features = bundle.parent.parent.parent / "features"
+    config = ClassifyConfig(
+        features_dir=features, out_dir=tmp_path / "results", classifiers=("dense",), cv=2, quick=True
+    )
+    classify_runs(config, Console(quiet=True))
+    image = sorted(data.rglob("*.png"))[0]
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("TF_", "CUDA_"))}  # as users run it
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    dense = tmp_path / "results" / "models" / "tiny__avg__dense.joblib"
+    done = subprocess.run(
+        [sys.executable, "-m", "featx.cli", "predict", "--model", str(dense), str(image)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("path,")
+    noise = [line for line in done.stderr.splitlines() if "absl" in line or "I0000" in line or "E0000" in line]
+    assert noise == [], done.stderr

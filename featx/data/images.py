@@ -24,6 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from featx.config import default_workers
 from featx.errors import FeatxError, ImageReadError, one_of_message
+from featx.files import missing_reason
 
 RESIZE_MODES = ("stretch", "pad", "crop")
 MAX_PIXELS = 10_000 * 10_000  # above: refused as a decompression bomb
@@ -128,7 +129,7 @@ def read_rgb(path, size=None, resize_mode: str = "stretch") -> Image.Image:
     path = Path(path)
     try:
         if not path.is_file():
-            raise _Unreadable("file not found" if not path.exists() else "not a regular file")
+            raise _Unreadable(missing_reason(path))
         if path.stat().st_size == 0:
             raise _Unreadable("empty file (0 bytes)")
         with Image.open(path) as image:
@@ -146,7 +147,7 @@ def read_rgb(path, size=None, resize_mode: str = "stretch") -> Image.Image:
     except UnidentifiedImageError:
         raise _read_error(path, "not an image file Pillow can decode") from None
     except FileNotFoundError:
-        raise _read_error(path, "file not found") from None
+        raise _read_error(path, missing_reason(path)) from None
     except PermissionError:
         raise _read_error(path, "permission denied") from None
     except (MemoryError, KeyboardInterrupt):

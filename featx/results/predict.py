@@ -20,7 +20,7 @@ import numpy as np
 from featx.classify.scoring import class_probabilities
 from featx.errors import BackboneError, BundleError, FeatxError, WeightsError
 from featx.extract.backbones import RANDOM_BANNER
-from featx.files import atomic_write_bytes, walk_files
+from featx.files import atomic_write_bytes, missing_reason, walk_files
 from featx.results.records import load_bundle
 
 
@@ -118,7 +118,9 @@ def collect_inputs(inputs, data_root=None) -> list[Path]:
         elif path.exists():
             paths.append(path)
         else:
-            raise FeatxError(f"Input '{item}' does not exist; pass image files, folders of images or a manifest CSV.")
+            reason = missing_reason(path)
+            what = "does not exist" if reason == "file not found" else f"cannot be read ({reason})"
+            raise FeatxError(f"Input '{item}' {what}; pass image files, folders of images or a manifest CSV.")
     if not paths:
         raise FeatxError(f"No images ({', '.join(suffixes)}) found in {[str(i) for i in inputs]}.")
     return paths
