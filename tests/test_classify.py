@@ -640,3 +640,19 @@ def test_each_run_records_its_bundle_sha256(tmp_path, capsys):
     assert run_cli(capsys, "--features", features, "--out", results)[0] == 0
     run = load_json(results / "runs" / "tiny__avg__logreg.json")
     assert run["bundle_sha256"] == file_sha256(results / "models" / "tiny__avg__logreg.joblib")
+
+
+def test_classify_into_a_folder_of_another_dataset_warns_and_ranks_apart(tmp_path, capsys):
+    """Issue 8, case 1: `make classify` into a results folder holding another dataset's runs ranked them together."""
+    results = tmp_path / "results"
+    small_cache(tmp_path / "user" / "resnet50.h5", backbone="resnet50")
+    small_cache(tmp_path / "demo" / "tiny.h5", seed=4, attrs={"manifest_sha256": "d" * 64})
+    assert run_cli(capsys, "--features", tmp_path / "user", "--out", results)[0] == 0
+    console = quiet_console()
+    classify_command(config_for(tmp_path / "demo", results), console)
+    out = " ".join(console.file.getvalue().split())
+    assert "holds runs on 2 different datasets" in out
+    assert out.count("Dataset 1 of 2: manifest ") == 1 and out.count("Dataset 2 of 2: manifest ") == 1
+    assert "manifest dddddddddddd, test rows" in out and "manifest aaaaaaaaaaaa, test rows" in out
+    rows = list(csv.DictReader((results / "leaderboard.csv").open()))
+    assert [r["rank"] for r in rows] == ["1", "1"] and len({r["dataset"] for r in rows}) == 2
