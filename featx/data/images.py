@@ -7,10 +7,12 @@ larger than the target are decoded at reduced scale (libjpeg DCT scaling through
 ``iter_batches`` decodes on a thread pool (Pillow releases the GIL while
 decoding) a bounded number of batches ahead, so memory does not grow with the
 number of images. A file that cannot be read is recorded and its row left zero.
+Each file is read whole once; its sha256 comes from those same bytes.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from collections import deque
@@ -24,6 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from featx.config import default_workers
 from featx.errors import FeatxError, ImageReadError, one_of_message
+from featx.files import bytes_sha256
 
 RESIZE_MODES = ("stretch", "pad", "crop")
 MAX_PIXELS = 10_000 * 10_000  # above: refused as a decompression bomb
@@ -120,8 +123,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def read_rgb(path, size=None, resize_mode: str = "stretch") -> Image.Image:
-    """Decode one file to an upright RGB image, at reduced JPEG scale when `size` (h, w) allows it.
+def read_file(path) -> bytes:
+    """A whole image file's bytes (decoded from memory, so its sha256 costs no second read).
 
     Raises ImageReadError naming the file and the reason.
     """
@@ -129,9 +132,28 @@ def read_rgb(path, size=None, resize_mode: str = "stretch") -> Image.Image:
     try:
         if not path.is_file():
             raise _Unreadable("file not found" if not path.exists() else "not a regular file")
-        if path.stat().st_size == 0:
-            raise _Unreadable("empty file (0 bytes)")
-        with Image.open(path) as image:
+        data = path.read_bytes()
+    except _Unreadable as exc:
+        raise _read_error(path, str(exc)) from None
+    except FileNotFoundError:
+        raise _read_error(path, "file not found") from None
+    except PermissionError:
+        raise _read_error(path, "permission denied") from None
+    except OSError as exc:
+        raise _read_error(path, f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if not data:
+        raise _read_error(path, "empty file (0 bytes)")
+    return data
+
+
+def decode(data: bytes, path, size=None, resize_mode: str = "stretch") -> Image.Image:
+    """An image file's bytes to an upright RGB image, at reduced JPEG scale when `size` (h, w) allows it.
+
+    `path` only names the file in the ImageReadError raised for data that cannot be decoded.
+    """
+    path = Path(path)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise _Unreadable(_bomb_reason(width, height))
@@ -145,15 +167,19 @@ def read_rgb(path, size=None, resize_mode: str = "stretch") -> Image.Image:
         raise _read_error(path, f"decompression bomb ({exc})") from None
     except UnidentifiedImageError:
         raise _read_error(path, "not an image file Pillow can decode") from None
-    except FileNotFoundError:
-        raise _read_error(path, "file not found") from None
-    except PermissionError:
-        raise _read_error(path, "permission denied") from None
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for damaged data
         detail = str(exc) or type(exc).__name__
         raise _read_error(path, f"corrupt or truncated image data ({detail})") from None
+
+
+def read_rgb(path, size=None, resize_mode: str = "stretch") -> Image.Image:
+    """Decode one file to an upright RGB image, at reduced JPEG scale when `size` (h, w) allows it.
+
+    Raises ImageReadError naming the file and the reason.
+    """
+    return decode(read_file(path), path, size, resize_mode)
 
 
 def resize(image: Image.Image, size, resize_mode: str = "stretch") -> np.ndarray:
@@ -181,11 +207,26 @@ def resize(image: Image.Image, size, resize_mode: str = "stretch") -> np.ndarray
     return np.asarray(out, dtype=np.uint8)
 
 
-def load_image(path, size, resize_mode: str = "stretch") -> np.ndarray:
-    """One file -> (h, w, 3) uint8 RGB at `size` (h, w). ImageReadError(reason) when it cannot be read."""
+def read_image(path, size, resize_mode: str = "stretch") -> tuple[np.ndarray, str]:
+    """One file -> ((h, w, 3) uint8 RGB at `size` (h, w), hex sha256 of the file's bytes).
+
+    The sha256 is of the very bytes decoded, so it costs no second read. ImageReadError(reason) when the
+    file cannot be read; its `sha256` attribute holds the digest when the bytes were read but not decoded.
+    """
     size = check_size(size)
     check_resize_mode(resize_mode)
-    return resize(read_rgb(path, size, resize_mode), size, resize_mode)
+    data = read_file(path)
+    digest = bytes_sha256(data)
+    try:
+        return resize(decode(data, path, size, resize_mode), size, resize_mode), digest
+    except ImageReadError as exc:
+        exc.sha256 = digest
+        raise
+
+
+def load_image(path, size, resize_mode: str = "stretch") -> np.ndarray:
+    """One file -> (h, w, 3) uint8 RGB at `size` (h, w). ImageReadError(reason) when it cannot be read."""
+    return read_image(path, size, resize_mode)[0]
 
 
 @dataclass
@@ -196,6 +237,7 @@ class Batch:
     images: np.ndarray  # (b, h, w, 3) float32 in 0..255, raw RGB, zeros where not ok
     ok: np.ndarray  # (b,) bool
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    sha256: list[str] = field(default_factory=list)  # hex sha256 of each row's file bytes, "" where unread
 
     def __len__(self) -> int:
         return len(self.ok)
@@ -242,12 +284,12 @@ def iter_batches(
                 break
         while pending:
             batch_start, images, futures = pending.popleft()
-            reasons = [future.result() for future in futures]
+            reasons, digests = zip(*(future.result() for future in futures))
             ok = np.array([reason is None for reason in reasons], dtype=bool)
             errors = [
                 (str(paths[batch_start + row]), reason) for row, reason in enumerate(reasons) if reason is not None
             ]
-            yield Batch(start=batch_start, images=images, ok=ok, errors=errors)
+            yield Batch(start=batch_start, images=images, ok=ok, errors=errors, sha256=list(digests))
             del images  # the consumer owns it now; keep only `prefetch` arrays of our own
             next_start = next(starts, None)
             if next_start is not None:
@@ -256,13 +298,13 @@ def iter_batches(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _decode_into(images: np.ndarray, row: int, path, size: tuple[int, int], resize_mode: str) -> str | None:
-    """Write one decoded image into its row; the reason string when it cannot be read (the row stays zero)."""
+def _decode_into(images: np.ndarray, row: int, path, size: tuple[int, int], resize_mode: str) -> tuple[str | None, str]:
+    """Write one decoded image into its row: (reason it cannot be read or None, sha256 of its bytes or "")."""
     try:
-        images[row] = load_image(path, size, resize_mode)
+        images[row], digest = read_image(path, size, resize_mode)
     except ImageReadError as exc:
-        return exc.reason
-    return None
+        return exc.reason, getattr(exc, "sha256", "")
+    return None, digest
 
 
 class _Unreadable(Exception):
