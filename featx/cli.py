@@ -143,6 +143,7 @@ def _cmd_fetch(args):
 
 
 def _add_extract(sub) -> None:
+    from featx.data.dicom import DEFAULT_WINDOW, DICOM_WINDOWS  # no pydicom import until a DICOM is read
     from featx.data.images import RESIZE_MODES
     from featx.extract.backbones import POOLINGS  # the registry only: no TensorFlow at import time
 
@@ -161,6 +162,12 @@ def _add_extract(sub) -> None:
         "--image-size", type=_positive_int, default=None, help="square input size (default: backbone's native)"
     )
     p.add_argument("--resize-mode", default="stretch", help=f"one of {list(RESIZE_MODES)} (default stretch)")
+    p.add_argument(
+        "--dicom-window",
+        default=DEFAULT_WINDOW,
+        help=f"DICOM grey levels: one of {list(DICOM_WINDOWS)} (default {DEFAULT_WINDOW}: the file's VOI LUT or "
+        "first WindowCenter/Width, else the stored bit range; minmax: each image's range; percentile: 0.5-99.5%%)",
+    )
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--mixed-precision", action="store_true", help="float16 compute on a GPU")
     p.add_argument("--force", action="store_true", help="rebuild a cache whose settings differ")
@@ -182,6 +189,7 @@ def _cmd_extract(args):
         poolings=_csv_list(args.pooling),
         image_size=args.image_size,
         resize_mode=args.resize_mode,
+        dicom_window=args.dicom_window,
         batch_size=args.batch_size,
         mixed_precision=args.mixed_precision,
         force=args.force,

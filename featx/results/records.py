@@ -96,6 +96,7 @@ def run_record(run: FittedRun) -> dict:
         "manifest_sha256": attrs.get("manifest_sha256"),
         "image_size": attrs.get("image_size"),
         "resize_mode": attrs.get("resize_mode"),
+        "dicom_window": attrs.get("dicom_window", "none"),
         "config": {
             "cv": config.cv,
             "seed": config.seed,
@@ -135,8 +136,8 @@ def bundle(run: FittedRun) -> dict:
     -------
     dict
         Keys: format, featx_version, run_id, estimator, task, classes, positive_class, threshold, backbone,
-        pooling, weights, weights_seed, weights_sha256, image_size, resize_mode, preprocess, feature_sha256,
-        manifest_sha256.
+        pooling, weights, weights_seed, weights_sha256, image_size, resize_mode, dicom_window, preprocess,
+        feature_sha256, manifest_sha256.
     """
     attrs = run.feature_attrs
     return {
@@ -155,6 +156,7 @@ def bundle(run: FittedRun) -> dict:
         "weights_sha256": attrs.get("weights_sha256"),
         "image_size": attrs.get("image_size"),
         "resize_mode": attrs.get("resize_mode"),
+        "dicom_window": attrs.get("dicom_window", "none"),
         "preprocess": attrs.get("preprocess"),
         "feature_sha256": run.feature_sha256,
         "manifest_sha256": attrs.get("manifest_sha256"),
