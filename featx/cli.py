@@ -52,12 +52,27 @@ def _cmd_backbones(args):
 
 
 def _add_manifest(sub) -> None:
-    pm = sub.add_parser("manifest", help="build and check image manifests (CSV)")
+    pm = sub.add_parser("manifest", help="build and check image manifests (CSV); dataset adapters")
     msub = pm.add_subparsers(dest="manifest_command", metavar="ACTION")
     _add_manifest_scan(msub)
     _add_manifest_check(msub)
     _add_manifest_nih(msub)
+    _add_manifest_rsna(msub)
+    _add_manifest_chexpert(msub)
+    _add_manifest_mimic(msub)
     pm.set_defaults(handler=lambda args: pm.print_help() or 2)
+
+
+def _adapter_parser(msub, name: str):
+    """The parser of one dataset adapter, its help from the adapters registry."""
+    from featx.data.adapters import ADAPTERS
+
+    adapter = ADAPTERS[name]
+    description = (
+        f"Write the featx manifest of {adapter.title}, then run `featx manifest check` on it. "
+        f"Reads {adapter.release}. Metadata columns: {', '.join(adapter.metadata)}."
+    )
+    return msub.add_parser(name, help=f"manifest of {adapter.title}", description=description)
 
 
 def _add_manifest_scan(msub) -> None:
@@ -106,7 +121,7 @@ def _cmd_manifest_check(args):
 
 
 def _add_manifest_nih(msub) -> None:
-    p = msub.add_parser("nih", help="build the NIH ChestX-ray14 multi-label manifest from its official files")
+    p = _adapter_parser(msub, "nih")
     p.add_argument("--entries", type=Path, required=True, help="Data_Entry_2017.csv")
     p.add_argument("--train-list", type=Path, required=True, help="train_val_list.txt")
     p.add_argument("--test-list", type=Path, required=True, help="test_list.txt")
@@ -116,7 +131,7 @@ def _add_manifest_nih(msub) -> None:
 
 
 def _cmd_manifest_nih(args):
-    from featx.data.datasets import nih_manifest_command
+    from featx.data.adapters.nih import nih_manifest_command
 
     nih_manifest_command(
         entries=args.entries,
@@ -126,6 +141,73 @@ def _cmd_manifest_nih(args):
         out=args.out,
         console=_console(),
     )
+
+
+_UNCERTAIN_HELP = (
+    "uncertain (-1) labels: zeros (U-Zeros, default), ones (U-Ones), ignore (U-Ignore: the image is left out), "
+    "published (U-Ones for Atelectasis and Edema, U-Zeros for the rest), or per label, e.g. 'Edema=ones,zeros'"
+)
+_LABELS_HELP = (
+    "observations to label: all (the 14, default), competition (Atelectasis, Cardiomegaly, Consolidation, Edema, "
+    "Pleural Effusion) or a comma list; one label gives a binary manifest (label vs negative)"
+)
+
+
+def _add_manifest_rsna(msub) -> None:
+    p = _adapter_parser(msub, "rsna")
+    p.add_argument("--root", type=Path, required=True, help="the release folder (also the data root)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="manifest CSV to write")
+    p.add_argument(
+        "--label", default="any-box", help="any-box (Lung Opacity vs negative, default) or class (the three-way class)"
+    )
+    p.add_argument("--test-fraction", type=float, default=0.2, help="share of patients held out as test (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the patient hold-out")
+    p.set_defaults(handler=_cmd_manifest_rsna)
+
+
+def _cmd_manifest_rsna(args):
+    from featx.data.adapters.rsna import rsna_manifest_command
+
+    rsna_manifest_command(args.root, args.out, args.label, args.test_fraction, args.seed, _console())
+
+
+def _add_manifest_chexpert(msub) -> None:
+    p = _adapter_parser(msub, "chexpert")
+    p.add_argument("--root", type=Path, required=True, help="the CheXpert-v1.0(-small) folder (also the data root)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="manifest CSV to write")
+    p.add_argument("--labels", default="all", help=_LABELS_HELP)
+    p.add_argument("--uncertain", default="zeros", help=_UNCERTAIN_HELP)
+    p.add_argument("--view", default="all", help="frontal, lateral or all (default)")
+    p.add_argument("--valid-split", default="test", help="split of valid.csv's images: test (default) or val")
+    p.set_defaults(handler=_cmd_manifest_chexpert)
+
+
+def _cmd_manifest_chexpert(args):
+    from featx.data.adapters.chexpert import chexpert_manifest_command
+
+    chexpert_manifest_command(args.root, args.out, args.labels, args.uncertain, args.view, args.valid_split, _console())
+
+
+def _add_manifest_mimic(msub) -> None:
+    p = _adapter_parser(msub, "mimic")
+    p.add_argument("--root", type=Path, required=True, help="the mimic-cxr-jpg/2.0.0 folder (also the data root)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="manifest CSV to write")
+    p.add_argument("--labels", default="all", help=_LABELS_HELP)
+    p.add_argument("--uncertain", default="zeros", help=_UNCERTAIN_HELP)
+    p.add_argument(
+        "--view",
+        default="all",
+        help="ViewPosition filter: all (default), frontal (PA, AP), lateral (LATERAL, LL) "
+        "or a comma list such as PA,AP",
+    )
+    p.add_argument("--labeller", default="chexpert", help="label file: chexpert (default) or negbio")
+    p.set_defaults(handler=_cmd_manifest_mimic)
+
+
+def _cmd_manifest_mimic(args):
+    from featx.data.adapters.mimic import mimic_manifest_command
+
+    mimic_manifest_command(args.root, args.out, args.labels, args.uncertain, args.view, args.labeller, _console())
 
 
 def _add_fetch(sub) -> None:

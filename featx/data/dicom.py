@@ -82,6 +82,9 @@ def _pydicom():
         import pydicom
     except ImportError:
         raise DicomReadError(f"reading DICOM needs pydicom, which is not installed; {INSTALL_HINT}") from None
+    # Archives are full of values that bend the standard (PatientAge '58' instead of '058Y'): read them as they are,
+    # without a warning per file.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     return pydicom
 
 
