@@ -301,11 +301,27 @@ def _add_classify(sub) -> None:
         "--val-as-test", action="store_true", help="evaluate val rows with test instead of merging them into train"
     )
     p.add_argument("--quick", action="store_true", help="a small grid for smoke runs (not for reporting)")
+    p.add_argument(
+        "--subgroups",
+        default=None,
+        help="comma-separated metadata columns (e.g. sex,age_band,view; age_band comes from age): the test AUC with "
+        "its DeLong CI per subgroup and a test of the largest gap, in the run JSON and the report (binary tasks)",
+    )
+    p.add_argument(
+        "--age-bands", default="0,18,40,65", help="age band edges in years for age_band (default 0,18,40,65)"
+    )
+    p.add_argument(
+        "--subgroup-min",
+        type=_positive_int,
+        default=10,
+        help="positives and negatives a subgroup needs for its AUC; smaller ones are listed as too small (default 10)",
+    )
     p.set_defaults(handler=_cmd_classify)
 
 
 def _cmd_classify(args):
     from featx.classify.stage import ClassifyConfig
+    from featx.classify.subgroups import parse_age_bands
     from featx.results.finish import classify_command
 
     config = ClassifyConfig(
@@ -320,6 +336,9 @@ def _cmd_classify(args):
         threshold_rule=args.threshold_rule,
         val_as_test=args.val_as_test,
         quick=args.quick,
+        subgroups=_csv_list(args.subgroups) if args.subgroups else (),
+        age_bands=parse_age_bands(args.age_bands),
+        subgroup_min=args.subgroup_min,
     )
     classify_command(config, console=_console())
 
