@@ -8,7 +8,9 @@ reported subgroups is tested with a two-sample z-test on the independent DeLong
 AUCs (evaluate.independent_auc_test); since it is the largest of k(k-1)/2 pairs,
 its p-value is also given Bonferroni-adjusted over those pairs, and "significant"
 uses the adjusted value. Subgroups split rows, not patients: a patient imaged
-in two views sits in both view groups, which makes that test approximate.
+in two views sits in both view groups, which makes that test approximate; and, as
+for the leaderboard's test CIs, DeLong treats images as independent, so several
+images per patient make the intervals too narrow (small subgroups most of all).
 
 `age_band` is derived from the `age` column with --age-bands edges (0,18,40,65 ->
 0-17, 18-39, 40-64, 65+).

@@ -417,7 +417,9 @@ def _subgroup_section(ranked: list[dict], plots: list[_Plot]) -> str:
         f"<p class='note'>A subgroup gets its AUC when it holds at least {_e(settings.get('min_positives'))} positive "
         f"and {_e(settings.get('min_negatives'))} negative test images; age bands from the edges "
         f"{_e(settings.get('age_bands'))}. Largest gap: {_e(settings.get('test'))} (α = {_e(settings.get('alpha'))}). "
-        "Subgroups split images, not patients; the forest plots show each backbone's best run.</p>"
+        "Subgroups split images, not patients, and DeLong treats images as independent: with several images per "
+        "patient the intervals are too narrow, small subgroups most of all. The forest plots show each backbone's "
+        "best run.</p>"
     )
     return (note + _plots_html(plots, "") + "<table class='small'><tr>" + "".join(f"<th>{h}</th>" for h in head)
             + "</tr>" + "".join(rows) + "</table>")
