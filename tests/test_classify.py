@@ -69,6 +69,7 @@ BUNDLE_KEYS = {
     "weights_sha256",
     "image_size",
     "resize_mode",
+    "dicom_window",
     "preprocess",
     "feature_sha256",
     "manifest_sha256",
