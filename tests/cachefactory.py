@@ -32,12 +32,14 @@ def write_cache(
     ids: Sequence[str] | None = None,
     ok: Sequence[bool] | None = None,
     errors: Sequence[str] = (),
+    meta: dict[str, Sequence[str]] | None = None,
     **attrs,
 ) -> Path:
     """Write a format-1 cache and return its path.
 
     `X` maps pooling -> (N, D) array; `y` is (N,) class indices or (N, K) 0/1 for
-    multi-label. With complete=False the file is written as `<path>.partial` with
+    multi-label. `meta` (column -> one string per row) goes to /meta/<column> as stage one writes manifest
+    metadata. With complete=False the file is written as `<path>.partial` with
     complete=False and n_done at half the rows, the way an interrupted extract
     leaves it. Extra keyword arguments override or add root attributes.
     """
@@ -82,6 +84,11 @@ def write_cache(
         f.create_dataset("patient_id", data=np.asarray(patient_id, dtype=object), dtype=STR)
         f.create_dataset("ok", data=ok)
         f.create_dataset("errors", data=np.asarray(list(errors), dtype=object), dtype=STR, shape=(len(errors),))
+        if meta:
+            columns = f.create_group("meta")
+            for name, values in meta.items():
+                columns.create_dataset(name, data=np.asarray(list(values), dtype=object), dtype=STR)
+            columns.attrs["columns"] = list(meta)
         group = f.create_group("embeddings")
         for pooling, matrix in X.items():
             matrix = np.asarray(matrix, dtype=np.float32)

@@ -117,9 +117,9 @@ def _count_decodes(monkeypatch) -> list:
     decoded = []
     load_image = images.load_image
 
-    def counting(path, size, resize_mode="stretch"):
+    def counting(path, size, resize_mode="stretch", dicom_window="file"):
         decoded.append(Path(path).name)
-        return load_image(path, size, resize_mode)
+        return load_image(path, size, resize_mode, dicom_window)
 
     monkeypatch.setattr(images, "load_image", counting)
     return decoded

@@ -12,8 +12,8 @@ file complete and renames it to `<name>.h5` with `os.replace` (atomic).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -26,6 +26,7 @@ FORMAT = 1
 SUFFIX = ".h5"
 PARTIAL_SUFFIX = ".partial"
 LOCK_SUFFIX = ".lock"
+META_GROUP = "meta"  # /meta/<column>: (N,) str per manifest metadata column; absent when the manifest has none
 
 # Attributes that must agree for a cache to answer a request. The pooling list is
 # compared as a subset (a cache holding avg and max answers a request for avg) and
@@ -42,8 +43,12 @@ MATCH_KEYS = (
     "poolings",
     "manifest_sha256",
     "data_root",
+    "dicom_window",
 )
-REQUIRED_ATTRS = MATCH_KEYS + ("complete", "n_done")
+# A match key a cache may lack because it was written before the key existed: read as this value.
+NO_DICOM = "none"  # dicom_window of a cache whose manifest has no DICOM row
+MATCH_DEFAULTS = {"dicom_window": NO_DICOM}
+REQUIRED_ATTRS = tuple(key for key in MATCH_KEYS if key not in MATCH_DEFAULTS) + ("complete", "n_done")
 
 # Rows per HDF5 chunk are capped so one chunk stays a few MiB (flatten pooling is ~100 KiB a row).
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
@@ -98,7 +103,8 @@ def differing_keys(cached: dict, wanted: dict, n_cached: int | None = None, n_wa
     """The match keys on which a cache's attributes disagree with a request."""
     differ = []
     for key in MATCH_KEYS:
-        have, want = _plain(cached.get(key)), _plain(wanted.get(key))
+        default = MATCH_DEFAULTS.get(key)
+        have, want = _plain(cached.get(key, default)), _plain(wanted.get(key, default))
         if key == "poolings":
             if not set(want or []) <= set(have or []):
                 differ.append(key)
@@ -353,11 +359,13 @@ def open_writer(
     split: Sequence[str],
     patient_id: Sequence[str],
     widths: dict[str, int],
+    meta: Mapping[str, Sequence[str]] | None = None,
     force: bool = False,
     batch_rows: int = 256,
 ) -> CacheWriter | None:
     """Open the cache at `path` for writing, or return None when a complete matching cache is there (a hit).
 
+    `meta` (manifest metadata column -> one string per row) goes to /meta/<column>.
     With force a complete cache is ignored (and replaced on finish). Resumes a
     `.partial` whose attributes and rows match from its n_done; starts over
     (saying why in `writer.note`) when they differ or it is unreadable. Raises
@@ -383,7 +391,7 @@ def open_writer(
             handle, note = _try_resume(partial, attrs, n_rows)
             if handle is not None:
                 return CacheWriter(path, handle, lock, n_rows, created=False, note=note)
-        handle = _create(partial, attrs, ids, labels, classes, split, patient_id, widths, batch_rows)
+        handle = _create(partial, attrs, ids, labels, classes, split, patient_id, widths, batch_rows, meta or {})
         return CacheWriter(path, handle, lock, n_rows, created=True, note=note)
     except BaseException:
         release_lock(lock)
@@ -432,11 +440,13 @@ def _drop_errors_after(handle: h5py.File, n_done: int) -> None:
         handle.flush()
 
 
-def _create(partial, attrs, ids, labels, classes, split, patient_id, widths, batch_rows) -> h5py.File:
+def _create(partial, attrs, ids, labels, classes, split, patient_id, widths, batch_rows, meta) -> h5py.File:
     n_rows = len(ids)
     labels = np.asarray(labels, dtype=np.int8)
     if labels.shape[0] != n_rows or len(split) != n_rows or len(patient_id) != n_rows:
         raise ValueError("ids, labels, split and patient_id must have one entry per row")
+    if any(len(values) != n_rows for values in meta.values()):
+        raise ValueError("every metadata column must have one entry per row")
     try:
         handle = h5py.File(partial, "w")
     except OSError as error:
@@ -452,6 +462,11 @@ def _create(partial, attrs, ids, labels, classes, split, patient_id, widths, bat
         handle["labels"].attrs["classes"] = np.array(list(classes), dtype=STR)
         handle.create_dataset("split", data=np.array(list(split), dtype=object), dtype=STR)
         handle.create_dataset("patient_id", data=np.array(list(patient_id), dtype=object), dtype=STR)
+        if meta:  # optional: readers without it never look for /meta
+            group = handle.create_group(META_GROUP)
+            for name, values in meta.items():
+                group.create_dataset(name, data=np.array([str(v) for v in values], dtype=object), dtype=STR)
+            group.attrs["columns"] = np.array(list(meta), dtype=STR)  # the manifest's column order
         _create_preallocated(handle, "ok", (n_rows,), np.bool_, min(n_rows, 65536))
         handle.create_dataset("errors", shape=(0,), maxshape=(None,), dtype=STR, chunks=(256,))
         group = handle.create_group("embeddings")
@@ -497,6 +512,7 @@ class CacheRows:
     patient_id: np.ndarray
     ok: np.ndarray
     errors: tuple[str, ...]
+    meta: dict[str, np.ndarray] = field(default_factory=dict)  # manifest metadata column -> (N,) str
 
     @property
     def multilabel(self) -> bool:
@@ -520,6 +536,7 @@ class FeatureSet:
     patient_id: np.ndarray
     ok: np.ndarray
     errors: tuple[str, ...] = ()
+    meta: dict[str, np.ndarray] = field(default_factory=dict)  # manifest metadata column -> (N,) str
 
     @property
     def backbone(self) -> str:
@@ -601,7 +618,16 @@ def _read_rows(handle: h5py.File, path: Path) -> CacheRows:
         patient_id=np.asarray(handle["patient_id"].asstr()[:], dtype=object),
         ok=handle["ok"][:].astype(bool),
         errors=tuple(handle["errors"].asstr()[:]),
+        meta=_read_meta(handle),
     )
+
+
+def _read_meta(handle: h5py.File) -> dict[str, np.ndarray]:
+    if META_GROUP not in handle:
+        return {}
+    group = handle[META_GROUP]
+    names = [str(name) for name in _plain(group.attrs.get("columns", list(group.keys())))]
+    return {name: np.asarray(group[name].asstr()[:], dtype=object) for name in names if name in group}
 
 
 def read_rows(path) -> CacheRows:
@@ -691,6 +717,7 @@ def load(path, pooling: str = "avg", sha256: str | None = None) -> FeatureSet:
         patient_id=rows.patient_id,
         ok=rows.ok,
         errors=rows.errors,
+        meta=rows.meta,
     )
 
 
