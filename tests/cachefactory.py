@@ -18,7 +18,6 @@ import numpy as np
 from featx.extract import store
 
 FORMAT = store.FORMAT
-STR = h5py.string_dtype("utf-8")
 
 
 def write_cache(
@@ -36,17 +35,19 @@ def write_cache(
     ok: Sequence[bool] | None = None,
     errors: Sequence[str] = (),
     sha256: Sequence[str] | None = None,
+    meta: dict[str, Sequence[str]] | None = None,
     **attrs,
 ) -> Path:
     """Write a format-2 cache and return its path.
 
     `X` maps pooling -> (N, D) array; `y` is (N,) class indices or (N, K) 0/1 for
     multi-label. `sha256`: each row's image hash (default: a distinct fake per
-    row, "" for rows not ok). With complete=False the file is written as
-    `<path>.partial` with complete=False and n_done at half the rows, the way an
-    interrupted extract leaves it. Extra keyword arguments override or add root
-    attributes; the content sha256 of a complete cache is computed after them, so
-    the cache passes its integrity check.
+    row, "" for rows not ok). `meta` (column -> one string per row) goes to
+    /meta/<column> as stage one writes manifest metadata. With complete=False the
+    file is written as `<path>.partial` with complete=False and n_done at half the
+    rows, the way an interrupted extract leaves it. Extra keyword arguments
+    override or add root attributes; the content sha256 of a complete cache is
+    computed after them, so the cache passes its integrity check.
     """
     path = Path(path)
     y = np.asarray(y, dtype=np.int8)
@@ -84,14 +85,19 @@ def write_cache(
     with h5py.File(target, "w") as f:
         for key, value in root_attrs.items():
             f.attrs[key] = value
-        f.create_dataset("ids", data=np.asarray(ids, dtype=object), dtype=STR)
+        f.create_dataset("ids", **text(ids))
         labels = f.create_dataset("labels", data=y, fletcher32=True)
         labels.attrs["classes"] = list(classes)
-        f.create_dataset("split", data=np.asarray(split, dtype=object), dtype=STR)
-        f.create_dataset("patient_id", data=np.asarray(patient_id, dtype=object), dtype=STR)
+        f.create_dataset("split", **text(split))
+        f.create_dataset("patient_id", **text(patient_id))
         f.create_dataset("ok", data=ok, fletcher32=True)
         f.create_dataset("sha256", data=np.asarray(sha256, dtype=store.SHA256_DTYPE), fletcher32=True)
-        f.create_dataset("errors", data=np.asarray(list(errors), dtype=object), dtype=STR, shape=(len(errors),))
+        f.create_dataset("errors", **text(errors))
+        if meta:
+            columns = f.create_group("meta")
+            for name, values in meta.items():
+                columns.create_dataset(name, **text(values))
+            columns.attrs["columns"] = list(meta)
         group = f.create_group("embeddings")
         for pooling, matrix in X.items():
             matrix = np.asarray(matrix, dtype=np.float32)
@@ -99,6 +105,13 @@ def write_cache(
         if complete:
             f.attrs["content_sha256"] = store.content_sha256(f)
     return target
+
+
+def text(values: Sequence[str]) -> dict:
+    """create_dataset arguments for a text column as format 2 stores it: fixed-length UTF-8, checksummed chunks."""
+    encoded = [str(value).encode("utf-8") for value in values]
+    dtype = h5py.string_dtype("utf-8", max([len(item) for item in encoded] + [1]))
+    return dict(data=np.array(encoded, dtype=dtype), maxshape=(None,), chunks=(max(1, len(encoded)),), fletcher32=True)
 
 
 def signal_dataset(

@@ -69,6 +69,7 @@ BUNDLE_KEYS = {
     "weights_sha256",
     "image_size",
     "resize_mode",
+    "dicom_window",
     "preprocess",
     "feature_sha256",
     "manifest_sha256",
@@ -156,7 +157,11 @@ def test_run_json_has_every_schema_field(binary_results):
         "threshold_rule": "youden",
         "val_as_test": False,
         "quick": True,
+        "subgroups": [],
+        "age_bands": [0.0, 18.0, 40.0, 65.0],
+        "subgroup_min": 10,
     }
+    assert run["subgroups"] is None and run["test_predictions"]["meta"] == {}
     best = run["cv_results"]["rank_test_score"].index(1)
     assert run["cv_auc_mean"] == pytest.approx(run["cv_results"]["mean_test_score"][best])
     assert run["cv_results"]["params"][best] == run["best_params"]

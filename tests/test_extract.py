@@ -119,9 +119,9 @@ def _count_decodes(monkeypatch) -> list:
     decoded = []
     read_image = images.read_image
 
-    def counting(path, size, resize_mode="stretch"):
+    def counting(path, size, resize_mode="stretch", dicom_window="file"):
         decoded.append(Path(path).name)
-        return read_image(path, size, resize_mode)
+        return read_image(path, size, resize_mode, dicom_window)
 
     monkeypatch.setattr(images, "read_image", counting)
     return decoded

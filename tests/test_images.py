@@ -307,7 +307,7 @@ class _GatedDecoder:
         self.started = [threading.Event() for _ in range(n_rows)]
         self.finished = [threading.Event() for _ in range(n_rows)]
 
-    def __call__(self, path, size, resize_mode="stretch"):
+    def __call__(self, path, size, resize_mode="stretch", dicom_window="file"):
         row = int(path.stem)
         self.started[row].set()
         if not self.gates[row].wait(GATE_TIMEOUT):

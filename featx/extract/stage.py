@@ -50,6 +50,7 @@ class ExtractConfig:
     seed: int = 0
     workers: int | None = None
     limit: int | None = None
+    dicom_window: str = "file"  # featx.data.dicom.DICOM_WINDOWS; recorded only when some row is DICOM
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,9 @@ def _duplicate_paths_warning(paths: Sequence[str]) -> str | None:
     )
 
 
-def _extract_args(config: ExtractConfig, spec, info, size, poolings, manifest_path: Path, data_root: str, limit):
+def _extract_args(
+    config: ExtractConfig, spec, info, size, poolings, manifest_path: Path, data_root: str, limit, dicom_window: str
+):
     """The arguments of the `featx extract` command that rebuilds one backbone's cache (recorded in it, so
     every later complaint about the cache can name the exact command that fixes it)."""
     parts = ["--backbone", spec.name, "--manifest", str(manifest_path.resolve()), "--data-root", data_root]
@@ -138,6 +141,8 @@ def _extract_args(config: ExtractConfig, spec, info, size, poolings, manifest_pa
         parts += ["--resize-mode", config.resize_mode]
     if limit is not None:
         parts += ["--limit", str(int(limit))]
+    if dicom_window not in (store.NO_DICOM, ExtractConfig.dicom_window):
+        parts += ["--dicom-window", dicom_window]
     if config.mixed_precision:
         parts.append("--mixed-precision")
     return shlex.join(parts)
@@ -151,8 +156,8 @@ def _versions() -> dict[str, str]:
 
 def _plan(config: ExtractConfig):
     """Check every input and describe each backbone's job; nothing is built or written yet."""
-    from featx.data import images
-    from featx.data.manifest import read_manifest
+    from featx.data import dicom, images
+    from featx.data.manifest import RASTER_SUFFIXES, read_manifest
     from featx.extract import backbones
 
     names = _unique(config.backbones)
@@ -164,6 +169,7 @@ def _plan(config: ExtractConfig):
         raise BackboneError(f"No pooling given; pass --pooling with some of {list(backbones.POOLINGS)}.")
     poolings = tuple(backbones.check_pooling(p) for p in poolings)
     images.check_resize_mode(config.resize_mode)
+    dicom.check_window(config.dicom_window)
     if int(config.batch_size) < 1:
         raise FeatxError(f"The batch size must be a positive integer. Got {config.batch_size!r} instead.")
     if config.limit is not None and int(config.limit) < 1:
@@ -189,6 +195,10 @@ def _plan(config: ExtractConfig):
     )
 
     data_root_text = str(data_root.resolve())
+    # The window changes DICOM pixels only: a manifest without DICOM rows records "none", so the flag cannot
+    # invalidate its caches.
+    has_dicom = any(dicom.is_dicom_path(path, RASTER_SUFFIXES) for path in paths)
+    dicom_window = config.dicom_window if has_dicom else store.NO_DICOM
     jobs = []
     for spec, size, info in zip(specs, sizes, weights):
         attrs = {
@@ -204,6 +214,7 @@ def _plan(config: ExtractConfig):
             "poolings": list(poolings),
             "manifest_sha256": manifest.sha256_hex,
             "data_root": data_root_text,
+            "dicom_window": dicom_window,
             "extract_args": _extract_args(
                 config,
                 spec,
@@ -213,6 +224,7 @@ def _plan(config: ExtractConfig):
                 manifest_path,
                 data_root_text,
                 n_rows if n_rows < len(manifest) else None,
+                dicom_window,
             ),
         }
         widths = {pooling: int(spec.embedding_width(pooling, size)) for pooling in poolings}
@@ -260,6 +272,7 @@ def run_extract(config: ExtractConfig, console=None) -> list[ExtractSummary]:
     manifest, n_rows, paths, jobs = _plan(config)
     labels = manifest.label_array()[:n_rows]
     ids, split, patient_id = manifest.paths[:n_rows], manifest.splits[:n_rows], manifest.patient_ids[:n_rows]
+    meta = {name: values[:n_rows] for name, values in manifest.meta.items()}
 
     duplicates = _duplicate_paths_warning(ids)
     if duplicates:
@@ -285,13 +298,26 @@ def run_extract(config: ExtractConfig, console=None) -> list[ExtractSummary]:
         groups.setdefault((tuple(job.image_size), config.resize_mode), []).append(job)
 
     for (size, resize_mode), group in groups.items():
-        _run_group(group, config, size, resize_mode, paths, ids, labels, manifest.classes, split, patient_id, console)
+        rows = _Rows(ids, labels, manifest.classes, split, patient_id, meta)
+        _run_group(group, config, size, resize_mode, paths, rows, console)
     return [job.summary for job in jobs]
 
 
-def _run_group(group, config, size, resize_mode, paths, ids, labels, classes, split, patient_id, console) -> None:
+@dataclass(frozen=True)
+class _Rows:
+    """What every cache of a run stores per row besides its embeddings."""
+
+    ids: Sequence[str]
+    labels: np.ndarray
+    classes: Sequence[str]
+    split: Sequence[str]
+    patient_id: Sequence[str]
+    meta: dict[str, Sequence[str]]
+
+
+def _run_group(group, config, size, resize_mode, paths, rows: _Rows, console) -> None:
     """Open every writer of the group, build its models, then stream one shared decode through all of them."""
-    from featx.data import images
+    from featx.data import dicom, images
     from featx.extract import backbones
 
     versions = _versions()
@@ -301,12 +327,13 @@ def _run_group(group, config, size, resize_mode, paths, ids, labels, classes, sp
             job.writer = store.open_writer(
                 job.path,
                 attrs={**job.attrs, **versions, "created_utc": created},
-                ids=ids,
-                labels=labels,
-                classes=classes,
-                split=split,
-                patient_id=patient_id,
+                ids=rows.ids,
+                labels=rows.labels,
+                classes=rows.classes,
+                split=rows.split,
+                patient_id=rows.patient_id,
                 widths=job.widths,
+                meta=rows.meta,
                 force=config.force,
                 batch_rows=config.batch_size,
             )
@@ -323,15 +350,24 @@ def _run_group(group, config, size, resize_mode, paths, ids, labels, classes, sp
                 job.predict(np.zeros((1, *size, 3), dtype=np.float32))  # trace now, so rate and ETA are steady
 
         start = min(job.writer.n_done for job in group)
-        n_total = len(ids)
+        n_total = len(rows.ids)
         with progress_bar(console, unit="img") as progress:
             tasks = {
                 id(job): progress.add_task(job.spec.name, total=n_total, completed=job.writer.n_done) for job in group
             }
             for job in group:
                 job.started = time.perf_counter()
+            dicom_window = group[0].attrs["dicom_window"]
+            if dicom_window == store.NO_DICOM:
+                dicom_window = dicom.DEFAULT_WINDOW
             for batch in images.iter_batches(
-                paths, size, resize_mode, batch_size=config.batch_size, start=start, workers=config.workers
+                paths,
+                size,
+                resize_mode,
+                batch_size=config.batch_size,
+                start=start,
+                workers=config.workers,
+                dicom_window=dicom_window,
             ):
                 failed_rows = np.flatnonzero(~batch.ok)
                 reasons = dict(zip(failed_rows.tolist(), (reason for _, reason in batch.errors)))
@@ -342,7 +378,9 @@ def _run_group(group, config, size, resize_mode, paths, ids, labels, classes, sp
                         continue
                     tick = time.perf_counter()
                     embeddings = job.predict(batch.images[offset:])
-                    errors = [(ids[batch.start + row], reasons[row]) for row in failed_rows.tolist() if row >= offset]
+                    errors = [
+                        (rows.ids[batch.start + row], reasons[row]) for row in failed_rows.tolist() if row >= offset
+                    ]
                     writer.write(writer.n_done, embeddings, batch.ok[offset:], errors, batch.sha256[offset:])
                     job.seconds += time.perf_counter() - tick
                     job.rows_this_run += len(batch) - offset

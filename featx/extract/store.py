@@ -30,9 +30,9 @@ import io
 import json
 import os
 import shlex
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -46,6 +46,7 @@ SUFFIX = ".h5"
 PARTIAL_SUFFIX = ".partial"
 LOCK_SUFFIX = ".lock"
 ERRORS_SUFFIX = ".errors.csv"
+META_GROUP = "meta"  # /meta/<column>: (N,) text per manifest metadata column; absent when the manifest has none
 
 # Attributes that must agree for a cache to answer a request. The pooling list is
 # compared as a subset (a cache holding avg and max answers a request for avg) and
@@ -62,11 +63,15 @@ MATCH_KEYS = (
     "poolings",
     "manifest_sha256",
     "data_root",
+    "dicom_window",
 )
-REQUIRED_ATTRS = MATCH_KEYS + ("complete", "n_done")
+# A match key a cache may lack because it was written before the key existed: read as this value.
+NO_DICOM = "none"  # dicom_window of a cache whose manifest has no DICOM row
+MATCH_DEFAULTS = {"dicom_window": NO_DICOM}
+REQUIRED_ATTRS = tuple(key for key in MATCH_KEYS if key not in MATCH_DEFAULTS) + ("complete", "n_done")
 # Left out of the content sha256: the two attributes a writer moves, and the hash itself.
 UNSEALED_ATTRS = ("complete", "n_done", "content_sha256")
-# One entry per row each (labels may be (N, K)); /errors and /embeddings/<pooling> come on top.
+# One entry per row each (labels may be (N, K)); /errors, /embeddings/<pooling> and /meta/<column> come on top.
 ROW_DATASETS = ("ids", "labels", "split", "patient_id", "ok", "sha256")
 REQUIRED_DATASETS = ROW_DATASETS + ("errors",)
 
@@ -165,7 +170,8 @@ def differing_keys(cached: dict, wanted: dict, n_cached: int | None = None, n_wa
     """The match keys on which a cache's attributes disagree with a request."""
     differ = []
     for key in MATCH_KEYS:
-        have, want = _plain(cached.get(key)), _plain(wanted.get(key))
+        default = MATCH_DEFAULTS.get(key)
+        have, want = _plain(cached.get(key, default)), _plain(wanted.get(key, default))
         if key == "poolings":
             if not set(want or []) <= set(have or []):
                 differ.append(key)
@@ -290,6 +296,10 @@ def _check_layout(handle: h5py.File, path: Path, attrs: dict, advice_attrs: dict
             raise _damaged(path, f"/{name} has shape {shape}, /ids has {n_rows} rows", advice_attrs)
     if "classes" not in handle["labels"].attrs:
         raise _damaged(path, "/labels has no classes attribute", advice_attrs)
+    meta = handle.get(META_GROUP)
+    for name, dataset in meta.items() if isinstance(meta, h5py.Group) else ():
+        if not isinstance(dataset, h5py.Dataset) or dataset.shape[:1] != (n_rows,):
+            raise _damaged(path, f"/{META_GROUP}/{name} does not hold one value per row", advice_attrs)
     group = handle.get("embeddings")
     if not isinstance(group, h5py.Group):
         raise _damaged(path, "group /embeddings is missing", advice_attrs)
@@ -726,10 +736,11 @@ def _shown(attrs: dict, key: str, n_rows: int) -> str:
 
 
 def _estimated_bytes(n_rows: int, widths: dict[str, int], labels: np.ndarray, strings: Iterable[Sequence[str]]) -> int:
-    """About how many bytes a finished cache takes: its preallocated rows, its strings and a margin."""
+    """About how many bytes a finished cache takes: its preallocated rows, its text columns (fixed-length: the
+    longest value each) and a margin."""
     label_bytes = int(np.prod(labels.shape[1:], dtype=np.int64)) if labels.ndim > 1 else 1
     per_row = 4 * sum(int(width) for width in widths.values()) + 1 + SHA256_DTYPE.itemsize + label_bytes
-    text = sum(len(value.encode("utf-8")) + 32 for column in strings for value in column)
+    text = sum(len(column) * max([len(str(value).encode("utf-8")) for value in column] + [1]) for column in strings)
     return n_rows * per_row + text + SPACE_MARGIN
 
 
@@ -766,11 +777,13 @@ def open_writer(
     split: Sequence[str],
     patient_id: Sequence[str],
     widths: dict[str, int],
+    meta: Mapping[str, Sequence[str]] | None = None,
     force: bool = False,
     batch_rows: int = 256,
 ) -> CacheWriter | None:
     """Open the cache at `path` for writing, or return None when a complete matching cache is there (a hit).
 
+    `meta` (manifest metadata column -> one string per row) goes to /meta/<column>.
     With force a complete cache is ignored (and replaced on finish). Resumes a
     `.partial` whose attributes and rows match, and whose rows so far pass their
     checksums, from its n_done; starts over (saying why in `writer.note`) otherwise.
@@ -789,7 +802,7 @@ def open_writer(
     except OSError as error:
         raise CacheError(f"Cannot create the output directory '{path.parent}': {error.strerror or error}.") from None
     labels = np.asarray(labels, dtype=np.int8)
-    needed = _estimated_bytes(n_rows, widths, labels, (ids, split, patient_id))
+    needed = _estimated_bytes(n_rows, widths, labels, (ids, split, patient_id, *(meta or {}).values()))
     lock = acquire_lock(path)
     partial = partial_path(path)
     try:
@@ -805,7 +818,7 @@ def open_writer(
                     raise
                 return CacheWriter(path, handle, lock, n_rows, created=False, note=note)
         _check_free_space(path, needed - _allocated_bytes(partial))
-        handle = _create(partial, attrs, ids, labels, classes, split, patient_id, widths, batch_rows)
+        handle = _create(partial, attrs, ids, labels, classes, split, patient_id, widths, batch_rows, meta or {})
         return CacheWriter(path, handle, lock, n_rows, created=True, note=note)
     except _WRITE_ERRORS as error:
         lock.release()
@@ -850,10 +863,12 @@ def _verify_rows(handle: h5py.File, n_done: int) -> None:
             dataset[rows]
 
 
-def _create(partial, attrs, ids, labels, classes, split, patient_id, widths, batch_rows) -> h5py.File:
+def _create(partial, attrs, ids, labels, classes, split, patient_id, widths, batch_rows, meta) -> h5py.File:
     n_rows = len(ids)
     if labels.shape[0] != n_rows or len(split) != n_rows or len(patient_id) != n_rows:
         raise ValueError("ids, labels, split and patient_id must have one entry per row")
+    if any(len(values) != n_rows for values in meta.values()):
+        raise ValueError("every metadata column must have one entry per row")
     failures_journal_path(partial).unlink(missing_ok=True)  # a journal left by a run that is not resumed
     try:
         handle = _open_for_writing(partial, "w")
@@ -872,6 +887,11 @@ def _create(partial, attrs, ids, labels, classes, split, patient_id, widths, bat
         handle["labels"].attrs["classes"] = _text(classes)
         _create_text(handle, "split", split)
         _create_text(handle, "patient_id", patient_id)
+        if meta:  # optional: readers without it never look for /meta
+            group = handle.create_group(META_GROUP)
+            for name, values in meta.items():
+                _create_text(group, name, [str(v) for v in values])
+            group.attrs["columns"] = _text(list(meta))  # the manifest's column order
         _create_preallocated(handle, "ok", (n_rows,), np.bool_, min(n_rows, 65536))
         _create_preallocated(
             handle, "sha256", (n_rows,), SHA256_DTYPE, _chunk_rows(SHA256_DTYPE.itemsize, batch_rows, n_rows)
@@ -922,6 +942,7 @@ class CacheRows:
     ok: np.ndarray
     errors: tuple[str, ...]
     image_sha256: np.ndarray  # (N,) hex sha256 of each row's image file ("" where it could not be read)
+    meta: dict[str, np.ndarray] = field(default_factory=dict)  # manifest metadata column -> (N,) str
 
     @property
     def multilabel(self) -> bool:
@@ -951,6 +972,7 @@ class FeatureSet:
     ok: np.ndarray
     errors: tuple[str, ...] = ()
     image_sha256: np.ndarray | None = None  # (N,) hex sha256 of each row's image file, as in CacheRows
+    meta: dict[str, np.ndarray] = field(default_factory=dict)  # manifest metadata column -> (N,) str
 
     @property
     def backbone(self) -> str:
@@ -1040,7 +1062,16 @@ def _read_rows(handle: h5py.File, path: Path, attrs: dict) -> CacheRows:
         ok=handle["ok"][:].astype(bool),
         errors=tuple(handle["errors"].asstr()[:]),
         image_sha256=np.asarray(np.char.decode(handle["sha256"][:], "ascii"), dtype=object),
+        meta=_read_meta(handle),
     )
+
+
+def _read_meta(handle: h5py.File) -> dict[str, np.ndarray]:
+    if META_GROUP not in handle:
+        return {}
+    group = handle[META_GROUP]
+    names = [str(name) for name in _plain(group.attrs.get("columns", list(group.keys())))]
+    return {name: np.asarray(group[name].asstr()[:], dtype=object) for name in names if name in group}
 
 
 def read_rows(path) -> CacheRows:
@@ -1132,6 +1163,7 @@ def load(path, pooling: str = "avg", sha256: str | None = None) -> FeatureSet:
         ok=rows.ok,
         errors=rows.errors,
         image_sha256=rows.image_sha256,
+        meta=rows.meta,
     )
 
 

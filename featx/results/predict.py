@@ -107,12 +107,13 @@ def _manifest_paths(csv_path: Path, data_root) -> list[Path]:
 def collect_inputs(inputs, data_root=None) -> list[Path]:
     """Image files as given, image files under folders (recursive, sorted), and the rows of manifest CSVs."""
     from featx.data.manifest import IMAGE_SUFFIXES as suffixes
+    from featx.data.manifest import is_image_file
 
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            paths += [file for file in walk_files(path) if file.suffix.lower() in suffixes]
+            paths += [file for file in walk_files(path) if is_image_file(file)]
         elif path.suffix.lower() == ".csv" and path.is_file():
             paths += _manifest_paths(path, data_root)
         elif path.exists():
@@ -155,6 +156,7 @@ def predict_paths(bundle_path, inputs, data_root=None, batch_size=32, progress=N
     Unreadable images get their reason in `error` and None probabilities; the rest
     are still predicted. `progress` (optional) is called with the number of images done.
     """
+    from featx.data.dicom import DEFAULT_WINDOW
     from featx.data.images import iter_batches
 
     bundle_path = Path(bundle_path)
@@ -167,7 +169,11 @@ def predict_paths(bundle_path, inputs, data_root=None, batch_size=32, progress=N
     forward = forward_step(model, tuple(bundle["image_size"]), (pooling,))
     classes = [str(c) for c in bundle["classes"]]
     rows: list[dict] = []
-    for batch in iter_batches(paths, tuple(bundle["image_size"]), bundle["resize_mode"], batch_size):
+    window = bundle.get("dicom_window", "none")  # "none": trained without DICOM rows; DICOM inputs get the default
+    window = DEFAULT_WINDOW if window in (None, "none") else window
+    for batch in iter_batches(
+        paths, tuple(bundle["image_size"]), bundle["resize_mode"], batch_size, dicom_window=window
+    ):
         reasons = dict(batch.errors)
         proba = np.empty((0, len(classes)))
         labels: list[str] = []

@@ -96,6 +96,7 @@ def run_record(run: FittedRun) -> dict:
         "manifest_sha256": attrs.get("manifest_sha256"),
         "image_size": attrs.get("image_size"),
         "resize_mode": attrs.get("resize_mode"),
+        "dicom_window": attrs.get("dicom_window", "none"),
         "config": {
             "cv": config.cv,
             "seed": config.seed,
@@ -103,6 +104,9 @@ def run_record(run: FittedRun) -> dict:
             "threshold_rule": config.threshold_rule,
             "val_as_test": config.val_as_test,
             "quick": config.quick,
+            "subgroups": list(config.subgroups),
+            "age_bands": list(config.age_bands),
+            "subgroup_min": config.subgroup_min,
         },
         "versions": library_versions(),
         "data": run.data,
@@ -118,7 +122,9 @@ def run_record(run: FittedRun) -> dict:
             "ids": list(run.test_ids),
             "y_true": np.asarray(run.y_test).tolist(),
             "score": np.asarray(run.test_score).tolist(),
+            "meta": run.test_meta,
         },
+        "subgroups": run.subgroups,
         "timings": run.timings,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -135,8 +141,8 @@ def bundle(run: FittedRun) -> dict:
     -------
     dict
         Keys: format, featx_version, run_id, estimator, task, classes, positive_class, threshold, backbone,
-        pooling, weights, weights_seed, weights_sha256, image_size, resize_mode, preprocess, feature_sha256,
-        manifest_sha256.
+        pooling, weights, weights_seed, weights_sha256, image_size, resize_mode, dicom_window, preprocess,
+        feature_sha256, manifest_sha256.
     """
     attrs = run.feature_attrs
     return {
@@ -155,6 +161,7 @@ def bundle(run: FittedRun) -> dict:
         "weights_sha256": attrs.get("weights_sha256"),
         "image_size": attrs.get("image_size"),
         "resize_mode": attrs.get("resize_mode"),
+        "dicom_window": attrs.get("dicom_window", "none"),
         "preprocess": attrs.get("preprocess"),
         "feature_sha256": run.feature_sha256,
         "manifest_sha256": attrs.get("manifest_sha256"),

@@ -3,7 +3,8 @@
 Sections: a random-weights banner when any run used random-init weights, the
 dataset summary with leakage findings, the leaderboard and the backbone x
 classifier heatmap of test AUC, ROC curves per backbone, confusion matrices at
-each run's chosen threshold, calibration curves, and provenance. Every plot is
+each run's chosen threshold, calibration curves, subgroup AUCs as forest plots
+(when classify ran with --subgroups), and provenance. Every plot is
 also written to results/plots/*.png. Plots use matplotlib's Figure API directly
 (Agg canvas), never pyplot, so no global backend state is touched.
 """
@@ -31,7 +32,7 @@ from featx.extract.backbones import RANDOM_BANNER
 from featx.results import records
 from featx.results.leaderboard import leaderboard_rows
 
-PLOT_PREFIXES = ("heatmap_", "roc_", "confusion_", "calibration_")
+PLOT_PREFIXES = ("heatmap_", "roc_", "confusion_", "calibration_", "forest_")
 SECTIONS = (
     ("dataset", "Dataset"),
     ("leaderboard", "Leaderboard"),
@@ -39,6 +40,7 @@ SECTIONS = (
     ("roc", "ROC curves"),
     ("confusion", "Confusion matrices"),
     ("calibration", "Calibration"),
+    ("subgroups", "Subgroups"),
     ("provenance", "Provenance"),
 )
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
@@ -332,6 +334,119 @@ def _calibration_plot(group: str, runs: list[dict], random_weights: bool) -> _Pl
     return _Plot(f"calibration_{_safe_name(group)}.png", f"Calibration — {group}", _render(figure, random_weights))
 
 
+def _forest_plot(run: dict, random_weights: bool) -> _Plot | None:
+    """Subgroup test AUCs with their DeLong CIs, one row per subgroup, grouped by attribute; dashed: the overall AUC."""
+    attributes = ((run.get("subgroups") or {}).get("attributes") or {}).items()
+    rows: list[tuple[str, dict | None]] = []  # (label, auc) ; auc None = an attribute heading
+    for attribute, result in attributes:
+        gap = result.get("largest_gap")
+        heading = attribute
+        if gap:
+            heading += f"  (gap {_fmt(gap.get('difference'))}, p adj. {_fmt(gap.get('p_adjusted'))})"
+        rows.append((heading, None))
+        for group in result.get("groups") or []:
+            label = f"{group['name']}  n={group['n']} ({group['n_positive']}+/{group['n_negative']}−)"
+            rows.append((label, group.get("auc") or {}))
+        for group in result.get("too_small") or []:
+            rows.append((f"{group['name']}  n={group['n']} ({group['n_positive']}+/{group['n_negative']}−) too small", {}))
+    if not any(auc for _, auc in rows):
+        return None
+    figure = _figure(7.2, 1.0 + 0.3 * len(rows))
+    ax = figure.subplots()
+    overall = _num(_auc(run).get("value"))
+    if not math.isnan(overall):
+        ax.axvline(overall, color="#999999", linestyle="--", linewidth=1, label=f"all test rows: {overall:.3f}")
+    lows = [_num(auc.get("ci_low")) for _, auc in rows if auc]
+    for y, (label, auc) in enumerate(rows):
+        if auc:
+            value, low, high = _num(auc.get("value")), _num(auc.get("ci_low")), _num(auc.get("ci_high"))
+            ax.plot([low, high], [y, y], color=COLORS[0], linewidth=2)
+            ax.plot([value], [y], marker="s", color=COLORS[0], markersize=6)
+            ax.text(1.005, y, f"{value:.3f} [{low:.3f}–{high:.3f}]", va="center", fontsize=8,
+                    transform=ax.get_yaxis_transform())
+    ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=8)
+    for tick, (_, auc) in zip(ax.get_yticklabels(), rows):
+        if auc is None:
+            tick.set_fontweight("bold")
+        elif not auc:
+            tick.set_color("#888888")
+    ax.invert_yaxis()
+    finite_lows = [low for low in lows if not math.isnan(low)]
+    ax.set_xlim(min([0.5, *finite_lows]) - 0.02, 1.0)
+    ax.set_xlabel("test ROC AUC (DeLong 95% CI)")
+    ax.set_title(f"Subgroups — {run.get('run_id')}", fontsize=10)
+    if not math.isnan(overall):
+        ax.legend(loc="lower left", fontsize=8)
+    return _Plot(
+        f"forest_{_safe_name(str(run.get('run_id')))}.png",
+        f"Subgroup AUCs — {run.get('run_id')}",
+        _render(figure, random_weights),
+    )
+
+
+def _gap_text(gap: dict | None) -> str:
+    if not gap:
+        return "— (fewer than two subgroups large enough)"
+    verdict = "significant" if gap.get("significant") else "not significant"
+    return (
+        f"{gap.get('high')} − {gap.get('low')} = {_fmt(gap.get('difference'))}; p = {_fmt(gap.get('p_value'))}, "
+        f"Bonferroni over {gap.get('n_pairs')} pair(s) {_fmt(gap.get('p_adjusted'))}: {verdict}"
+    )
+
+
+def _subgroup_section(ranked: list[dict], plots: list[_Plot]) -> str:
+    runs = [run for run in ranked if run.get("subgroups")]
+    if not runs:
+        return ("<p class='note'>No subgroup analysis in these runs; run <code>featx classify --subgroups "
+                "sex,age_band,view</code> on features whose manifest has those metadata columns.</p>")
+    settings = runs[0]["subgroups"]
+    rows = []
+    for run in runs:
+        for attribute, result in (run["subgroups"].get("attributes") or {}).items():
+            groups = ", ".join(f"{g['name']} {_auc_text(g.get('auc') or {})}" for g in result.get("groups") or [])
+            small = ", ".join(f"{g['name']} ({g['n_positive']}+/{g['n_negative']}−)" for g in result.get("too_small") or [])
+            missing = result.get("n_missing") or 0
+            rows.append(
+                "<tr>" + "".join(f"<td>{cell}</td>" for cell in (
+                    _e(run.get("run_id")), _e(attribute), _e(groups or "—"), _e(small or "—"),
+                    _e(missing), _e(_gap_text(result.get("largest_gap"))),
+                )) + "</tr>"
+            )
+    head = ("run", "attribute", "subgroups: test AUC [95% CI]", "too small", "no value", "largest gap")
+    note = (
+        f"<p class='note'>A subgroup gets its AUC when it holds at least {_e(settings.get('min_positives'))} positive "
+        f"and {_e(settings.get('min_negatives'))} negative test images; age bands from the edges "
+        f"{_e(settings.get('age_bands'))}. Largest gap: {_e(settings.get('test'))} (α = {_e(settings.get('alpha'))}). "
+        "Subgroups split images, not patients, and DeLong treats images as independent: with several images per "
+        "patient the intervals are too narrow, small subgroups most of all. The forest plots show each backbone's "
+        "best run.</p>"
+    )
+    return (note + _plots_html(plots, "") + "<table class='small'><tr>" + "".join(f"<th>{h}</th>" for h in head)
+            + "</tr>" + "".join(rows) + "</table>")
+
+
+def print_subgroups(run: dict, console) -> None:
+    """The subgroup AUCs of one run in the terminal (what the report's forest plot shows)."""
+    from rich.table import Table
+
+    attributes = (run.get("subgroups") or {}).get("attributes") or {}
+    if not attributes:
+        return
+    table = Table(title=f"Subgroup test AUCs — {run.get('run_id')}")
+    for column in ("attribute", "subgroup", "n (+/−)", "AUC [95% CI]"):
+        table.add_column(column)
+    for attribute, result in attributes.items():
+        for group in result.get("groups") or []:
+            table.add_row(attribute, str(group["name"]), f"{group['n']} ({group['n_positive']}/{group['n_negative']})",
+                          _auc_text(group.get("auc") or {}))
+        for group in result.get("too_small") or []:
+            table.add_row(attribute, str(group["name"]), f"{group['n']} ({group['n_positive']}/{group['n_negative']})",
+                          "[dim]too small[/dim]")
+    console.print(table)
+    for attribute, result in attributes.items():
+        console.print(f"{attribute}: largest gap {_gap_text(result.get('largest_gap'))}", soft_wrap=True)
+
+
 # ---------------------------------------------------------------- dataset and leakage
 
 
@@ -599,7 +714,12 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
             roc.insert(0, per_class)
     confusion = [p for g, rs in groups.items() if (p := _confusion_plot(g, rs, random_weights)) is not None]
     calibration = [p for g, rs in groups.items() if (p := _calibration_plot(g, rs, random_weights)) is not None]
-    plots = [heatmap, *roc, *confusion, *calibration]
+    best_of_group: "OrderedDict[str, dict]" = OrderedDict()
+    for run in ranked:
+        if run.get("subgroups"):
+            best_of_group.setdefault(_group_key(run, several_poolings), run)
+    forest = [p for run in best_of_group.values() if (p := _forest_plot(run, random_weights)) is not None]
+    plots = [heatmap, *roc, *confusion, *calibration, *forest]
 
     plots_dir = results_dir / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
@@ -640,6 +760,7 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
         "<h2 id='calibration'>Calibration</h2><p class='note'>Reliability diagrams of the test probabilities "
         "(up to 10 equal-count bins); Brier score in the legend.</p>"
         + _plots_html(calibration, "No test predictions in the run files."),
+        f"<h2 id='subgroups'>Subgroups</h2>{_subgroup_section(ranked, forest)}",
         f"<h2 id='provenance'>Provenance</h2>{_provenance_section(ranked)}",
     ]
     document = (
