@@ -389,19 +389,19 @@ def test_incomplete_partial_cache(tmp_path, capsys):
     assert_one_sentence(err, "tiny.h5.partial", "incomplete")
 
 
-@pytest.mark.parametrize("defect", ["garbage", "format2", "truncated_rows"])
+@pytest.mark.parametrize("defect", ["garbage", "format1", "format3", "truncated_rows"])
 def test_unreadable_or_stale_cache(tmp_path, capsys, defect):
     path = tmp_path / "f" / "tiny.h5"
     if defect == "garbage":
         path.parent.mkdir()
         path.write_bytes(b"not an hdf5 file at all")
-    elif defect == "format2":
-        small_cache(path, attrs={"format": 2})
-    else:  # marked complete but n_done short of the rows: a writer that died between flushes
+    elif defect.startswith("format"):
+        small_cache(path, attrs={"format": int(defect[-1])})
+    else:  # marked complete but n_done short of the rows
         small_cache(path, attrs={"n_done": 3})
     code, err = run_cli(capsys, "--features", tmp_path / "f", "--out", tmp_path / "results")
     assert code == 2
-    assert_one_sentence(err, "tiny.h5")
+    assert_one_sentence(err, "tiny.h5", "rebuild it with `featx extract --backbone tiny", "--force`")
 
 
 def test_caches_from_different_manifests_are_named(tmp_path, capsys):

@@ -276,6 +276,10 @@ def test_extract_records_the_window_and_reports_bad_dicom_rows(tmp_path):
     assert features.errors == ("broken.dcm\tnot a DICOM file (no 'DICM' marker after the 128-byte preamble)",)
     good = features.X[features.ok]
     np.testing.assert_allclose(good, np.broadcast_to(good[0], good.shape), atol=1e-5)  # every encoding: one embedding
+    from featx.files import file_sha256
+
+    # the sha256 of the bytes the DICOM decoder read (the damaged file's too)
+    assert list(features.image_sha256) == [file_sha256(data / path) for path in features.ids]
     with pytest.raises(StaleCacheError, match="dicom_window: cached 'file' vs requested 'minmax'"):
         run_extract(ExtractConfig(**{**config.__dict__, "dicom_window": "minmax"}), _quiet())
 

@@ -140,11 +140,15 @@ def _find_caches(config: ClassifyConfig) -> list[Path]:
     for name in wanted:
         if name in unusable:
             store.read_header(unusable[name])  # raises the CacheError that says what is wrong with it
-            raise CacheError(f"Feature file '{unusable[name]}' is not a complete featx cache; rebuild it with --force.")
+            raise CacheError(
+                f"Feature file '{unusable[name]}' is not a complete featx cache; "
+                f"rebuild it with `{store.extract_command(unusable[name])}`."
+            )
         if name not in complete:
             raise CacheError(
                 f"Feature file '{partial[name]}' is incomplete (an extract was interrupted or is still running); "
-                "finish it by re-running the same `featx extract` (it resumes), or leave it out with --backbone."
+                f"finish it with `{store.extract_command(partial[name], force=False)}` (it resumes), "
+                "or leave it out with --backbone."
             )
     return [complete[name] for name in wanted]
 
@@ -261,7 +265,7 @@ def _check_finite(path: Path, pooling: str) -> None:
     if bad:
         raise ClassifyError(
             f"Feature file '{path}' has {bad} NaN or infinite values in embeddings/{pooling} "
-            f"({bad_rows} rows); rebuild it with `featx extract ... --force`."
+            f"({bad_rows} rows); rebuild it with `{store.extract_command(path)}`."
         )
 
 
@@ -273,7 +277,8 @@ def plan_runs(config: ClassifyConfig) -> list[RunPlan]:
     the first problem.
     """
     _check_options(config)
-    headers = [store.read_header(path) for path in _find_caches(config)]
+    # verify: every chunk's checksum and the content sha256, so a damaged cache stops here with the fix
+    headers = [store.read_header(path, verify=True) for path in _find_caches(config)]
     _check_same_manifest(headers)
     plans = []
     for header in headers:

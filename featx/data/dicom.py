@@ -88,12 +88,15 @@ def _pydicom():
     return pydicom
 
 
-def _read_dataset(path, stop_before_pixels: bool = False):
+def _read_dataset(source, stop_before_pixels: bool = False):
+    """`source`: a path, or a binary file object holding the file's bytes (read once by the caller)."""
     pydicom = _pydicom()
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels)
+        return pydicom.dcmread(
+            source if hasattr(source, "read") else str(source), stop_before_pixels=stop_before_pixels
+        )
     except InvalidDicomError:
         raise DicomReadError(f"not a DICOM file (no '{MAGIC.decode()}' marker after the 128-byte preamble)") from None
     except (OSError, MemoryError, KeyboardInterrupt):
@@ -258,6 +261,8 @@ def _color_to_unit(frame: np.ndarray, dataset) -> np.ndarray:
 
 def read_pixels(path, window: str = DEFAULT_WINDOW, max_pixels: int | None = None) -> np.ndarray:
     """The first frame of a DICOM file as display values: (h, w) grayscale or (h, w, 3) RGB, float32 in 0..1.
+
+    `path` may also be a binary file object of the file's bytes.
 
     Raises DicomReadError (the reason) for a non-DICOM file, missing pixel data, a transfer syntax without an
     installed decoder, an image above `max_pixels`, or damaged pixel data.

@@ -9,7 +9,9 @@ backbone come from one forward pass.
 
 from __future__ import annotations
 
+import shlex
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,6 +29,7 @@ from featx.progress import progress_bar
 from featx.runtime import library_versions
 
 _EXISTENCE_PROBE_ROWS = 20
+FAILURES_SHOWN = 5  # failed images named in the summary; the rest are in <name>.errors.csv
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class ExtractSummary:
     weights_label: str
     random_weights: bool = False
     note: str | None = None
+    failed_images: tuple[tuple[str, str], ...] = ()  # (manifest path, reason): the first FAILURES_SHOWN
+    errors_csv: Path | None = None  # every failed image, beside the cache
 
 
 @dataclass
@@ -104,6 +109,43 @@ def _check_manifest_paths(rel_paths: Sequence[str], data_root: Path) -> list[Pat
             f"(e.g. {rel_paths[0]!r}); check --data-root."
         )
     return paths
+
+
+def _duplicate_paths_warning(paths: Sequence[str]) -> str | None:
+    """One sentence when manifest rows repeat a path (each copy would be embedded and counted again)."""
+    counts = Counter(paths)
+    repeated = [path for path, n in counts.items() if n > 1]
+    if not repeated:
+        return None
+    extra = sum(counts[path] - 1 for path in repeated)
+    return (
+        f"{len(repeated)} path(s) are listed more than once in the manifest (e.g. {repeated[0]!r}, "
+        f"{counts[repeated[0]]} times), so {extra} extra row(s) embed the same file again and count twice in "
+        "training or test; remove the duplicates (`featx manifest check` lists them)."
+    )
+
+
+def _extract_args(
+    config: ExtractConfig, spec, info, size, poolings, manifest_path: Path, data_root: str, limit, dicom_window: str
+):
+    """The arguments of the `featx extract` command that rebuilds one backbone's cache (recorded in it, so
+    every later complaint about the cache can name the exact command that fixes it)."""
+    parts = ["--backbone", spec.name, "--manifest", str(manifest_path.resolve()), "--data-root", data_root]
+    parts += ["--weights", info.path if info.kind == "file" else info.label]
+    if info.kind == "random":
+        parts += ["--seed", str(int(info.seed))]
+    parts += ["--pooling", ",".join(poolings)]
+    if size[0] == size[1]:  # the CLI takes square sizes only
+        parts += ["--image-size", str(int(size[0]))]
+    if config.resize_mode != "stretch":
+        parts += ["--resize-mode", config.resize_mode]
+    if limit is not None:
+        parts += ["--limit", str(int(limit))]
+    if dicom_window not in (store.NO_DICOM, ExtractConfig.dicom_window):
+        parts += ["--dicom-window", dicom_window]
+    if config.mixed_precision:
+        parts.append("--mixed-precision")
+    return shlex.join(parts)
 
 
 def _versions() -> dict[str, str]:
@@ -173,6 +215,17 @@ def _plan(config: ExtractConfig):
             "manifest_sha256": manifest.sha256_hex,
             "data_root": data_root_text,
             "dicom_window": dicom_window,
+            "extract_args": _extract_args(
+                config,
+                spec,
+                info,
+                size,
+                poolings,
+                manifest_path,
+                data_root_text,
+                n_rows if n_rows < len(manifest) else None,
+                dicom_window,
+            ),
         }
         widths = {pooling: int(spec.embedding_width(pooling, size)) for pooling in poolings}
         job = _Job(
@@ -192,14 +245,16 @@ def _plan(config: ExtractConfig):
 # ---------------------------------------------------------------- the run
 
 
-def _summary(job: _Job, status: str, rows: int, failures: int) -> ExtractSummary:
+def _summary(job: _Job, status: str, rows: int, failures: Sequence[tuple[str, str]]) -> ExtractSummary:
     rate = job.rows_this_run / job.seconds if job.seconds > 0 and job.rows_this_run else 0.0
     return ExtractSummary(
         backbone=job.spec.name,
         path=job.path,
         status=status,
         rows=rows,
-        failures=failures,
+        failures=len(failures),
+        failed_images=tuple(failures[:FAILURES_SHOWN]),
+        errors_csv=store.errors_csv_path(job.path) if failures else None,
         seconds=job.seconds,
         rate=rate,
         weights_label=job.weights.label,
@@ -219,6 +274,9 @@ def run_extract(config: ExtractConfig, console=None) -> list[ExtractSummary]:
     ids, split, patient_id = manifest.paths[:n_rows], manifest.splits[:n_rows], manifest.patient_ids[:n_rows]
     meta = {name: values[:n_rows] for name, values in manifest.meta.items()}
 
+    duplicates = _duplicate_paths_warning(ids)
+    if duplicates:
+        console.print(f"[yellow]warning[/]: {duplicates}", soft_wrap=True)
     for job in jobs:
         for note in job.notes:
             console.print(f"[yellow]{job.spec.name}[/]: {note}")
@@ -226,8 +284,11 @@ def run_extract(config: ExtractConfig, console=None) -> list[ExtractSummary]:
     for job in jobs:
         started = time.perf_counter()
         if store.check_cache(job.path, job.attrs, n_rows, force=config.force):
+            failures = store.read_rows(job.path).failures
+            if failures and not store.errors_csv_path(job.path).exists():
+                store.write_errors_csv(job.path, failures)
             job.seconds = time.perf_counter() - started
-            job.summary = _summary(job, "hit", n_rows, store.count_failures(job.path))
+            job.summary = _summary(job, "hit", n_rows, failures)
             console.print(f"[green]{job.spec.name}[/]: cache hit, {job.path} is up to date (nothing to do).")
         else:
             pending.append(job)
@@ -320,17 +381,16 @@ def _run_group(group, config, size, resize_mode, paths, rows: _Rows, console) ->
                     errors = [
                         (rows.ids[batch.start + row], reasons[row]) for row in failed_rows.tolist() if row >= offset
                     ]
-                    writer.write(writer.n_done, embeddings, batch.ok[offset:], errors)
+                    writer.write(writer.n_done, embeddings, batch.ok[offset:], errors, batch.sha256[offset:])
                     job.seconds += time.perf_counter() - tick
                     job.rows_this_run += len(batch) - offset
                     progress.update(tasks[id(job)], completed=writer.n_done)
         for job in group:
             status = "resumed" if job.writer.resumed_from > 0 else "built"
-            failures = job.writer.n_failed
             job.seconds = time.perf_counter() - job.started
             job.writer.finish()
             job.predict = None  # free the model before the next group builds its own
-            job.summary = _summary(job, status, n_total, failures)
+            job.summary = _summary(job, status, n_total, job.writer.failures)
     except KeyboardInterrupt:
         for job in group:
             if job.writer is not None and not job.writer.closed and job.writer.n_done > 0:
@@ -379,12 +439,32 @@ def print_summary(summaries: Sequence[ExtractSummary], console) -> None:
     console.print(table)
     for summary in summaries:
         console.print(f"{summary.backbone}: {summary.path}", soft_wrap=True)
-    if any(summary.failures for summary in summaries):
-        console.print("Failed images are stored as zero rows with ok=False; their reasons are in each cache's /errors.")
+    for summary in summaries:
+        if summary.failures:
+            _print_failures(summary, console)
     if any(summary.random_weights for summary in summaries):
         console.rule(style="bold red")
         console.print(RANDOM_BANNER, style="bold white on red", soft_wrap=True)
         console.rule(style="bold red")
+
+
+def _print_failures(summary: ExtractSummary, console) -> None:
+    """Name the first failed images with their reasons, and where the full list is."""
+    from rich.markup import escape
+
+    console.print(
+        f"[bold red]{summary.backbone}[/]: {summary.failures} image(s) could not be read; they are stored as zero "
+        "rows with ok=False, which classify leaves out:",
+        soft_wrap=True,
+    )
+    for path, reason in summary.failed_images:
+        console.print(f"  {escape(path)}: {escape(reason)}", soft_wrap=True, highlight=False)
+    more = summary.failures - len(summary.failed_images)
+    console.print(
+        f"  {f'... and {more} more; ' if more > 0 else ''}the full list (path, reason) is in {summary.errors_csv}",
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 def extract_command(config: ExtractConfig, console) -> None:

@@ -507,7 +507,7 @@ def _dataset_section(runs: list[dict], findings: list[str]) -> str:
 
 
 def _feature_file_findings(runs: list[dict], results_dir: Path) -> list[str]:
-    """Patient overlap between train(+val) and test, from each run's cached patient ids (HDF5 format 1)."""
+    """Patient overlap and identical image bytes between train(+val) and test, from each run's cache rows."""
     findings = []
     seen = set()
     for run in runs:
@@ -540,7 +540,22 @@ def _feature_file_findings(runs: list[dict], results_dir: Path) -> list[str]:
         else:
             findings.append(f"{name}: no patient appears in both test ({len(test_patients)} patients) and "
                             f"train/val ({len(other_patients)} patients).")
+        findings.append(_identical_images_finding(name, cache_rows))
     return findings
+
+
+def _identical_images_finding(name: str, cache_rows: store.CacheRows) -> str:
+    """Test images whose file bytes (sha256 recorded by extract) equal a train/val image's, whatever their patient."""
+    digests, splits = cache_rows.image_sha256.astype(str), cache_rows.split.astype(str)
+    known = (digests != "") & cache_rows.ok  # failed images are left out of every run
+    in_test, in_other = known & (splits == "test"), known & (splits != "test")
+    other = dict(zip(digests[in_other], cache_rows.ids[in_other]))
+    pairs = [(path, other[digest]) for digest, path in zip(digests[in_test], cache_rows.ids[in_test]) if digest in other]
+    if not pairs:
+        return f"{name}: no test image has the same bytes as a train/val image (sha256 of {int(known.sum())} files)."
+    examples = "; ".join(f"{test} = {train}" for test, train in pairs[:3])
+    return (f"{name}: LEAKAGE — {len(pairs)} test image(s) have the same bytes (sha256) as a train/val image "
+            f"(e.g. {examples}); test AUC is optimistic.")
 
 
 def _manifest_findings(manifest, data_root) -> list[str]:
