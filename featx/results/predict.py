@@ -24,7 +24,6 @@ from featx.files import walk_files
 from featx.results.records import load_bundle
 
 
-
 def _weights_file(bundle: dict, bundle_path: Path) -> Path:
     """Where the bundle's weights file is: its recorded path, else beside the bundle, the results or the working folder."""
     name = str(bundle["weights"])
@@ -32,7 +31,12 @@ def _weights_file(bundle: dict, bundle_path: Path) -> Path:
     candidates = []
     if bundle.get("weights_path"):
         candidates.append(Path(bundle["weights_path"]))
-    candidates += [Path(name), bundle_path.parent / name, bundle_path.parent.parent / name, bundle_path.parent.parent.parent / name]
+    candidates += [
+        Path(name),
+        bundle_path.parent / name,
+        bundle_path.parent.parent / name,
+        bundle_path.parent.parent.parent / name,
+    ]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
         raise BundleError(
@@ -64,7 +68,9 @@ def _weights_info(bundle: dict, bundle_path: Path, spec):
         return WeightsInfo(kind="random", label="random", sha256="", seed=int(seed))
     if weights == "imagenet":
         if not spec.imagenet_weights:
-            raise BundleError(f"Model bundle '{bundle_path}' claims ImageNet weights for {spec.name!r}, which has none.")
+            raise BundleError(
+                f"Model bundle '{bundle_path}' claims ImageNet weights for {spec.name!r}, which has none."
+            )
         # not cached: create_backbone tries Keras's download and says where to put the file when that fails
         return WeightsInfo(kind="imagenet", label="imagenet", sha256="", seed=-1)
     return resolve_weights(str(_weights_file(bundle, bundle_path)))
@@ -207,7 +213,9 @@ def _csv_text(rows: list[dict], bundle: dict) -> str:
     writer.writeheader()
     weights = "random-init" if bundle["weights"] == "random" else bundle["weights"]
     for row in rows:
-        writer.writerow({**{k: ("" if v is None else v) for k, v in row.items()}, "model": bundle["run_id"], "weights": weights})
+        writer.writerow(
+            {**{k: ("" if v is None else v) for k, v in row.items()}, "model": bundle["run_id"], "weights": weights}
+        )
     return buffer.getvalue()
 
 

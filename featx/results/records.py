@@ -43,7 +43,15 @@ BUNDLE_REQUIRED_KEYS = (
     "image_size",
     "resize_mode",
 )
-CV_RESULT_KEYS = ("params", "mean_test_score", "std_test_score", "rank_test_score", "mean_fit_time", "iter", "n_resources")
+CV_RESULT_KEYS = (
+    "params",
+    "mean_test_score",
+    "std_test_score",
+    "rank_test_score",
+    "mean_fit_time",
+    "iter",
+    "n_resources",
+)
 # Bundles pickle their estimator by class path; where a class moved, the old path still loads.
 LEGACY_MODULES = {"featx.classifiers": "featx.classify.estimators"}
 CLASSIFY_HINT = "run `featx classify --features features --out {results}` first (or `featx demo` for the offline demo)"
@@ -238,7 +246,9 @@ def load_runs(results_dir) -> list[dict]:
         try:
             run = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ResultsError(f"Run file '{path}' is not readable JSON ({error}); delete it or re-run classify.") from None
+            raise ResultsError(
+                f"Run file '{path}' is not readable JSON ({error}); delete it or re-run classify."
+            ) from None
         missing = [key for key in RUN_REQUIRED_KEYS if not isinstance(run, dict) or key not in run]
         if missing:
             raise ResultsError(
