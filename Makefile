@@ -14,7 +14,9 @@ FEATX  := $(BIN)/featx
 #: pooling=avg              extract: poolings, comma-separated (--pooling)
 #: image_size=N             extract: square input size, default the backbone's native (--image-size)
 #: resize_mode=stretch      extract: stretch, pad or crop (--resize-mode)
+#: dicom_window=voi        extract: DICOM grey levels: voi, minmax or percentile (--dicom-window)
 #: batch_size=32            extract: images per forward batch (--batch-size)
+#: mixed_precision=1        extract: float16 compute on a GPU (--mixed-precision)
 #: workers=N                extract: decode threads, default one per core (--workers)
 #: limit=N                  extract: only the first N manifest rows, for smoke runs (--limit)
 #: force=1                  extract: rebuild a cache whose settings differ (--force)
@@ -28,6 +30,9 @@ FEATX  := $(BIN)/featx
 #: threshold=youden         classify: youden, sens@0.95, spec@0.90 or f1 (--threshold-rule)
 #: val_as_test=1            classify: evaluate val rows with test instead of merging them into train (--val-as-test)
 #: quick=1                  classify: a small grid for smoke runs, not for reporting (--quick)
+#: subgroups=sex,age_band   classify: metadata columns for subgroup AUCs (--subgroups)
+#: age_bands=0,18,40,65     classify: age band edges in years for age_band (--age-bands)
+#: subgroup_min=10          classify: positives and negatives a subgroup needs for its AUC (--subgroup-min)
 #: model=PATH               predict: results/models/<run>.joblib (--model)
 #: images=PATHS             predict: image files, folders or a manifest CSV
 #: out=FILE                 predict: CSV to write, default the terminal (--out)
@@ -47,23 +52,31 @@ seed        ?=
 force       ?=
 image_size  ?=
 resize_mode ?=
+dicom_window ?=
 batch_size  ?=
+mixed_precision ?=
 workers     ?=
 limit       ?=
 threshold   ?=
 val_as_test ?=
 quick       ?=
+subgroups   ?=
+age_bands   ?=
+subgroup_min ?=
 model       ?=
 images      ?=
 out         ?=
 
 yes = $(filter 1 yes true,$(1))
 EXTRACT_OPTIONS = $(strip $(if $(image_size),--image-size $(image_size)) $(if $(resize_mode),--resize-mode $(resize_mode)) \
+	$(if $(dicom_window),--dicom-window $(dicom_window)) $(if $(call yes,$(mixed_precision)),--mixed-precision) \
 	$(if $(batch_size),--batch-size $(batch_size)) $(if $(workers),--workers $(workers)) $(if $(limit),--limit $(limit)) \
 	$(if $(seed),--seed $(seed)) $(if $(call yes,$(force)),--force))
 CLASSIFY_OPTIONS = $(strip $(if $(backbones),--backbone $(backbones)) $(if $(poolings),--pooling $(poolings)) \
 	$(if $(n_jobs),--n-jobs $(n_jobs)) $(if $(seed),--seed $(seed)) $(if $(threshold),--threshold-rule $(threshold)) \
-	$(if $(call yes,$(val_as_test)),--val-as-test) $(if $(call yes,$(quick)),--quick))
+	$(if $(call yes,$(val_as_test)),--val-as-test) $(if $(call yes,$(quick)),--quick) \
+	$(if $(subgroups),--subgroups $(subgroups)) $(if $(age_bands),--age-bands $(age_bands)) \
+	$(if $(subgroup_min),--subgroup-min $(subgroup_min)))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 # featx's error messages name these variables instead of the CLI flags they stand for (featx/config.py reads it).
 export FEATX_VIA_MAKE := 1
@@ -78,10 +91,10 @@ help:  ## list every target with its one-line description, then the variables
 $(BIN)/featx: setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,lint]'
+	$(BIN)/pip install --quiet -e '.[test,lint,dicom]'
 	@touch $(BIN)/featx
 
-install: $(BIN)/featx  ## create .venv and install featx with its test and lint extras
+install: $(BIN)/featx  ## create .venv and install featx with its test, lint and dicom extras
 
 lint: install  ## ruff check, ruff format --check and mypy (CI runs this before the tests)
 	$(BIN)/ruff check .
@@ -121,7 +134,7 @@ report: install  ## write results/report.html with plots
 	$(FEATX) report --results $(results)
 
 predict: install  ## predict new images: make predict model=results/models/<run>.joblib images=DIR [out=predictions.csv]
-	$(FEATX) predict --model $(model) $(images) $(if $(out),--out $(out))
+	$(FEATX) predict --model $(model) $(images) $(if $(out),--out $(out)) $(if $(batch_size),--batch-size $(batch_size))
 
 bench: install  ## benchmarks: extract (bare forward vs full path, peak RSS) and classify (default grids)
 	$(FEATX) bench extract

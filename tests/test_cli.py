@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -93,9 +94,30 @@ def test_make_help_lists_the_variables():
         assert f"\n  {name}" in variables, name
     # every variable a recipe uses is listed
     makefile = (REPO / "Makefile").read_text()
-    used = set(__import__("re").findall(r"\$\((?:if |call yes,)?\$?\(?([a-z_]+)\)", makefile))
-    listed = set(__import__("re").findall(r"^#: ([a-z_]+)=", makefile, flags=__import__("re").M))
+    used = set(re.findall(r"\$\((?:if |call yes,)?\$?\(?([a-z_]+)\)", makefile))
+    listed = set(re.findall(r"^#: ([a-z_]+)=", makefile, flags=re.M))
     assert used - {"yes", "strip", "filter", "call", "if"} <= listed
+
+
+@pytest.mark.parametrize("verb", ["extract", "classify", "predict"])
+def test_every_option_of_the_make_targets_has_a_make_variable(verb):
+    """Each option of `featx extract/classify/predict` maps to a listed Makefile variable that the target passes on."""
+    from featx.cli import MAKE_VARIABLES
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    flags = [f for action in sub.choices[verb]._actions for f in action.option_strings if f.startswith("--")]
+    table = {**MAKE_VARIABLES[""], **MAKE_VARIABLES.get(verb, {})}
+    listed = set(re.findall(r"^#: ([a-z_]+)=", (REPO / "Makefile").read_text(), flags=re.M))
+    for flag in flags:
+        if flag == "--help" or (verb == "predict" and flag in ("--json", "--data-root")):
+            continue  # predict's JSON and manifest-root choices are for scripts: the target writes CSV
+        assert flag in table, flag
+        name = table[flag].split("=")[0]
+        assert name in listed, (flag, name)
+        value = "7" if table[flag].endswith("=N") else "1" if table[flag].endswith("=1") else "x"
+        command = _make(verb, f"{name}={value}", "model=m", "images=i").splitlines()[-1]
+        assert f" {flag}" in command, (flag, name, command)
 
 
 def test_errors_under_make_name_the_make_variable(tmp_path, capsys, monkeypatch):

@@ -38,7 +38,7 @@ def finish_results(results_dir, console, *, manifest=None, data_root=None, annou
     -------
     FinishedResults
     """
-    from featx.results.report import write_report
+    from featx.results.report import print_subgroups, write_report
 
     results_dir = Path(results_dir)
     runs = records.load_runs(results_dir)
@@ -60,7 +60,9 @@ def finish_results(results_dir, console, *, manifest=None, data_root=None, annou
         if announce:
             console.print(f"Report written to {report}.")
     rows = leaderboard.leaderboard_rows(runs)
-    return FinishedResults(runs, csv_path, md_path, report, rows[0]["run_id"], len(leaderboard.datasets(rows)))
+    best = rows[0]["run_id"]  # the top run of the first dataset
+    print_subgroups(next(run for run in runs if run["run_id"] == best), console)
+    return FinishedResults(runs, csv_path, md_path, report, best, len(leaderboard.datasets(rows)))
 
 
 def classify_runs(config, console=None) -> list[Path]:

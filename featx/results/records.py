@@ -46,7 +46,15 @@ BUNDLE_REQUIRED_KEYS = (
     "image_size",
     "resize_mode",
 )
-CV_RESULT_KEYS = ("params", "mean_test_score", "std_test_score", "rank_test_score", "mean_fit_time", "iter", "n_resources")
+CV_RESULT_KEYS = (
+    "params",
+    "mean_test_score",
+    "std_test_score",
+    "rank_test_score",
+    "mean_fit_time",
+    "iter",
+    "n_resources",
+)
 # Bundles pickle their estimator by class path; where a class moved, the old path still loads.
 LEGACY_MODULES = {"featx.classifiers": "featx.classify.estimators"}
 CLASSIFY_HINT = "run `featx classify --features features --out {results}` first (or `featx demo` for the offline demo)"
@@ -102,6 +110,7 @@ def run_record(run: FittedRun, bundle_sha256: str | None = None) -> dict:
         "manifest_sha256": attrs.get("manifest_sha256"),
         "image_size": attrs.get("image_size"),
         "resize_mode": attrs.get("resize_mode"),
+        "dicom_window": attrs.get("dicom_window", "none"),
         "config": {
             "cv": config.cv,
             "seed": config.seed,
@@ -109,6 +118,9 @@ def run_record(run: FittedRun, bundle_sha256: str | None = None) -> dict:
             "threshold_rule": config.threshold_rule,
             "val_as_test": config.val_as_test,
             "quick": config.quick,
+            "subgroups": list(config.subgroups),
+            "age_bands": list(config.age_bands),
+            "subgroup_min": config.subgroup_min,
         },
         "versions": library_versions(),
         "data": run.data,
@@ -124,7 +136,9 @@ def run_record(run: FittedRun, bundle_sha256: str | None = None) -> dict:
             "ids": list(run.test_ids),
             "y_true": np.asarray(run.y_test).tolist(),
             "score": np.asarray(run.test_score).tolist(),
+            "meta": run.test_meta,
         },
+        "subgroups": run.subgroups,
         "timings": run.timings,
         "bundle_sha256": bundle_sha256,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -142,8 +156,8 @@ def bundle(run: FittedRun) -> dict:
     -------
     dict
         Keys: format, featx_version, run_id, estimator, task, classes, positive_class, threshold, backbone,
-        pooling, weights, weights_seed, weights_sha256, image_size, resize_mode, preprocess, feature_sha256,
-        manifest_sha256.
+        pooling, weights, weights_seed, weights_sha256, image_size, resize_mode, dicom_window, preprocess,
+        feature_sha256, manifest_sha256.
     """
     attrs = run.feature_attrs
     return {
@@ -162,6 +176,7 @@ def bundle(run: FittedRun) -> dict:
         "weights_sha256": attrs.get("weights_sha256"),
         "image_size": attrs.get("image_size"),
         "resize_mode": attrs.get("resize_mode"),
+        "dicom_window": attrs.get("dicom_window", "none"),
         "preprocess": attrs.get("preprocess"),
         "feature_sha256": run.feature_sha256,
         "manifest_sha256": attrs.get("manifest_sha256"),
@@ -262,7 +277,9 @@ def load_runs(results_dir) -> list[dict]:
         try:
             run = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ResultsError(f"Run file '{path}' is not readable JSON ({error}); delete it or re-run classify.") from None
+            raise ResultsError(
+                f"Run file '{path}' is not readable JSON ({error}); delete it or re-run classify."
+            ) from None
         missing = [key for key in RUN_REQUIRED_KEYS if not isinstance(run, dict) or key not in run]
         if missing:
             raise ResultsError(
@@ -310,7 +327,9 @@ def check_bundle(path) -> str | None:
     """
     path = Path(path)
     record_path = bundle_record_path(path)
-    unchecked = f"'{path}' is loaded unchecked; load bundles from a trusted source only (a bundle runs code when loaded)."
+    unchecked = (
+        f"'{path}' is loaded unchecked; load bundles from a trusted source only (a bundle runs code when loaded)."
+    )
     try:
         expected = json.loads(record_path.read_text(encoding="utf-8")).get("bundle_sha256")
     except FileNotFoundError:
