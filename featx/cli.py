@@ -10,6 +10,7 @@ Exit codes: 0 success, 2 bad input (one sentence, no traceback), 1 internal fail
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -489,6 +490,64 @@ def _cmd_bench_classify(args):
     )
 
 
+# ---------------------------------------------------------------- errors under make
+
+# The Makefile variable for each CLI flag (the Makefile's "#:" lines list them). Under make an error that
+# suggests a flag also names the variable the user types there. Per command first, then the common ones.
+MAKE_VARIABLES: dict[str, dict[str, str]] = {
+    "": {
+        "--force": "force=1",
+        "--weights": "weights=...",
+        "--manifest": "manifest=CSV",
+        "--data-root": "data=DIR",
+        "--image-size": "image_size=N",
+        "--resize-mode": "resize_mode=...",
+        "--dicom-window": "dicom_window=...",
+        "--batch-size": "batch_size=N",
+        "--mixed-precision": "mixed_precision=1",
+        "--workers": "workers=N",
+        "--limit": "limit=N",
+        "--seed": "seed=N",
+        "--features": "features=DIR",
+        "--classifier": "classifiers=...",
+        "--cv": "cv=N",
+        "--n-jobs": "n_jobs=N",
+        "--threshold-rule": "threshold=RULE",
+        "--val-as-test": "val_as_test=1",
+        "--quick": "quick=1",
+        "--subgroups": "subgroups=...",
+        "--age-bands": "age_bands=...",
+        "--subgroup-min": "subgroup_min=N",
+        "--results": "results=DIR",
+        "--model": "model=PATH",
+    },
+    "extract": {"--backbone": "backbone=NAME", "--out": "features=DIR", "--pooling": "pooling=..."},
+    "classify": {"--backbone": "backbones=...", "--out": "results=DIR", "--pooling": "poolings=..."},
+    "predict": {"--out": "out=FILE"},
+}
+
+
+def make_hint(message: str, command: str | None) -> str:
+    """The message with ' (make: force=1, ...)' before its final period for the flags it names; else unchanged.
+
+    Flags inside a quoted command (`featx extract ... --force`) map with that command's variables, the others
+    with `command`'s.
+    """
+
+    def variables(text: str, verb: str | None) -> list[str]:
+        table = {**MAKE_VARIABLES[""], **MAKE_VARIABLES.get(verb or "", {})}
+        return [table[flag] for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]*", text) if flag in table]
+
+    found = []
+    for verb, text in re.findall(r"`featx (\w+)([^`]*)`", message):
+        found += variables(text, verb)
+    found += variables(re.sub(r"`featx \w+[^`]*`", "", message), command)
+    if not found:
+        return message
+    hint = f" (make: {', '.join(dict.fromkeys(found))})"
+    return f"{message[:-1]}{hint}." if message.endswith(".") else message + hint
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -526,7 +585,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = args.handler(args)
     except FeatxError as error:
-        print(f"featx: error: {error}", file=sys.stderr)
+        from featx.config import via_make
+
+        message = make_hint(str(error), args.command) if via_make() else str(error)
+        print(f"featx: error: {message}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("featx: interrupted", file=sys.stderr)

@@ -50,6 +50,8 @@ RUN_FIELDS = [
     "test",
     "test_predictions",
     "timings",
+    "bundle_sha256",
+    "feature_path",
     "created_utc",
 ]
 VERSION_KEYS = {"featx", "python", "numpy", "scikit-learn", "xgboost", "tensorflow", "keras", "h5py"}
@@ -251,10 +253,11 @@ def test_cache_without_test_rows_holds_out_patients_and_says_so(tmp_path):
     run = load_json(path)
     assert run["data"]["test_source"] == "held_out_patients"
     assert console.file.getvalue().count("holding out 20% of its patients") == 1
-    assert run["data"]["n_test_patients"] == 16 and run["data"]["n_train_patients"] == 64
+    n_test = run["data"]["n_test_patients"]
+    assert 8 <= n_test <= 24 and run["data"]["n_train_patients"] == 80 - n_test  # about 20% of 80, by a hash draw
     patient_of = dict(zip([f"img_{i:05d}.png" for i in range(len(data["y"]))], data["patient_id"]))
     test_patients = {patient_of[i] for i in run["test_predictions"]["ids"]}
-    assert len(test_patients) == 16
+    assert len(test_patients) == n_test
     assert run["data"]["n_train"] + run["data"]["n_test"] == len(data["y"])
 
 
@@ -593,3 +596,68 @@ def test_parallel_jobs_give_the_same_selection_threshold_and_test_scores(tmp_pat
     assert runs[1]["best_params"] == runs[2]["best_params"]
     assert runs[1]["threshold"]["value"] == runs[2]["threshold"]["value"]
     assert np.allclose(runs[1]["test_predictions"]["score"], runs[2]["test_predictions"]["score"])
+
+
+# ---------------------------------------------------------------- issue 8
+
+
+def test_two_caches_of_one_backbone_get_two_runs(tmp_path, capsys):
+    """Issue 8, case 2: tiny.h5 (64 px) and tiny_32px.h5 said "Wrote 2 run(s)" but left one JSON and one model."""
+    features, results = tmp_path / "features", tmp_path / "results"
+    small_cache(features / "tiny.h5", attrs={"image_size": [64, 64]})
+    small_cache(features / "tiny_32px.h5", feature_seed=9)
+    code, _ = run_cli(capsys, "--features", features, "--out", results)
+    assert code == 0
+    runs = sorted(p.name for p in (results / "runs").glob("*.json"))
+    assert runs == ["tiny_32px__avg__logreg.json", "tiny__avg__logreg.json"]
+    assert sorted(p.name for p in (results / "models").glob("*.joblib")) == [
+        "tiny_32px__avg__logreg.joblib",
+        "tiny__avg__logreg.joblib",
+    ]
+    sizes = {load_json(results / "runs" / name)["image_size"][0] for name in runs}
+    assert sizes == {32, 64}
+    assert {load_json(results / "runs" / name)["backbone"] for name in runs} == {"tiny"}
+    text = (results / "leaderboard.md").read_text()
+    assert "| tiny_32px |" in text and "| tiny |" in text
+
+
+def test_a_run_of_another_feature_file_is_never_overwritten(tmp_path, capsys):
+    """Issue 8, case 2: features_a/tiny.h5 and features_b/tiny.h5 into one results folder: refused before any fit."""
+    results = tmp_path / "results"
+    small_cache(tmp_path / "features_a" / "tiny.h5")
+    small_cache(tmp_path / "features_b" / "tiny.h5", attrs={"image_size": [64, 64]})
+    assert run_cli(capsys, "--features", tmp_path / "features_a", "--out", results)[0] == 0
+    record = (results / "runs" / "tiny__avg__logreg.json").read_bytes()
+    code, err = run_cli(capsys, "--features", tmp_path / "features_b", "--out", results)
+    assert code == 2
+    assert_one_sentence(err, "features_a", "features_b", "never overwritten", "--out")
+    assert (results / "runs" / "tiny__avg__logreg.json").read_bytes() == record
+    # the same cache again replaces its own run
+    assert run_cli(capsys, "--features", tmp_path / "features_a", "--out", results)[0] == 0
+
+
+def test_each_run_records_its_bundle_sha256(tmp_path, capsys):
+    """Issue 8, case 15: what `featx predict` checks a bundle against before unpickling it."""
+    from featx.files import file_sha256
+
+    features, results = tmp_path / "features", tmp_path / "results"
+    small_cache(features / "tiny.h5")
+    assert run_cli(capsys, "--features", features, "--out", results)[0] == 0
+    run = load_json(results / "runs" / "tiny__avg__logreg.json")
+    assert run["bundle_sha256"] == file_sha256(results / "models" / "tiny__avg__logreg.joblib")
+
+
+def test_classify_into_a_folder_of_another_dataset_warns_and_ranks_apart(tmp_path, capsys):
+    """Issue 8, case 1: `make classify` into a results folder holding another dataset's runs ranked them together."""
+    results = tmp_path / "results"
+    small_cache(tmp_path / "user" / "resnet50.h5", backbone="resnet50")
+    small_cache(tmp_path / "demo" / "tiny.h5", seed=4, attrs={"manifest_sha256": "d" * 64})
+    assert run_cli(capsys, "--features", tmp_path / "user", "--out", results)[0] == 0
+    console = quiet_console()
+    classify_command(config_for(tmp_path / "demo", results), console)
+    out = " ".join(console.file.getvalue().split())
+    assert "holds runs on 2 different datasets" in out
+    assert out.count("Dataset 1 of 2: manifest ") == 1 and out.count("Dataset 2 of 2: manifest ") == 1
+    assert "manifest dddddddddddd, test rows" in out and "manifest aaaaaaaaaaaa, test rows" in out
+    rows = list(csv.DictReader((results / "leaderboard.csv").open()))
+    assert [r["rank"] for r in rows] == ["1", "1"] and len({r["dataset"] for r in rows}) == 2

@@ -65,7 +65,8 @@ class RunPlan:
 
     @property
     def run_id(self) -> str:
-        return f"{self.backbone}__{self.pooling}__{self.classifier}"
+        """'<cache file stem>__<pooling>__<classifier>': two caches of one backbone (tiny.h5, tiny_32px.h5) never collide."""
+        return f"{Path(self.cache).name.removesuffix(store.SUFFIX)}__{self.pooling}__{self.classifier}"
 
 
 @dataclass(frozen=True)
@@ -109,9 +110,9 @@ class FittedRun:
 
 
 class RunSink(Protocol):
-    """Where finished runs go: `prepare` is called after planning and before the first fit."""
+    """Where finished runs go: `prepare` gets the plans after planning and before the first fit."""
 
-    def prepare(self) -> None: ...
+    def prepare(self, plans: Sequence[RunPlan]) -> None: ...
 
     def save(self, run: FittedRun) -> Path: ...
 
@@ -438,7 +439,7 @@ def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Pa
 
     console = console or Console()
     plans = plan_runs(config)
-    sink.prepare()
+    sink.prepare(plans)
     written: list[Path] = []
     sha256: dict[Path, str] = {}
     loaded_key, features = None, None
@@ -455,7 +456,7 @@ def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Pa
                 if split_rows(features, config).test_source == "held_out_patients":
                     progress.console.print(
                         f"[yellow]{plan.cache.name} has no test rows: holding out {HOLDOUT_FRACTION:.0%} of its "
-                        f"patients (stratified, seed {config.seed}) as the test set.[/yellow]"
+                        f"patients (a seeded hash of each patient id, seed {config.seed}) as the test set.[/yellow]"
                     )
             written.append(sink.save(fit_run(plan, config, features)))
             progress.advance(bar)

@@ -26,7 +26,7 @@ from featx.extract.backbones import RANDOM_BANNER
 from featx.extract.forward import forward_step
 from featx.files import check_writable_dir
 from featx.progress import progress_bar
-from featx.runtime import library_versions
+from featx.runtime import interrupts_deferred, library_versions
 
 _EXISTENCE_PROBE_ROWS = 20
 FAILURES_SHOWN = 5  # failed images named in the summary; the rest are in <name>.errors.csv
@@ -381,14 +381,16 @@ def _run_group(group, config, size, resize_mode, paths, rows: _Rows, console) ->
                     errors = [
                         (rows.ids[batch.start + row], reasons[row]) for row in failed_rows.tolist() if row >= offset
                     ]
-                    writer.write(writer.n_done, embeddings, batch.ok[offset:], errors, batch.sha256[offset:])
+                    with interrupts_deferred():  # a chunk and its n_done are written whole; Ctrl-C lands after
+                        writer.write(writer.n_done, embeddings, batch.ok[offset:], errors, batch.sha256[offset:])
                     job.seconds += time.perf_counter() - tick
                     job.rows_this_run += len(batch) - offset
                     progress.update(tasks[id(job)], completed=writer.n_done)
         for job in group:
             status = "resumed" if job.writer.resumed_from > 0 else "built"
             job.seconds = time.perf_counter() - job.started
-            job.writer.finish()
+            with interrupts_deferred():
+                job.writer.finish()
             job.predict = None  # free the model before the next group builds its own
             job.summary = _summary(job, status, n_total, job.writer.failures)
     except KeyboardInterrupt:

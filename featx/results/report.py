@@ -4,9 +4,13 @@ Sections: a random-weights banner when any run used random-init weights, the
 dataset summary with leakage findings, the leaderboard and the backbone x
 classifier heatmap of test AUC, ROC curves per backbone, confusion matrices at
 each run's chosen threshold, calibration curves, subgroup AUCs as forest plots
-(when classify ran with --subgroups), and provenance. Every plot is
-also written to results/plots/*.png. Plots use matplotlib's Figure API directly
-(Agg canvas), never pyplot, so no global backend state is touched.
+(when classify ran with --subgroups), and provenance. Runs are compared only
+within their dataset (leaderboard.datasets: same manifest, same test rows): each
+dataset gets its own table, heatmap and panels under its own heading, and a
+warning says when a results folder holds several. Every plot is also written to
+results/plots/*.png. Plots use matplotlib's Figure API directly (Agg canvas),
+never pyplot, so no global backend state is touched; every text is drawn
+literally (no mathtext), so a `$` in a class or file name is just a character.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
@@ -30,7 +35,16 @@ from featx.extract import store
 from featx.extract.backbones import RANDOM_BANNER
 from featx.files import atomic_write_bytes
 from featx.results import records
-from featx.results.leaderboard import leaderboard_rows
+from featx.results.leaderboard import (
+    Dataset,
+    datasets,
+    features_name,
+    format_auc,
+    format_params,
+    leaderboard_rows,
+    plural,
+    several_datasets_warning,
+)
 
 PLOT_PREFIXES = ("heatmap_", "roc_", "confusion_", "calibration_", "forest_")
 SECTIONS = (
@@ -43,17 +57,28 @@ SECTIONS = (
     ("subgroups", "Subgroups"),
     ("provenance", "Provenance"),
 )
+# Labels are data (class names, file names): drawn as typed, never parsed as mathtext or LaTeX.
+LITERAL_TEXT: dict[Any, Any] = {"text.parse_math": False, "text.usetex": False}
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
 
 
 # ---------------------------------------------------------------- loading runs
 
 
-def _leaderboard_order(runs: list[dict]) -> tuple[list[dict], dict[str, dict]]:
-    """Runs in leaderboard order (best first) and featx.results.leaderboard's row per run_id."""
-    rows = leaderboard_rows(runs)
-    by_run_id = {run["run_id"]: run for run in runs}
-    return [by_run_id[row["run_id"]] for row in rows], {row["run_id"]: row for row in rows}
+@dataclass
+class _DatasetRuns:
+    """One dataset's runs in leaderboard order; its plot files carry a suffix when the folder holds several."""
+
+    dataset: Dataset
+    runs: list[dict]
+
+    @property
+    def suffix(self) -> str:
+        return f"_d{self.dataset.index}" if self.dataset.count > 1 else ""
+
+    @property
+    def tag(self) -> str:
+        return f", dataset {self.dataset.index}" if self.dataset.count > 1 else ""
 
 
 # ---------------------------------------------------------------- small helpers
@@ -77,11 +102,9 @@ def _auc(run: dict) -> dict:
     return auc if isinstance(auc, dict) else {"value": auc}
 
 
-def _auc_text(auc: dict) -> str:
-    text = _fmt(auc.get("value"))
-    if not math.isnan(_num(auc.get("ci_low"))):
-        text += f" [{_fmt(auc.get('ci_low'))}–{_fmt(auc.get('ci_high'))}]"
-    return text
+def _auc_text(auc: dict, sep: str = " ") -> str:
+    text = format_auc(auc.get("value"), auc.get("ci_low"), auc.get("ci_high"), sep=sep)
+    return "n/a" if text == "–" else text
 
 
 def _is_random(run: dict) -> bool:
@@ -126,10 +149,10 @@ class _Plot:
 # ---------------------------------------------------------------- plotting
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float, layout: Literal["constrained", "compressed"] = "constrained"):
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+    return Figure(figsize=(width, height), dpi=100, layout=layout)
 
 
 def _render(figure, random_weights: bool) -> bytes:
@@ -146,11 +169,12 @@ def _render(figure, random_weights: bool) -> bytes:
 
 
 def _group_key(run: dict, several_poolings: bool) -> str:
-    backbone = str(run.get("backbone", "?"))
-    return f"{backbone}/{run.get('pooling', '?')}" if several_poolings else backbone
+    features = features_name(run)
+    return f"{features}/{run.get('pooling', '?')}" if several_poolings else features
 
 
-def _heatmap(groups: OrderedDict[str, list[dict]], classifiers: list[str], random_weights: bool) -> _Plot:
+def _heatmap_labels(groups: OrderedDict[str, list[dict]], classifiers: list[str]):
+    """(values, cell texts) of the heatmap: each cell is format_auc's text with the CI on a second line."""
     values = np.full((len(groups), len(classifiers)), np.nan)
     labels = [["" for _ in classifiers] for _ in groups]
     for i, runs in enumerate(groups.values()):
@@ -158,10 +182,12 @@ def _heatmap(groups: OrderedDict[str, list[dict]], classifiers: list[str], rando
             j = classifiers.index(run["classifier"])
             auc = _auc(run)
             values[i, j] = _num(auc.get("value"))
-            ci = ""
-            if not math.isnan(_num(auc.get("ci_low"))):
-                ci = f"\n[{_fmt(auc.get('ci_low'), 2)}–{_fmt(auc.get('ci_high'), 2)}]"
-            labels[i][j] = f"{_fmt(auc.get('value'))}{ci}"
+            labels[i][j] = _auc_text(auc, sep="\n")
+    return values, labels
+
+
+def _heatmap(groups: OrderedDict[str, list[dict]], classifiers: list[str], random_weights: bool, where) -> _Plot:
+    values, labels = _heatmap_labels(groups, classifiers)
     figure = _figure(1.6 + 1.5 * len(classifiers), 1.2 + 0.62 * len(groups))
     ax = figure.subplots()
     finite = values[np.isfinite(values)]
@@ -178,8 +204,12 @@ def _heatmap(groups: OrderedDict[str, list[dict]], classifiers: list[str], rando
             else:
                 ax.text(j, i, "—", ha="center", va="center", color="#555555")
     figure.colorbar(image, ax=ax, label="test ROC AUC")
-    ax.set_title("Test ROC AUC (95% CI)")
-    return _Plot("heatmap_test_auc.png", "Backbone × classifier test AUC", _render(figure, random_weights))
+    ax.set_title(f"Test ROC AUC (95% CI){where.tag}")
+    return _Plot(
+        f"heatmap_test_auc{where.suffix}.png",
+        f"Backbone × classifier test AUC{where.tag}",
+        _render(figure, random_weights),
+    )
 
 
 def _roc_lines(run: dict):
@@ -214,7 +244,7 @@ def _roc_lines(run: dict):
     return f"{run.get('classifier')}: macro AUC {auc_text}", grid, np.mean(curves, axis=0), None
 
 
-def _roc_plot(group: str, runs: list[dict], random_weights: bool) -> _Plot | None:
+def _roc_plot(group: str, runs: list[dict], random_weights: bool, where) -> _Plot | None:
     lines = [(run, _roc_lines(run)) for run in runs]
     lines = [(run, line) for run, line in lines if line is not None]
     if not lines:
@@ -231,10 +261,14 @@ def _roc_plot(group: str, runs: list[dict], random_weights: bool) -> _Plot | Non
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("1 − specificity (false positive rate)")
     ax.set_ylabel("sensitivity (true positive rate)")
-    ax.set_title(f"ROC — {group} (dots: chosen threshold)", fontsize=10)
+    ax.set_title(f"ROC — {group}{where.tag} (dots: chosen threshold)", fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     ax.set_aspect("equal")
-    return _Plot(f"roc_{_safe_name(group)}.png", f"ROC curves — {group}", _render(figure, random_weights))
+    return _Plot(
+        f"roc_{_safe_name(group)}{where.suffix}.png",
+        f"ROC curves — {group}{where.tag}",
+        _render(figure, random_weights),
+    )
 
 
 def _per_class_roc_plot(run: dict, random_weights: bool) -> _Plot | None:
@@ -267,7 +301,7 @@ def _per_class_roc_plot(run: dict, random_weights: bool) -> _Plot | None:
     )
 
 
-def _confusion_plot(group: str, runs: list[dict], random_weights: bool) -> _Plot | None:
+def _confusion_plot(group: str, runs: list[dict], random_weights: bool, where) -> _Plot | None:
     panels = []
     for run in runs:
         matrix = np.asarray((run.get("test") or {}).get("confusion_matrix") or [], dtype=float)
@@ -275,7 +309,8 @@ def _confusion_plot(group: str, runs: list[dict], random_weights: bool) -> _Plot
             panels.append((run, matrix))
     if not panels:
         return None
-    figure = _figure(3.3 * len(panels), 3.4)
+    # "compressed" lays out fixed-aspect images; "constrained" left the x label below the figure's edge
+    figure = _figure(3.3 * len(panels), 3.8, layout="compressed")
     axes = np.atleast_1d(figure.subplots(1, len(panels)))
     for ax, (run, matrix) in zip(axes, panels):
         classes = [str(c) for c in (run.get("classes") or range(len(matrix)))]
@@ -302,10 +337,14 @@ def _confusion_plot(group: str, runs: list[dict], random_weights: bool) -> _Plot
         if threshold is not None:
             title += f" @ {_fmt(threshold)} ({(run.get('threshold') or {}).get('rule', '')})"
         ax.set_title(title, fontsize=9)
-    return _Plot(f"confusion_{_safe_name(group)}.png", f"Confusion matrices — {group}", _render(figure, random_weights))
+    return _Plot(
+        f"confusion_{_safe_name(group)}{where.suffix}.png",
+        f"Confusion matrices — {group}{where.tag}",
+        _render(figure, random_weights),
+    )
 
 
-def _calibration_plot(group: str, runs: list[dict], random_weights: bool) -> _Plot | None:
+def _calibration_plot(group: str, runs: list[dict], random_weights: bool, where) -> _Plot | None:
     from sklearn.calibration import calibration_curve
 
     lines = []
@@ -338,10 +377,14 @@ def _calibration_plot(group: str, runs: list[dict], random_weights: bool) -> _Pl
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("mean predicted probability (equal-count bins)")
     ax.set_ylabel("observed fraction positive")
-    ax.set_title(f"Calibration — {group}", fontsize=10)
+    ax.set_title(f"Calibration — {group}{where.tag}", fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
     ax.set_aspect("equal")
-    return _Plot(f"calibration_{_safe_name(group)}.png", f"Calibration — {group}", _render(figure, random_weights))
+    return _Plot(
+        f"calibration_{_safe_name(group)}{where.suffix}.png",
+        f"Calibration — {group}{where.tag}",
+        _render(figure, random_weights),
+    )
 
 
 def _forest_plot(run: dict, random_weights: bool) -> _Plot | None:
@@ -377,7 +420,7 @@ def _forest_plot(run: dict, random_weights: bool) -> _Plot | None:
             ax.text(
                 1.005,
                 y,
-                f"{value:.3f} [{low:.3f}–{high:.3f}]",
+                _auc_text(auc),
                 va="center",
                 fontsize=8,
                 transform=ax.get_yaxis_transform(),
@@ -534,8 +577,8 @@ def _dataset_section(runs: list[dict], findings: list[str]) -> str:
         source = data.get("test_source")
         source_text = {
             "manifest": "the test split comes from the manifest",
-            "held_out_patients": "the manifest had no test rows: a patient-grouped, stratified share of the train "
-            "patients was held out as test",
+            "held_out_patients": "the manifest had no test rows: a share of the train patients, each chosen by a "
+            "seeded hash of its id, was held out as test",
         }.get(str(source), f"test source: {source}")
         dropped = data.get("n_failed_images_dropped")
         extra = f"; {dropped} unreadable image(s) dropped" if dropped else ""
@@ -647,6 +690,7 @@ def _leaderboard_table(ranked: list[dict], rows_by_id: dict[str, dict]) -> str:
         "threshold",
         "n test",
         "≈ best",
+        "best params",
     )
     lines = []
     for rank, run in enumerate(ranked, 1):
@@ -663,7 +707,7 @@ def _leaderboard_table(ranked: list[dict], rows_by_id: dict[str, dict]) -> str:
                 f"<td>{cell}</td>"
                 for cell in (
                     rank,
-                    _e(run.get("backbone")),
+                    _e(features_name(run)),
                     _e(run.get("pooling")),
                     _e(run.get("classifier")),
                     weights_cell,
@@ -674,15 +718,17 @@ def _leaderboard_table(ranked: list[dict], rows_by_id: dict[str, dict]) -> str:
                     _fmt(threshold.get("value")) if threshold else "—",
                     _e((run.get("data") or {}).get("n_test", "")),
                     flag_text,
+                    _e(format_params(run.get("best_params"))),
                 )
             )
             + "</tr>"
         )
     note = (
-        "<p class='note'>Sorted by test ROC AUC with DeLong 95% confidence intervals. CV AUC: patient-grouped "
+        "<p class='note'>Sorted by test ROC AUC with DeLong 95% confidence intervals, within this dataset only. "
+        "CV AUC: patient-grouped "
         "cross-validation on train (mean ± sd over folds, best grid point). Sensitivity and specificity are at the "
         "threshold chosen on out-of-fold predictions."
-        + (" “≈ best”: not significantly worse than the top run (paired DeLong test)." if rows_by_id else "")
+        + (" “≈ best”: not significantly worse than this dataset's top run (paired DeLong test)." if rows_by_id else "")
         + "</p>"
     )
     return "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(lines) + "</table>" + note
@@ -718,7 +764,7 @@ def _provenance_section(ranked: list[dict]) -> str:
                     f"<code class='hash'>{_e(str(run.get('feature_sha256', ''))[:12])}</code>",
                     f"<code class='hash'>{_e(str(run.get('manifest_sha256', ''))[:12])}</code>",
                     _e(", ".join(f"{k}={v}" for k, v in config.items())),
-                    f"<code>{_e(json.dumps(run.get('best_params'), default=str))}</code>",
+                    f"<code>{_e(format_params(run.get('best_params')))}</code>",
                     _fmt(timings.get("total_s"), 1),
                     _e(run.get("created_utc", "")),
                 )
@@ -786,19 +832,10 @@ def _plots_html(plots: list[_Plot], empty: str) -> str:
 # ---------------------------------------------------------------- the report
 
 
-def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Path:
-    """Write the self-contained HTML report (default results_dir/report.html) and results_dir/plots/*.png.
-
-    `manifest` (and its `data_root`) are optional: when given, `featx manifest check`'s
-    findings (missing files, duplicates, patient leakage) join the dataset section.
-    """
-    results_dir = Path(results_dir)
-    runs = records.load_runs(results_dir)
-    out = Path(out) if out is not None else results_dir / "report.html"
-    ranked, rows_by_id = _leaderboard_order(runs)
-    random_weights = any(_is_random(run) for run in runs)
-
-    several_poolings = len({run.get("pooling") for run in runs}) > 1
+def _dataset_plots(where: _DatasetRuns, random_weights: bool) -> dict[str, list[_Plot]]:
+    """One dataset's heatmap, its ROC, confusion and calibration panels (one per feature file) and forest plots."""
+    ranked = where.runs
+    several_poolings = len({run.get("pooling") for run in ranked}) > 1
     groups: OrderedDict[str, list[dict]] = OrderedDict()
     for run in ranked:
         groups.setdefault(_group_key(run, several_poolings), []).append(run)
@@ -808,22 +845,50 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
             classifier_order.append(run["classifier"])
     for key in groups:
         groups[key].sort(key=lambda r: classifier_order.index(r["classifier"]))
-
-    heatmap = _heatmap(groups, classifier_order, random_weights)
-    roc = [p for g, rs in groups.items() if (p := _roc_plot(g, rs, random_weights)) is not None]
+    roc = [p for g, rs in groups.items() if (p := _roc_plot(g, rs, random_weights, where)) is not None]
     best = ranked[0]
     if best.get("task", "binary") != "binary":
         per_class = _per_class_roc_plot(best, random_weights)
         if per_class is not None:
             roc.insert(0, per_class)
-    confusion = [p for g, rs in groups.items() if (p := _confusion_plot(g, rs, random_weights)) is not None]
-    calibration = [p for g, rs in groups.items() if (p := _calibration_plot(g, rs, random_weights)) is not None]
     best_of_group: OrderedDict[str, dict] = OrderedDict()
     for run in ranked:
         if run.get("subgroups"):
             best_of_group.setdefault(_group_key(run, several_poolings), run)
-    forest = [p for run in best_of_group.values() if (p := _forest_plot(run, random_weights)) is not None]
-    plots = [heatmap, *roc, *confusion, *calibration, *forest]
+    return {
+        "heatmap": [_heatmap(groups, classifier_order, random_weights, where)],
+        "roc": roc,
+        "confusion": [
+            p for g, rs in groups.items() if (p := _confusion_plot(g, rs, random_weights, where)) is not None
+        ],
+        "calibration": [
+            p for g, rs in groups.items() if (p := _calibration_plot(g, rs, random_weights, where)) is not None
+        ],
+        "forest": [p for run in best_of_group.values() if (p := _forest_plot(run, random_weights)) is not None],
+    }
+
+
+def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Path:
+    """Write the self-contained HTML report (default results_dir/report.html) and results_dir/plots/*.png.
+
+    `manifest` (and its `data_root`) are optional: when given, `featx manifest check`'s
+    findings (missing files, duplicates, patient leakage) join the dataset section.
+    """
+    results_dir = Path(results_dir)
+    runs = records.load_runs(results_dir)
+    out = Path(out) if out is not None else results_dir / "report.html"
+    rows = leaderboard_rows(runs)
+    by_id = {run["run_id"]: run for run in runs}
+    ranked, rows_by_id = [by_id[row["run_id"]] for row in rows], {row["run_id"]: row for row in rows}
+    groups_of_runs = [_DatasetRuns(d, [by_id[row["run_id"]] for row in d.rows]) for d in datasets(rows)]
+    random_weights = any(_is_random(run) for run in runs)
+
+    import matplotlib
+
+    with matplotlib.rc_context(LITERAL_TEXT):
+        panels = [_dataset_plots(where, random_weights) for where in groups_of_runs]
+    kinds = ("heatmap", "roc", "confusion", "calibration", "forest")
+    plots = [plot for panel in panels for kind in kinds for plot in panel[kind]]
 
     plots_dir = results_dir / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
@@ -831,7 +896,7 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
         if old.name.startswith(PLOT_PREFIXES):
             old.unlink()
     for plot in plots:
-        (plots_dir / plot.name).write_bytes(plot.png)
+        atomic_write_bytes(plots_dir / plot.name, plot.png)
 
     findings = _feature_file_findings(ranked, results_dir)
     if manifest is not None:
@@ -846,29 +911,48 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
             "<div class='warn'>Some runs used the quick grid (<code>--quick</code>): a smoke-test setting, "
             "not for reporting.</div>"
         )
+    if len(groups_of_runs) > 1:
+        banner += f"<div class='warn'>⚠ {_e(several_datasets_warning(len(groups_of_runs)))}</div>"
     tasks = sorted({str(run.get("task")) for run in runs})
     nav = "".join(f"<a href='#{key}'>{_e(title)}</a>" for key, title in SECTIONS)
-    best_line = (
-        f"Best: <b>{_e(best.get('run_id'))}</b>, test AUC {_e(_auc_text(_auc(best)))} "
-        f"({len(runs)} runs, task {_e(', '.join(tasks))})."
-    )
+    best_lines = []
+    for where in groups_of_runs:
+        top = where.runs[0]
+        scope = f" on dataset {where.dataset.index}" if where.dataset.count > 1 else ""
+        best_lines.append(f"Best{scope}: <b>{_e(top.get('run_id'))}</b>, test AUC {_e(_auc_text(_auc(top)))}")
+    best_line = "; ".join(best_lines) + f" ({len(runs)} {plural(len(runs), 'run')}, task {_e(', '.join(tasks))})."
     created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+    def per_dataset(render) -> str:
+        """A section's content once per dataset, each under the heading that names the dataset."""
+        return "".join(
+            f"<h3>{_e(where.dataset.heading)}</h3>{render(where, panel)}"
+            for where, panel in zip(groups_of_runs, panels)
+        )
+
     body = [
         f"<h1>featx report</h1><p class='meta'>{_e(results_dir)} · generated {created} by featx {_e(__version__)}</p>",
         banner,
         f"<p>{best_line}</p><nav>{nav}</nav>",
         f"<h2 id='dataset'>Dataset</h2>{_dataset_section(ranked, findings)}",
-        f"<h2 id='leaderboard'>Leaderboard</h2>{_leaderboard_table(ranked, rows_by_id)}",
-        f"<h2 id='heatmap'>Test AUC heatmap</h2>{_plots_html([heatmap], '')}",
+        "<h2 id='leaderboard'>Leaderboard</h2>"
+        + per_dataset(lambda where, panel: _leaderboard_table(where.runs, rows_by_id)),
+        "<h2 id='heatmap'>Test AUC heatmap</h2>" + per_dataset(lambda where, panel: _plots_html(panel["heatmap"], "")),
         "<h2 id='roc'>ROC curves</h2><p class='note'>One panel per backbone, one line per classifier; legend: test "
         "AUC with its 95% CI; the dot marks the threshold chosen on out-of-fold predictions.</p>"
-        + _plots_html(roc, "No test predictions in the run files."),
+        + per_dataset(lambda where, panel: _plots_html(panel["roc"], "No test predictions in the run files.")),
         "<h2 id='confusion'>Confusion matrices</h2><p class='note'>Test split at each run's chosen threshold; "
-        "counts and row percentages.</p>" + _plots_html(confusion, "No confusion matrices in the run files."),
+        "counts and row percentages.</p>"
+        + per_dataset(lambda where, panel: _plots_html(panel["confusion"], "No confusion matrices in the run files.")),
         "<h2 id='calibration'>Calibration</h2><p class='note'>Reliability diagrams of the test probabilities "
         "(up to 10 equal-count bins); Brier score in the legend.</p>"
-        + _plots_html(calibration, "No test predictions in the run files."),
-        f"<h2 id='subgroups'>Subgroups</h2>{_subgroup_section(ranked, forest)}",
+        + per_dataset(lambda where, panel: _plots_html(panel["calibration"], "No test predictions in the run files.")),
+        "<h2 id='subgroups'>Subgroups</h2>"
+        + (
+            per_dataset(lambda where, panel: _subgroup_section(where.runs, panel["forest"]))
+            if any(run.get("subgroups") for run in runs)
+            else _subgroup_section(ranked, [])
+        ),
         f"<h2 id='provenance'>Provenance</h2>{_provenance_section(ranked)}",
     ]
     document = (
@@ -890,4 +974,7 @@ def report_command(results_dir, out, console) -> None:
     if any(_is_random(run) for run in runs):
         console.print(f"[bold white on red] {RANDOM_BANNER} [/]")
     n_plots = sum(1 for p in (results_dir / "plots").glob("*.png") if p.name.startswith(PLOT_PREFIXES))
-    console.print(f"Report: [bold]{path}[/] ({len(runs)} runs; {n_plots} plots also in {results_dir / 'plots'})")
+    console.print(
+        f"Report: [bold]{path}[/] ({len(runs)} {plural(len(runs), 'run')}; "
+        f"{n_plots} {plural(n_plots, 'plot')} also in {results_dir / 'plots'})"
+    )
