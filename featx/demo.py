@@ -28,6 +28,11 @@ QUICK_CV = 3
 DEMO_CV = 5
 # the data-efficiency curve the demo draws: shares of its training patients (1.0 is each run itself)
 DEMO_TRAIN_FRACTIONS = (0.1, 0.3, 1.0)
+# The phantoms carry sex, age and view; 120 patients leave about 17 normal test images, so two age bands
+# (the built-in difference sits at 65, see data/synthetic.py) and 5 positives and negatives a subgroup.
+DEMO_SUBGROUPS = ("sex", "age_band", "view")
+DEMO_AGE_BANDS = (0.0, 65.0)
+DEMO_SUBGROUP_MIN = 5
 
 
 @dataclass(frozen=True)
@@ -190,6 +195,9 @@ def stage_two(config: DemoConfig, console) -> None:
             seed=config.seed,
             quick=config.quick,
             train_fractions=DEMO_TRAIN_FRACTIONS,
+            subgroups=DEMO_SUBGROUPS,
+            age_bands=DEMO_AGE_BANDS,
+            subgroup_min=DEMO_SUBGROUP_MIN,
         ),
         console,
     )

@@ -246,8 +246,9 @@ def data_audit(
     """Near and exact duplicates across the splits one run uses: the data part of its run JSON's `audit`.
 
     `features` is a store.FeatureSet; the rows audited are the run's training and test rows
-    (failed images are not in them). `hashes` memoises file hashes across the caches of one
-    command (they share rows and data root), keyed by (data_root, ids).
+    (failed images are not in them). Exact duplicates come from the cache's per-image sha256
+    (`image_sha256`) when it has them, else from hashing the files under its data root;
+    `hashes` memoises those across the caches of one command, keyed by (data_root, ids).
     """
     rows = np.concatenate([np.asarray(train_rows), np.asarray(test_rows)]).astype(np.int64)
     evaluated = np.zeros(len(rows), dtype=bool)
@@ -261,17 +262,22 @@ def data_audit(
     data_root = str(features.attrs.get("data_root", ""))
 
     started = time.perf_counter()
-    key = (data_root, tuple(np.asarray(features.ids).astype(str).tolist()))
-    if hashes is not None and key in hashes:
-        all_sha256, reason = hashes[key]
-    else:
-        all_sha256, reason = file_hashes(key[1], data_root)
-        if hashes is not None:
-            hashes[key] = (all_sha256, reason)
+    all_sha256 = features.image_sha256  # the cache's /sha256, written while extracting
+    source = "cache"
+    if all_sha256 is None or not np.any(np.asarray(all_sha256).astype(str) != ""):
+        source = "image files"  # a cache without per-image hashes: hash the files under its data root
+        key = (data_root, tuple(np.asarray(features.ids).astype(str).tolist()))
+        if hashes is not None and key in hashes:
+            all_sha256, reason = hashes[key]
+        else:
+            all_sha256, reason = file_hashes(key[1], data_root)
+            if hashes is not None:
+                hashes[key] = (all_sha256, reason)
     if all_sha256 is None:
         exact: dict = {"source": None, "skipped": reason}
     else:
-        exact = {"source": "image files", "skipped": None, **exact_duplicates(ids, split, all_sha256[rows])}
+        sha256 = np.asarray(all_sha256).astype(str)[rows]
+        exact = {"source": source, "skipped": None, **exact_duplicates(ids, split, sha256)}
     exact["seconds"] = time.perf_counter() - started
     return {"data_root": data_root, "pooling": features.pooling, "near_duplicates": near, "exact_duplicates": exact}
 

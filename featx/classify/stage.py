@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,6 +25,7 @@ from joblib import Parallel, delayed
 
 from featx.classify import audit, efficiency, evaluate
 from featx.classify import registry as classifiers
+from featx.classify import subgroups as subgroup_auc
 from featx.classify.scoring import AUCScorer, predict_scores, task_for
 from featx.errors import CacheError, ClassifyError, one_of_message
 from featx.extract import store
@@ -52,6 +53,9 @@ class ClassifyConfig:
     efficiency_seeds: int = efficiency.DEFAULT_SEEDS
     image_cv: bool = True  # audit: also cross-validate the chosen configuration on plain image folds
     near_duplicate_threshold: float = audit.NEAR_DUPLICATE_THRESHOLD
+    subgroups: tuple[str, ...] = ()  # metadata columns (or age_band) to report test AUCs per value of
+    age_bands: tuple[float, ...] = subgroup_auc.DEFAULT_AGE_BANDS
+    subgroup_min: int = subgroup_auc.DEFAULT_MIN_COUNT  # positives and negatives a subgroup needs for its AUC
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,8 @@ class RunPlan:
 
     @property
     def run_id(self) -> str:
-        return f"{self.backbone}__{self.pooling}__{self.classifier}"
+        """'<cache file stem>__<pooling>__<classifier>': two caches of one backbone (tiny.h5, tiny_32px.h5) never collide."""
+        return f"{Path(self.cache).name.removesuffix(store.SUFFIX)}__{self.pooling}__{self.classifier}"
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,8 @@ class FittedRun:
     timings: dict
     efficiency: dict | None = None  # classify.efficiency.efficiency_curve, when train_fractions were given
     audit: dict | None = None  # classify.audit: data_audit of the cache + split_levels of this run
+    test_meta: dict[str, list[str]] = field(default_factory=dict)  # manifest metadata of the test rows
+    subgroups: dict | None = None  # classify.subgroups.subgroup_analysis, when config.subgroups asks for it
 
     @property
     def estimator(self):
@@ -109,9 +116,9 @@ class FittedRun:
 
 
 class RunSink(Protocol):
-    """Where finished runs go: `prepare` is called after planning and before the first fit."""
+    """Where finished runs go: `prepare` gets the plans after planning and before the first fit."""
 
-    def prepare(self) -> None: ...
+    def prepare(self, plans: Sequence[RunPlan]) -> None: ...
 
     def save(self, run: FittedRun) -> Path: ...
 
@@ -140,11 +147,15 @@ def _find_caches(config: ClassifyConfig) -> list[Path]:
     for name in wanted:
         if name in unusable:
             store.read_header(unusable[name])  # raises the CacheError that says what is wrong with it
-            raise CacheError(f"Feature file '{unusable[name]}' is not a complete featx cache; rebuild it with --force.")
+            raise CacheError(
+                f"Feature file '{unusable[name]}' is not a complete featx cache; "
+                f"rebuild it with `{store.extract_command(unusable[name])}`."
+            )
         if name not in complete:
             raise CacheError(
                 f"Feature file '{partial[name]}' is incomplete (an extract was interrupted or is still running); "
-                "finish it by re-running the same `featx extract` (it resumes), or leave it out with --backbone."
+                f"finish it with `{store.extract_command(partial[name], force=False)}` (it resumes), "
+                "or leave it out with --backbone."
             )
     return [complete[name] for name in wanted]
 
@@ -162,6 +173,10 @@ def _check_options(config: ClassifyConfig) -> None:
     efficiency.check_fractions(config.train_fractions)
     efficiency.check_seeds(config.efficiency_seeds)
     audit.check_threshold(config.near_duplicate_threshold)
+    if config.subgroups:
+        subgroup_auc.parse_age_bands(",".join(str(edge) for edge in config.age_bands))
+        if config.subgroup_min < 1:
+            raise ClassifyError(f"The subgroup minimum must be at least 1. Got {config.subgroup_min} instead.")
     # The rule is checked on a toy example so a typo fails now, not after the grid search.
     evaluate.choose_threshold(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.4, 0.6]), rule=config.threshold_rule)
 
@@ -260,7 +275,7 @@ def _check_finite(path: Path, pooling: str) -> None:
     if bad:
         raise ClassifyError(
             f"Feature file '{path}' has {bad} NaN or infinite values in embeddings/{pooling} "
-            f"({bad_rows} rows); rebuild it with `featx extract ... --force`."
+            f"({bad_rows} rows); rebuild it with `{store.extract_command(path)}`."
         )
 
 
@@ -272,7 +287,8 @@ def plan_runs(config: ClassifyConfig) -> list[RunPlan]:
     the first problem.
     """
     _check_options(config)
-    headers = [store.read_header(path) for path in _find_caches(config)]
+    # verify: every chunk's checksum and the content sha256, so a damaged cache stops here with the fix
+    headers = [store.read_header(path, verify=True) for path in _find_caches(config)]
     _check_same_manifest(headers)
     plans = []
     for header in headers:
@@ -280,6 +296,9 @@ def plan_runs(config: ClassifyConfig) -> list[RunPlan]:
         rows_meta = store.read_rows(header.path)
         rows = split_rows(rows_meta, config)
         _check_classes(rows_meta, rows.test, "test")
+        if config.subgroups:
+            task = task_for(rows_meta.y, list(rows_meta.classes))
+            subgroup_auc.check_subgroups(config.subgroups, list(rows_meta.meta), task, header.path)
         groups = np.asarray(rows_meta.patient_id).astype(str)[rows.train]
         evaluate.grouped_splits(rows_meta.y[rows.train], groups, config.cv, config.seed, classes=rows_meta.classes)
         for pooling in poolings:
@@ -373,6 +392,12 @@ def fit_run(
     )
     if data_audit is not None:
         run_audit = {**data_audit, **run_audit}
+    test_meta = {name: np.asarray(values).astype(str)[rows.test].tolist() for name, values in features.meta.items()}
+    subgroup_results = None
+    if config.subgroups:
+        subgroup_results = subgroup_auc.subgroup_analysis(
+            y_test, test_score, test_meta, config.subgroups, config.age_bands, config.subgroup_min
+        )
     timings = {
         "search_s": selection.search_s,
         "refit_s": float(getattr(search, "refit_time_", 0.0) or 0.0),
@@ -399,6 +424,8 @@ def fit_run(
         timings=timings,
         efficiency=curve,
         audit=run_audit,
+        test_meta=test_meta,
+        subgroups=subgroup_results,
     )
 
 
@@ -473,7 +500,7 @@ def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Pa
 
     console = console or Console()
     plans = plan_runs(config)
-    sink.prepare()
+    sink.prepare(plans)
     written: list[Path] = []
     sha256: dict[Path, str] = {}
     hashes: dict = {}  # image-file hashes of the exact-duplicate audit, shared by caches of the same rows
@@ -492,7 +519,7 @@ def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Pa
                 if rows.test_source == "held_out_patients":
                     progress.console.print(
                         f"[yellow]{plan.cache.name} has no test rows: holding out {HOLDOUT_FRACTION:.0%} of its "
-                        f"patients (stratified, seed {config.seed}) as the test set.[/yellow]"
+                        f"patients (a seeded hash of each patient id, seed {config.seed}) as the test set.[/yellow]"
                     )
                 progress.update(bar, description=f"{plan.backbone} / {plan.pooling}: duplicate audit")
                 data_audit = audit.data_audit(
