@@ -20,6 +20,7 @@ FEATX  := $(BIN)/featx
 #: workers=N                extract: decode threads, default one per core (--workers)
 #: limit=N                  extract: only the first N manifest rows, for smoke runs (--limit)
 #: force=1                  extract: rebuild a cache whose settings differ (--force)
+#: no_pixels=1              extract: leave out the raw-pixel floor, the pixels backbone added by default (--no-pixels)
 #: seed=0                   extract: seed of random weights; classify: CV and model seed (--seed)
 #: results=results          classify, leaderboard, report: the results folder (--out / --results)
 #: backbones=a,b            classify: caches to use by file stem, default every cache found (--backbone)
@@ -33,6 +34,10 @@ FEATX  := $(BIN)/featx
 #: subgroups=sex,age_band   classify: metadata columns for subgroup AUCs (--subgroups)
 #: age_bands=0,18,40,65     classify: age band edges in years for age_band (--age-bands)
 #: subgroup_min=10          classify: positives and negatives a subgroup needs for its AUC (--subgroup-min)
+#: train_fraction=0.01,0.1  classify: data-efficiency curve over these shares of training patients (--train-fraction)
+#: efficiency_seeds=N       classify: patient subsamples per fraction, default 3 (--efficiency-seeds)
+#: no_image_cv=1            classify: skip the patient- vs image-level CV audit (--no-image-cv)
+#: near_duplicate_threshold=0.99  classify: cosine at which two images are near duplicates (--near-duplicate-threshold)
 #: model=PATH               predict: results/models/<run>.joblib (--model)
 #: images=PATHS             predict: image files, folders or a manifest CSV
 #: out=FILE                 predict: CSV to write, default the terminal (--out)
@@ -63,6 +68,11 @@ quick       ?=
 subgroups   ?=
 age_bands   ?=
 subgroup_min ?=
+no_pixels   ?=
+train_fraction ?=
+efficiency_seeds ?=
+no_image_cv ?=
+near_duplicate_threshold ?=
 model       ?=
 images      ?=
 out         ?=
@@ -71,12 +81,14 @@ yes = $(filter 1 yes true,$(1))
 EXTRACT_OPTIONS = $(strip $(if $(image_size),--image-size $(image_size)) $(if $(resize_mode),--resize-mode $(resize_mode)) \
 	$(if $(dicom_window),--dicom-window $(dicom_window)) $(if $(call yes,$(mixed_precision)),--mixed-precision) \
 	$(if $(batch_size),--batch-size $(batch_size)) $(if $(workers),--workers $(workers)) $(if $(limit),--limit $(limit)) \
-	$(if $(seed),--seed $(seed)) $(if $(call yes,$(force)),--force))
+	$(if $(seed),--seed $(seed)) $(if $(call yes,$(force)),--force) $(if $(call yes,$(no_pixels)),--no-pixels))
 CLASSIFY_OPTIONS = $(strip $(if $(backbones),--backbone $(backbones)) $(if $(poolings),--pooling $(poolings)) \
 	$(if $(n_jobs),--n-jobs $(n_jobs)) $(if $(seed),--seed $(seed)) $(if $(threshold),--threshold-rule $(threshold)) \
 	$(if $(call yes,$(val_as_test)),--val-as-test) $(if $(call yes,$(quick)),--quick) \
 	$(if $(subgroups),--subgroups $(subgroups)) $(if $(age_bands),--age-bands $(age_bands)) \
-	$(if $(subgroup_min),--subgroup-min $(subgroup_min)))
+	$(if $(subgroup_min),--subgroup-min $(subgroup_min)) $(if $(train_fraction),--train-fraction $(train_fraction)) \
+	$(if $(efficiency_seeds),--efficiency-seeds $(efficiency_seeds)) $(if $(call yes,$(no_image_cv)),--no-image-cv) \
+	$(if $(near_duplicate_threshold),--near-duplicate-threshold $(near_duplicate_threshold)))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 # featx's error messages name these variables instead of the CLI flags they stand for (featx/config.py reads it).
 export FEATX_VIA_MAKE := 1
@@ -114,7 +126,7 @@ test-slow: install  ## run only the slow tests (full-size backbones, long fits)
 test-all: install  ## run every test
 	$(BIN)/pytest -q
 
-demo: install  ## offline end-to-end demo: phantom data -> 2 backbones -> 3 classifiers -> leaderboard + report
+demo: install  ## offline end-to-end demo: phantom data -> raw pixels + 2 backbones -> 3 classifiers -> leaderboard + report
 	$(FEATX) demo
 
 data: install  ## generate the phantom dataset only (demo/data), the default for extract/classify
@@ -136,9 +148,10 @@ report: install  ## write results/report.html with plots
 predict: install  ## predict new images: make predict model=results/models/<run>.joblib images=DIR [out=predictions.csv]
 	$(FEATX) predict --model $(model) $(images) $(if $(out),--out $(out)) $(if $(batch_size),--batch-size $(batch_size))
 
-bench: install  ## benchmarks: extract (bare forward vs full path, peak RSS) and classify (default grids)
+bench: install  ## benchmarks: extract (bare forward vs full path, peak RSS), classify (default grids), analyses (audits, curve)
 	$(FEATX) bench extract
 	$(FEATX) bench classify
+	$(FEATX) bench analyses
 
 clean:  ## remove generated demo data, features and results (keeps .venv)
 	rm -rf demo features results

@@ -257,14 +257,20 @@ def _add_extract(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for random weights (recorded in the cache)")
     p.add_argument("--workers", type=_positive_int, default=None, help="decode threads (default: one per core)")
     p.add_argument("--limit", type=_positive_int, default=None, help="only the first N manifest rows (smoke runs)")
+    p.add_argument(
+        "--no-pixels",
+        action="store_true",
+        help="leave out the raw-pixel floor (the 'pixels' backbone, added by default so every leaderboard has it)",
+    )
     p.set_defaults(handler=_cmd_extract)
 
 
 def _cmd_extract(args):
-    from featx.extract.stage import ExtractConfig, extract_command
+    from featx.extract.stage import ExtractConfig, extract_command, with_pixel_floor
 
+    backbones = tuple(b for group in args.backbone for b in _csv_list(group))
     config = ExtractConfig(
-        backbones=tuple(b for group in args.backbone for b in _csv_list(group)),
+        backbones=backbones if args.no_pixels else with_pixel_floor(backbones),
         manifest=args.manifest,
         data_root=args.data_root,
         out_dir=args.out,
@@ -303,6 +309,26 @@ def _add_classify(sub) -> None:
     )
     p.add_argument("--quick", action="store_true", help="a small grid for smoke runs (not for reporting)")
     p.add_argument(
+        "--train-fraction",
+        default=None,
+        help="data-efficiency curve: re-fit each run's chosen configuration on these shares of the training "
+        "patients, e.g. 0.01,0.1,0.3,1.0 (no new search; 1.0 is the run itself)",
+    )
+    p.add_argument(
+        "--efficiency-seeds", type=_positive_int, default=3, help="patient subsamples per fraction (default 3)"
+    )
+    p.add_argument(
+        "--no-image-cv",
+        action="store_true",
+        help="skip the audit that cross-validates each run's configuration on plain image folds (saves cv fits/run)",
+    )
+    p.add_argument(
+        "--near-duplicate-threshold",
+        type=float,
+        default=None,
+        help="cosine similarity (mean-centred embeddings) at which two images count as near duplicates (default 0.99)",
+    )
+    p.add_argument(
         "--subgroups",
         default=None,
         help="comma-separated metadata columns (e.g. sex,age_band,view; age_band comes from age): the test AUC with "
@@ -321,10 +347,14 @@ def _add_classify(sub) -> None:
 
 
 def _cmd_classify(args):
+    from featx.classify import audit, efficiency
     from featx.classify.stage import ClassifyConfig
     from featx.classify.subgroups import parse_age_bands
     from featx.results.finish import classify_command
 
+    threshold = (
+        audit.NEAR_DUPLICATE_THRESHOLD if args.near_duplicate_threshold is None else args.near_duplicate_threshold
+    )
     config = ClassifyConfig(
         features_dir=args.features,
         out_dir=args.out,
@@ -337,6 +367,10 @@ def _cmd_classify(args):
         threshold_rule=args.threshold_rule,
         val_as_test=args.val_as_test,
         quick=args.quick,
+        train_fractions=efficiency.check_fractions(_csv_list(args.train_fraction)) if args.train_fraction else (),
+        efficiency_seeds=args.efficiency_seeds,
+        image_cv=not args.no_image_cv,
+        near_duplicate_threshold=audit.check_threshold(threshold),
         subgroups=_csv_list(args.subgroups) if args.subgroups else (),
         age_bands=parse_age_bands(args.age_bands),
         subgroup_min=args.subgroup_min,
@@ -360,13 +394,19 @@ def _add_report(sub) -> None:
     p = sub.add_parser("report", help="write the self-contained HTML report with plots")
     p.add_argument("--results", type=Path, default=Path("results"))
     p.add_argument("-o", "--out", type=Path, default=None, help="HTML file (default results/report.html)")
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="where the images are, for the near-duplicate thumbnails (default: the data root each cache recorded)",
+    )
     p.set_defaults(handler=_cmd_report)
 
 
 def _cmd_report(args):
     from featx.results.report import report_command
 
-    report_command(results_dir=args.results, out=args.out, console=_console())
+    report_command(results_dir=args.results, out=args.out, console=_console(), data_root=args.data_root)
 
 
 def _add_predict(sub) -> None:
@@ -409,7 +449,11 @@ def _add_demo(sub) -> None:
     p.add_argument(
         "--weights", default="auto", help="auto (imagenet if cached, else random with a banner), imagenet, random"
     )
-    p.add_argument("--backbones", default="mobilenetv3small,resnet50", help="two backbones by default")
+    p.add_argument(
+        "--backbones",
+        default="pixels,mobilenetv3small,resnet50",
+        help="comma-separated backbones (default: the raw-pixel floor and two CNNs; --quick: pixels,tiny)",
+    )
     p.add_argument("--classifiers", default="logreg,xgboost,dense")
     p.add_argument("--patients", type=_positive_int, default=120, help="synthetic patients (default 120)")
     p.add_argument("--image-size", type=_positive_int, default=128, help="phantom image size in pixels")
@@ -437,10 +481,11 @@ def _cmd_demo(args):
 
 
 def _add_bench(sub) -> None:
-    pb = sub.add_parser("bench", help="benchmarks: extract throughput/memory, classify grid time")
+    pb = sub.add_parser("bench", help="benchmarks: extract throughput/memory, classify grid time, audits and curves")
     bsub = pb.add_subparsers(dest="bench_command", metavar="WHAT")
     _add_bench_extract(bsub)
     _add_bench_classify(bsub)
+    _add_bench_analyses(bsub)
     pb.set_defaults(handler=lambda args: pb.print_help() or 2)
 
 
@@ -490,6 +535,35 @@ def _cmd_bench_classify(args):
     )
 
 
+def _add_bench_analyses(bsub) -> None:
+    p = bsub.add_parser(
+        "analyses", help="time the duplicate audits and the data-efficiency curve on Kermany-sized embeddings"
+    )
+    p.add_argument("--classifier", default="logreg,xgboost,dense")
+    p.add_argument("--train-fraction", default="0.01,0.1,0.3,1.0", help="fractions of the curve")
+    p.add_argument("--efficiency-seeds", type=_positive_int, default=3)
+    p.add_argument("--n-train", type=_positive_int, default=5216)
+    p.add_argument("--n-test", type=_positive_int, default=624)
+    p.add_argument("--dim", type=_positive_int, default=2048)
+    p.add_argument("--n-jobs", type=int, default=2)
+    p.set_defaults(handler=_cmd_bench_analyses)
+
+
+def _cmd_bench_analyses(args):
+    from featx.bench.analyses import bench_analyses_command
+
+    bench_analyses_command(
+        classifiers=_csv_list(args.classifier),
+        fractions=_csv_list(args.train_fraction),
+        seeds=args.efficiency_seeds,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        dim=args.dim,
+        n_jobs=args.n_jobs,
+        console=_console(),
+    )
+
+
 # ---------------------------------------------------------------- errors under make
 
 # The Makefile variable for each CLI flag (the Makefile's "#:" lines list them). Under make an error that
@@ -518,6 +592,11 @@ MAKE_VARIABLES: dict[str, dict[str, str]] = {
         "--subgroups": "subgroups=...",
         "--age-bands": "age_bands=...",
         "--subgroup-min": "subgroup_min=N",
+        "--no-pixels": "no_pixels=1",
+        "--train-fraction": "train_fraction=...",
+        "--efficiency-seeds": "efficiency_seeds=N",
+        "--no-image-cv": "no_image_cv=1",
+        "--near-duplicate-threshold": "near_duplicate_threshold=...",
         "--results": "results=DIR",
         "--model": "model=PATH",
     },

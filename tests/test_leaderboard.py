@@ -199,6 +199,50 @@ def test_terminal_table_keeps_every_auc_whole_at_any_width(runs, width):
         assert row["backbone"] in out and row["classifier"] in out
 
 
+def test_every_leaderboard_says_what_the_backbones_add_over_the_pixel_floor(tmp_path, runs):
+    y = np.asarray(runs[0]["test_predictions"]["y_true"])
+    floor = _run("pixels__avg__logreg", y, _scores(y, noise=5.0, seed=3), runs[0]["test_predictions"]["ids"])
+    floor["weights"] = "none"
+    best = runs[2]
+    expected_p = evaluate.delong_paired_pvalue(
+        y, np.asarray(best["test_predictions"]["score"]), np.asarray(floor["test_predictions"]["score"])
+    )
+    gain = best["test"]["auc"]["value"] - floor["test"]["auc"]["value"]
+    sentence = leaderboard.pixel_floor_sentence([*runs, floor])
+    assert sentence.startswith("Raw-pixel floor: pixels/avg/logreg reaches test AUC ")
+    assert f"the best backbone run, resnet50/avg/logreg ({best['test']['auc']['value']:.3f} [" in sentence
+    assert f"is {gain:.3f} above it (paired DeLong p = {expected_p:.3g})." in sentence
+    _write(tmp_path, [*runs, floor])
+    _, md_path = leaderboard.write_leaderboard(tmp_path)
+    assert f"> {sentence}" in md_path.read_text()
+    console = Console(file=io.StringIO(), width=400, color_system=None)
+    leaderboard.print_leaderboard([*runs, floor], console)
+    assert sentence in console.file.getvalue()
+    without = leaderboard.pixel_floor_sentence(runs)
+    assert without.startswith("No raw-pixel floor in these runs") and "--no-pixels" in without
+
+
+def test_the_split_level_audit_joins_the_csv_and_the_sentence(runs):
+    assert leaderboard.split_level_sentence(runs) is None
+    runs[2]["audit"] = {
+        "split_levels": {"patient": {"auc_mean": 0.81}, "image": {"auc_mean": 0.93}, "inflation": 0.12, "folds": 5}
+    }
+    rows = {r["run_id"]: r for r in leaderboard.leaderboard_rows(runs)}
+    assert (
+        rows["resnet50__avg__logreg"]["cv_auc_image_folds"],
+        rows["resnet50__avg__logreg"]["image_split_inflation"],
+    ) == (
+        0.93,
+        0.12,
+    )
+    assert rows["resnet50__avg__xgboost"]["cv_auc_image_folds"] is None
+    sentence = leaderboard.split_level_sentence(runs)
+    assert (
+        "(resnet50/avg/logreg) scores CV AUC 0.810 with patient-grouped folds and 0.930 with plain image folds (+0.120)"
+        in sentence
+    )
+
+
 # ---------------------------------------------------------------- issue 8
 
 

@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
     quiet = Console(quiet=True)
     run_extract(
         ExtractConfig(
-            backbones=("tiny",),
+            backbones=("tiny", "pixels"),
             manifest=manifest,
             data_root=root / "data",
             out_dir=root / "features",
@@ -60,6 +60,16 @@ def test_predictions_reproduce_stage_two_test_probabilities_exactly(trained):
         assert row["predicted_label"] == ("opacity" if score >= threshold else "normal")
         assert row["p_normal"] == pytest.approx(1 - score)
         assert row["error"] is None
+
+
+def test_a_pixels_bundle_rebuilds_without_weights_and_reproduces_stage_two(trained):
+    data, _, bundle, _ = trained
+    results = bundle.parent.parent
+    run = json.loads((results / "runs" / "pixels__avg__logreg.json").read_text())
+    assert (run["weights"], run["random_weights"]) == ("none", False)
+    images = [str(data / rel) for rel in run["test_predictions"]["ids"]]
+    rows = predict_paths(results / "models" / "pixels__avg__logreg.joblib", images)
+    assert [row["p_opacity"] for row in rows] == run["test_predictions"]["score"]
 
 
 def test_unreadable_image_is_reported_per_image_and_others_still_predicted(trained, tmp_path):

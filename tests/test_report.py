@@ -231,6 +231,151 @@ def test_empty_results_dir_is_a_results_error_saying_what_to_run(tmp_path, make_
     assert "featx classify" in err and "Traceback" not in err
 
 
+# ---------------------------------------------------------------- the pixel floor, split levels, curves, audits
+
+
+def _with_analyses(run, data_root, top_ids):
+    """A run record carrying the efficiency and audit sections stage two writes (shapes as in the run JSON)."""
+    points = [
+        {
+            "fraction": f,
+            "from_run": f == 1.0,
+            "n_patients": [n] * 3,
+            "n_images": [3 * n] * 3,
+            "auc": [a - 0.02, a, a + 0.02],
+            "errors": [None] * 3,
+            "auc_mean": a,
+            "auc_std": 0.016,
+            "auc_min": a - 0.02,
+            "auc_max": a + 0.02,
+            "n_patients_mean": float(n),
+        }
+        for f, n, a in ((0.1, 10, 0.7), (0.3, 30, 0.8), (1.0, 100, 0.9))
+    ]
+    run["efficiency"] = {"fractions": [0.1, 0.3, 1.0], "seeds": 3, "points": points, "n_fits": 6, "seconds": 1.25}
+    pair = {
+        "rows": [0, 1],
+        "ids": top_ids,
+        "splits": ["train", "test"],
+        "patients": ["p1", "p9"],
+        "similarity": 0.995,
+        "above_threshold": True,
+    }
+    run["audit"] = {
+        "data_root": str(data_root),
+        "pooling": "avg",
+        "near_duplicates": {
+            "measure": "cosine similarity of mean-centred embeddings",
+            "threshold": 0.99,
+            "n_rows": 380,
+            "dim": 1280,
+            "split_pairs": [
+                {"splits": ["test", "train"], "pairs": 1, "same_patient": 0},
+                {"splits": ["train", "train"], "pairs": 4, "same_patient": 4},
+            ],
+            "n_evaluated": 80,
+            "evaluated_with_duplicate_in_training": 1,
+            "top_pairs": [pair],
+            "seconds": 0.4,
+        },
+        "exact_duplicates": {
+            "source": "image files",
+            "skipped": None,
+            "n_rows": 380,
+            "n_hashed": 380,
+            "duplicate_groups": 2,
+            "rows_in_groups": 4,
+            "split_pairs": [{"splits": ["train", "train"], "pairs": 2}],
+            "examples": [{"sha256": "c" * 64, "ids": ["x.png", "y.png"], "splits": ["train", "train"]}],
+            "seconds": 0.1,
+        },
+        "split_levels": {
+            "folds": 3,
+            "patient": {"method": "StratifiedGroupKFold", "auc_mean": 0.81, "auc_std": 0.03},
+            "image": {
+                "method": "StratifiedKFold",
+                "auc_mean": 0.93,
+                "auc_std": 0.01,
+                "validation_images_with_patient_in_training": 0.87,
+            },
+            "inflation": 0.12,
+            "n_fits": 3,
+            "seconds": 0.5,
+        },
+    }
+    return run
+
+
+def test_report_shows_the_pixel_floor_split_levels_curves_and_audits(binary_results, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from featx.results import report
+
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    (data / "test").mkdir()
+    for name in ("train/a.png", "test/b.png"):
+        Image.fromarray(np.full((40, 40), 120, dtype=np.uint8)).save(data / name)
+    for run_file in (binary_results / "runs").glob("*.json"):
+        run = json.loads(run_file.read_text())
+        if run["backbone"] == "mobilenetv3small":  # stands in for the raw-pixel floor
+            run.update(
+                backbone="pixels",
+                feature_file="features/pixels.h5",
+                run_id=run["run_id"].replace("mobilenetv3small", "pixels"),
+                weights="none",
+                random_weights=False,
+                weights_seed=-1,
+            )
+            run_file.unlink()
+            run_file = run_file.with_name(f"{run['run_id']}.json")
+        top_ids = ["train/a.png", "test/b.png"] if run["backbone"] == "pixels" else ["gone/c.png", "gone/d.png"]
+        run_file.write_text(json.dumps(_with_analyses(run, data, top_ids)))
+    flags = {}
+    for name in ("_roc_plot", "_confusion_plot", "_calibration_plot"):
+        real = getattr(report, name)
+
+        def spy(group, runs, random_weights, where, _real=real, _name=name):
+            flags[(_name, group)] = random_weights
+            return _real(group, runs, random_weights, where)
+
+        monkeypatch.setattr(report, name, spy)
+
+    document = write_report(binary_results).read_text()
+    floor = re.search(r"<p class='floor'>(.*?)</p>", document).group(1)
+    assert floor.startswith("Raw-pixel floor: pixels/avg/") and "paired DeLong p = " in floor
+    assert "the best backbone run, tiny/avg/" in floor and ", random-init (" in floor
+    assert "CV AUC, image folds" in document and "<b>+0.120</b>" in document and "87%" in document
+    assert "Cost: <b>7.5 s</b> for 36 fits over 6 runs" in document and "0.700 ± 0.016" in document
+    plots = {p.name for p in (binary_results / "plots").glob("*.png")}
+    assert {
+        "efficiency_test_auc.png",
+        "near_duplicates_pixels.png",
+    } <= plots and "near_duplicates_tiny.png" not in plots
+    assert "<code>gone/c.png</code>" in document  # tiny's pair: files not found, so listed by id
+    assert "test–train: 1" in document and "<b>2</b> groups of identical files" in document
+    # the raw-pixel floor has no weights: none of its plots carries the random-weights banner
+    assert {key: flag for key, flag in flags.items() if key[1] == "pixels"} == {
+        (name, "pixels"): False for name in ("_roc_plot", "_confusion_plot", "_calibration_plot")
+    }
+    assert all(flag for key, flag in flags.items() if key[1] == "tiny")
+    # images moved since classify: `featx report --data-root` finds them for the thumbnails
+    for run_file in (binary_results / "runs").glob("*.json"):
+        run = json.loads(run_file.read_text())
+        run["audit"]["data_root"] = str(tmp_path / "moved_away")
+        run_file.write_text(json.dumps(run))
+    write_report(binary_results)
+    assert not (binary_results / "plots" / "near_duplicates_pixels.png").exists()
+    assert main(["report", "--results", str(binary_results), "--data-root", str(data)]) == 0
+    assert (binary_results / "plots" / "near_duplicates_pixels.png").is_file()
+
+
+def test_without_a_pixels_run_the_report_says_how_to_get_the_floor(binary_results):
+    document = write_report(binary_results).read_text()
+    assert "No raw-pixel floor in these runs" in document and "--no-pixels" in document
+    assert "No data-efficiency curves in these runs" in document and "--train-fraction" in document
+
+
 # ---------------------------------------------------------------- issue 8
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from featx import __version__
 from featx.errors import BackboneError, CacheError, FeatxError, ManifestError
 from featx.extract import store
-from featx.extract.backbones import RANDOM_BANNER
+from featx.extract.backbones import PIXEL_FLOOR, RANDOM_BANNER
 from featx.extract.forward import forward_step
 from featx.files import check_writable_dir
 from featx.progress import progress_bar
@@ -91,6 +91,15 @@ class _Job:
 
 
 # ---------------------------------------------------------------- validation
+
+
+def with_pixel_floor(backbones: Sequence[str]) -> tuple[str, ...]:
+    """The backbones asked for, then the raw-pixel floor (`pixels`) unless it is among them.
+
+    `featx extract` adds it by default, so every leaderboard shows what a backbone adds over raw pixels.
+    """
+    backbones = tuple(backbones)
+    return backbones if not backbones or PIXEL_FLOOR in backbones else (*backbones, PIXEL_FLOOR)
 
 
 def _unique(names: Sequence[str]) -> tuple[str, ...]:
@@ -342,7 +351,8 @@ def _run_group(group, config, size, resize_mode, paths, rows: _Rows, console) ->
                 console.print(f"[yellow]{job.spec.name}[/]: {job.writer.note}")
         for job in group:
             if job.writer.n_done < job.writer.n_total:
-                console.print(f"Building {job.spec.name} ({job.weights.label} weights, {size[0]}x{size[1]}) ...")
+                weights_text = "no weights" if job.weights.kind == "none" else f"{job.weights.label} weights"
+                console.print(f"Building {job.spec.name} ({weights_text}, {size[0]}x{size[1]}) ...")
                 model = backbones.create_backbone(
                     job.spec, job.weights, size, tuple(job.widths), mixed_precision=config.mixed_precision
                 )

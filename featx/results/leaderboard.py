@@ -18,13 +18,14 @@ import hashlib
 import io
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from featx.errors import ResultsError
-from featx.extract.backbones import RANDOM_BANNER
+from featx.extract.backbones import PIXEL_FLOOR, RANDOM_BANNER
 from featx.files import atomic_write_bytes
 from featx.results.records import load_runs
 
@@ -50,6 +51,8 @@ CSV_COLUMNS = (
     "p_vs_best",
     "cv_auc_mean",
     "cv_auc_std",
+    "cv_auc_image_folds",
+    "image_split_inflation",
     "threshold_rule",
     "threshold",
     "sensitivity",
@@ -224,6 +227,7 @@ def _row(run: dict, dataset: str, rank: int, mark: tuple[float | None, bool | No
     timings = run.get("timings") or {}
     data = run.get("data") or {}
     p_value, not_worse = mark
+    levels = (run.get("audit") or {}).get("split_levels") or {}
     fit_parts = [_number(timings.get(k)) for k in ("search_s", "oof_s")]
     return {
         "dataset": dataset,
@@ -244,6 +248,8 @@ def _row(run: dict, dataset: str, rank: int, mark: tuple[float | None, bool | No
         "p_vs_best": p_value,
         "cv_auc_mean": _number(run.get("cv_auc_mean")),
         "cv_auc_std": _number(run.get("cv_auc_std")),
+        "cv_auc_image_folds": _number((levels.get("image") or {}).get("auc_mean")),
+        "image_split_inflation": _number(levels.get("inflation")),
         "threshold_rule": threshold.get("rule") or (run.get("config") or {}).get("threshold_rule"),
         "threshold": _number(threshold.get("value")),
         "sensitivity": _number(test.get("sensitivity")),
@@ -298,6 +304,79 @@ def several_datasets_warning(n_datasets: int, where: str = "This results folder"
         f"{where} holds runs on {n_datasets} different datasets (their manifests or test rows differ): each is "
         "ranked on its own below, never against the others; keep one dataset per results folder (--out)."
     )
+
+
+# ---------------------------------------------------------------- the sentences beside every leaderboard
+
+
+def _run_name(run) -> str:
+    return f"{features_name(run)}/{run['pooling']}/{run['classifier']}"
+
+
+def _auc_ci_text(run) -> str:
+    auc = (run.get("test") or {}).get("auc") or {}
+    return format_auc(auc.get("value"), auc.get("ci_low"), auc.get("ci_high"))
+
+
+def pixel_floor_sentence(runs: list[dict]) -> str:
+    """What the best backbone run of one dataset adds over its best raw-pixel run (`pixels`), in one sentence.
+
+    With the paired DeLong p-value when both runs were scored on the same test rows.
+    """
+    from featx.classify import evaluate
+
+    ordered = [run for run in sorted(runs, key=_sort_key) if not math.isnan(_test_auc(run))]
+    floor = next((run for run in ordered if run["backbone"] == PIXEL_FLOOR), None)
+    best = next((run for run in ordered if run["backbone"] != PIXEL_FLOOR), None)
+    if floor is None:
+        return (
+            "No raw-pixel floor in these runs: extract the pixels backbone (featx extract adds it unless "
+            "--no-pixels) to see what a backbone adds over raw pixels."
+        )
+    floor_text = f"Raw-pixel floor: {_run_name(floor)} reaches test AUC {_auc_ci_text(floor)}"
+    if best is None:
+        return f"{floor_text}; no backbone run to compare it with."
+    gain = _test_auc(best) - _test_auc(floor)
+    tested = ""
+    if _comparable(best) and _comparable(floor) and dataset_key(best) == dataset_key(floor):
+        y_true, best_score = _aligned(best)
+        p_value = float(evaluate.delong_paired_pvalue(y_true, best_score, _aligned(floor)[1]))
+        tested = "" if math.isnan(p_value) else f" (paired DeLong p = {p_value:.3g})"
+    random_note = ", random-init" if run_is_random(best) else ""
+    return (
+        f"{floor_text}; the best backbone run, {_run_name(best)}{random_note} ({_auc_ci_text(best)}), is "
+        f"{abs(gain):.3f} {'above' if gain >= 0 else 'below'} it{tested}."
+    )
+
+
+def split_level_sentence(runs: list[dict]) -> str | None:
+    """The top run's configuration under patient-grouped vs plain image CV, in one sentence (None without the audit)."""
+    for run in sorted(runs, key=_sort_key):
+        levels = (run.get("audit") or {}).get("split_levels") or {}
+        patient = _number((levels.get("patient") or {}).get("auc_mean"))
+        image = _number((levels.get("image") or {}).get("auc_mean"))
+        if patient is not None and image is not None:
+            return (
+                f"Split level: the top run's configuration ({_run_name(run)}) scores CV AUC {fmt(patient)} with "
+                f"patient-grouped folds and {fmt(image)} with plain image folds ({image - patient:+.3f}): what a "
+                "random image split would have reported."
+            )
+    return None
+
+
+def dataset_sentences(runs: list[dict]) -> dict[str, list[str]]:
+    """Per dataset key, the lines its leaderboard carries: the raw-pixel floor, and the split level when audited."""
+    by_dataset: dict[str, list[dict]] = {}
+    for run in runs:
+        by_dataset.setdefault(dataset_key(run), []).append(run)
+    return {
+        key: [sentence for sentence in (pixel_floor_sentence(members), split_level_sentence(members)) if sentence]
+        for key, members in by_dataset.items()
+    }
+
+
+def run_is_random(run) -> bool:
+    return bool(run.get("random_weights", run.get("weights") == "random"))
 
 
 # ---------------------------------------------------------------- formatting
@@ -489,7 +568,8 @@ def write_leaderboard(results_dir, runs=None) -> tuple[Path, Path]:
     rows = leaderboard_rows(runs)
     csv_path, md_path = results_dir / "leaderboard.csv", results_dir / "leaderboard.md"
     try:
-        for path, text in ((csv_path, to_csv(rows)), (md_path, to_markdown(rows))):
+        markdown = to_markdown(rows, dataset_sentences(runs))
+        for path, text in ((csv_path, to_csv(rows)), (md_path, markdown)):
             atomic_write_bytes(path, text.encode("utf-8"))
     except OSError as error:
         raise ResultsError(
@@ -526,7 +606,9 @@ def _md_table(headers, body) -> list[str]:
     return lines
 
 
-def to_markdown(rows: list[dict]) -> str:
+def to_markdown(rows: list[dict], sentences: Mapping[str, Sequence[str]] | None = None) -> str:
+    """leaderboard.md: per dataset the table, its `sentences` (dataset_sentences: the floor, the split level), the
+    pivot; then how to read it."""
     groups = datasets(rows)
     lines = ["# featx leaderboard", ""]
     if any(r["random_weights"] for r in rows):
@@ -549,6 +631,7 @@ def to_markdown(rows: list[dict]) -> str:
             "",
         ]
         lines += _md_table(TABLE_HEADERS, [table_cells(r) for r in members])
+        lines += [line for sentence in (sentences or {}).get(group.key, ()) for line in ("", f"> {sentence}")]
         backbones, classifiers, best = pivot(members)
         show_pooling = len({r["pooling"] for r in members}) > 1
         lines += ["", "### Test AUC: backbone × classifier", ""]
@@ -582,15 +665,16 @@ def print_leaderboard(runs: list[dict], console, results_dir=None) -> None:
     if len(groups) > 1:
         where = f"'{results_dir}'" if results_dir is not None else "This results folder"
         console.print(Panel(f"⚠ {several_datasets_warning(len(groups), where)}", style="bold yellow", expand=False))
+    sentences = dataset_sentences(runs)
     for group in groups:
-        _print_dataset(group, console)
+        _print_dataset(group, console, sentences.get(group.key, ()))
     console.print(
         f"{BEST_MARK} = test AUC not significantly below the best on the same test rows (paired DeLong, p ≥ {ALPHA}); "
         "sens/spec/acc at the threshold chosen on out-of-fold training predictions."
     )
 
 
-def _print_dataset(group: Dataset, console) -> None:
+def _print_dataset(group: Dataset, console, sentences: Sequence[str] = ()) -> None:
     from rich import box
     from rich.table import Table
 
@@ -639,6 +723,8 @@ def _print_dataset(group: Dataset, console) -> None:
             _backbone_label(rows, backbone), *(pivot_cell(best.get((backbone, c)), show_pooling) for c in classifiers)
         )
     console.print(grid)
+    for sentence in sentences:
+        console.print(sentence, highlight=False)
 
 
 def leaderboard_command(results_dir, console) -> None:

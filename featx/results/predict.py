@@ -58,6 +58,10 @@ def _weights_info(bundle: dict, bundle_path: Path, spec):
     from featx.extract.backbones import WeightsInfo, resolve_weights
 
     weights = str(bundle["weights"])
+    if weights == "none":
+        if not spec.weightless:
+            raise BundleError(f"Model bundle '{bundle_path}' records no weights for {spec.name!r}, which needs some.")
+        return resolve_weights("none", spec=spec)
     if weights == "random":
         seed = bundle.get("weights_seed")
         if not isinstance(seed, (int, np.integer)) or seed < 0:

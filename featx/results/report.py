@@ -42,11 +42,12 @@ from featx.results.leaderboard import (
     format_auc,
     format_params,
     leaderboard_rows,
+    pixel_floor_sentence,
     plural,
     several_datasets_warning,
 )
 
-PLOT_PREFIXES = ("heatmap_", "roc_", "confusion_", "calibration_", "forest_")
+PLOT_PREFIXES = ("heatmap_", "roc_", "confusion_", "calibration_", "forest_", "efficiency_", "near_duplicates_")
 SECTIONS = (
     ("dataset", "Dataset"),
     ("leaderboard", "Leaderboard"),
@@ -55,6 +56,8 @@ SECTIONS = (
     ("confusion", "Confusion matrices"),
     ("calibration", "Calibration"),
     ("subgroups", "Subgroups"),
+    ("efficiency", "Data efficiency"),
+    ("audits", "Audits"),
     ("provenance", "Provenance"),
 )
 # Labels are data (class names, file names): drawn as typed, never parsed as mathtext or LaTeX.
@@ -808,6 +811,7 @@ th{background:#f2f2f2} tr:nth-child(even) td{background:#fafafa}
 table.small{font-size:12px} code{font-size:12px;word-break:break-all} code.hash{white-space:nowrap;word-break:normal}
 .note{color:#555;font-size:13px;margin-top:2px}
 .bad{color:#b00020;font-weight:bold}
+.floor{background:#eef4fb;border-left:4px solid #1f77b4;padding:6px 10px}
 .plots{display:flex;flex-wrap:wrap;gap:14px} figure{margin:0}
 figure img{max-width:100%;border:1px solid #e4e4e4}
 figcaption{font-size:12px;color:#555}
@@ -829,6 +833,330 @@ def _plots_html(plots: list[_Plot], empty: str) -> str:
     return "<div class='plots'>" + "".join(_img(p) for p in plots) + "</div>"
 
 
+# ---------------------------------------------------------------- beside the leaderboard: the floor and the split level
+
+
+def _run_name(run: dict) -> str:
+    return f"{features_name(run)}/{run.get('pooling')}/{run.get('classifier')}"
+
+
+def _pixel_floor_line(runs: list[dict]) -> str:
+    """The leaderboard's one sentence on what the best backbone run adds over the raw-pixel floor."""
+    return f"<p class='floor'>{_e(pixel_floor_sentence(runs))}</p>"
+
+
+def _split_level_table(ranked: list[dict]) -> str:
+    """Each run's chosen configuration under patient-grouped vs plain image cross-validation."""
+    rows = []
+    for run in ranked:
+        levels = (run.get("audit") or {}).get("split_levels")
+        if not levels:
+            continue
+        patient, image = levels.get("patient") or {}, levels.get("image") or {}
+        inflation = _num(levels.get("inflation"))
+        inflated = "" if math.isnan(inflation) else f"{inflation:+.3f}"
+        shared = _num(image.get("validation_images_with_patient_in_training"))
+        rows.append(
+            "<tr>"
+            + "".join(
+                f"<td>{cell}</td>"
+                for cell in (
+                    _e(_run_name(run)),
+                    f"{_fmt(patient.get('auc_mean'))} ± {_fmt(patient.get('auc_std'))}",
+                    f"{_fmt(image.get('auc_mean'))} ± {_fmt(image.get('auc_std'))}",
+                    f"<b>{inflated}</b>" if inflated else "n/a",
+                    "n/a" if math.isnan(shared) else f"{shared:.0%}",
+                )
+            )
+            + "</tr>"
+        )
+    if not rows:
+        return (
+            "<p class='note'>No patient- vs image-level CV audit in these runs (classify ran with "
+            "<code>--no-image-cv</code>, or the runs predate it).</p>"
+        )
+    head = ("run", "CV AUC, patient folds", "CV AUC, image folds", "inflation", "val. images whose patient trained")
+    folds = next(
+        ((run.get("audit") or {}).get("split_levels") or {}).get("folds") for run in ranked if run.get("audit")
+    )
+    return (
+        "<h3>Patient-level vs image-level cross-validation</h3><table><tr>"
+        + "".join(f"<th>{h}</th>" for h in head)
+        + "</tr>"
+        + "".join(rows)
+        + "</table><p class='note'>Each run's chosen configuration, cross-validated on its training rows with "
+        f"{_e(folds)} folds twice: patient-grouped (StratifiedGroupKFold, what featx does) and by image ignoring "
+        "patients (StratifiedKFold, what a random image split does). Inflation is how much higher the image-level "
+        "figure is: what a paper splitting images at random would have reported on top of the honest number.</p>"
+    )
+
+
+# ---------------------------------------------------------------- data efficiency
+
+
+def _efficiency_plot(ranked: list[dict], random_weights: bool, where) -> _Plot | None:
+    curves = [run for run in ranked if (run.get("efficiency") or {}).get("points")]
+    if not curves:
+        return None
+    backbones = list(dict.fromkeys(str(run.get("backbone")) for run in curves))
+    classifiers = list(dict.fromkeys(str(run.get("classifier")) for run in curves))
+    styles = ("-", "--", ":", "-.")
+    markers = ("o", "s", "^", "D", "v")
+    figure = _figure(7.4, 5.0)
+    ax = figure.subplots()
+    for run in curves:
+        points = [p for p in run["efficiency"]["points"] if p.get("auc_mean") is not None]
+        if not points:
+            continue
+        x = np.array([_num(p.get("n_patients_mean")) for p in points])
+        mean = np.array([_num(p.get("auc_mean")) for p in points])
+        low = np.array([_num(p.get("auc_min")) for p in points])
+        high = np.array([_num(p.get("auc_max")) for p in points])
+        color = COLORS[backbones.index(str(run.get("backbone"))) % len(COLORS)]
+        k = classifiers.index(str(run.get("classifier")))
+        ax.plot(
+            x,
+            mean,
+            color=color,
+            linestyle=styles[k % len(styles)],
+            marker=markers[k % len(markers)],
+            markersize=4,
+            linewidth=1.6,
+            label=_run_name(run),
+        )
+        ax.fill_between(x, low, high, color=color, alpha=0.12, linewidth=0)
+    ax.set_xscale("log")
+    ticks = sorted({round(_num(p.get("n_patients_mean"))) for run in curves for p in run["efficiency"]["points"]})
+    ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=8)
+    ax.minorticks_off()
+    ax.set_xlabel("training patients (log scale; mean over seeds)")
+    ax.set_ylabel("test ROC AUC")
+    ax.set_title("Data efficiency: test AUC vs training patients (band: lowest to highest seed)", fontsize=10)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(loc="lower right", fontsize=7)
+    return _Plot(
+        f"efficiency_test_auc{where.suffix}.png",
+        f"Data efficiency — test AUC vs training patients{where.tag}",
+        _render(figure, random_weights),
+    )
+
+
+def _efficiency_section(ranked: list[dict], plot: _Plot | None) -> str:
+    curves = [run for run in ranked if (run.get("efficiency") or {}).get("points")]
+    if not curves:
+        return (
+            "<p class='note'>No data-efficiency curves in these runs; run <code>featx classify --train-fraction "
+            "0.01,0.1,0.3,1.0</code> to re-fit each run's chosen configuration on fewer training patients.</p>"
+        )
+    fractions = sorted({p["fraction"] for run in curves for p in run["efficiency"]["points"]})
+    head = "".join(f"<th>{fraction:.0%}</th>" for fraction in fractions)
+    rows, errors = [], 0
+    for run in curves:
+        by_fraction = {p["fraction"]: p for p in run["efficiency"]["points"]}
+        cells = []
+        for fraction in fractions:
+            point = by_fraction.get(fraction)
+            if point is None:
+                cells.append("")
+                continue
+            errors += sum(1 for error in point.get("errors") or [] if error)
+            spread = "" if point.get("from_run") else f" ± {_fmt(point.get('auc_std'))}"
+            cells.append(
+                f"{_fmt(point.get('auc_mean'))}{spread}<br><span class='note'>"
+                f"{_num(point.get('n_patients_mean')):.0f} patients</span>"
+            )
+        seconds = _fmt(run["efficiency"].get("seconds"), 1)
+        rows.append(
+            f"<tr><td>{_e(_run_name(run))}</td>{''.join(f'<td>{c}</td>' for c in cells)}"
+            f"<td>{_e(run['efficiency'].get('n_fits'))}</td><td>{seconds}</td></tr>"
+        )
+    total = sum(_num(run["efficiency"].get("seconds"), 0.0) for run in curves)
+    fits = sum(int(run["efficiency"].get("n_fits") or 0) for run in curves)
+    seeds = curves[0]["efficiency"].get("seeds")
+    failed = f" {errors} subsample fit(s) failed (too few rows for the estimator); see the run JSON." if errors else ""
+    return (
+        _plots_html([plot] if plot else [], "")
+        + f"<table><tr><th>run</th>{head}<th>fits</th><th>seconds</th></tr>{''.join(rows)}</table>"
+        f"<p class='note'>Each run's chosen configuration (its best_params, no new search) re-fitted on a stratified "
+        f"sample of whole training patients ({_e(seeds)} seeds per fraction, at least one patient per class) and "
+        f"scored on the same test rows: mean ± sd over seeds; 100% is the run itself. Cost: <b>{total:.1f} s</b> "
+        f"for {fits} fits over {len(curves)} runs (stage two never touches an image).{failed}</p>"
+    )
+
+
+# ---------------------------------------------------------------- audits: duplicates
+
+
+def _audits_by_cache(ranked: list[dict]) -> OrderedDict[str, tuple[dict, dict]]:
+    """backbone (or backbone/pooling) -> (first run, its audit), for runs that carry a data audit."""
+    several_poolings = len({run.get("pooling") for run in ranked}) > 1
+    audits: OrderedDict[str, tuple[dict, dict]] = OrderedDict()
+    for run in ranked:
+        audit = run.get("audit") or {}
+        if audit.get("near_duplicates") is not None:
+            audits.setdefault(_group_key(run, several_poolings), (run, audit))
+    return audits
+
+
+def _pair_images(pair: dict, roots: list[Path]):
+    from featx.data.images import load_image
+    from featx.errors import ImageReadError
+
+    images = []
+    for rel in pair.get("ids") or []:
+        path = next((root / rel for root in roots if (root / rel).is_file()), None)
+        if path is None:
+            return None
+        try:
+            images.append(load_image(path, 112))
+        except ImageReadError:
+            return None
+    return images
+
+
+def _near_duplicate_plot(
+    group: str, audit: dict, data_root, random_weights: bool, where, n_pairs: int = 6
+) -> _Plot | None:
+    """The closest evaluated-vs-training pairs as thumbnails, when the images can be found."""
+    roots = [Path(root) for root in (data_root, audit.get("data_root")) if root]
+    pairs = []
+    for pair in (audit["near_duplicates"].get("top_pairs") or [])[:n_pairs]:
+        images = _pair_images(pair, roots)
+        if images is None:
+            return None
+        pairs.append((pair, images))
+    if not pairs:
+        return None
+    columns = min(3, len(pairs))
+    rows = math.ceil(len(pairs) / columns)
+    figure = _figure(2.9 * columns, 1.85 * rows + 0.3)
+    axes = np.atleast_1d(figure.subplots(rows, 2 * columns)).reshape(rows, 2 * columns)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for index, (pair, images) in enumerate(pairs):
+        row, column = divmod(index, columns)
+        for side in range(2):
+            ax = axes[row, 2 * column + side]
+            ax.imshow(images[side])
+            name = Path(pair["ids"][side]).name
+            ax.set_title(f"{pair['splits'][side]}: {name[:22]}", fontsize=6)
+        color = "#b00020" if pair.get("above_threshold") else "#444444"
+        axes[row, 2 * column].text(
+            1.02,
+            -0.08,
+            f"cos {pair['similarity']:.3f}",
+            transform=axes[row, 2 * column].transAxes,
+            ha="center",
+            va="top",
+            fontsize=7,
+            color=color,
+        )
+    return _Plot(
+        f"near_duplicates_{_safe_name(group)}{where.suffix}.png",
+        f"Closest test–training pairs — {group}{where.tag}",
+        _render(figure, random_weights),
+    )
+
+
+def _split_pair_text(entries: list[dict], key: str = "pairs", cross_only: bool = False) -> str:
+    parts = []
+    for entry in entries:
+        a, b = entry.get("splits") or ["?", "?"]
+        if cross_only and a == b:
+            continue
+        same = entry.get("same_patient")
+        extra = f" ({same} same patient)" if same else ""
+        parts.append(f"{_e(a)}–{_e(b)}: {_e(entry.get(key))}{extra}")
+    return "; ".join(parts) or "none"
+
+
+def _audit_section(where, data_root) -> tuple[str, list[_Plot]]:
+    """One dataset's near- and exact-duplicate audits (from its runs' JSON) and the thumbnails of the closest pairs."""
+    audits = _audits_by_cache(where.runs)
+    if not audits:
+        return "<p class='note'>No duplicate audit in these runs (they predate it).</p>", []
+    plots: list[_Plot] = []
+    near_rows, pair_lists, exact_seen, exact_parts = [], [], set(), []
+    for group, (run, audit) in audits.items():
+        near = audit["near_duplicates"]
+        near_rows.append(
+            "<tr>"
+            + "".join(
+                f"<td>{cell}</td>"
+                for cell in (
+                    _e(group),
+                    _e(f"{near.get('n_rows')} × {near.get('dim')}"),
+                    _fmt(near.get("threshold"), 3),
+                    _split_pair_text(near.get("split_pairs") or [], cross_only=True),
+                    f"<b>{_e(near.get('evaluated_with_duplicate_in_training'))}</b> of {_e(near.get('n_evaluated'))}",
+                    _split_pair_text(near.get("split_pairs") or []),
+                    _fmt(near.get("seconds"), 2),
+                )
+            )
+            + "</tr>"
+        )
+        plot = _near_duplicate_plot(group, audit, data_root, _is_random(run), where)
+        if plot is not None:
+            plots.append(plot)
+        else:
+            listed = "".join(
+                f"<tr><td>{_e(p['splits'][0])}: <code>{_e(p['ids'][0])}</code></td><td>{_e(p['splits'][1])}: "
+                f"<code>{_e(p['ids'][1])}</code></td><td>{_fmt(p['similarity'])}</td></tr>"
+                for p in (near.get("top_pairs") or [])[:6]
+            )
+            if listed:
+                pair_lists.append(
+                    f"<p class='note'>{_e(group)}: closest test–training pairs (image files not found "
+                    f"under the data root, so listed by id)</p><table class='small'><tr><th>training</th>"
+                    f"<th>evaluated</th><th>cos</th></tr>{listed}</table>"
+                )
+        exact = audit.get("exact_duplicates") or {}
+        key = json.dumps({k: v for k, v in exact.items() if k != "seconds"}, sort_keys=True, default=str)
+        if key in exact_seen:
+            continue
+        exact_seen.add(key)
+        if exact.get("source") is None:
+            exact_parts.append(f"<li>{_e(group)}: not checked — {_e(exact.get('skipped'))}.</li>")
+            continue
+        examples = "; ".join(
+            " = ".join(f"{_e(s)}:{_e(i)}" for s, i in zip(example["splits"], example["ids"]))
+            for example in (exact.get("examples") or [])[:3]
+        )
+        exact_parts.append(
+            f"<li>{_e(exact.get('n_hashed'))} of {_e(exact.get('n_rows'))} images hashed (sha256 of the files, "
+            f"{_fmt(exact.get('seconds'), 1)} s): <b>{_e(exact.get('duplicate_groups'))}</b> groups of identical files "
+            f"({_e(exact.get('rows_in_groups'))} images); pairs per split pair: "
+            f"{_split_pair_text(exact.get('split_pairs') or [])}"
+            + (f". E.g. {examples}" if examples else "")
+            + ".</li>"
+        )
+    head = (
+        "embeddings",
+        "rows × dims",
+        "threshold",
+        "pairs across splits",
+        "test images with a training near-duplicate",
+        "all pairs per split pair",
+        "seconds",
+    )
+    html_text = (
+        "<h3>Near-duplicate images</h3><table><tr>"
+        + "".join(f"<th>{h}</th>" for h in head)
+        + "</tr>"
+        + "".join(near_rows)
+        + "</table>"
+        "<p class='note'>Pairs of images whose embeddings have a cosine similarity at or above the threshold after "
+        "mean-centring (centring removes the direction every chest X-ray shares), from each cache, over the rows the "
+        "runs used; splits as the runs used them (held-out patients are <i>test</i>). Near duplicates within a "
+        "patient are expected; across splits they let a model see a test image in training. The thumbnails are the "
+        "closest test–training pairs whether or not they pass the threshold (red: at or above).</p>"
+        + _plots_html(plots, "")
+        + "".join(pair_lists)
+        + f"<h3>Exact duplicates (file hash)</h3><ul>{''.join(exact_parts)}</ul>"
+    )
+    return html_text, plots
+
+
 # ---------------------------------------------------------------- the report
 
 
@@ -845,10 +1173,12 @@ def _dataset_plots(where: _DatasetRuns, random_weights: bool) -> dict[str, list[
             classifier_order.append(run["classifier"])
     for key in groups:
         groups[key].sort(key=lambda r: classifier_order.index(r["classifier"]))
-    roc = [p for g, rs in groups.items() if (p := _roc_plot(g, rs, random_weights, where)) is not None]
+    # a plot of one feature file carries the random-weights banner only when its own runs are random (never pixels)
+    random_group = {g: any(_is_random(run) for run in rs) for g, rs in groups.items()}
+    roc = [p for g, rs in groups.items() if (p := _roc_plot(g, rs, random_group[g], where)) is not None]
     best = ranked[0]
     if best.get("task", "binary") != "binary":
-        per_class = _per_class_roc_plot(best, random_weights)
+        per_class = _per_class_roc_plot(best, _is_random(best))
         if per_class is not None:
             roc.insert(0, per_class)
     best_of_group: OrderedDict[str, dict] = OrderedDict()
@@ -859,12 +1189,13 @@ def _dataset_plots(where: _DatasetRuns, random_weights: bool) -> dict[str, list[
         "heatmap": [_heatmap(groups, classifier_order, random_weights, where)],
         "roc": roc,
         "confusion": [
-            p for g, rs in groups.items() if (p := _confusion_plot(g, rs, random_weights, where)) is not None
+            p for g, rs in groups.items() if (p := _confusion_plot(g, rs, random_group[g], where)) is not None
         ],
         "calibration": [
-            p for g, rs in groups.items() if (p := _calibration_plot(g, rs, random_weights, where)) is not None
+            p for g, rs in groups.items() if (p := _calibration_plot(g, rs, random_group[g], where)) is not None
         ],
         "forest": [p for run in best_of_group.values() if (p := _forest_plot(run, random_weights)) is not None],
+        "efficiency": [p for p in (_efficiency_plot(ranked, random_weights, where),) if p is not None],
     }
 
 
@@ -887,7 +1218,11 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
 
     with matplotlib.rc_context(LITERAL_TEXT):
         panels = [_dataset_plots(where, random_weights) for where in groups_of_runs]
-    kinds = ("heatmap", "roc", "confusion", "calibration", "forest")
+        audits = [_audit_section(where, data_root) for where in groups_of_runs]
+    audit_html = {where.dataset.index: html for where, (html, _) in zip(groups_of_runs, audits)}
+    for panel, (_, near_duplicate_plots) in zip(panels, audits):
+        panel["near_duplicates"] = near_duplicate_plots
+    kinds = ("heatmap", "roc", "confusion", "calibration", "forest", "efficiency", "near_duplicates")
     plots = [plot for panel in panels for kind in kinds for plot in panel[kind]]
 
     plots_dir = results_dir / "plots"
@@ -936,7 +1271,13 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
         f"<p>{best_line}</p><nav>{nav}</nav>",
         f"<h2 id='dataset'>Dataset</h2>{_dataset_section(ranked, findings)}",
         "<h2 id='leaderboard'>Leaderboard</h2>"
-        + per_dataset(lambda where, panel: _leaderboard_table(where.runs, rows_by_id)),
+        + per_dataset(
+            lambda where, panel: (
+                _pixel_floor_line(where.runs)
+                + _leaderboard_table(where.runs, rows_by_id)
+                + _split_level_table(where.runs)
+            )
+        ),
         "<h2 id='heatmap'>Test AUC heatmap</h2>" + per_dataset(lambda where, panel: _plots_html(panel["heatmap"], "")),
         "<h2 id='roc'>ROC curves</h2><p class='note'>One panel per backbone, one line per classifier; legend: test "
         "AUC with its 95% CI; the dot marks the threshold chosen on out-of-fold predictions.</p>"
@@ -953,6 +1294,9 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
             if any(run.get("subgroups") for run in runs)
             else _subgroup_section(ranked, [])
         ),
+        "<h2 id='efficiency'>Data efficiency</h2>"
+        + per_dataset(lambda where, panel: _efficiency_section(where.runs, (panel["efficiency"] or [None])[0])),
+        "<h2 id='audits'>Audits</h2>" + per_dataset(lambda where, panel: audit_html[where.dataset.index]),
         f"<h2 id='provenance'>Provenance</h2>{_provenance_section(ranked)}",
     ]
     document = (
@@ -966,10 +1310,10 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
     return out
 
 
-def report_command(results_dir, out, console) -> None:
+def report_command(results_dir, out, console, data_root=None) -> None:
     """`featx report`: write the HTML report and say where it and its plots are."""
     results_dir = Path(results_dir)
-    path = write_report(results_dir, out)
+    path = write_report(results_dir, out, data_root=data_root)
     runs = records.load_runs(results_dir)
     if any(_is_random(run) for run in runs):
         console.print(f"[bold white on red] {RANDOM_BANNER} [/]")
