@@ -10,6 +10,7 @@ Exit codes: 0 success, 2 bad input (one sentence, no traceback), 1 internal fail
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -52,12 +53,27 @@ def _cmd_backbones(args):
 
 
 def _add_manifest(sub) -> None:
-    pm = sub.add_parser("manifest", help="build and check image manifests (CSV)")
+    pm = sub.add_parser("manifest", help="build and check image manifests (CSV); dataset adapters")
     msub = pm.add_subparsers(dest="manifest_command", metavar="ACTION")
     _add_manifest_scan(msub)
     _add_manifest_check(msub)
     _add_manifest_nih(msub)
+    _add_manifest_rsna(msub)
+    _add_manifest_chexpert(msub)
+    _add_manifest_mimic(msub)
     pm.set_defaults(handler=lambda args: pm.print_help() or 2)
+
+
+def _adapter_parser(msub, name: str):
+    """The parser of one dataset adapter, its help from the adapters registry."""
+    from featx.data.adapters import ADAPTERS
+
+    adapter = ADAPTERS[name]
+    description = (
+        f"Write the featx manifest of {adapter.title}, then run `featx manifest check` on it. "
+        f"Reads {adapter.release}. Metadata columns: {', '.join(adapter.metadata)}."
+    )
+    return msub.add_parser(name, help=f"manifest of {adapter.title}", description=description)
 
 
 def _add_manifest_scan(msub) -> None:
@@ -106,7 +122,7 @@ def _cmd_manifest_check(args):
 
 
 def _add_manifest_nih(msub) -> None:
-    p = msub.add_parser("nih", help="build the NIH ChestX-ray14 multi-label manifest from its official files")
+    p = _adapter_parser(msub, "nih")
     p.add_argument("--entries", type=Path, required=True, help="Data_Entry_2017.csv")
     p.add_argument("--train-list", type=Path, required=True, help="train_val_list.txt")
     p.add_argument("--test-list", type=Path, required=True, help="test_list.txt")
@@ -116,7 +132,7 @@ def _add_manifest_nih(msub) -> None:
 
 
 def _cmd_manifest_nih(args):
-    from featx.data.datasets import nih_manifest_command
+    from featx.data.adapters.nih import nih_manifest_command
 
     nih_manifest_command(
         entries=args.entries,
@@ -126,6 +142,73 @@ def _cmd_manifest_nih(args):
         out=args.out,
         console=_console(),
     )
+
+
+_UNCERTAIN_HELP = (
+    "uncertain (-1) labels: zeros (U-Zeros, default), ones (U-Ones), ignore (U-Ignore: the image is left out), "
+    "published (U-Ones for Atelectasis and Edema, U-Zeros for the rest), or per label, e.g. 'Edema=ones,zeros'"
+)
+_LABELS_HELP = (
+    "observations to label: all (the 14, default), competition (Atelectasis, Cardiomegaly, Consolidation, Edema, "
+    "Pleural Effusion) or a comma list; one label gives a binary manifest (label vs negative)"
+)
+
+
+def _add_manifest_rsna(msub) -> None:
+    p = _adapter_parser(msub, "rsna")
+    p.add_argument("--root", type=Path, required=True, help="the release folder (also the data root)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="manifest CSV to write")
+    p.add_argument(
+        "--label", default="any-box", help="any-box (Lung Opacity vs negative, default) or class (the three-way class)"
+    )
+    p.add_argument("--test-fraction", type=float, default=0.2, help="share of patients held out as test (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the patient hold-out")
+    p.set_defaults(handler=_cmd_manifest_rsna)
+
+
+def _cmd_manifest_rsna(args):
+    from featx.data.adapters.rsna import rsna_manifest_command
+
+    rsna_manifest_command(args.root, args.out, args.label, args.test_fraction, args.seed, _console())
+
+
+def _add_manifest_chexpert(msub) -> None:
+    p = _adapter_parser(msub, "chexpert")
+    p.add_argument("--root", type=Path, required=True, help="the CheXpert-v1.0(-small) folder (also the data root)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="manifest CSV to write")
+    p.add_argument("--labels", default="all", help=_LABELS_HELP)
+    p.add_argument("--uncertain", default="zeros", help=_UNCERTAIN_HELP)
+    p.add_argument("--view", default="all", help="frontal, lateral or all (default)")
+    p.add_argument("--valid-split", default="test", help="split of valid.csv's images: test (default) or val")
+    p.set_defaults(handler=_cmd_manifest_chexpert)
+
+
+def _cmd_manifest_chexpert(args):
+    from featx.data.adapters.chexpert import chexpert_manifest_command
+
+    chexpert_manifest_command(args.root, args.out, args.labels, args.uncertain, args.view, args.valid_split, _console())
+
+
+def _add_manifest_mimic(msub) -> None:
+    p = _adapter_parser(msub, "mimic")
+    p.add_argument("--root", type=Path, required=True, help="the mimic-cxr-jpg/2.0.0 folder (also the data root)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="manifest CSV to write")
+    p.add_argument("--labels", default="all", help=_LABELS_HELP)
+    p.add_argument("--uncertain", default="zeros", help=_UNCERTAIN_HELP)
+    p.add_argument(
+        "--view",
+        default="all",
+        help="ViewPosition filter: all (default), frontal (PA, AP), lateral (LATERAL, LL) "
+        "or a comma list such as PA,AP",
+    )
+    p.add_argument("--labeller", default="chexpert", help="label file: chexpert (default) or negbio")
+    p.set_defaults(handler=_cmd_manifest_mimic)
+
+
+def _cmd_manifest_mimic(args):
+    from featx.data.adapters.mimic import mimic_manifest_command
+
+    mimic_manifest_command(args.root, args.out, args.labels, args.uncertain, args.view, args.labeller, _console())
 
 
 def _add_fetch(sub) -> None:
@@ -143,6 +226,7 @@ def _cmd_fetch(args):
 
 
 def _add_extract(sub) -> None:
+    from featx.data.dicom import DEFAULT_WINDOW, DICOM_WINDOWS  # no pydicom import until a DICOM is read
     from featx.data.images import RESIZE_MODES
     from featx.extract.backbones import POOLINGS  # the registry only: no TensorFlow at import time
 
@@ -161,20 +245,32 @@ def _add_extract(sub) -> None:
         "--image-size", type=_positive_int, default=None, help="square input size (default: backbone's native)"
     )
     p.add_argument("--resize-mode", default="stretch", help=f"one of {list(RESIZE_MODES)} (default stretch)")
+    p.add_argument(
+        "--dicom-window",
+        default=DEFAULT_WINDOW,
+        help=f"DICOM grey levels: one of {list(DICOM_WINDOWS)} (default {DEFAULT_WINDOW}: the file's VOI LUT or "
+        "first WindowCenter/Width, else the stored bit range; minmax: each image's range; percentile: 0.5-99.5%%)",
+    )
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--mixed-precision", action="store_true", help="float16 compute on a GPU")
     p.add_argument("--force", action="store_true", help="rebuild a cache whose settings differ")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights (recorded in the cache)")
     p.add_argument("--workers", type=_positive_int, default=None, help="decode threads (default: one per core)")
     p.add_argument("--limit", type=_positive_int, default=None, help="only the first N manifest rows (smoke runs)")
+    p.add_argument(
+        "--no-pixels",
+        action="store_true",
+        help="leave out the raw-pixel floor (the 'pixels' backbone, added by default so every leaderboard has it)",
+    )
     p.set_defaults(handler=_cmd_extract)
 
 
 def _cmd_extract(args):
-    from featx.extract.stage import ExtractConfig, extract_command
+    from featx.extract.stage import ExtractConfig, extract_command, with_pixel_floor
 
+    backbones = tuple(b for group in args.backbone for b in _csv_list(group))
     config = ExtractConfig(
-        backbones=tuple(b for group in args.backbone for b in _csv_list(group)),
+        backbones=backbones if args.no_pixels else with_pixel_floor(backbones),
         manifest=args.manifest,
         data_root=args.data_root,
         out_dir=args.out,
@@ -182,6 +278,7 @@ def _cmd_extract(args):
         poolings=_csv_list(args.pooling),
         image_size=args.image_size,
         resize_mode=args.resize_mode,
+        dicom_window=args.dicom_window,
         batch_size=args.batch_size,
         mixed_precision=args.mixed_precision,
         force=args.force,
@@ -221,13 +318,53 @@ def _add_classify(sub) -> None:
         action="store_true",
         help="re-fit every run, even those whose inputs are unchanged since they were fitted",
     )
+    p.add_argument(
+        "--train-fraction",
+        default=None,
+        help="data-efficiency curve: re-fit each run's chosen configuration on these shares of the training "
+        "patients, e.g. 0.01,0.1,0.3,1.0 (no new search; 1.0 is the run itself)",
+    )
+    p.add_argument(
+        "--efficiency-seeds", type=_positive_int, default=3, help="patient subsamples per fraction (default 3)"
+    )
+    p.add_argument(
+        "--no-image-cv",
+        action="store_true",
+        help="skip the audit that cross-validates each run's configuration on plain image folds (saves cv fits/run)",
+    )
+    p.add_argument(
+        "--near-duplicate-threshold",
+        type=float,
+        default=None,
+        help="cosine similarity (mean-centred embeddings) at which two images count as near duplicates (default 0.99)",
+    )
+    p.add_argument(
+        "--subgroups",
+        default=None,
+        help="comma-separated metadata columns (e.g. sex,age_band,view; age_band comes from age): the test AUC with "
+        "its DeLong CI per subgroup and a test of the largest gap, in the run JSON and the report (binary tasks)",
+    )
+    p.add_argument(
+        "--age-bands", default="0,18,40,65", help="age band edges in years for age_band (default 0,18,40,65)"
+    )
+    p.add_argument(
+        "--subgroup-min",
+        type=_positive_int,
+        default=10,
+        help="positives and negatives a subgroup needs for its AUC; smaller ones are listed as too small (default 10)",
+    )
     p.set_defaults(handler=_cmd_classify)
 
 
 def _cmd_classify(args):
+    from featx.classify import audit, efficiency
     from featx.classify.stage import ClassifyConfig
+    from featx.classify.subgroups import parse_age_bands
     from featx.results.finish import classify_command
 
+    threshold = (
+        audit.NEAR_DUPLICATE_THRESHOLD if args.near_duplicate_threshold is None else args.near_duplicate_threshold
+    )
     config = ClassifyConfig(
         features_dir=args.features,
         out_dir=args.out,
@@ -241,6 +378,13 @@ def _cmd_classify(args):
         val_as_test=args.val_as_test,
         quick=args.quick,
         force=args.force,
+        train_fractions=efficiency.check_fractions(_csv_list(args.train_fraction)) if args.train_fraction else (),
+        efficiency_seeds=args.efficiency_seeds,
+        image_cv=not args.no_image_cv,
+        near_duplicate_threshold=audit.check_threshold(threshold),
+        subgroups=_csv_list(args.subgroups) if args.subgroups else (),
+        age_bands=parse_age_bands(args.age_bands),
+        subgroup_min=args.subgroup_min,
     )
     classify_command(config, console=_console())
 
@@ -261,13 +405,19 @@ def _add_report(sub) -> None:
     p = sub.add_parser("report", help="write the self-contained HTML report with plots")
     p.add_argument("--results", type=Path, default=Path("results"))
     p.add_argument("-o", "--out", type=Path, default=None, help="HTML file (default results/report.html)")
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="where the images are, for the near-duplicate thumbnails (default: the data root each cache recorded)",
+    )
     p.set_defaults(handler=_cmd_report)
 
 
 def _cmd_report(args):
     from featx.results.report import report_command
 
-    report_command(results_dir=args.results, out=args.out, console=_console())
+    report_command(results_dir=args.results, out=args.out, console=_console(), data_root=args.data_root)
 
 
 def _add_predict(sub) -> None:
@@ -310,7 +460,11 @@ def _add_demo(sub) -> None:
     p.add_argument(
         "--weights", default="auto", help="auto (imagenet if cached, else random with a banner), imagenet, random"
     )
-    p.add_argument("--backbones", default="mobilenetv3small,resnet50", help="two backbones by default")
+    p.add_argument(
+        "--backbones",
+        default="pixels,mobilenetv3small,resnet50",
+        help="comma-separated backbones (default: the raw-pixel floor and two CNNs; --quick: pixels,tiny)",
+    )
     p.add_argument("--classifiers", default="logreg,xgboost,dense")
     p.add_argument("--patients", type=_positive_int, default=120, help="synthetic patients (default 120)")
     p.add_argument("--image-size", type=_positive_int, default=128, help="phantom image size in pixels")
@@ -339,11 +493,13 @@ def _cmd_demo(args):
 
 def _add_bench(sub) -> None:
     pb = sub.add_parser(
-        "bench", help="benchmarks: extract throughput/memory, classify grid time, featx vs training on images"
+        "bench",
+        help="benchmarks: extract throughput/memory, classify grid time, audits and curves, featx vs training on images",
     )
     bsub = pb.add_subparsers(dest="bench_command", metavar="WHAT")
     _add_bench_extract(bsub)
     _add_bench_classify(bsub)
+    _add_bench_analyses(bsub)
     _add_bench_compare(bsub)
     pb.set_defaults(handler=lambda args: pb.print_help() or 2)
 
@@ -403,6 +559,35 @@ def _cmd_bench_classify(args):
     )
 
 
+def _add_bench_analyses(bsub) -> None:
+    p = bsub.add_parser(
+        "analyses", help="time the duplicate audits and the data-efficiency curve on Kermany-sized embeddings"
+    )
+    p.add_argument("--classifier", default="logreg,xgboost,dense")
+    p.add_argument("--train-fraction", default="0.01,0.1,0.3,1.0", help="fractions of the curve")
+    p.add_argument("--efficiency-seeds", type=_positive_int, default=3)
+    p.add_argument("--n-train", type=_positive_int, default=5216)
+    p.add_argument("--n-test", type=_positive_int, default=624)
+    p.add_argument("--dim", type=_positive_int, default=2048)
+    p.add_argument("--n-jobs", type=int, default=2)
+    p.set_defaults(handler=_cmd_bench_analyses)
+
+
+def _cmd_bench_analyses(args):
+    from featx.bench.analyses import bench_analyses_command
+
+    bench_analyses_command(
+        classifiers=_csv_list(args.classifier),
+        fractions=_csv_list(args.train_fraction),
+        seeds=args.efficiency_seeds,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        dim=args.dim,
+        n_jobs=args.n_jobs,
+        console=_console(),
+    )
+
+
 def _add_bench_compare(bsub) -> None:
     from featx.bench.compare import CompareConfig
 
@@ -446,6 +631,69 @@ def _cmd_bench_compare(args):
     bench_compare_command(config, console=_console())
 
 
+# ---------------------------------------------------------------- errors under make
+
+# The Makefile variable for each CLI flag (the Makefile's "#:" lines list them). Under make an error that
+# suggests a flag also names the variable the user types there. Per command first, then the common ones.
+MAKE_VARIABLES: dict[str, dict[str, str]] = {
+    "": {
+        "--force": "force=1",
+        "--weights": "weights=...",
+        "--manifest": "manifest=CSV",
+        "--data-root": "data=DIR",
+        "--image-size": "image_size=N",
+        "--resize-mode": "resize_mode=...",
+        "--dicom-window": "dicom_window=...",
+        "--batch-size": "batch_size=N",
+        "--mixed-precision": "mixed_precision=1",
+        "--workers": "workers=N",
+        "--limit": "limit=N",
+        "--seed": "seed=N",
+        "--features": "features=DIR",
+        "--classifier": "classifiers=...",
+        "--cv": "cv=N",
+        "--n-jobs": "n_jobs=N",
+        "--threshold-rule": "threshold=RULE",
+        "--val-as-test": "val_as_test=1",
+        "--quick": "quick=1",
+        "--subgroups": "subgroups=...",
+        "--age-bands": "age_bands=...",
+        "--subgroup-min": "subgroup_min=N",
+        "--no-pixels": "no_pixels=1",
+        "--train-fraction": "train_fraction=...",
+        "--efficiency-seeds": "efficiency_seeds=N",
+        "--no-image-cv": "no_image_cv=1",
+        "--near-duplicate-threshold": "near_duplicate_threshold=...",
+        "--results": "results=DIR",
+        "--model": "model=PATH",
+    },
+    "extract": {"--backbone": "backbone=NAME", "--out": "features=DIR", "--pooling": "pooling=..."},
+    "classify": {"--backbone": "backbones=...", "--out": "results=DIR", "--pooling": "poolings=..."},
+    "predict": {"--out": "out=FILE"},
+}
+
+
+def make_hint(message: str, command: str | None) -> str:
+    """The message with ' (make: force=1, ...)' before its final period for the flags it names; else unchanged.
+
+    Flags inside a quoted command (`featx extract ... --force`) map with that command's variables, the others
+    with `command`'s.
+    """
+
+    def variables(text: str, verb: str | None) -> list[str]:
+        table = {**MAKE_VARIABLES[""], **MAKE_VARIABLES.get(verb or "", {})}
+        return [table[flag] for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]*", text) if flag in table]
+
+    found = []
+    for verb, text in re.findall(r"`featx (\w+)([^`]*)`", message):
+        found += variables(text, verb)
+    found += variables(re.sub(r"`featx \w+[^`]*`", "", message), command)
+    if not found:
+        return message
+    hint = f" (make: {', '.join(dict.fromkeys(found))})"
+    return f"{message[:-1]}{hint}." if message.endswith(".") else message + hint
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -483,7 +731,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = args.handler(args)
     except FeatxError as error:
-        print(f"featx: error: {error}", file=sys.stderr)
+        from featx.config import via_make
+
+        message = make_hint(str(error), args.command) if via_make() else str(error)
+        print(f"featx: error: {message}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("featx: interrupted", file=sys.stderr)

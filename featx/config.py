@@ -1,4 +1,4 @@
-"""Cache locations and usable cores: the only place featx reads the environment."""
+"""Cache locations, usable cores and how featx was started: the only place featx reads the environment."""
 
 from __future__ import annotations
 
@@ -34,3 +34,8 @@ def usable_cores() -> int:
 def default_workers() -> int:
     """Decode threads: one per usable core, at least one."""
     return usable_cores()
+
+
+def via_make() -> bool:
+    """True when the Makefile started featx (it exports FEATX_VIA_MAKE=1): errors then name make variables."""
+    return os.environ.get("FEATX_VIA_MAKE") == "1"

@@ -1,15 +1,21 @@
 """The scikit-learn estimators featx adds to its classifier registry.
 
-- `EarlyStoppingXGB`: an XGBClassifier that stops on an inner stratified split, so the
+- `EarlyStoppingXGB`: XGBoost (native API) that stops on an inner stratified split, so the
   large tree caps in the grid cost nothing once the validation loss stops falling;
 - `DenseHead`: a small Keras head (0 hidden layers = the pooled softmax of Paterakis
   et al.; 256/1024 ReLU units with dropout = their Dense-1024 head).
+
+Each also has `candidate_probabilities(candidates, X_fit, y_fit, X_eval)`, the search's
+fast path: a fold's grid points fitted together (one binned matrix; heads side by side),
+each with the answer its own `fit` gives.
 
 Both follow scikit-learn's estimator contract (`__init__` stores arguments only, fitted
 state ends in `_`, `fit` returns self), so GridSearchCV, clone and joblib treat them like
 any other estimator. XGBoost and TensorFlow are imported inside `fit`, so importing this
 module stays fast. Joblib bundles pickle an estimator by class path: registry.py imports
-both classes, so bundles written when they lived there still load.
+both classes, so bundles written when they lived there still load. Both fits run with
+Ctrl-C deferred (featx.runtime.interrupts_deferred) and stop early at their next round
+or epoch once it arrives, so a Ctrl-C never lands inside XGBoost's native callbacks.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from contextlib import contextmanager
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, validate_data
+
+from featx.runtime import interrupt_pending, interrupts_deferred
 
 # ---------------------------------------------------------------- XGBoost
 
@@ -147,11 +155,12 @@ class EarlyStoppingXGB(ClassifierMixin, BaseEstimator):
 
         X_train, y_train, w_train = rows(train_rows)
         common = dict(max_bin=int(self.max_bin), nthread=int(self.n_jobs))
-        train = xgboost.QuantileDMatrix(X_train, y_train, weight=w_train, **common)
-        valid = None
-        if valid_rows is not None:
-            X_valid, y_valid, w_valid = rows(valid_rows)
-            valid = xgboost.QuantileDMatrix(X_valid, y_valid, weight=w_valid, ref=train, **common)
+        with interrupts_deferred():  # QuantileDMatrix reads numpy through XGBoost's ctypes data iterator
+            train = xgboost.QuantileDMatrix(X_train, y_train, weight=w_train, **common)
+            valid = None
+            if valid_rows is not None:
+                X_valid, y_valid, w_valid = rows(valid_rows)
+                valid = xgboost.QuantileDMatrix(X_valid, y_valid, weight=w_valid, ref=train, **common)
         return {"train": train, "valid": valid}
 
     def _train(self, matrices: dict, scale_pos_weight: float):
@@ -178,14 +187,18 @@ class EarlyStoppingXGB(ClassifierMixin, BaseEstimator):
         else:
             params.update(objective="multi:softprob", eval_metric="mlogloss", num_class=n_classes)
         valid = matrices["valid"]
-        booster = xgboost.train(
-            params,
-            matrices["train"],
-            num_boost_round=int(self.n_estimators),
-            evals=[(valid, "validation")] if valid is not None else (),
-            early_stopping_rounds=int(self.early_stopping_rounds) if valid is not None else None,
-            verbose_eval=False,
-        )
+        # A KeyboardInterrupt raised inside XGBoost's native callbacks corrupts the heap: Ctrl-C is deferred,
+        # stops the boosting at the next round, and is raised when training returns.
+        with interrupts_deferred():
+            booster = xgboost.train(
+                params,
+                matrices["train"],
+                num_boost_round=int(self.n_estimators),
+                evals=[(valid, "validation")] if valid is not None else (),
+                early_stopping_rounds=int(self.early_stopping_rounds) if valid is not None else None,
+                verbose_eval=False,
+                callbacks=[_stop_on_interrupt()],
+            )
         best = getattr(booster, "best_iteration", None) if valid is not None else None
         self.best_iteration_ = int(best) if best is not None else int(self.n_estimators) - 1
         self.n_estimators_ = self.best_iteration_ + 1
@@ -224,6 +237,17 @@ class EarlyStoppingXGB(ClassifierMixin, BaseEstimator):
         """The most probable class per row."""
         check_is_fitted(self, "booster_")
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+
+def _stop_on_interrupt():
+    """An XGBoost training callback that ends boosting once Ctrl-C arrived (see featx.runtime)."""
+    from xgboost.callback import TrainingCallback
+
+    class StopOnInterrupt(TrainingCallback):
+        def after_iteration(self, model, epoch, evals_log) -> bool:
+            return interrupt_pending()
+
+    return StopOnInterrupt()
 
 
 # ---------------------------------------------------------------- Keras dense head
@@ -273,7 +297,8 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         """Standardise X and train the head (early stopping on an inner split where rows allow); returns self."""
         data = self._prepare(X, y)
         trainer = _trainer([self], data)
-        epochs = trainer.train(self, data)
+        with interrupts_deferred():  # Ctrl-C ends the epoch loop after an epoch, then is raised
+            epochs = trainer.train(self, data)
         self.model_ = trainer.standalone(0)
         self.n_epochs_, self.best_epoch_ = epochs[0]
         return self
@@ -297,7 +322,8 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             group = [models[i] for i in members]
             data = group[0]._prepare(X_fit, y_fit)
             trainer = _trainer(group, data)
-            trainer.train(group[0], data)
+            with interrupts_deferred():  # Ctrl-C ends the epoch loop after an epoch, then is raised
+                trainer.train(group[0], data)
             X_eval = validate_data(group[0], X_eval, dtype=np.float32, reset=False)
             Z_eval = (X_eval - group[0].mean_) / group[0].scale_
             for i, proba in zip(members, trainer.predict_proba(Z_eval, group[0].multilabel_)):
@@ -418,6 +444,9 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         else:  # pragma: no cover
             self.__dict__.update(state)
         if saved is not None:
+            from featx.runtime import import_tensorflow_quietly
+
+            import_tensorflow_quietly()  # unpickling a bundle (featx predict) must not print TensorFlow's start-up noise
             import keras
 
             model = keras.models.model_from_json(saved["config"])
@@ -576,6 +605,8 @@ class _HeadsTrainer:
             for _ in range(int(first.max_epochs)):
                 order = tf.constant(rng.permutation(train_rows).astype(np.int32))
                 losses = self.train_epoch(features, labels, order, batch_size)
+                if interrupt_pending():
+                    break
                 if valid is None:
                     for k, loss in enumerate(np.asarray(losses)):
                         history[k].append(float(loss))

@@ -8,17 +8,18 @@ results stage's writer, featx.results.records.RunWriter) as a FittedRun.
 
 Everything the user can get wrong is checked before the first fit, from the caches'
 headers and row metadata, so a bad cache or flag costs seconds, not a half-finished
-grid. Each cache is hashed once per command (memoised beside it: store.content_sha256)
-and each pooling loaded once.
+grid. Each cache is hashed once per command and each pooling loaded once.
 
-Runs are cached like embeddings: a run whose inputs (run_inputs: the cache's content hash,
-pooling, classifier, estimator settings, grid, search, folds, seed, threshold rule, library
-versions) are unchanged since the sink saved it is not fitted again (`sink.reusable`), unless
-`force`.
+Runs are cached like embeddings: a run whose inputs (run_inputs: the cache's content sha256,
+pooling, classifier, estimator settings, grid, search, folds, seed, threshold rule, every
+other setting that shapes the run record, library versions) are unchanged since the sink
+saved it is not fitted again (`sink.reusable`), unless `force`; its cache is then not even
+read beyond its header.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -29,19 +30,23 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from featx.classify import evaluate
+from featx.classify import audit, efficiency, evaluate
 from featx.classify import registry as classifiers
+from featx.classify import subgroups as subgroup_auc
 from featx.classify.scoring import predict_scores, task_for
 from featx.config import usable_cores
 from featx.errors import CacheError, ClassifyError, one_of_message
 from featx.extract import store
 from featx.extract.backbones import POOLINGS
+from featx.files import file_sha256
 from featx.runtime import library_versions
 
 TRAIN_SPLITS = ("train", "val")
 HOLDOUT_FRACTION = 0.2
 # Part of every run's input key: bump it when how a run is fitted changes in a way its other inputs do not show.
 INPUT_KEY_VERSION = 1
+# ClassifyConfig fields that name which runs to do or how fast, not what a run's record holds: not input-key parts
+NOT_INPUTS = ("features_dir", "out_dir", "backbones", "classifiers", "poolings", "n_jobs", "force")
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,13 @@ class ClassifyConfig:
     threshold_rule: str = "youden"
     val_as_test: bool = False
     quick: bool = False
+    train_fractions: tuple[float, ...] = ()  # data-efficiency curve: shares of training patients; () = no curve
+    efficiency_seeds: int = efficiency.DEFAULT_SEEDS
+    image_cv: bool = True  # audit: also cross-validate the chosen configuration on plain image folds
+    near_duplicate_threshold: float = audit.NEAR_DUPLICATE_THRESHOLD
+    subgroups: tuple[str, ...] = ()  # metadata columns (or age_band) to report test AUCs per value of
+    age_bands: tuple[float, ...] = subgroup_auc.DEFAULT_AGE_BANDS
+    subgroup_min: int = subgroup_auc.DEFAULT_MIN_COUNT  # positives and negatives a subgroup needs for its AUC
     force: bool = False  # fit every run, even one whose inputs are unchanged since it was saved
 
 
@@ -75,7 +87,8 @@ class RunPlan:
 
     @property
     def run_id(self) -> str:
-        return f"{self.backbone}__{self.pooling}__{self.classifier}"
+        """'<cache file stem>__<pooling>__<classifier>': two caches of one backbone (tiny.h5, tiny_32px.h5) never collide."""
+        return f"{Path(self.cache).name.removesuffix(store.SUFFIX)}__{self.pooling}__{self.classifier}"
 
 
 @dataclass(frozen=True)
@@ -99,13 +112,18 @@ class FittedRun:
     task: str
     classes: list[str]
     data: dict  # row and patient counts, class counts, test source, dropped failures
-    search: Any  # the fitted GridSearchCV / HalvingGridSearchCV
+    search: Any  # the fitted search.FoldSearch
     threshold: dict | None  # chosen on out-of-fold training scores (binary); None otherwise
     test_metrics: dict
     test_ids: list[str]
     y_test: np.ndarray
     test_score: np.ndarray
     timings: dict
+    efficiency: dict | None = None  # classify.efficiency.efficiency_curve, when train_fractions were given
+    audit: dict | None = None  # classify.audit: data_audit of the cache + split_levels of this run
+    test_meta: dict[str, list[str]] = field(default_factory=dict)  # manifest metadata of the test rows
+    subgroups: dict | None = None  # classify.subgroups.subgroup_analysis, when config.subgroups asks for it
+
     input_key: str = ""  # sha256 of `inputs`: a later command reuses the run while it is unchanged
     inputs: dict = field(default_factory=dict)  # run_inputs(...)
 
@@ -128,13 +146,13 @@ class ReusableRun:
 
 
 class RunSink(Protocol):
-    """Where finished runs go: `prepare` is called after planning and before the first fit.
+    """Where finished runs go: `prepare` gets the plans after planning and before the first fit.
 
     `reusable(plan, input_key)` answers whether the sink holds that run fitted from the same
     inputs (then it is not fitted again); `save` stores a fitted run and returns where.
     """
 
-    def prepare(self) -> None: ...
+    def prepare(self, plans: Sequence[RunPlan]) -> None: ...
 
     def reusable(self, plan: RunPlan, input_key: str) -> ReusableRun | None: ...
 
@@ -165,11 +183,15 @@ def _find_caches(config: ClassifyConfig) -> list[Path]:
     for name in wanted:
         if name in unusable:
             store.read_header(unusable[name])  # raises the CacheError that says what is wrong with it
-            raise CacheError(f"Feature file '{unusable[name]}' is not a complete featx cache; rebuild it with --force.")
+            raise CacheError(
+                f"Feature file '{unusable[name]}' is not a complete featx cache; "
+                f"rebuild it with `{store.extract_command(unusable[name])}`."
+            )
         if name not in complete:
             raise CacheError(
                 f"Feature file '{partial[name]}' is incomplete (an extract was interrupted or is still running); "
-                "finish it by re-running the same `featx extract` (it resumes), or leave it out with --backbone."
+                f"finish it with `{store.extract_command(partial[name], force=False)}` (it resumes), "
+                "or leave it out with --backbone."
             )
     return [complete[name] for name in wanted]
 
@@ -184,6 +206,13 @@ def _check_options(config: ClassifyConfig) -> None:
             raise ClassifyError(one_of_message("pooling", pooling, POOLINGS))
     if config.cv < 2:
         raise ClassifyError(f"The 'cv' parameter must be at least 2 folds. Got {config.cv} instead.")
+    efficiency.check_fractions(config.train_fractions)
+    efficiency.check_seeds(config.efficiency_seeds)
+    audit.check_threshold(config.near_duplicate_threshold)
+    if config.subgroups:
+        subgroup_auc.parse_age_bands(",".join(str(edge) for edge in config.age_bands))
+        if config.subgroup_min < 1:
+            raise ClassifyError(f"The subgroup minimum must be at least 1. Got {config.subgroup_min} instead.")
     # The rule is checked on a toy example so a typo fails now, not after the grid search.
     evaluate.choose_threshold(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.4, 0.6]), rule=config.threshold_rule)
 
@@ -282,7 +311,7 @@ def _check_finite(path: Path, pooling: str) -> None:
     if bad:
         raise ClassifyError(
             f"Feature file '{path}' has {bad} NaN or infinite values in embeddings/{pooling} "
-            f"({bad_rows} rows); rebuild it with `featx extract ... --force`."
+            f"({bad_rows} rows); rebuild it with `{store.extract_command(path)}`."
         )
 
 
@@ -290,8 +319,8 @@ def plan_runs(config: ClassifyConfig) -> list[RunPlan]:
     """Validate every input before any fit; the runs to do, grouped by cache and pooling.
 
     Reads each cache's header and row metadata (no embedding matrix is read and no file is hashed
-    here). Raises a FeatxError on the first problem. The embeddings' finiteness is checked by
-    check_embeddings, for the runs that will be fitted.
+    here). Raises a FeatxError on the first problem. The caches' checksums and the embeddings'
+    finiteness are checked by check_embeddings, for the runs that will be fitted.
     """
     _check_options(config)
     headers = [store.read_header(path) for path in _find_caches(config)]
@@ -302,10 +331,13 @@ def plan_runs(config: ClassifyConfig) -> list[RunPlan]:
         rows_meta = store.read_rows(header.path)
         rows = split_rows(rows_meta, config)
         _check_classes(rows_meta, rows.test, "test")
+        classes = [str(c) for c in rows_meta.classes]
+        task = task_for(rows_meta.y, classes)
+        if config.subgroups:
+            subgroup_auc.check_subgroups(config.subgroups, list(rows_meta.meta), task, header.path)
         groups = np.asarray(rows_meta.patient_id).astype(str)[rows.train]
         evaluate.grouped_splits(rows_meta.y[rows.train], groups, config.cv, config.seed, classes=rows_meta.classes)
-        classes = [str(c) for c in rows_meta.classes]
-        facts = dict(task=task_for(rows_meta.y, classes), n_classes=len(classes), n_train_rows=len(rows.train))
+        facts = dict(task=task, n_classes=len(classes), n_train_rows=len(rows.train))
         for pooling in poolings:
             for classifier in config.classifiers:
                 plans.append(RunPlan(header.path, header.backbone, pooling, classifier, **facts))
@@ -313,7 +345,13 @@ def plan_runs(config: ClassifyConfig) -> list[RunPlan]:
 
 
 def check_embeddings(plans: Sequence[RunPlan]) -> None:
-    """Every embedding the plans will read is finite: one chunked pass per (cache, pooling); FeatxError otherwise."""
+    """The caches the plans will read are intact and their embeddings finite; FeatxError otherwise.
+
+    Every chunk's checksum and the content sha256 recorded at finish (a damaged cache stops here, with
+    the fix), then one chunked finiteness pass per (cache, pooling).
+    """
+    for cache in dict.fromkeys(plan.cache for plan in plans):
+        store.read_header(cache, verify=True)
     for cache, pooling in dict.fromkeys((plan.cache, plan.pooling) for plan in plans):
         _check_finite(cache, pooling)
 
@@ -322,28 +360,32 @@ def check_embeddings(plans: Sequence[RunPlan]) -> None:
 
 
 def cache_content_hash(path: Path) -> str:
-    """The content hash a run is keyed on: the cache file's sha256 (memoised beside it by the store)."""
-    return store.content_sha256(path)
+    """The content hash a run is keyed on: the content sha256 the store recorded when the cache was finished
+    (read from its header: no pass over the file)."""
+    return str(store.read_header(path).attrs["content_sha256"])
 
 
 def _describe(value):
-    """Estimator parameters as plain JSON: nested estimators by class path, other objects by type."""
+    """Estimator parameters and settings as plain JSON: nested estimators by class path, other objects by type."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (list, tuple)):
         return [_describe(item) for item in value]
     if isinstance(value, dict):
         return {str(key): _describe(item) for key, item in value.items()}
+    if isinstance(value, Path):
+        return str(value)
     if hasattr(value, "get_params"):
         return f"{type(value).__module__}.{type(value).__qualname__}"
     return type(value).__name__
 
 
 def run_inputs(plan: RunPlan, config: ClassifyConfig, content_hash: str) -> dict:
-    """Everything that decides a run's results, as plain JSON: the key of its reuse.
+    """Everything that decides a run's record, as plain JSON: the key of its reuse.
 
     The cache's content, the pooling, the classifier with every estimator setting and its grid,
-    the search strategy, folds, seed, threshold rule, split options, the input-key version and
+    the search strategy, every ClassifyConfig setting but those in NOT_INPUTS (folds, seed,
+    threshold rule, split options, audits, curves, subgroups, ...), the input-key version and
     the library versions. Thread and process counts are left out: they change how fast, not what.
     """
     spec = classifiers.get_classifier(plan.classifier)
@@ -355,9 +397,14 @@ def run_inputs(plan: RunPlan, config: ClassifyConfig, content_hash: str) -> dict
         for key, value in sorted(estimator.get_params(deep=True).items())
         if not (key == "n_jobs" or key.endswith("__n_jobs"))
     }
+    settings = {
+        item.name: _describe(getattr(config, item.name))
+        for item in dataclasses.fields(config)
+        if item.name not in NOT_INPUTS
+    }
     return {
         "input_key_version": INPUT_KEY_VERSION,
-        "feature_sha256": content_hash,
+        "cache_content_sha256": content_hash,
         "pooling": plan.pooling,
         "classifier": plan.classifier,
         "task": plan.task,
@@ -367,11 +414,7 @@ def run_inputs(plan: RunPlan, config: ClassifyConfig, content_hash: str) -> dict
             "strategy": classifiers.search_strategy(plan.classifier, grid, plan.n_train_rows),
             **_describe(spec.search_options),
         },
-        "cv": config.cv,
-        "seed": config.seed,
-        "threshold_rule": config.threshold_rule,
-        "val_as_test": config.val_as_test,
-        "quick": config.quick,
+        "settings": settings,
         "versions": library_versions(),
     }
 
@@ -382,10 +425,20 @@ def input_key(inputs: dict) -> str:
 
 
 def planned_fits(plan: RunPlan, config: ClassifyConfig) -> int:
-    """The fits a run will make (grid points x folds over its search's rounds, plus the refit)."""
+    """The fits a run will make: grid points x folds over its search's rounds, the refit, and the fits of
+    the image-fold audit and the data-efficiency curve when the config asks for them."""
     _, grid = classifiers.build_classifier(plan.classifier, plan.task, plan.n_classes, quick=config.quick)
     n_values = plan.n_classes if plan.task == "multiclass" else 2  # distinct label values (0/1 for multilabel)
-    return classifiers.planned_fits(plan.classifier, grid, plan.n_train_rows, config.cv, n_values)
+    return classifiers.planned_fits(plan.classifier, grid, plan.n_train_rows, config.cv, n_values) + _analysis_fits(
+        config
+    )
+
+
+def _analysis_fits(config: ClassifyConfig) -> int:
+    """Fits of the chosen configuration after the search: the image-fold audit and the curve's subsamples."""
+    audit_fits = config.cv if config.image_cv else 0
+    curve_fits = sum(config.efficiency_seeds for fraction in config.train_fractions if fraction < 1.0)
+    return audit_fits + curve_fits
 
 
 # ---------------------------------------------------------------- one run
@@ -438,13 +491,16 @@ def fit_run(
     plan: RunPlan,
     config: ClassifyConfig,
     features: store.FeatureSet,
+    data_audit: dict | None = None,
     *,
     inputs: dict | None = None,
     on_fits: Callable[[int], object] | None = None,
 ) -> FittedRun:
     """Select, refit and evaluate one backbone x pooling x classifier on a loaded FeatureSet.
 
-    `inputs` (run_inputs) travel with the run so the sink can record its input key.
+    `data_audit` (classify.audit.data_audit of this cache and pooling) joins the run's audit as is.
+    `inputs` (run_inputs) travel with the run so the sink can record its input key. `on_fits(n)` is
+    called as fits finish: the search's, then the audit's and the curve's together.
     """
     started_total = time.perf_counter()
     rows = split_rows(features, config)
@@ -464,13 +520,27 @@ def fit_run(
     predict_s = time.perf_counter() - started
     threshold_value = selection.threshold["value"] if selection.threshold else None
     test_metrics = evaluate.evaluate_test(task, y_test, test_score, classes, threshold_value)
+    run_audit, curve, extra_timings = _audit_and_curve(
+        config, task, selection, X_train, y_train, groups[rows.train], X_test, y_test, test_metrics
+    )
+    if on_fits is not None and _analysis_fits(config):
+        on_fits(_analysis_fits(config))
+    if data_audit is not None:
+        run_audit = {**data_audit, **run_audit}
+    test_meta = {name: np.asarray(values).astype(str)[rows.test].tolist() for name, values in features.meta.items()}
+    subgroup_results = None
+    if config.subgroups:
+        subgroup_results = subgroup_auc.subgroup_analysis(
+            y_test, test_score, test_meta, config.subgroups, config.age_bands, config.subgroup_min
+        )
     timings = {
         "search_s": selection.search_s,
         "refit_s": float(getattr(search, "refit_time_", 0.0) or 0.0),
         "oof_s": selection.oof_s,
         "predict_s": predict_s,
         "total_s": time.perf_counter() - started_total,
-        "n_fits": int(search.n_fits_),
+        "n_fits": int(search.n_fits_) + _analysis_fits(config),
+        **extra_timings,
     }
     return FittedRun(
         plan=plan,
@@ -487,9 +557,59 @@ def fit_run(
         y_test=y_test,
         test_score=test_score,
         timings=timings,
+        efficiency=curve,
+        audit=run_audit,
+        test_meta=test_meta,
+        subgroups=subgroup_results,
         input_key=input_key(inputs) if inputs else "",
         inputs=inputs or {},
     )
+
+
+def _audit_and_curve(config, task, selection, X_train, y_train, groups, X_test, y_test, test_metrics):
+    """The split-level CV audit and the data-efficiency curve of the chosen configuration; their seconds.
+
+    Their fits of the chosen configuration run with the search's CPU split: its parallel fits, its threads each.
+    """
+    from featx.classify.search import with_threads
+
+    search = selection.search
+    best = with_threads(search.best_estimator_, search.threads)  # unfitted: both analyses fit clones of it
+    n_jobs = search.n_jobs
+    run_audit: dict = {"split_levels": None}
+    timings = {}
+    if config.image_cv:
+        run_audit["split_levels"] = audit.split_levels(
+            best,
+            task,
+            X_train,
+            y_train,
+            groups,
+            selection.splits,
+            selection.oof_score,
+            config.cv,
+            config.seed,
+            n_jobs,
+        )
+        timings["image_cv_s"] = run_audit["split_levels"]["seconds"]
+    curve = None
+    if config.train_fractions:
+        curve = efficiency.efficiency_curve(
+            best,
+            task,
+            X_train,
+            y_train,
+            groups,
+            X_test,
+            y_test,
+            config.train_fractions,
+            config.efficiency_seeds,
+            seed=config.seed,
+            run_auc=(test_metrics.get("auc") or {}).get("value"),
+            n_jobs=n_jobs,
+        )
+        timings["efficiency_s"] = curve["seconds"]
+    return run_audit, curve, timings
 
 
 def _data_summary(y: np.ndarray, groups: np.ndarray, rows: RowSplit, classes: list[str]) -> dict:
@@ -564,7 +684,7 @@ def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Pa
 
     Each fitted run is handed to `sink.save` as it finishes and reported in a line with its CV
     and test AUC; one progress bar counts the fits of every run to fit (grid points x folds over
-    each search's rounds, plus refits), with rate and ETA from the first finished task.
+    each search's rounds, refits, audits and curves), with rate and ETA from the first finished task.
     """
     from rich.console import Console
 
@@ -573,14 +693,14 @@ def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Pa
     console = console or Console()
     config = replace(config, n_jobs=resolve_n_jobs(config.n_jobs))
     plans = plan_runs(config)
-    sink.prepare()
-    hashes: dict[Path, str] = {}
+    sink.prepare(plans)
+    content: dict[Path, str] = {}
     paths: dict[RunPlan, Path] = {}
     to_fit: list[tuple[RunPlan, dict]] = []
     for plan in plans:
-        if plan.cache not in hashes:
-            hashes[plan.cache] = cache_content_hash(plan.cache)
-        inputs = run_inputs(plan, config, hashes[plan.cache])
+        if plan.cache not in content:
+            content[plan.cache] = cache_content_hash(plan.cache)
+        inputs = run_inputs(plan, config, content[plan.cache])
         reused = None if config.force else sink.reusable(plan, input_key(inputs))
         if reused is None:
             to_fit.append((plan, inputs))
@@ -600,28 +720,38 @@ def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Pa
 
     check_embeddings([plan for plan, _ in to_fit])
     console.print(f"CPU: {describe_cpu_split([plan.classifier for plan, _ in to_fit], config.n_jobs, config.cv)}.")
-    loaded_key, features = None, None
+    sha256: dict[Path, str] = {}
+    image_hashes: dict = {}  # image-file hashes of the exact-duplicate audit, shared by caches of the same rows
+    loaded_key, features, data_audit = None, None, None
     with progress_bar(console, unit="fits") as progress:
         planned = {plan: planned_fits(plan, config) for plan, _ in to_fit}
         bar = progress.add_task(f"classify: {len(to_fit)} runs", total=sum(planned.values()))
-        done_before = 0
+        done = 0
         for plan, inputs in to_fit:
             progress.update(bar, description=f"{plan.backbone} / {plan.pooling} / {plan.classifier}")
             if loaded_key != (plan.cache, plan.pooling):  # plans are grouped by cache and pooling: load each once
                 features = None
-                features = store.load(plan.cache, plan.pooling, sha256=hashes[plan.cache])
+                if plan.cache not in sha256:
+                    sha256[plan.cache] = file_sha256(plan.cache)
+                features = store.load(plan.cache, plan.pooling, sha256=sha256[plan.cache])
                 loaded_key = (plan.cache, plan.pooling)
-                if split_rows(features, config).test_source == "held_out_patients":
+                rows = split_rows(features, config)
+                if rows.test_source == "held_out_patients":
                     progress.console.print(
                         f"[yellow]{plan.cache.name} has no test rows: holding out {HOLDOUT_FRACTION:.0%} of its "
-                        f"patients (stratified, seed {config.seed}) as the test set.[/yellow]"
+                        f"patients (a seeded hash of each patient id, seed {config.seed}) as the test set.[/yellow]"
                     )
+                progress.update(bar, description=f"{plan.backbone} / {plan.pooling}: duplicate audit")
+                data_audit = audit.data_audit(
+                    features, rows.train, rows.test, rows.test_source, config.near_duplicate_threshold, image_hashes
+                )
+                progress.update(bar, description=f"{plan.backbone} / {plan.pooling} / {plan.classifier}")
             assert features is not None
-            run = fit_run(plan, config, features, inputs=inputs, on_fits=lambda n: progress.advance(bar, n))
-            done_before += run.timings["n_fits"]
+            run = fit_run(plan, config, features, data_audit, inputs=inputs, on_fits=lambda n: progress.advance(bar, n))
+            done += run.timings["n_fits"]
             if run.timings["n_fits"] != planned[plan]:  # an estimate that missed: the total follows the facts
                 total = progress.tasks[0].total or 0
-                progress.update(bar, total=total + run.timings["n_fits"] - planned[plan], completed=done_before)
+                progress.update(bar, total=total + run.timings["n_fits"] - planned[plan], completed=done)
             paths[plan] = sink.save(run)
             progress.console.print(_run_line(plan, run))
         progress.update(bar, description=f"classify: {len(to_fit)} runs fitted")

@@ -9,7 +9,9 @@ backbone come from one forward pass.
 
 from __future__ import annotations
 
+import shlex
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,13 +22,14 @@ import numpy as np
 from featx import __version__
 from featx.errors import BackboneError, CacheError, FeatxError, ManifestError
 from featx.extract import store
-from featx.extract.backbones import RANDOM_BANNER
+from featx.extract.backbones import PIXEL_FLOOR, RANDOM_BANNER
 from featx.extract.forward import forward_step
 from featx.files import check_writable_dir
 from featx.progress import progress_bar
-from featx.runtime import library_versions
+from featx.runtime import interrupts_deferred, library_versions
 
 _EXISTENCE_PROBE_ROWS = 20
+FAILURES_SHOWN = 5  # failed images named in the summary; the rest are in <name>.errors.csv
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class ExtractConfig:
     seed: int = 0
     workers: int | None = None
     limit: int | None = None
+    dicom_window: str = "file"  # featx.data.dicom.DICOM_WINDOWS; recorded only when some row is DICOM
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,8 @@ class ExtractSummary:
     weights_label: str
     random_weights: bool = False
     note: str | None = None
+    failed_images: tuple[tuple[str, str], ...] = ()  # (manifest path, reason): the first FAILURES_SHOWN
+    errors_csv: Path | None = None  # every failed image, beside the cache
 
 
 @dataclass
@@ -87,6 +93,15 @@ class _Job:
 # ---------------------------------------------------------------- validation
 
 
+def with_pixel_floor(backbones: Sequence[str]) -> tuple[str, ...]:
+    """The backbones asked for, then the raw-pixel floor (`pixels`) unless it is among them.
+
+    `featx extract` adds it by default, so every leaderboard shows what a backbone adds over raw pixels.
+    """
+    backbones = tuple(backbones)
+    return backbones if not backbones or PIXEL_FLOOR in backbones else (*backbones, PIXEL_FLOOR)
+
+
 def _unique(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
@@ -105,6 +120,43 @@ def _check_manifest_paths(rel_paths: Sequence[str], data_root: Path) -> list[Pat
     return paths
 
 
+def _duplicate_paths_warning(paths: Sequence[str]) -> str | None:
+    """One sentence when manifest rows repeat a path (each copy would be embedded and counted again)."""
+    counts = Counter(paths)
+    repeated = [path for path, n in counts.items() if n > 1]
+    if not repeated:
+        return None
+    extra = sum(counts[path] - 1 for path in repeated)
+    return (
+        f"{len(repeated)} path(s) are listed more than once in the manifest (e.g. {repeated[0]!r}, "
+        f"{counts[repeated[0]]} times), so {extra} extra row(s) embed the same file again and count twice in "
+        "training or test; remove the duplicates (`featx manifest check` lists them)."
+    )
+
+
+def _extract_args(
+    config: ExtractConfig, spec, info, size, poolings, manifest_path: Path, data_root: str, limit, dicom_window: str
+):
+    """The arguments of the `featx extract` command that rebuilds one backbone's cache (recorded in it, so
+    every later complaint about the cache can name the exact command that fixes it)."""
+    parts = ["--backbone", spec.name, "--manifest", str(manifest_path.resolve()), "--data-root", data_root]
+    parts += ["--weights", info.path if info.kind == "file" else info.label]
+    if info.kind == "random":
+        parts += ["--seed", str(int(info.seed))]
+    parts += ["--pooling", ",".join(poolings)]
+    if size[0] == size[1]:  # the CLI takes square sizes only
+        parts += ["--image-size", str(int(size[0]))]
+    if config.resize_mode != "stretch":
+        parts += ["--resize-mode", config.resize_mode]
+    if limit is not None:
+        parts += ["--limit", str(int(limit))]
+    if dicom_window not in (store.NO_DICOM, ExtractConfig.dicom_window):
+        parts += ["--dicom-window", dicom_window]
+    if config.mixed_precision:
+        parts.append("--mixed-precision")
+    return shlex.join(parts)
+
+
 def _versions() -> dict[str, str]:
     """The cache attrs tensorflow_version and keras_version ("absent" where the package is not installed)."""
     versions = library_versions()
@@ -113,8 +165,8 @@ def _versions() -> dict[str, str]:
 
 def _plan(config: ExtractConfig):
     """Check every input and describe each backbone's job; nothing is built or written yet."""
-    from featx.data import images
-    from featx.data.manifest import read_manifest
+    from featx.data import dicom, images
+    from featx.data.manifest import RASTER_SUFFIXES, read_manifest
     from featx.extract import backbones
 
     names = _unique(config.backbones)
@@ -126,6 +178,7 @@ def _plan(config: ExtractConfig):
         raise BackboneError(f"No pooling given; pass --pooling with some of {list(backbones.POOLINGS)}.")
     poolings = tuple(backbones.check_pooling(p) for p in poolings)
     images.check_resize_mode(config.resize_mode)
+    dicom.check_window(config.dicom_window)
     if int(config.batch_size) < 1:
         raise FeatxError(f"The batch size must be a positive integer. Got {config.batch_size!r} instead.")
     if config.limit is not None and int(config.limit) < 1:
@@ -151,6 +204,10 @@ def _plan(config: ExtractConfig):
     )
 
     data_root_text = str(data_root.resolve())
+    # The window changes DICOM pixels only: a manifest without DICOM rows records "none", so the flag cannot
+    # invalidate its caches.
+    has_dicom = any(dicom.is_dicom_path(path, RASTER_SUFFIXES) for path in paths)
+    dicom_window = config.dicom_window if has_dicom else store.NO_DICOM
     jobs = []
     for spec, size, info in zip(specs, sizes, weights):
         attrs = {
@@ -166,6 +223,18 @@ def _plan(config: ExtractConfig):
             "poolings": list(poolings),
             "manifest_sha256": manifest.sha256_hex,
             "data_root": data_root_text,
+            "dicom_window": dicom_window,
+            "extract_args": _extract_args(
+                config,
+                spec,
+                info,
+                size,
+                poolings,
+                manifest_path,
+                data_root_text,
+                n_rows if n_rows < len(manifest) else None,
+                dicom_window,
+            ),
         }
         widths = {pooling: int(spec.embedding_width(pooling, size)) for pooling in poolings}
         job = _Job(
@@ -185,14 +254,16 @@ def _plan(config: ExtractConfig):
 # ---------------------------------------------------------------- the run
 
 
-def _summary(job: _Job, status: str, rows: int, failures: int) -> ExtractSummary:
+def _summary(job: _Job, status: str, rows: int, failures: Sequence[tuple[str, str]]) -> ExtractSummary:
     rate = job.rows_this_run / job.seconds if job.seconds > 0 and job.rows_this_run else 0.0
     return ExtractSummary(
         backbone=job.spec.name,
         path=job.path,
         status=status,
         rows=rows,
-        failures=failures,
+        failures=len(failures),
+        failed_images=tuple(failures[:FAILURES_SHOWN]),
+        errors_csv=store.errors_csv_path(job.path) if failures else None,
         seconds=job.seconds,
         rate=rate,
         weights_label=job.weights.label,
@@ -210,7 +281,11 @@ def run_extract(config: ExtractConfig, console=None) -> list[ExtractSummary]:
     manifest, n_rows, paths, jobs = _plan(config)
     labels = manifest.label_array()[:n_rows]
     ids, split, patient_id = manifest.paths[:n_rows], manifest.splits[:n_rows], manifest.patient_ids[:n_rows]
+    meta = {name: values[:n_rows] for name, values in manifest.meta.items()}
 
+    duplicates = _duplicate_paths_warning(ids)
+    if duplicates:
+        console.print(f"[yellow]warning[/]: {duplicates}", soft_wrap=True)
     for job in jobs:
         for note in job.notes:
             console.print(f"[yellow]{job.spec.name}[/]: {note}")
@@ -218,8 +293,11 @@ def run_extract(config: ExtractConfig, console=None) -> list[ExtractSummary]:
     for job in jobs:
         started = time.perf_counter()
         if store.check_cache(job.path, job.attrs, n_rows, force=config.force):
+            failures = store.read_rows(job.path).failures
+            if failures and not store.errors_csv_path(job.path).exists():
+                store.write_errors_csv(job.path, failures)
             job.seconds = time.perf_counter() - started
-            job.summary = _summary(job, "hit", n_rows, store.count_failures(job.path))
+            job.summary = _summary(job, "hit", n_rows, failures)
             console.print(f"[green]{job.spec.name}[/]: cache hit, {job.path} is up to date (nothing to do).")
         else:
             pending.append(job)
@@ -229,13 +307,26 @@ def run_extract(config: ExtractConfig, console=None) -> list[ExtractSummary]:
         groups.setdefault((tuple(job.image_size), config.resize_mode), []).append(job)
 
     for (size, resize_mode), group in groups.items():
-        _run_group(group, config, size, resize_mode, paths, ids, labels, manifest.classes, split, patient_id, console)
+        rows = _Rows(ids, labels, manifest.classes, split, patient_id, meta)
+        _run_group(group, config, size, resize_mode, paths, rows, console)
     return [job.summary for job in jobs]
 
 
-def _run_group(group, config, size, resize_mode, paths, ids, labels, classes, split, patient_id, console) -> None:
+@dataclass(frozen=True)
+class _Rows:
+    """What every cache of a run stores per row besides its embeddings."""
+
+    ids: Sequence[str]
+    labels: np.ndarray
+    classes: Sequence[str]
+    split: Sequence[str]
+    patient_id: Sequence[str]
+    meta: dict[str, Sequence[str]]
+
+
+def _run_group(group, config, size, resize_mode, paths, rows: _Rows, console) -> None:
     """Open every writer of the group, build its models, then stream one shared decode through all of them."""
-    from featx.data import images
+    from featx.data import dicom, images
     from featx.extract import backbones
 
     versions = _versions()
@@ -245,12 +336,13 @@ def _run_group(group, config, size, resize_mode, paths, ids, labels, classes, sp
             job.writer = store.open_writer(
                 job.path,
                 attrs={**job.attrs, **versions, "created_utc": created},
-                ids=ids,
-                labels=labels,
-                classes=classes,
-                split=split,
-                patient_id=patient_id,
+                ids=rows.ids,
+                labels=rows.labels,
+                classes=rows.classes,
+                split=rows.split,
+                patient_id=rows.patient_id,
                 widths=job.widths,
+                meta=rows.meta,
                 force=config.force,
                 batch_rows=config.batch_size,
             )
@@ -259,7 +351,8 @@ def _run_group(group, config, size, resize_mode, paths, ids, labels, classes, sp
                 console.print(f"[yellow]{job.spec.name}[/]: {job.writer.note}")
         for job in group:
             if job.writer.n_done < job.writer.n_total:
-                console.print(f"Building {job.spec.name} ({job.weights.label} weights, {size[0]}x{size[1]}) ...")
+                weights_text = "no weights" if job.weights.kind == "none" else f"{job.weights.label} weights"
+                console.print(f"Building {job.spec.name} ({weights_text}, {size[0]}x{size[1]}) ...")
                 model = backbones.create_backbone(
                     job.spec, job.weights, size, tuple(job.widths), mixed_precision=config.mixed_precision
                 )
@@ -267,15 +360,24 @@ def _run_group(group, config, size, resize_mode, paths, ids, labels, classes, sp
                 job.predict(np.zeros((1, *size, 3), dtype=np.float32))  # trace now, so rate and ETA are steady
 
         start = min(job.writer.n_done for job in group)
-        n_total = len(ids)
+        n_total = len(rows.ids)
         with progress_bar(console, unit="img") as progress:
             tasks = {
                 id(job): progress.add_task(job.spec.name, total=n_total, completed=job.writer.n_done) for job in group
             }
             for job in group:
                 job.started = time.perf_counter()
+            dicom_window = group[0].attrs["dicom_window"]
+            if dicom_window == store.NO_DICOM:
+                dicom_window = dicom.DEFAULT_WINDOW
             for batch in images.iter_batches(
-                paths, size, resize_mode, batch_size=config.batch_size, start=start, workers=config.workers
+                paths,
+                size,
+                resize_mode,
+                batch_size=config.batch_size,
+                start=start,
+                workers=config.workers,
+                dicom_window=dicom_window,
             ):
                 failed_rows = np.flatnonzero(~batch.ok)
                 reasons = dict(zip(failed_rows.tolist(), (reason for _, reason in batch.errors)))
@@ -286,18 +388,21 @@ def _run_group(group, config, size, resize_mode, paths, ids, labels, classes, sp
                         continue
                     tick = time.perf_counter()
                     embeddings = job.predict(batch.images[offset:])
-                    errors = [(ids[batch.start + row], reasons[row]) for row in failed_rows.tolist() if row >= offset]
-                    writer.write(writer.n_done, embeddings, batch.ok[offset:], errors)
+                    errors = [
+                        (rows.ids[batch.start + row], reasons[row]) for row in failed_rows.tolist() if row >= offset
+                    ]
+                    with interrupts_deferred():  # a chunk and its n_done are written whole; Ctrl-C lands after
+                        writer.write(writer.n_done, embeddings, batch.ok[offset:], errors, batch.sha256[offset:])
                     job.seconds += time.perf_counter() - tick
                     job.rows_this_run += len(batch) - offset
                     progress.update(tasks[id(job)], completed=writer.n_done)
         for job in group:
             status = "resumed" if job.writer.resumed_from > 0 else "built"
-            failures = job.writer.n_failed
             job.seconds = time.perf_counter() - job.started
-            job.writer.finish()
+            with interrupts_deferred():
+                job.writer.finish()
             job.predict = None  # free the model before the next group builds its own
-            job.summary = _summary(job, status, n_total, failures)
+            job.summary = _summary(job, status, n_total, job.writer.failures)
     except KeyboardInterrupt:
         for job in group:
             if job.writer is not None and not job.writer.closed and job.writer.n_done > 0:
@@ -346,12 +451,32 @@ def print_summary(summaries: Sequence[ExtractSummary], console) -> None:
     console.print(table)
     for summary in summaries:
         console.print(f"{summary.backbone}: {summary.path}", soft_wrap=True)
-    if any(summary.failures for summary in summaries):
-        console.print("Failed images are stored as zero rows with ok=False; their reasons are in each cache's /errors.")
+    for summary in summaries:
+        if summary.failures:
+            _print_failures(summary, console)
     if any(summary.random_weights for summary in summaries):
         console.rule(style="bold red")
         console.print(RANDOM_BANNER, style="bold white on red", soft_wrap=True)
         console.rule(style="bold red")
+
+
+def _print_failures(summary: ExtractSummary, console) -> None:
+    """Name the first failed images with their reasons, and where the full list is."""
+    from rich.markup import escape
+
+    console.print(
+        f"[bold red]{summary.backbone}[/]: {summary.failures} image(s) could not be read; they are stored as zero "
+        "rows with ok=False, which classify leaves out:",
+        soft_wrap=True,
+    )
+    for path, reason in summary.failed_images:
+        console.print(f"  {escape(path)}: {escape(reason)}", soft_wrap=True, highlight=False)
+    more = summary.failures - len(summary.failed_images)
+    console.print(
+        f"  {f'... and {more} more; ' if more > 0 else ''}the full list (path, reason) is in {summary.errors_csv}",
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 def extract_command(config: ExtractConfig, console) -> None:

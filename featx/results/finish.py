@@ -23,7 +23,8 @@ class FinishedResults:
     leaderboard_csv: Path
     leaderboard_md: Path
     report: Path | None
-    best_run_id: str
+    best_run_id: str  # the top run of the first dataset (the one with most runs); datasets are never ranked together
+    n_datasets: int = 1
 
 
 def finish_results(results_dir, console, *, manifest=None, data_root=None, announce: bool = True) -> FinishedResults:
@@ -47,7 +48,7 @@ def finish_results(results_dir, console, *, manifest=None, data_root=None, annou
     -------
     FinishedResults
     """
-    from featx.results.report import write_report
+    from featx.results.report import print_subgroups, write_report
 
     results_dir = Path(results_dir)
     runs = records.load_runs(results_dir)
@@ -63,7 +64,7 @@ def finish_results(results_dir, console, *, manifest=None, data_root=None, annou
         best = leaderboard.leaderboard_rows(runs)[0]["run_id"]
         return FinishedResults(runs, csv_path, md_path, report_path, best)
     csv_path, md_path = leaderboard.write_leaderboard(results_dir, runs)
-    leaderboard.print_leaderboard(runs, console)
+    leaderboard.print_leaderboard(runs, console, results_dir)  # warns when the folder holds several datasets
     if announce:
         console.print(f"Leaderboard written to {csv_path} and {md_path}.")
     report = None
@@ -80,8 +81,10 @@ def finish_results(results_dir, console, *, manifest=None, data_root=None, annou
         atomic_write_bytes(results_dir / FINISHED_NAME, _runs_fingerprint(results_dir).encode())
         if announce:
             console.print(f"Report written to {report}.")
-    best = leaderboard.leaderboard_rows(runs)[0]["run_id"]
-    return FinishedResults(runs, csv_path, md_path, report, best)
+    rows = leaderboard.leaderboard_rows(runs)
+    best = rows[0]["run_id"]  # the top run of the first dataset
+    print_subgroups(next(run for run in runs if run["run_id"] == best), console)
+    return FinishedResults(runs, csv_path, md_path, report, best, len(leaderboard.datasets(rows)))
 
 
 def _runs_fingerprint(results_dir: Path) -> str:

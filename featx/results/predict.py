@@ -20,9 +20,8 @@ import numpy as np
 from featx.classify.scoring import class_probabilities
 from featx.errors import BackboneError, BundleError, FeatxError, WeightsError
 from featx.extract.backbones import RANDOM_BANNER
-from featx.files import walk_files
+from featx.files import atomic_write_bytes, missing_reason, walk_files
 from featx.results.records import load_bundle
-
 
 
 def _weights_file(bundle: dict, bundle_path: Path) -> Path:
@@ -32,7 +31,12 @@ def _weights_file(bundle: dict, bundle_path: Path) -> Path:
     candidates = []
     if bundle.get("weights_path"):
         candidates.append(Path(bundle["weights_path"]))
-    candidates += [Path(name), bundle_path.parent / name, bundle_path.parent.parent / name, bundle_path.parent.parent.parent / name]
+    candidates += [
+        Path(name),
+        bundle_path.parent / name,
+        bundle_path.parent.parent / name,
+        bundle_path.parent.parent.parent / name,
+    ]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
         raise BundleError(
@@ -54,6 +58,10 @@ def _weights_info(bundle: dict, bundle_path: Path, spec):
     from featx.extract.backbones import WeightsInfo, resolve_weights
 
     weights = str(bundle["weights"])
+    if weights == "none":
+        if not spec.weightless:
+            raise BundleError(f"Model bundle '{bundle_path}' records no weights for {spec.name!r}, which needs some.")
+        return resolve_weights("none", spec=spec)
     if weights == "random":
         seed = bundle.get("weights_seed")
         if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -64,7 +72,9 @@ def _weights_info(bundle: dict, bundle_path: Path, spec):
         return WeightsInfo(kind="random", label="random", sha256="", seed=int(seed))
     if weights == "imagenet":
         if not spec.imagenet_weights:
-            raise BundleError(f"Model bundle '{bundle_path}' claims ImageNet weights for {spec.name!r}, which has none.")
+            raise BundleError(
+                f"Model bundle '{bundle_path}' claims ImageNet weights for {spec.name!r}, which has none."
+            )
         # not cached: create_backbone tries Keras's download and says where to put the file when that fails
         return WeightsInfo(kind="imagenet", label="imagenet", sha256="", seed=-1)
     return resolve_weights(str(_weights_file(bundle, bundle_path)))
@@ -107,18 +117,21 @@ def _manifest_paths(csv_path: Path, data_root) -> list[Path]:
 def collect_inputs(inputs, data_root=None) -> list[Path]:
     """Image files as given, image files under folders (recursive, sorted), and the rows of manifest CSVs."""
     from featx.data.manifest import IMAGE_SUFFIXES as suffixes
+    from featx.data.manifest import is_image_file
 
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            paths += [file for file in walk_files(path) if file.suffix.lower() in suffixes]
+            paths += [file for file in walk_files(path) if is_image_file(file)]
         elif path.suffix.lower() == ".csv" and path.is_file():
             paths += _manifest_paths(path, data_root)
         elif path.exists():
             paths.append(path)
         else:
-            raise FeatxError(f"Input '{item}' does not exist; pass image files, folders of images or a manifest CSV.")
+            reason = missing_reason(path)
+            what = "does not exist" if reason == "file not found" else f"cannot be read ({reason})"
+            raise FeatxError(f"Input '{item}' {what}; pass image files, folders of images or a manifest CSV.")
     if not paths:
         raise FeatxError(f"No images ({', '.join(suffixes)}) found in {[str(i) for i in inputs]}.")
     return paths
@@ -149,16 +162,19 @@ def _labels(bundle: dict, proba: np.ndarray) -> list[str]:
     return ["|".join(c for c, on in zip(classes, row >= cut) if on) for row in proba]
 
 
-def predict_paths(bundle_path, inputs, data_root=None, batch_size=32, progress=None) -> list[dict]:
+def predict_paths(bundle_path, inputs, data_root=None, batch_size=32, progress=None, bundle=None) -> list[dict]:
     """One dict per image: path, p_<class> per class, predicted_label, error (None when it was read).
 
     Unreadable images get their reason in `error` and None probabilities; the rest
     are still predicted. `progress` (optional) is called with the number of images done.
+    `bundle`: the bundle at bundle_path already loaded with records.load_bundle (else it is loaded here).
     """
+    from featx.data.dicom import DEFAULT_WINDOW
     from featx.data.images import iter_batches
 
     bundle_path = Path(bundle_path)
-    bundle = load_bundle(bundle_path)
+    if bundle is None:
+        bundle = load_bundle(bundle_path)
     paths = collect_inputs([str(i) for i in inputs], data_root)
     from featx.extract.forward import forward_step  # the very forward pass stage one used, so embeddings match
 
@@ -167,7 +183,11 @@ def predict_paths(bundle_path, inputs, data_root=None, batch_size=32, progress=N
     forward = forward_step(model, tuple(bundle["image_size"]), (pooling,))
     classes = [str(c) for c in bundle["classes"]]
     rows: list[dict] = []
-    for batch in iter_batches(paths, tuple(bundle["image_size"]), bundle["resize_mode"], batch_size):
+    window = bundle.get("dicom_window", "none")  # "none": trained without DICOM rows; DICOM inputs get the default
+    window = DEFAULT_WINDOW if window in (None, "none") else window
+    for batch in iter_batches(
+        paths, tuple(bundle["image_size"]), bundle["resize_mode"], batch_size, dicom_window=window
+    ):
         reasons = dict(batch.errors)
         proba = np.empty((0, len(classes)))
         labels: list[str] = []
@@ -201,7 +221,9 @@ def _csv_text(rows: list[dict], bundle: dict) -> str:
     writer.writeheader()
     weights = "random-init" if bundle["weights"] == "random" else bundle["weights"]
     for row in rows:
-        writer.writerow({**{k: ("" if v is None else v) for k, v in row.items()}, "model": bundle["run_id"], "weights": weights})
+        writer.writerow(
+            {**{k: ("" if v is None else v) for k, v in row.items()}, "model": bundle["run_id"], "weights": weights}
+        )
     return buffer.getvalue()
 
 
@@ -231,21 +253,22 @@ def predict_command(model, inputs, data_root, out, as_json, batch_size, console)
     from featx.progress import progress_bar
 
     messages = console if out is not None else Console(stderr=True)
-    bundle = load_bundle(model)
+    bundle = load_bundle(model, warn=lambda text: messages.print(f"[yellow]warning:[/] {text}", soft_wrap=True))
     if bundle["weights"] == "random":
         messages.print(f"[bold white on red] {RANDOM_BANNER} [/]")
     n_images = len(collect_inputs([str(i) for i in inputs], data_root))
     with progress_bar(messages, unit="img", transient=True) as bar:
         task = bar.add_task("predict", total=n_images)
-        rows = predict_paths(model, inputs, data_root, batch_size, progress=lambda n: bar.advance(task, n))
+        rows = predict_paths(
+            model, inputs, data_root, batch_size, progress=lambda n: bar.advance(task, n), bundle=bundle
+        )
     text = _json_text(rows, bundle) if as_json else _csv_text(rows, bundle)
     if out is None:
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
         out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
+        atomic_write_bytes(out, text.encode("utf-8"))  # Ctrl-C or a crash never leaves half a file
     failed = [r for r in rows if r["error"]]
     summary = f"{len(rows) - len(failed)} of {len(rows)} image(s) predicted with {bundle['run_id']}"
     if out is not None:
