@@ -796,10 +796,6 @@ def test_reused_runs_read_no_embeddings_and_hash_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(store, "load", lambda *a, **k: reads.append(("load", a)))
     monkeypatch.setattr(stage, "file_sha256", lambda path: reads.append(("sha256", path)))
     monkeypatch.setattr(stage, "_check_finite", lambda *a: reads.append(("finite", a)))
-    real_header = store.read_header
-    monkeypatch.setattr(
-        store, "read_header", lambda path, verify=False: reads.append(("verify", path)) if verify else real_header(path)
-    )
     classify_runs(config, quiet_console())  # the key comes from the content sha256 in the cache's header
     assert reads == []
 

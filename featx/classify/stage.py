@@ -318,12 +318,13 @@ def _check_finite(path: Path, pooling: str) -> None:
 def plan_runs(config: ClassifyConfig) -> list[RunPlan]:
     """Validate every input before any fit; the runs to do, grouped by cache and pooling.
 
-    Reads each cache's header and row metadata (no embedding matrix is read and no file is hashed
-    here). Raises a FeatxError on the first problem. The caches' checksums and the embeddings'
-    finiteness are checked by check_embeddings, for the runs that will be fitted.
+    Reads each cache's header and row metadata, verifying each cache once (no embedding matrix is
+    held and no file is hashed here). Raises a FeatxError on the first problem. The embeddings'
+    finiteness is checked by check_embeddings, for the runs that will be fitted.
     """
     _check_options(config)
-    headers = [store.read_header(path) for path in _find_caches(config)]
+    # verify: every chunk's checksum and the content sha256, so a damaged cache stops here with the fix
+    headers = [store.read_header(path, verify=True) for path in _find_caches(config)]
     _check_same_manifest(headers)
     plans = []
     for header in headers:
@@ -345,13 +346,7 @@ def plan_runs(config: ClassifyConfig) -> list[RunPlan]:
 
 
 def check_embeddings(plans: Sequence[RunPlan]) -> None:
-    """The caches the plans will read are intact and their embeddings finite; FeatxError otherwise.
-
-    Every chunk's checksum and the content sha256 recorded at finish (a damaged cache stops here, with
-    the fix), then one chunked finiteness pass per (cache, pooling).
-    """
-    for cache in dict.fromkeys(plan.cache for plan in plans):
-        store.read_header(cache, verify=True)
+    """Every embedding the plans will read is finite: one chunked pass per (cache, pooling); FeatxError otherwise."""
     for cache, pooling in dict.fromkeys((plan.cache, plan.pooling) for plan in plans):
         _check_finite(cache, pooling)
 
