@@ -37,6 +37,52 @@ def _console():
     return Console()
 
 
+# ---------------------------------------------------------------- engine options (featx/engines), shared by verbs
+
+
+def _add_engine_options(p, actors: bool = True) -> None:
+    """--engine and the Ray options; `actors` adds the actor-pool options of the verbs that embed images."""
+    p.add_argument(
+        "--engine",
+        default="local",
+        help="local (this process, the default) or ray (a Ray cluster; needs pip install 'featx[ray]')",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster: auto (the one started on this machine with `ray start`), HOST:PORT of its head node, "
+        "or local (a Ray for this command only); default: RAY_ADDRESS if set, else local",
+    )
+    if actors:
+        p.add_argument(
+            "--ray-actors", type=_positive_int, default=None, help="actors (default: one per GPU, else one per CPU)"
+        )
+        p.add_argument(
+            "--ray-cpus-per-actor",
+            type=float,
+            default=None,
+            help="CPU cores each actor reserves to decode with (default: 8 per GPU actor, 1 per CPU actor)",
+        )
+        p.add_argument(
+            "--ray-range-rows",
+            type=_positive_int,
+            default=None,
+            help="manifest rows per work item, a multiple of --batch-size (default: 32 batches, 1,024 rows)",
+        )
+
+
+def _engine_config(args):
+    from featx.engines import EngineConfig
+
+    return EngineConfig(
+        name=args.engine,
+        address=args.ray_address,
+        actors=getattr(args, "ray_actors", None),
+        cpus_per_actor=getattr(args, "ray_cpus_per_actor", None),
+        range_rows=getattr(args, "ray_range_rows", None),
+    )
+
+
 # ---------------------------------------------------------------- verbs: each parser builder beside its handler
 
 
@@ -167,6 +213,7 @@ def _add_extract(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for random weights (recorded in the cache)")
     p.add_argument("--workers", type=_positive_int, default=None, help="decode threads (default: one per core)")
     p.add_argument("--limit", type=_positive_int, default=None, help="only the first N manifest rows (smoke runs)")
+    _add_engine_options(p)
     p.set_defaults(handler=_cmd_extract)
 
 
@@ -188,6 +235,7 @@ def _cmd_extract(args):
         seed=args.seed,
         workers=args.workers,
         limit=args.limit,
+        engine=_engine_config(args),
     )
     extract_command(config, console=_console())
 

@@ -15,13 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
 from featx import __version__
+from featx.engines import LOCAL, EngineConfig, check_engine
 from featx.errors import BackboneError, CacheError, FeatxError, ManifestError
 from featx.extract import store
 from featx.extract.backbones import RANDOM_BANNER
-from featx.extract.forward import forward_step
 from featx.files import check_writable_dir
 from featx.progress import progress_bar
 from featx.runtime import library_versions
@@ -47,6 +45,7 @@ class ExtractConfig:
     seed: int = 0
     workers: int | None = None
     limit: int | None = None
+    engine: EngineConfig = LOCAL  # where the rows are embedded (featx/engines); the cache is written here either way
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,6 @@ class _Job:
     attrs: dict
     widths: dict[str, int]
     writer: store.CacheWriter | None = None
-    predict: object = None
     started: float = 0.0
     seconds: float = 0.0
     rows_this_run: int = 0
@@ -130,6 +128,7 @@ def _plan(config: ExtractConfig):
         raise FeatxError(f"The batch size must be a positive integer. Got {config.batch_size!r} instead.")
     if config.limit is not None and int(config.limit) < 1:
         raise FeatxError(f"The limit must be a positive integer. Got {config.limit!r} instead.")
+    check_engine(config.engine, int(config.batch_size))
     sizes = [backbones.check_image_size(spec, config.image_size) for spec in specs]
 
     manifest_path = Path(config.manifest)
@@ -234,10 +233,11 @@ def run_extract(config: ExtractConfig, console=None) -> list[ExtractSummary]:
 
 
 def _run_group(group, config, size, resize_mode, paths, ids, labels, classes, split, patient_id, console) -> None:
-    """Open every writer of the group, build its models, then stream one shared decode through all of them."""
-    from featx.data import images
-    from featx.extract import backbones
+    """Open every writer of the group, then write the rows the engine embeds (one shared decode for all)."""
+    from featx.engines import get_engine
+    from featx.engines.work import EmbedRequest, ModelRecipe
 
+    engine = get_engine(config.engine)
     versions = _versions()
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
@@ -257,46 +257,46 @@ def _run_group(group, config, size, resize_mode, paths, ids, labels, classes, sp
             if job.writer.note:
                 job.notes.append(job.writer.note)
                 console.print(f"[yellow]{job.spec.name}[/]: {job.writer.note}")
-        for job in group:
-            if job.writer.n_done < job.writer.n_total:
-                console.print(f"Building {job.spec.name} ({job.weights.label} weights, {size[0]}x{size[1]}) ...")
-                model = backbones.create_backbone(
-                    job.spec, job.weights, size, tuple(job.widths), mixed_precision=config.mixed_precision
-                )
-                job.predict = forward_step(model, size, tuple(job.widths))
-                job.predict(np.zeros((1, *size, 3), dtype=np.float32))  # trace now, so rate and ETA are steady
-
-        start = min(job.writer.n_done for job in group)
+        todo = [job for job in group if job.writer.n_done < job.writer.n_total]
         n_total = len(ids)
-        with progress_bar(console, unit="img") as progress:
-            tasks = {
-                id(job): progress.add_task(job.spec.name, total=n_total, completed=job.writer.n_done) for job in group
-            }
-            for job in group:
-                job.started = time.perf_counter()
-            for batch in images.iter_batches(
-                paths, size, resize_mode, batch_size=config.batch_size, start=start, workers=config.workers
-            ):
-                failed_rows = np.flatnonzero(~batch.ok)
-                reasons = dict(zip(failed_rows.tolist(), (reason for _, reason in batch.errors)))
+        if todo:
+            request = EmbedRequest(
+                paths=paths,
+                image_size=size,
+                resize_mode=resize_mode,
+                batch_size=config.batch_size,
+                recipes={
+                    job.spec.name: ModelRecipe(
+                        job.spec.name, job.weights, size, tuple(job.widths), mixed_precision=config.mixed_precision
+                    )
+                    for job in todo
+                },
+                first_rows={job.spec.name: job.writer.n_done for job in todo},
+                workers=config.workers,
+            )
+            with engine.open(request, console) as embedded, progress_bar(console, unit="img") as progress:
+                tasks = {
+                    id(job): progress.add_task(job.spec.name, total=n_total, completed=job.writer.n_done)
+                    for job in group
+                }
                 for job in group:
-                    writer = job.writer
-                    offset = writer.n_done - batch.start
-                    if offset >= len(batch):
-                        continue
-                    tick = time.perf_counter()
-                    embeddings = job.predict(batch.images[offset:])
-                    errors = [(ids[batch.start + row], reasons[row]) for row in failed_rows.tolist() if row >= offset]
-                    writer.write(writer.n_done, embeddings, batch.ok[offset:], errors)
-                    job.seconds += time.perf_counter() - tick
-                    job.rows_this_run += len(batch) - offset
-                    progress.update(tasks[id(job)], completed=writer.n_done)
+                    job.started = time.perf_counter()
+                for rows in embedded:
+                    for job in todo:
+                        part = rows.part(job.spec.name)
+                        if part is None:
+                            continue
+                        first, embeddings, ok, errors = part
+                        tick = time.perf_counter()
+                        job.writer.write(first, embeddings, ok, [(ids[row], reason) for row, reason in errors])
+                        job.seconds += time.perf_counter() - tick
+                        job.rows_this_run += len(ok)
+                        progress.update(tasks[id(job)], completed=job.writer.n_done)
         for job in group:
             status = "resumed" if job.writer.resumed_from > 0 else "built"
             failures = job.writer.n_failed
-            job.seconds = time.perf_counter() - job.started
+            job.seconds = time.perf_counter() - job.started if job.started else 0.0
             job.writer.finish()
-            job.predict = None  # free the model before the next group builds its own
             job.summary = _summary(job, status, n_total, failures)
     except KeyboardInterrupt:
         for job in group:
