@@ -15,6 +15,8 @@ pooling     ?= avg
 classifiers ?= logreg,xgboost,dense
 backbones   ?=
 cv          ?= 5
+engine      ?= local
+ray_address ?=
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
@@ -26,10 +28,10 @@ help:  ## list every target with its one-line description
 $(BIN)/featx: setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,lint]'
+	$(BIN)/pip install --quiet -e '.[test,lint,ray]'
 	@touch $(BIN)/featx
 
-install: $(BIN)/featx  ## create .venv and install featx with its test and lint extras
+install: $(BIN)/featx  ## create .venv and install featx with its test, lint and ray extras
 
 lint: install  ## ruff check, ruff format --check and mypy (CI runs this before the tests)
 	$(BIN)/ruff check .
@@ -55,12 +57,12 @@ demo: install  ## offline end-to-end demo: phantom data -> 2 backbones -> 3 clas
 data: install  ## generate the phantom dataset only (demo/data), the default for extract/classify
 	$(FEATX) demo --data-only
 
-extract: install  ## stage one: make extract backbone=vgg16 [weights=auto|imagenet|random|PATH manifest=... data=... pooling=avg]
+extract: install  ## stage one: make extract backbone=vgg16 [weights=auto|imagenet|random|PATH manifest=... data=... pooling=avg engine=local|ray ray_address=auto|HOST:PORT]
 	@if [ "$(manifest)" = "demo/data/manifest.csv" ] && [ ! -f "$(manifest)" ]; then $(FEATX) demo --data-only; fi
-	$(FEATX) extract --backbone $(backbone) --weights $(weights) --manifest $(manifest) --data-root $(data) --out $(features) --pooling $(pooling)
+	$(FEATX) extract --backbone $(backbone) --weights $(weights) --manifest $(manifest) --data-root $(data) --out $(features) --pooling $(pooling) --engine $(engine) $(if $(ray_address),--ray-address $(ray_address),)
 
-classify: install  ## stage two: make classify [classifiers=logreg,xgboost,dense backbones=vgg16,resnet50 cv=5]
-	$(FEATX) classify --features $(features) --out $(results) --classifier $(classifiers) --cv $(cv) $(if $(backbones),--backbone $(backbones),)
+classify: install  ## stage two: make classify [classifiers=logreg,xgboost,dense backbones=vgg16,resnet50 cv=5 engine=local|ray]
+	$(FEATX) classify --features $(features) --out $(results) --classifier $(classifiers) --cv $(cv) $(if $(backbones),--backbone $(backbones),) --engine $(engine) $(if $(ray_address),--ray-address $(ray_address),)
 
 leaderboard: install  ## print the backbone x classifier leaderboard from results/
 	$(FEATX) leaderboard --results $(results)

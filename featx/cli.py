@@ -249,7 +249,12 @@ def _add_classify(sub) -> None:
     p.add_argument("--pooling", default=None, help="comma-separated poolings (default: every pooling cached)")
     p.add_argument("--cv", type=_positive_int, default=5, help="patient-grouped folds (default 5)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-jobs", type=int, default=1, help="parallel fits (default 1)")
+    p.add_argument(
+        "--n-jobs",
+        type=int,
+        default=None,
+        help="parallel fits (default 1; with --engine ray, -1: every CPU of the cluster)",
+    )
     p.add_argument(
         "--threshold-rule",
         default="youden",
@@ -259,6 +264,7 @@ def _add_classify(sub) -> None:
         "--val-as-test", action="store_true", help="evaluate val rows with test instead of merging them into train"
     )
     p.add_argument("--quick", action="store_true", help="a small grid for smoke runs (not for reporting)")
+    _add_engine_options(p, actors=False)
     p.set_defaults(handler=_cmd_classify)
 
 
@@ -274,10 +280,11 @@ def _cmd_classify(args):
         poolings=_csv_list(args.pooling) if args.pooling else None,
         cv=args.cv,
         seed=args.seed,
-        n_jobs=args.n_jobs,
+        n_jobs=args.n_jobs if args.n_jobs is not None else (-1 if args.engine == "ray" else 1),
         threshold_rule=args.threshold_rule,
         val_as_test=args.val_as_test,
         quick=args.quick,
+        engine=_engine_config(args),
     )
     classify_command(config, console=_console())
 

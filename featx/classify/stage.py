@@ -26,6 +26,7 @@ from joblib import Parallel, delayed
 from featx.classify import evaluate
 from featx.classify import registry as classifiers
 from featx.classify.scoring import AUCScorer, predict_scores, task_for
+from featx.engines import LOCAL, EngineConfig, check_engine, fit_backend
 from featx.errors import CacheError, ClassifyError, one_of_message
 from featx.extract import store
 from featx.extract.backbones import POOLINGS
@@ -48,6 +49,7 @@ class ClassifyConfig:
     threshold_rule: str = "youden"
     val_as_test: bool = False
     quick: bool = False
+    engine: EngineConfig = LOCAL  # where joblib runs the independent fits (featx/engines): this machine or Ray
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ def _check_options(config: ClassifyConfig) -> None:
             raise ClassifyError(one_of_message("pooling", pooling, POOLINGS))
     if config.cv < 2:
         raise ClassifyError(f"The 'cv' parameter must be at least 2 folds. Got {config.cv} instead.")
+    check_engine(config.engine)
     # The rule is checked on a toy example so a typo fails now, not after the grid search.
     evaluate.choose_threshold(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.4, 0.6]), rule=config.threshold_rule)
 
@@ -416,7 +419,7 @@ def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Pa
     written: list[Path] = []
     sha256: dict[Path, str] = {}
     loaded_key, features = None, None
-    with progress_bar(console, unit="runs") as progress:
+    with fit_backend(config.engine, console), progress_bar(console, unit="runs") as progress:
         bar = progress.add_task("classify", total=len(plans))
         for plan in plans:
             progress.update(bar, description=f"{plan.backbone} / {plan.pooling} / {plan.classifier}")

@@ -95,6 +95,7 @@ def ray_session(address: str | None):
     ray.init(address) (shut down after). FeatxError with the address when no cluster answers."""
     ray = import_ray()
     if ray.is_initialized():
+        _quiet_ray_loggers()
         yield ray
         return
     options: dict = {"log_to_driver": False, "logging_level": logging.ERROR}

@@ -103,6 +103,7 @@ def run_record(run: FittedRun) -> dict:
             "threshold_rule": config.threshold_rule,
             "val_as_test": config.val_as_test,
             "quick": config.quick,
+            "engine": config.engine.name,
         },
         "versions": library_versions(),
         "data": run.data,

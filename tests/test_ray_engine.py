@@ -1,0 +1,201 @@
+"""Stage one on the session's local Ray: bit-identical to the local engine, through a killed actor and a killed driver."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from imagetree import make_tree
+from raycluster import alive
+from rich.console import Console
+
+from featx.cli import main
+from featx.engines import LOCAL, EngineConfig, ray_engine
+from featx.extract import store
+from featx.extract.stage import ExtractConfig, run_extract
+
+pytestmark = pytest.mark.ray
+
+BATCH = 8
+RAY = EngineConfig("ray", range_rows=2 * BATCH)
+
+
+def config(manifest: Path, out: Path, engine: EngineConfig = LOCAL) -> ExtractConfig:
+    return ExtractConfig(
+        backbones=("tiny",),
+        manifest=manifest,
+        data_root=manifest.parent,
+        out_dir=out,
+        weights="random",
+        seed=3,
+        poolings=("avg", "max"),
+        batch_size=BATCH,
+        workers=1,
+        engine=engine,
+    )
+
+
+def contents(path: Path) -> tuple[dict, dict]:
+    """Every dataset of a cache (as arrays) and its attributes but the creation time."""
+    found = {}
+    with h5py.File(path, "r") as handle:
+        handle.visititems(lambda name, obj: found.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+        attrs = {key: np.asarray(value).tolist() for key, value in handle.attrs.items() if key != "created_utc"}
+    return found, attrs
+
+
+def assert_bit_identical(want: Path, got: Path) -> None:
+    (want_data, want_attrs), (got_data, got_attrs) = contents(want), contents(got)
+    assert sorted(want_data) == sorted(got_data) and "embeddings/max" in want_data
+    for name, a in want_data.items():
+        b = got_data[name]
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        assert (a.tolist() == b.tolist()) if a.dtype.kind == "O" else (a.tobytes() == b.tobytes()), name
+    assert want_attrs == got_attrs
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """100 32-px PNGs plus four unreadable files (rows 4, 30, 56, 82 or so)."""
+    return make_tree(tmp_path_factory.mktemp("ray_tree") / "data", n=100, size=32, bad=True)
+
+
+@pytest.fixture(scope="module")
+def local_cache(tree, tmp_path_factory) -> Path:
+    return run_extract(config(tree, tmp_path_factory.mktemp("local")))[0].path
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=200)
+
+
+def test_ray_extract_is_bit_identical_to_the_local_engine_and_quiet(ray_cluster, tree, local_cache, tmp_path, capfd):
+    console = quiet()
+    summary = run_extract(config(tree, tmp_path, RAY), console)[0]
+    assert summary.status == "built" and summary.failures == 4
+    assert_bit_identical(local_cache, summary.path)
+    shown = console.file.getvalue()
+    assert "Ray: 7 range(s) of up to 16 rows on 2 Ray actor(s) of 1 CPU each" in shown
+    out, err = capfd.readouterr()
+    assert err == "" and "ray" not in out.lower()  # Ray's own lines stay off the terminal
+
+
+def test_an_actor_killed_mid_run_is_replaced_and_the_cache_is_still_bit_identical(
+    ray_cluster, tree, local_cache, tmp_path, monkeypatch
+):
+    workers, killed = [], []
+    ordered_rows = ray_engine._ordered_rows
+
+    def kill_after_the_first_range(dataset, ranges):
+        for rows in ordered_rows(dataset, ranges):
+            workers.append(int(rows.worker.split("@")[0]))
+            if not killed:  # the actor that embedded range 1 has more ranges queued: kill it
+                os.kill(workers[0], signal.SIGKILL)
+                killed.append(workers[0])
+            yield rows
+
+    monkeypatch.setattr(ray_engine, "_ordered_rows", kill_after_the_first_range)
+    summary = run_extract(config(tree, tmp_path, EngineConfig("ray", range_rows=BATCH)), quiet())[0]
+    assert not alive(killed[0])
+    assert len(set(workers)) == 3  # the two first actors and the one Ray started in place of the killed one
+    assert_bit_identical(local_cache, summary.path)
+
+
+def n_done_of(partial: Path) -> int | None:
+    try:
+        with h5py.File(partial, "r", locking=False) as handle:
+            return int(handle.attrs["n_done"])
+    except (OSError, KeyError):
+        return None
+
+
+def test_a_killed_ray_driver_resumes_with_the_same_command(ray_cluster, tree, local_cache, tmp_path):
+    out = tmp_path / "features"
+    args = [
+        "extract", "--backbone", "tiny", "--weights", "random", "--seed", "3", "--pooling", "avg,max",
+        "--batch-size", str(BATCH), "--workers", "1", "--manifest", str(tree), "--data-root", str(tree.parent),
+        "--out", str(out), "--engine", "ray", "--ray-address", ray_cluster.address, "--ray-range-rows", str(BATCH),
+    ]  # fmt: skip
+    partial = store.partial_path(store.cache_path(out, "tiny"))
+    driver = subprocess.Popen([sys.executable, "-m", "featx.cli", *args], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and driver.poll() is None and not n_done_of(partial):
+            time.sleep(0.01)
+        driver.send_signal(signal.SIGKILL)
+    finally:
+        driver.wait()
+    assert driver.returncode == -signal.SIGKILL, "the driver ended before it could be killed"
+    left_at = n_done_of(partial)
+    assert 0 < left_at < 104
+
+    assert main(args) == 0  # the same command, in this process (which holds the session's Ray)
+    assert not partial.exists() and not store.lock_path(store.cache_path(out, "tiny")).exists()
+    assert_bit_identical(local_cache, store.cache_path(out, "tiny"))
+
+
+# ---------------------------------------------------------------- stage two
+
+
+def test_classify_on_ray_gives_the_local_engine_s_selection_thresholds_and_test_metrics(
+    ray_cluster, tmp_path, monkeypatch
+):
+    from cachefactory import write_signal_cache
+
+    from featx.classify import stage
+    from featx.classify.stage import ClassifyConfig
+    from featx.results.finish import classify_runs
+
+    features = tmp_path / "features"
+    write_signal_cache(features / "tiny.h5", backbone="tiny", seed=0, feature_seed=5)
+    pids = tmp_path / "fold_pids"
+    fold_scores = stage._fold_scores
+
+    def recording_fold_scores(*args):  # pickled by value: notes whether a Ray worker fits the fold
+        import ray
+        from ray._private.worker import WORKER_MODE
+
+        in_ray_worker = ray.is_initialized() and ray.get_runtime_context().worker.mode == WORKER_MODE
+        with open(pids, "a") as log:
+            log.write(f"{os.getpid()}:{in_ray_worker}\n")
+        return fold_scores(*args)
+
+    monkeypatch.setattr(stage, "_fold_scores", recording_fold_scores)
+    runs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        pids.unlink(missing_ok=True)
+        for classifiers, quick in ((("logreg",), False), (("xgboost",), True)):
+            config = ClassifyConfig(
+                features_dir=features,
+                out_dir=out,
+                classifiers=classifiers,
+                cv=3,
+                n_jobs=2,
+                quick=quick,
+                engine=EngineConfig(engine),
+            )
+            classify_runs(config, quiet())
+        runs[engine] = {path.name: json.loads(path.read_text()) for path in sorted((out / "runs").glob("*.json"))}
+        if engine == "ray":
+            fitters = set(pids.read_text().split())
+            assert fitters and all(f.endswith(":True") and not f.startswith(f"{os.getpid()}:") for f in fitters)
+
+    assert sorted(runs["local"]) == ["tiny__avg__logreg.json", "tiny__avg__xgboost.json"] == sorted(runs["ray"])
+    for name, local in runs["local"].items():
+        ray = runs["ray"][name]
+        assert (local["config"].pop("engine"), ray["config"].pop("engine")) == ("local", "ray")
+        for key in ("config", "best_params", "cv_auc_mean", "cv_auc_std", "threshold", "test", "test_predictions"):
+            assert local[key] == ray[key], (name, key)
+        for key in ("params", "mean_test_score", "std_test_score", "rank_test_score"):
+            assert local["cv_results"][key] == ray["cv_results"][key], (name, key)
+    assert len(runs["local"]["tiny__avg__logreg.json"]["cv_results"]["params"]) == 14  # the full logreg grid
