@@ -329,6 +329,7 @@ def _add_predict(sub) -> None:
     p.add_argument("-o", "--out", type=Path, default=None, help="CSV (or JSON with --json) to write; default stdout")
     p.add_argument("--json", action="store_true", help="write JSON instead of CSV")
     p.add_argument("--batch-size", type=_positive_int, default=32)
+    _add_engine_options(p)
     p.set_defaults(handler=_cmd_predict)
 
 
@@ -343,6 +344,7 @@ def _cmd_predict(args):
         as_json=args.json,
         batch_size=args.batch_size,
         console=_console(),
+        engine=_engine_config(args),
     )
 
 

@@ -199,3 +199,25 @@ def test_classify_on_ray_gives_the_local_engine_s_selection_thresholds_and_test_
         for key in ("params", "mean_test_score", "std_test_score", "rank_test_score"):
             assert local["cv_results"][key] == ray["cv_results"][key], (name, key)
     assert len(runs["local"]["tiny__avg__logreg.json"]["cv_results"]["params"]) == 14  # the full logreg grid
+
+
+# ---------------------------------------------------------------- predict
+
+
+def test_predict_on_ray_writes_the_local_engine_s_csv(ray_cluster, tree, local_cache, tmp_path):
+    from featx.classify.stage import ClassifyConfig
+    from featx.results.finish import classify_runs
+    from featx.results.predict import predict_command
+
+    config = ClassifyConfig(
+        features_dir=local_cache.parent, out_dir=tmp_path, classifiers=("logreg",), poolings=("avg",), cv=2, quick=True
+    )
+    classify_runs(config, quiet())
+    bundle = tmp_path / "models" / "tiny__avg__logreg.joblib"
+    written = {}
+    for engine in (LOCAL, EngineConfig("ray", range_rows=2 * BATCH)):
+        written[engine.name] = tmp_path / f"{engine.name}.csv"
+        predict_command(bundle, [str(tree)], None, written[engine.name], False, BATCH, quiet(), engine=engine)
+    local, ray = written["local"].read_text(), written["ray"].read_text()
+    assert local == ray
+    assert len(local.splitlines()) == 1 + 104 and local.count("not an image file") == 1  # every row, errors kept
