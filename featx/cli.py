@@ -195,7 +195,11 @@ def _add_extract(sub) -> None:
     p = sub.add_parser("extract", help="stage one: embed every image once per backbone into features/<backbone>.h5")
     p.add_argument("--backbone", action="append", required=True, help="backbone name(s); repeat or comma-separate")
     p.add_argument("--manifest", type=Path, required=True, help="manifest CSV")
-    p.add_argument("--data-root", type=Path, required=True, help="folder the manifest paths are relative to")
+    p.add_argument(
+        "--data-root",
+        required=True,
+        help="folder the manifest paths are relative to, or an fsspec URL of one (file://, s3://, gs://, ...)",
+    )
     p.add_argument("--out", type=Path, default=Path("features"), help="output folder (default features/)")
     p.add_argument(
         "--weights",

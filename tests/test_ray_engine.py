@@ -29,11 +29,11 @@ BATCH = 8
 RAY = EngineConfig("ray", range_rows=2 * BATCH)
 
 
-def config(manifest: Path, out: Path, engine: EngineConfig = LOCAL) -> ExtractConfig:
+def config(manifest: Path, out: Path, engine: EngineConfig = LOCAL, data_root=None) -> ExtractConfig:
     return ExtractConfig(
         backbones=("tiny",),
         manifest=manifest,
-        data_root=manifest.parent,
+        data_root=manifest.parent if data_root is None else data_root,
         out_dir=out,
         weights="random",
         seed=3,
@@ -53,8 +53,12 @@ def contents(path: Path) -> tuple[dict, dict]:
     return found, attrs
 
 
-def assert_bit_identical(want: Path, got: Path) -> None:
+def assert_bit_identical(want: Path, got: Path, data_root: str | None = None) -> None:
+    """Every dataset and attribute equal (the data root's, when given, is checked against that)."""
     (want_data, want_attrs), (got_data, got_attrs) = contents(want), contents(got)
+    if data_root is not None:
+        assert got_attrs.pop("data_root") == data_root
+        want_attrs.pop("data_root")
     assert sorted(want_data) == sorted(got_data) and "embeddings/max" in want_data
     for name, a in want_data.items():
         b = got_data[name]
@@ -87,6 +91,12 @@ def test_ray_extract_is_bit_identical_to_the_local_engine_and_quiet(ray_cluster,
     assert "Ray: 7 range(s) of up to 16 rows on 2 Ray actor(s) of 1 CPU each" in shown
     out, err = capfd.readouterr()
     assert err == "" and "ray" not in out.lower()  # Ray's own lines stay off the terminal
+
+
+def test_actors_read_a_file_url_data_root_through_fsspec(ray_cluster, tree, local_cache, tmp_path):
+    url = f"file://{tree.parent}"
+    summary = run_extract(config(tree, tmp_path, RAY, data_root=url), quiet())[0]
+    assert_bit_identical(local_cache, summary.path, data_root=url)
 
 
 def test_an_actor_killed_mid_run_is_replaced_and_the_cache_is_still_bit_identical(

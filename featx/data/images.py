@@ -11,6 +11,7 @@ number of images. A file that cannot be read is recorded and its row left zero.
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from collections import deque
@@ -120,18 +121,15 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def read_rgb(path, size=None, resize_mode: str = "stretch") -> Image.Image:
+def read_rgb(path, size=None, resize_mode: str = "stretch", filesystem=None) -> Image.Image:
     """Decode one file to an upright RGB image, at reduced JPEG scale when `size` (h, w) allows it.
 
-    Raises ImageReadError naming the file and the reason.
+    `filesystem` (an fsspec filesystem, featx.data.storage) reads `path` from there; None reads
+    the local file. Raises ImageReadError naming the file and the reason.
     """
-    path = Path(path)
+    path = Path(path) if filesystem is None else path
     try:
-        if not path.is_file():
-            raise _Unreadable("file not found" if not path.exists() else "not a regular file")
-        if path.stat().st_size == 0:
-            raise _Unreadable("empty file (0 bytes)")
-        with Image.open(path) as image:
+        with Image.open(_source(path, filesystem)) as image:
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise _Unreadable(_bomb_reason(width, height))
@@ -154,6 +152,28 @@ def read_rgb(path, size=None, resize_mode: str = "stretch") -> Image.Image:
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for damaged data
         detail = str(exc) or type(exc).__name__
         raise _read_error(path, f"corrupt or truncated image data ({detail})") from None
+
+
+def _source(path, filesystem):
+    """What Image.open reads: the local path, or the file's bytes fetched whole from `filesystem`."""
+    if filesystem is None:
+        if not path.is_file():
+            raise _Unreadable("file not found" if not path.exists() else "not a regular file")
+        if path.stat().st_size == 0:
+            raise _Unreadable("empty file (0 bytes)")
+        return path
+    try:
+        info = filesystem.info(path)
+        if info.get("type") != "file":
+            raise _Unreadable("not a regular file")
+        if not info.get("size"):
+            raise _Unreadable("empty file (0 bytes)")
+        with filesystem.open(path, "rb") as remote:  # one read: object stores answer each seek with a request
+            return io.BytesIO(remote.read())
+    except (FileNotFoundError, PermissionError):
+        raise
+    except OSError as exc:  # the storage failed, not the image
+        raise _Unreadable(f"could not be read from its filesystem ({str(exc) or type(exc).__name__})") from None
 
 
 def resize(image: Image.Image, size, resize_mode: str = "stretch") -> np.ndarray:
@@ -181,11 +201,11 @@ def resize(image: Image.Image, size, resize_mode: str = "stretch") -> np.ndarray
     return np.asarray(out, dtype=np.uint8)
 
 
-def load_image(path, size, resize_mode: str = "stretch") -> np.ndarray:
+def load_image(path, size, resize_mode: str = "stretch", filesystem=None) -> np.ndarray:
     """One file -> (h, w, 3) uint8 RGB at `size` (h, w). ImageReadError(reason) when it cannot be read."""
     size = check_size(size)
     check_resize_mode(resize_mode)
-    return resize(read_rgb(path, size, resize_mode), size, resize_mode)
+    return resize(read_rgb(path, size, resize_mode, filesystem), size, resize_mode)
 
 
 @dataclass
@@ -209,11 +229,12 @@ def iter_batches(
     start: int = 0,
     workers: int | None = None,
     prefetch: int = 2,
+    filesystem=None,
 ) -> Iterator[Batch]:
     """Batches of rows start, start+batch_size, ... in order, decoded `prefetch` batches ahead on threads.
 
     While the caller works on one batch, the next `prefetch` are decoding, so at most
-    prefetch + 1 batch arrays are alive at a time whatever len(paths) is.
+    prefetch + 1 batch arrays are alive at a time whatever len(paths) is. `filesystem`: as in read_rgb.
     """
     size = check_size(size)
     check_resize_mode(resize_mode)
@@ -230,7 +251,8 @@ def iter_batches(
         rows = min(batch_size, len(paths) - batch_start)
         images = np.zeros((rows, *size, 3), dtype=np.float32)
         futures = [
-            pool.submit(_decode_into, images, row, paths[batch_start + row], size, resize_mode) for row in range(rows)
+            pool.submit(_decode_into, images, row, paths[batch_start + row], size, resize_mode, filesystem)
+            for row in range(rows)
         ]
         pending.append((batch_start, images, futures))
 
@@ -256,10 +278,11 @@ def iter_batches(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _decode_into(images: np.ndarray, row: int, path, size: tuple[int, int], resize_mode: str) -> str | None:
+def _decode_into(images: np.ndarray, row: int, path, size: tuple[int, int], resize_mode: str, filesystem) -> str | None:
     """Write one decoded image into its row; the reason string when it cannot be read (the row stays zero)."""
     try:
-        images[row] = load_image(path, size, resize_mode)
+        options = {} if filesystem is None else {"filesystem": filesystem}  # local files: the call it always was
+        images[row] = load_image(path, size, resize_mode, **options)
     except ImageReadError as exc:
         return exc.reason
     return None

@@ -33,7 +33,7 @@ class ExtractConfig:
 
     backbones: tuple[str, ...]
     manifest: Path
-    data_root: Path
+    data_root: Path | str  # a folder, or an fsspec URL (featx.data.storage)
     out_dir: Path = Path("features")
     weights: str = "imagenet"
     poolings: tuple[str, ...] = ("avg",)
@@ -89,15 +89,13 @@ def _unique(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _check_manifest_paths(rel_paths: Sequence[str], data_root: Path) -> list[Path]:
+def _check_manifest_paths(rel_paths: Sequence[str], data_root) -> list:
     """Every path resolved inside the data root; a wrong --data-root is caught when none of the first rows exist."""
-    from featx.data.manifest import resolve_path
-
-    paths = [resolve_path(data_root, rel) for rel in rel_paths]
+    paths = [data_root.resolve(rel) for rel in rel_paths]
     probe = paths[:_EXISTENCE_PROBE_ROWS]
-    if probe and not any(p.exists() for p in probe):
+    if probe and not any(data_root.exists(p) for p in probe):
         raise ManifestError(
-            f"None of the first {len(probe)} manifest paths exist under the data root '{data_root}' "
+            f"None of the first {len(probe)} manifest paths exist under the data root '{data_root.text}' "
             f"(e.g. {rel_paths[0]!r}); check --data-root."
         )
     return paths
@@ -113,6 +111,7 @@ def _plan(config: ExtractConfig):
     """Check every input and describe each backbone's job; nothing is built or written yet."""
     from featx.data import images
     from featx.data.manifest import read_manifest
+    from featx.data.storage import open_data_root
     from featx.extract import backbones
 
     names = _unique(config.backbones)
@@ -136,10 +135,11 @@ def _plan(config: ExtractConfig):
         raise ManifestError(
             f"The manifest '{manifest_path}' does not exist; pass --manifest a CSV file (see `featx manifest scan`)."
         )
-    data_root = Path(config.data_root)
+    data_root = open_data_root(config.data_root)
     if not data_root.is_dir():
         raise ManifestError(
-            f"The data root '{data_root}' is not a folder; pass --data-root the folder the manifest paths are relative to."
+            f"The data root '{data_root.text}' is not a folder; pass --data-root the folder the manifest paths are "
+            "relative to."
         )
     manifest = read_manifest(manifest_path)
     n_rows = len(manifest) if config.limit is None else min(len(manifest), int(config.limit))
@@ -149,7 +149,7 @@ def _plan(config: ExtractConfig):
         config.out_dir, CacheError, "output directory", "pass --out a folder you can write the <backbone>.h5 caches to"
     )
 
-    data_root_text = str(data_root.resolve())
+    data_root_text = data_root.text
     jobs = []
     for spec, size, info in zip(specs, sizes, weights):
         attrs = {
@@ -178,7 +178,7 @@ def _plan(config: ExtractConfig):
         if config.weights == "auto" and info.kind == "random":
             job.notes.append("--weights auto: no ImageNet weights cached, so random weights were used.")
         jobs.append(job)
-    return manifest, n_rows, paths, jobs
+    return manifest, n_rows, paths, jobs, data_root
 
 
 # ---------------------------------------------------------------- the run
@@ -206,7 +206,7 @@ def run_extract(config: ExtractConfig, console=None) -> list[ExtractSummary]:
         from rich.console import Console
 
         console = Console(quiet=True)
-    manifest, n_rows, paths, jobs = _plan(config)
+    manifest, n_rows, paths, jobs, data_root = _plan(config)
     labels = manifest.label_array()[:n_rows]
     ids, split, patient_id = manifest.paths[:n_rows], manifest.splits[:n_rows], manifest.patient_ids[:n_rows]
 
@@ -228,11 +228,16 @@ def run_extract(config: ExtractConfig, console=None) -> list[ExtractSummary]:
         groups.setdefault((tuple(job.image_size), config.resize_mode), []).append(job)
 
     for (size, resize_mode), group in groups.items():
-        _run_group(group, config, size, resize_mode, paths, ids, labels, manifest.classes, split, patient_id, console)
+        _run_group(
+            group, config, size, resize_mode, paths, ids, labels, manifest.classes, split, patient_id, console,
+            decode_options=data_root.decode_options,
+        )  # fmt: skip
     return [job.summary for job in jobs]
 
 
-def _run_group(group, config, size, resize_mode, paths, ids, labels, classes, split, patient_id, console) -> None:
+def _run_group(
+    group, config, size, resize_mode, paths, ids, labels, classes, split, patient_id, console, decode_options=None
+) -> None:
     """Open every writer of the group, then write the rows the engine embeds (one shared decode for all)."""
     from featx.engines import get_engine
     from featx.engines.work import EmbedRequest, ModelRecipe
@@ -273,6 +278,7 @@ def _run_group(group, config, size, resize_mode, paths, ids, labels, classes, sp
                 },
                 first_rows={job.spec.name: job.writer.n_done for job in todo},
                 workers=config.workers,
+                decode_options=decode_options or {},
             )
             with engine.open(request, console) as embedded, progress_bar(console, unit="img") as progress:
                 tasks = {
