@@ -61,7 +61,8 @@ def _add_engine_options(p, actors: bool = True) -> None:
             "--ray-cpus-per-actor",
             type=float,
             default=None,
-            help="CPU cores each actor reserves to decode with (default: 8 per GPU actor, 1 per CPU actor)",
+            help="CPU cores each actor reserves to decode with (default: its node's cores per GPU less one per node for a "
+            "GPU actor, 1 for a CPU actor)",
         )
         p.add_argument(
             "--ray-range-rows",
@@ -396,16 +397,44 @@ def _add_bench(sub) -> None:
 
 
 def _add_bench_extract(bsub) -> None:
-    p = bsub.add_parser("extract", help="bare forward pass vs full extract on large generated JPEGs; peak RSS")
-    p.add_argument("--backbone", default="resnet50")
+    p = bsub.add_parser(
+        "extract",
+        help="bare forward pass vs full extract on large generated JPEGs, peak RSS; --engine ray: Ray vs local",
+    )
+    p.add_argument("--backbone", default="resnet50", help="backbone (--engine ray: comma-separated backbones)")
     p.add_argument("--images", default="256,1024", help="comma-separated image counts to compare peak RSS")
     p.add_argument("--source-size", type=_positive_int, default=1500, help="generated JPEG side in pixels")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    # --engine ray: the Ray engine against the local engine (featx/bench/engines.py)
+    _add_engine_options(p)
+    p.add_argument("--manifest", type=Path, default=None, help="--engine ray: real images instead of generated JPEGs")
+    p.add_argument("--data-root", type=Path, default=None, help="--engine ray: the folder --manifest paths are in")
+    p.add_argument("--image-size", type=_positive_int, default=None, help="--engine ray: input size (default native)")
+    p.add_argument(
+        "--classify", default="", help="--engine ray: also run these classifiers on both caches and compare the runs"
+    )
     p.set_defaults(handler=_cmd_bench_extract)
 
 
 def _cmd_bench_extract(args):
+    if args.engine != "local":
+        from featx.bench.engines import bench_engines_command
+
+        bench_engines_command(
+            backbones=_csv_list(args.backbone),
+            n_images=max(int(n) for n in _csv_list(args.images)),
+            source_size=args.source_size,
+            batch_size=args.batch_size,
+            image_size=args.image_size,
+            engine=_engine_config(args),
+            workdir=args.workdir,
+            console=_console(),
+            manifest=args.manifest,
+            data_root=args.data_root,
+            classify=_csv_list(args.classify),
+        )
+        return
     from featx.bench.extract import bench_extract_command
 
     bench_extract_command(

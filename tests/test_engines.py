@@ -97,3 +97,23 @@ def test_featx_extract_engine_ray_without_the_extra_exits_2_with_one_sentence(tm
         "pip install 'featx[ray]' or use --engine local."
     ]
     assert not (tmp_path / "f" / "tiny.h5").exists()
+
+
+def test_gpu_actors_take_their_node_s_cores_per_gpu_and_cpu_actors_one_core():
+    from featx.engines.ray_engine import actor_layout
+
+    head, gpu_node = {"CPU": 16.0}, {"CPU": 96.0, "GPU": 8.0}
+    layout = actor_layout([head, gpu_node, gpu_node], EngineConfig("ray"))
+    assert (layout.actors, layout.cpus, layout.gpus) == (16, 11.0, 1.0)  # (96 - 1 spare) // 8 on each GPU node
+    assert layout.describe() == "16 Ray actor(s) of 11 CPU + 1 GPU each (cluster: 208 CPUs, 16 GPUs)"
+    assert actor_layout([gpu_node], EngineConfig("ray", cpus_per_actor=12)).actors == 8
+    assert (actor_layout([{"CPU": 2.0}], EngineConfig("ray")).actors, layout.decode_threads) == (2, 11)
+
+
+def test_actors_that_do_not_fit_the_cluster_are_refused_before_ray_waits_for_them():
+    from featx.engines.ray_engine import actor_layout
+
+    with pytest.raises(FeatxError, match=r"^3 Ray actor\(s\) of 1 CPU each .* do not fit: the cluster's nodes hold 2"):
+        actor_layout([{"CPU": 2.0}], EngineConfig("ray", actors=3))
+    with pytest.raises(FeatxError, match="hold 14 such actor"):  # 7 actors of 13 cores per 96-core node
+        actor_layout([{"CPU": 96.0, "GPU": 8.0}] * 2, EngineConfig("ray", cpus_per_actor=13))

@@ -29,7 +29,7 @@ class EngineConfig:
     address: str | None = None  # Ray: None = RAY_ADDRESS if set, else a Ray started for this command;
     #                             "auto" = the cluster running on this machine; "HOST:PORT"; "local"
     actors: int | None = None  # Ray: None = one per GPU, or as many as the cluster's CPUs allow
-    cpus_per_actor: float | None = None  # Ray: None = ray_engine.CPUS_PER_GPU_ACTOR with GPUs, else 1
+    cpus_per_actor: float | None = None  # Ray: None = a GPU node's CPUs per GPU (less one per node), else 1
     range_rows: int | None = None  # Ray: rows per work item (a multiple of the batch size); None = 32 batches
 
 

@@ -28,11 +28,12 @@ from featx.engines import range_rows as engine_range_rows
 from featx.engines.work import EmbedRequest, ModelRecipe, Rows, embed_batches, merge_rows, row_ranges
 from featx.errors import FeatxError, short_reason
 
-# CPU cores one GPU actor gets to decode with. Measured decode + resize rate per core (docs/internals.md,
-# "engines"): ~170 img/s for 1500x1500 chest-X-ray JPEGs to 224 px (JPEG draft decoding), so a GPU running
-# ResNet50 at ~1,500 img/s needs about 9 cores; 8 is the largest count that fits on common 8-GPU nodes with
-# 64-96 cores next to the Ray and featx processes. Capped by the cluster's CPUs per GPU.
-CPUS_PER_GPU_ACTOR = 8
+# Decode is what a GPU actor waits on. Measured here (docs/internals.md, "engines"): one core decodes and
+# resizes ~190 images/s of 1500x1500 chest-X-ray JPEGs (~340 KiB) and ~66 images/s of 2800x2800 ones
+# (~1.1 MiB, MIMIC-CXR-JPG's size), against a ResNet50 fp16 forward pass of a few thousand images/s on one
+# H100. So a GPU actor takes every core its node has per GPU (one core per node is left to Ray, the featx
+# process and the writer), and full-resolution archives are still decode-bound (README, "More than one machine").
+SPARE_CPUS_PER_NODE = 1
 
 
 @dataclass(frozen=True)
@@ -57,28 +58,41 @@ class ActorLayout:
         )
 
 
-def actor_layout(resources: dict, config: EngineConfig) -> ActorLayout:
-    """One actor per GPU with CPUS_PER_GPU_ACTOR cores each, or (no GPU) one-core actors on every CPU.
+def actor_layout(nodes: list[dict], config: EngineConfig) -> ActorLayout:
+    """One actor per GPU with its node's CPUs per GPU, or (no GPU anywhere) one-core actors on every CPU.
 
-    FeatxError when the actors asked for do not fit the cluster as it is now (Ray would wait for them forever).
+    `nodes`: each alive node's resources ({"CPU": 96, "GPU": 8, ...}). FeatxError when the actors asked for
+    do not fit the cluster as it is now (Ray would wait for them forever).
     """
-    cluster_cpus, cluster_gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
-    if cluster_gpus >= 1:
+    cluster_cpus = float(sum(node.get("CPU", 0) for node in nodes))
+    cluster_gpus = float(sum(node.get("GPU", 0) for node in nodes))
+    gpu_nodes = [node for node in nodes if node.get("GPU", 0) >= 1]
+    if gpu_nodes:
         gpus = 1.0
-        per_gpu = max(1, math.floor(cluster_cpus / cluster_gpus))
-        cpus = float(config.cpus_per_actor or min(CPUS_PER_GPU_ACTOR, per_gpu))
-        actors = int(config.actors or math.floor(cluster_gpus))
+        per_gpu = min(
+            math.floor((node.get("CPU", 0) - SPARE_CPUS_PER_NODE) / math.floor(node["GPU"])) for node in gpu_nodes
+        )
+        cpus = float(config.cpus_per_actor or max(1, per_gpu))
+        actors = int(config.actors or sum(math.floor(node["GPU"]) for node in gpu_nodes))
+        fits = sum(
+            min(math.floor(node["GPU"]), math.floor(node.get("CPU", 0) / cpus)) for node in gpu_nodes
+        )  # an actor needs its CPUs and its GPU on one node
     else:
         gpus = 0.0
         cpus = float(config.cpus_per_actor or 1)
         actors = int(config.actors or max(1, math.floor(cluster_cpus / cpus)))
+        fits = sum(math.floor(node.get("CPU", 0) / cpus) for node in nodes)
     layout = ActorLayout(actors, cpus, gpus, cluster_cpus, cluster_gpus)
-    if actors * cpus > cluster_cpus or actors * gpus > cluster_gpus:
+    if actors > fits:
         raise FeatxError(
-            f"{layout.describe()} do not fit: the actors need {actors * cpus:g} CPUs and {actors * gpus:g} GPUs; "
+            f"{layout.describe()} do not fit: the cluster's nodes hold {fits} such actor(s) now; "
             "lower --ray-actors or --ray-cpus-per-actor, or add nodes to the cluster."
         )
     return layout
+
+
+def _alive_nodes(ray) -> list[dict]:
+    return [dict(node.get("Resources", {})) for node in ray.nodes() if node.get("Alive")]
 
 
 # ---------------------------------------------------------------- the cluster
@@ -205,7 +219,7 @@ class RayEngine:
         range_rows = engine_range_rows(self.config, request.batch_size)
         with captured_stderr(console), ray_session(self.config.address) as ray:
             _quiet_ray_data()
-            layout = actor_layout(ray.cluster_resources(), self.config)
+            layout = actor_layout(_alive_nodes(ray), self.config)
             ranges = row_ranges(request.start, request.n_rows, range_rows)
             console.print(
                 f"Ray: {len(ranges)} range(s) of up to {range_rows} rows on {layout.describe()}; "
