@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 from imagetree import make_tree
-from raycluster import alive
+from raycluster import alive, command_line
 from rich.console import Console
 
 from featx.cli import main
@@ -82,41 +83,57 @@ def quiet() -> Console:
     return Console(file=io.StringIO(), width=200)
 
 
-def test_ray_extract_is_bit_identical_to_the_local_engine_and_quiet(ray_cluster, tree, local_cache, tmp_path, capfd):
+def test_ray_extract_through_a_file_url_is_bit_identical_to_the_local_engine_and_quiet(
+    ray_cluster, tree, local_cache, tmp_path, capfd
+):
     console = quiet()
-    summary = run_extract(config(tree, tmp_path, RAY), console)[0]
+    url = f"file://{tree.parent}"  # the actors read the images through fsspec
+    summary = run_extract(config(tree, tmp_path, RAY, data_root=url), console)[0]
     assert summary.status == "built" and summary.failures == 4
-    assert_bit_identical(local_cache, summary.path)
-    shown = console.file.getvalue()
-    assert "Ray: 7 range(s) of up to 16 rows on 2 Ray actor(s) of 1 CPU each" in shown
+    assert_bit_identical(local_cache, summary.path, data_root=url)
+    assert "Ray: 7 range(s) of up to 16 rows on 2 Ray actor(s) of 1 CPU each" in console.file.getvalue()
     out, err = capfd.readouterr()
     assert err == "" and "ray" not in out.lower()  # Ray's own lines stay off the terminal
 
 
-def test_actors_read_a_file_url_data_root_through_fsspec(ray_cluster, tree, local_cache, tmp_path):
-    url = f"file://{tree.parent}"
-    summary = run_extract(config(tree, tmp_path, RAY, data_root=url), quiet())[0]
-    assert_bit_identical(local_cache, summary.path, data_root=url)
+def kill_an_actor_while_it_embeds(cluster, killed: list, done: threading.Event) -> None:
+    """SIGKILL the first actor seen running a range (Ray titles the process "...RangeEmbedder)).submit")."""
+    actors: list[int] = []
+    polls = 0
+    while not done.is_set() and not killed:
+        if polls % 50 == 0:  # look for actor processes now and then; their titles every 2 ms
+            actors = [pid for pid in cluster.started() if "RangeEmbedder" in command_line(pid)]
+        polls += 1
+        for pid in actors:
+            if command_line(pid).endswith(".submit"):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                break
+        time.sleep(0.002)
 
 
-def test_an_actor_killed_mid_run_is_replaced_and_the_cache_is_still_bit_identical(
+def test_an_actor_killed_mid_range_is_replaced_and_the_cache_is_still_bit_identical(
     ray_cluster, tree, local_cache, tmp_path, monkeypatch
 ):
-    workers, killed = [], []
+    workers, killed, done = [], [], threading.Event()
     ordered_rows = ray_engine._ordered_rows
 
-    def kill_after_the_first_range(dataset, ranges):
+    def recording(dataset, ranges):
         for rows in ordered_rows(dataset, ranges):
             workers.append(int(rows.worker.split("@")[0]))
-            if not killed:  # the actor that embedded range 1 has more ranges queued: kill it
-                os.kill(workers[0], signal.SIGKILL)
-                killed.append(workers[0])
             yield rows
 
-    monkeypatch.setattr(ray_engine, "_ordered_rows", kill_after_the_first_range)
-    summary = run_extract(config(tree, tmp_path, EngineConfig("ray", range_rows=BATCH)), quiet())[0]
-    assert not alive(killed[0])
-    assert len(set(workers)) == 3  # the two first actors and the one Ray started in place of the killed one
+    monkeypatch.setattr(ray_engine, "_ordered_rows", recording)
+    killer = threading.Thread(target=kill_an_actor_while_it_embeds, args=(ray_cluster, killed, done))
+    killer.start()
+    try:
+        one_actor = EngineConfig("ray", actors=1, range_rows=BATCH)
+        summary = run_extract(config(tree, tmp_path, one_actor), quiet())[0]
+    finally:
+        done.set()
+        killer.join()
+    assert killed and not alive(killed[0])
+    assert set(workers) - set(killed)  # the range it held was redone by the actor Ray started in its place
     assert_bit_identical(local_cache, summary.path)
 
 
@@ -134,6 +151,7 @@ def test_a_killed_ray_driver_resumes_with_the_same_command(ray_cluster, tree, lo
         "extract", "--backbone", "tiny", "--weights", "random", "--seed", "3", "--pooling", "avg,max",
         "--batch-size", str(BATCH), "--workers", "1", "--manifest", str(tree), "--data-root", str(tree.parent),
         "--out", str(out), "--engine", "ray", "--ray-address", ray_cluster.address, "--ray-range-rows", str(BATCH),
+        "--ray-actors", "1",
     ]  # fmt: skip
     partial = store.partial_path(store.cache_path(out, "tiny"))
     driver = subprocess.Popen([sys.executable, "-m", "featx.cli", *args], stdout=subprocess.DEVNULL)
@@ -225,7 +243,7 @@ def test_predict_on_ray_writes_the_local_engine_s_csv(ray_cluster, tree, local_c
     classify_runs(config, quiet())
     bundle = tmp_path / "models" / "tiny__avg__logreg.joblib"
     written = {}
-    for engine in (LOCAL, EngineConfig("ray", range_rows=2 * BATCH)):
+    for engine in (LOCAL, EngineConfig("ray", actors=1, range_rows=2 * BATCH)):
         written[engine.name] = tmp_path / f"{engine.name}.csv"
         predict_command(bundle, [str(tree)], None, written[engine.name], False, BATCH, quiet(), engine=engine)
     local, ray = written["local"].read_text(), written["ray"].read_text()
