@@ -15,7 +15,7 @@ import io
 import math
 import warnings
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,7 +230,7 @@ def iter_batches(
     workers: int | None = None,
     prefetch: int = 2,
     filesystem=None,
-) -> Iterator[Batch]:
+) -> Generator[Batch, None, None]:
     """Batches of rows start, start+batch_size, ... in order, decoded `prefetch` batches ahead on threads.
 
     While the caller works on one batch, the next `prefetch` are decoding, so at most

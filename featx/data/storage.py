@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from featx.data.manifest import resolve_path
 from featx.errors import FeatxError, ManifestError, short_reason
@@ -31,8 +32,8 @@ class DataRoot:
     """Where the manifest's paths live: `filesystem` None means local files (pathlib, as always)."""
 
     text: str  # recorded as the cache's data_root: the resolved local folder, or the URL as given
-    root: object  # a Path, or the root's path inside `filesystem`
-    filesystem: object | None = None
+    root: Any  # a Path, or the root's path inside `filesystem`
+    filesystem: Any = None  # an fsspec AbstractFileSystem, or None
 
     def is_dir(self) -> bool:
         if self.filesystem is None:

@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -238,7 +238,7 @@ def _dataset(request: EmbedRequest, ranges: list[tuple[int, int]], layout: Actor
 
     setup = ActorSetup(
         recipes=dict(request.recipes),
-        image_size=tuple(request.image_size),
+        image_size=(int(request.image_size[0]), int(request.image_size[1])),
         resize_mode=request.resize_mode,
         batch_size=int(request.batch_size),
         first_rows=dict(request.first_rows),
@@ -257,7 +257,7 @@ def _dataset(request: EmbedRequest, ranges: list[tuple[int, int]], layout: Actor
     )
 
 
-def _ordered_rows(dataset, ranges: list[tuple[int, int]]) -> Iterator[Rows]:
+def _ordered_rows(dataset, ranges: list[tuple[int, int]]) -> Generator[Rows, None, None]:
     expected = iter(ranges)
     for item in dataset.iter_rows():
         rows = item["rows"]

@@ -11,10 +11,14 @@ batch neighbours whichever engine, actor or retry embeds it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from featx.extract.backbones import WeightsInfo
 
 # A Ray work item is this many batches unless --ray-range-rows says otherwise (1,024 rows at batch 32).
 RANGE_BATCHES = 32
@@ -25,7 +29,7 @@ class ModelRecipe:
     """How to build one backbone's compiled forward step: small and picklable, so a Ray actor can build it."""
 
     backbone: str
-    weights: object  # featx.extract.backbones.WeightsInfo (a weights file must be readable where this is built)
+    weights: WeightsInfo  # a weights file must be readable where the recipe is built
     image_size: tuple[int, int]
     poolings: tuple[str, ...]
     mixed_precision: bool = False
@@ -59,7 +63,7 @@ class EmbedRequest:
     recipes: Mapping[str, ModelRecipe]
     first_rows: Mapping[str, int]
     workers: int | None = None
-    decode_options: Mapping[str, object] = field(default_factory=dict)
+    decode_options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def start(self) -> int:
@@ -102,7 +106,7 @@ class Rows:
 
 def embed_batches(
     batches: Iterable, forwards: Mapping[str, Callable], first_rows: Mapping[str, int], offset: int = 0
-) -> Iterator[Rows]:
+) -> Generator[Rows, None, None]:
     """One Rows per decoded batch (featx.data.images.Batch), each backbone run on the whole batch.
 
     `offset` is the manifest row of the batches' row 0 (a Ray range starts mid-manifest). A backbone
