@@ -28,10 +28,10 @@ help:  ## list every target with its one-line description
 $(BIN)/featx: setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,lint,ray]'
+	$(BIN)/pip install --quiet -e '.[test,lint,dicom,ray]'
 	@touch $(BIN)/featx
 
-install: $(BIN)/featx  ## create .venv and install featx with its test, lint and ray extras
+install: $(BIN)/featx  ## create .venv and install featx with its test, lint, dicom and ray extras
 
 lint: install  ## ruff check, ruff format --check and mypy (CI runs this before the tests)
 	$(BIN)/ruff check .

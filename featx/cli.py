@@ -99,12 +99,27 @@ def _cmd_backbones(args):
 
 
 def _add_manifest(sub) -> None:
-    pm = sub.add_parser("manifest", help="build and check image manifests (CSV)")
+    pm = sub.add_parser("manifest", help="build and check image manifests (CSV); dataset adapters")
     msub = pm.add_subparsers(dest="manifest_command", metavar="ACTION")
     _add_manifest_scan(msub)
     _add_manifest_check(msub)
     _add_manifest_nih(msub)
+    _add_manifest_rsna(msub)
+    _add_manifest_chexpert(msub)
+    _add_manifest_mimic(msub)
     pm.set_defaults(handler=lambda args: pm.print_help() or 2)
+
+
+def _adapter_parser(msub, name: str):
+    """The parser of one dataset adapter, its help from the adapters registry."""
+    from featx.data.adapters import ADAPTERS
+
+    adapter = ADAPTERS[name]
+    description = (
+        f"Write the featx manifest of {adapter.title}, then run `featx manifest check` on it. "
+        f"Reads {adapter.release}. Metadata columns: {', '.join(adapter.metadata)}."
+    )
+    return msub.add_parser(name, help=f"manifest of {adapter.title}", description=description)
 
 
 def _add_manifest_scan(msub) -> None:
@@ -153,7 +168,7 @@ def _cmd_manifest_check(args):
 
 
 def _add_manifest_nih(msub) -> None:
-    p = msub.add_parser("nih", help="build the NIH ChestX-ray14 multi-label manifest from its official files")
+    p = _adapter_parser(msub, "nih")
     p.add_argument("--entries", type=Path, required=True, help="Data_Entry_2017.csv")
     p.add_argument("--train-list", type=Path, required=True, help="train_val_list.txt")
     p.add_argument("--test-list", type=Path, required=True, help="test_list.txt")
@@ -163,7 +178,7 @@ def _add_manifest_nih(msub) -> None:
 
 
 def _cmd_manifest_nih(args):
-    from featx.data.datasets import nih_manifest_command
+    from featx.data.adapters.nih import nih_manifest_command
 
     nih_manifest_command(
         entries=args.entries,
@@ -173,6 +188,73 @@ def _cmd_manifest_nih(args):
         out=args.out,
         console=_console(),
     )
+
+
+_UNCERTAIN_HELP = (
+    "uncertain (-1) labels: zeros (U-Zeros, default), ones (U-Ones), ignore (U-Ignore: the image is left out), "
+    "published (U-Ones for Atelectasis and Edema, U-Zeros for the rest), or per label, e.g. 'Edema=ones,zeros'"
+)
+_LABELS_HELP = (
+    "observations to label: all (the 14, default), competition (Atelectasis, Cardiomegaly, Consolidation, Edema, "
+    "Pleural Effusion) or a comma list; one label gives a binary manifest (label vs negative)"
+)
+
+
+def _add_manifest_rsna(msub) -> None:
+    p = _adapter_parser(msub, "rsna")
+    p.add_argument("--root", type=Path, required=True, help="the release folder (also the data root)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="manifest CSV to write")
+    p.add_argument(
+        "--label", default="any-box", help="any-box (Lung Opacity vs negative, default) or class (the three-way class)"
+    )
+    p.add_argument("--test-fraction", type=float, default=0.2, help="share of patients held out as test (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the patient hold-out")
+    p.set_defaults(handler=_cmd_manifest_rsna)
+
+
+def _cmd_manifest_rsna(args):
+    from featx.data.adapters.rsna import rsna_manifest_command
+
+    rsna_manifest_command(args.root, args.out, args.label, args.test_fraction, args.seed, _console())
+
+
+def _add_manifest_chexpert(msub) -> None:
+    p = _adapter_parser(msub, "chexpert")
+    p.add_argument("--root", type=Path, required=True, help="the CheXpert-v1.0(-small) folder (also the data root)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="manifest CSV to write")
+    p.add_argument("--labels", default="all", help=_LABELS_HELP)
+    p.add_argument("--uncertain", default="zeros", help=_UNCERTAIN_HELP)
+    p.add_argument("--view", default="all", help="frontal, lateral or all (default)")
+    p.add_argument("--valid-split", default="test", help="split of valid.csv's images: test (default) or val")
+    p.set_defaults(handler=_cmd_manifest_chexpert)
+
+
+def _cmd_manifest_chexpert(args):
+    from featx.data.adapters.chexpert import chexpert_manifest_command
+
+    chexpert_manifest_command(args.root, args.out, args.labels, args.uncertain, args.view, args.valid_split, _console())
+
+
+def _add_manifest_mimic(msub) -> None:
+    p = _adapter_parser(msub, "mimic")
+    p.add_argument("--root", type=Path, required=True, help="the mimic-cxr-jpg/2.0.0 folder (also the data root)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="manifest CSV to write")
+    p.add_argument("--labels", default="all", help=_LABELS_HELP)
+    p.add_argument("--uncertain", default="zeros", help=_UNCERTAIN_HELP)
+    p.add_argument(
+        "--view",
+        default="all",
+        help="ViewPosition filter: all (default), frontal (PA, AP), lateral (LATERAL, LL) "
+        "or a comma list such as PA,AP",
+    )
+    p.add_argument("--labeller", default="chexpert", help="label file: chexpert (default) or negbio")
+    p.set_defaults(handler=_cmd_manifest_mimic)
+
+
+def _cmd_manifest_mimic(args):
+    from featx.data.adapters.mimic import mimic_manifest_command
+
+    mimic_manifest_command(args.root, args.out, args.labels, args.uncertain, args.view, args.labeller, _console())
 
 
 def _add_fetch(sub) -> None:
@@ -190,6 +272,7 @@ def _cmd_fetch(args):
 
 
 def _add_extract(sub) -> None:
+    from featx.data.dicom import DEFAULT_WINDOW, DICOM_WINDOWS  # no pydicom import until a DICOM is read
     from featx.data.images import RESIZE_MODES
     from featx.extract.backbones import POOLINGS  # the registry only: no TensorFlow at import time
 
@@ -212,6 +295,12 @@ def _add_extract(sub) -> None:
         "--image-size", type=_positive_int, default=None, help="square input size (default: backbone's native)"
     )
     p.add_argument("--resize-mode", default="stretch", help=f"one of {list(RESIZE_MODES)} (default stretch)")
+    p.add_argument(
+        "--dicom-window",
+        default=DEFAULT_WINDOW,
+        help=f"DICOM grey levels: one of {list(DICOM_WINDOWS)} (default {DEFAULT_WINDOW}: the file's VOI LUT or "
+        "first WindowCenter/Width, else the stored bit range; minmax: each image's range; percentile: 0.5-99.5%%)",
+    )
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--mixed-precision", action="store_true", help="float16 compute on a GPU")
     p.add_argument("--force", action="store_true", help="rebuild a cache whose settings differ")
@@ -234,6 +323,7 @@ def _cmd_extract(args):
         poolings=_csv_list(args.pooling),
         image_size=args.image_size,
         resize_mode=args.resize_mode,
+        dicom_window=args.dicom_window,
         batch_size=args.batch_size,
         mixed_precision=args.mixed_precision,
         force=args.force,
@@ -269,12 +359,28 @@ def _add_classify(sub) -> None:
         "--val-as-test", action="store_true", help="evaluate val rows with test instead of merging them into train"
     )
     p.add_argument("--quick", action="store_true", help="a small grid for smoke runs (not for reporting)")
+    p.add_argument(
+        "--subgroups",
+        default=None,
+        help="comma-separated metadata columns (e.g. sex,age_band,view; age_band comes from age): the test AUC with "
+        "its DeLong CI per subgroup and a test of the largest gap, in the run JSON and the report (binary tasks)",
+    )
+    p.add_argument(
+        "--age-bands", default="0,18,40,65", help="age band edges in years for age_band (default 0,18,40,65)"
+    )
+    p.add_argument(
+        "--subgroup-min",
+        type=_positive_int,
+        default=10,
+        help="positives and negatives a subgroup needs for its AUC; smaller ones are listed as too small (default 10)",
+    )
     _add_engine_options(p, actors=False)
     p.set_defaults(handler=_cmd_classify)
 
 
 def _cmd_classify(args):
     from featx.classify.stage import ClassifyConfig
+    from featx.classify.subgroups import parse_age_bands
     from featx.results.finish import classify_command
 
     config = ClassifyConfig(
@@ -289,6 +395,9 @@ def _cmd_classify(args):
         threshold_rule=args.threshold_rule,
         val_as_test=args.val_as_test,
         quick=args.quick,
+        subgroups=_csv_list(args.subgroups) if args.subgroups else (),
+        age_bands=parse_age_bands(args.age_bands),
+        subgroup_min=args.subgroup_min,
         engine=_engine_config(args),
     )
     classify_command(config, console=_console())

@@ -25,6 +25,11 @@ QUICK_PATIENTS = 16
 QUICK_IMAGE_SIZE = 32
 QUICK_CV = 3
 DEMO_CV = 5
+# The phantoms carry sex, age and view; 120 patients leave about 17 normal test images, so two age bands
+# (the built-in difference sits at 65, see data/synthetic.py) and 5 positives and negatives a subgroup.
+DEMO_SUBGROUPS = ("sex", "age_band", "view")
+DEMO_AGE_BANDS = (0.0, 65.0)
+DEMO_SUBGROUP_MIN = 5
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,9 @@ def stage_two(config: DemoConfig, console) -> None:
             cv=QUICK_CV if config.quick else DEMO_CV,
             seed=config.seed,
             quick=config.quick,
+            subgroups=DEMO_SUBGROUPS,
+            age_bands=DEMO_AGE_BANDS,
+            subgroup_min=DEMO_SUBGROUP_MIN,
         ),
         console,
     )

@@ -24,6 +24,11 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
+def bytes_sha256(data: bytes) -> str:
+    """sha256 of bytes already in memory (an image file as its decoder reads it); the same digest as file_sha256."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def is_ignored(name: str) -> bool:
     """True for a file or folder name that is never data (hidden, or archive debris such as __MACOSX)."""
     return name.startswith(".") or name in IGNORED_NAMES

@@ -1,4 +1,4 @@
-"""Write HDF5 embedding caches (DESIGN.md format 1) directly, without stage one.
+"""Write HDF5 embedding caches (format 2, docs/internals.md) directly, without stage one.
 
 Stage-two tests need caches with a known signal, a known patient structure and
 known defects (incomplete, NaN, foreign manifest); building them through a
@@ -7,6 +7,7 @@ backbone would be slow and would hide what the test is about.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,8 +15,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-FORMAT = 1
-STR = h5py.string_dtype("utf-8")
+from featx.extract import store
+
+FORMAT = store.FORMAT
 
 
 def write_cache(
@@ -32,14 +34,20 @@ def write_cache(
     ids: Sequence[str] | None = None,
     ok: Sequence[bool] | None = None,
     errors: Sequence[str] = (),
+    sha256: Sequence[str] | None = None,
+    meta: dict[str, Sequence[str]] | None = None,
     **attrs,
 ) -> Path:
-    """Write a format-1 cache and return its path.
+    """Write a format-2 cache and return its path.
 
     `X` maps pooling -> (N, D) array; `y` is (N,) class indices or (N, K) 0/1 for
-    multi-label. With complete=False the file is written as `<path>.partial` with
-    complete=False and n_done at half the rows, the way an interrupted extract
-    leaves it. Extra keyword arguments override or add root attributes.
+    multi-label. `sha256`: each row's image hash (default: a distinct fake per
+    row, "" for rows not ok). `meta` (column -> one string per row) goes to
+    /meta/<column> as stage one writes manifest metadata. With complete=False the
+    file is written as `<path>.partial` with complete=False and n_done at half the
+    rows, the way an interrupted extract leaves it. Extra keyword arguments
+    override or add root attributes; the content sha256 of a complete cache is
+    computed after them, so the cache passes its integrity check.
     """
     path = Path(path)
     y = np.asarray(y, dtype=np.int8)
@@ -47,6 +55,8 @@ def write_cache(
     if ids is None:
         ids = [f"img_{i:05d}.png" for i in range(n)]
     ok = np.ones(n, dtype=bool) if ok is None else np.asarray(ok, dtype=bool)
+    if sha256 is None:
+        sha256 = [hashlib.sha256(str(i).encode()).hexdigest() if ok[k] else "" for k, i in enumerate(ids)]
     for pooling, matrix in X.items():
         if len(matrix) != n:
             raise ValueError(f"X[{pooling!r}] has {len(matrix)} rows, y has {n}")
@@ -75,18 +85,33 @@ def write_cache(
     with h5py.File(target, "w") as f:
         for key, value in root_attrs.items():
             f.attrs[key] = value
-        f.create_dataset("ids", data=np.asarray(ids, dtype=object), dtype=STR)
-        labels = f.create_dataset("labels", data=y)
+        f.create_dataset("ids", **text(ids))
+        labels = f.create_dataset("labels", data=y, fletcher32=True)
         labels.attrs["classes"] = list(classes)
-        f.create_dataset("split", data=np.asarray(split, dtype=object), dtype=STR)
-        f.create_dataset("patient_id", data=np.asarray(patient_id, dtype=object), dtype=STR)
-        f.create_dataset("ok", data=ok)
-        f.create_dataset("errors", data=np.asarray(list(errors), dtype=object), dtype=STR, shape=(len(errors),))
+        f.create_dataset("split", **text(split))
+        f.create_dataset("patient_id", **text(patient_id))
+        f.create_dataset("ok", data=ok, fletcher32=True)
+        f.create_dataset("sha256", data=np.asarray(sha256, dtype=store.SHA256_DTYPE), fletcher32=True)
+        f.create_dataset("errors", **text(errors))
+        if meta:
+            columns = f.create_group("meta")
+            for name, values in meta.items():
+                columns.create_dataset(name, **text(values))
+            columns.attrs["columns"] = list(meta)
         group = f.create_group("embeddings")
         for pooling, matrix in X.items():
             matrix = np.asarray(matrix, dtype=np.float32)
-            group.create_dataset(pooling, data=matrix, chunks=(min(64, max(n, 1)), matrix.shape[1]))
+            group.create_dataset(pooling, data=matrix, chunks=(min(64, max(n, 1)), matrix.shape[1]), fletcher32=True)
+        if complete:
+            f.attrs["content_sha256"] = store.content_sha256(f)
     return target
+
+
+def text(values: Sequence[str]) -> dict:
+    """create_dataset arguments for a text column as format 2 stores it: fixed-length UTF-8, checksummed chunks."""
+    encoded = [str(value).encode("utf-8") for value in values]
+    dtype = h5py.string_dtype("utf-8", max([len(item) for item in encoded] + [1]))
+    return dict(data=np.array(encoded, dtype=dtype), maxshape=(None,), chunks=(max(1, len(encoded)),), fletcher32=True)
 
 
 def signal_dataset(

@@ -12,7 +12,10 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# ../shared beside the checkout; FEATX_SHARED_DATA points elsewhere (a git worktree has no ../shared)
+SHARED_DATA = Path(
+    os.environ.get("FEATX_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+)
 KERMANY_TRAIN = SHARED_DATA / "kermany224" / "train"
 
 

@@ -69,6 +69,7 @@ BUNDLE_KEYS = {
     "weights_sha256",
     "image_size",
     "resize_mode",
+    "dicom_window",
     "preprocess",
     "feature_sha256",
     "manifest_sha256",
@@ -156,7 +157,11 @@ def test_run_json_has_every_schema_field(binary_results):
         "threshold_rule": "youden",
         "val_as_test": False,
         "quick": True,
+        "subgroups": [],
+        "age_bands": [0.0, 18.0, 40.0, 65.0],
+        "subgroup_min": 10,
     }
+    assert run["subgroups"] is None and run["test_predictions"]["meta"] == {}
     best = run["cv_results"]["rank_test_score"].index(1)
     assert run["cv_auc_mean"] == pytest.approx(run["cv_results"]["mean_test_score"][best])
     assert run["cv_results"]["params"][best] == run["best_params"]
@@ -384,19 +389,19 @@ def test_incomplete_partial_cache(tmp_path, capsys):
     assert_one_sentence(err, "tiny.h5.partial", "incomplete")
 
 
-@pytest.mark.parametrize("defect", ["garbage", "format2", "truncated_rows"])
+@pytest.mark.parametrize("defect", ["garbage", "format1", "format3", "truncated_rows"])
 def test_unreadable_or_stale_cache(tmp_path, capsys, defect):
     path = tmp_path / "f" / "tiny.h5"
     if defect == "garbage":
         path.parent.mkdir()
         path.write_bytes(b"not an hdf5 file at all")
-    elif defect == "format2":
-        small_cache(path, attrs={"format": 2})
-    else:  # marked complete but n_done short of the rows: a writer that died between flushes
+    elif defect.startswith("format"):
+        small_cache(path, attrs={"format": int(defect[-1])})
+    else:  # marked complete but n_done short of the rows
         small_cache(path, attrs={"n_done": 3})
     code, err = run_cli(capsys, "--features", tmp_path / "f", "--out", tmp_path / "results")
     assert code == 2
-    assert_one_sentence(err, "tiny.h5")
+    assert_one_sentence(err, "tiny.h5", "rebuild it with `featx extract --backbone tiny", "--force`")
 
 
 def test_caches_from_different_manifests_are_named(tmp_path, capsys):

@@ -15,15 +15,13 @@ from PIL import Image
 from rich.console import Console
 
 from featx.cli import main
+from featx.data.adapters.nih import NIH_FINDINGS, nih_manifest_command, nih_manifest_rows
 from featx.data.datasets import (
     KERMANY_COUNTS,
     KERMANY_KAGGLE_HANDLE,
-    NIH_FINDINGS,
     fetch_command,
     fetch_kermany,
     kermany_manifest_path,
-    nih_manifest_command,
-    nih_manifest_rows,
 )
 from featx.data.manifest import read_manifest, write_manifest
 from featx.errors import FetchError, ManifestError
@@ -369,6 +367,7 @@ def test_nih_manifest_multilabel_official_split(tmp_path):
     assert rows["00000003_000.png"][1:] == (("Hernia", "Pleural_Thickening", "Effusion"), "test", "3")
     assert rows["00000002_000.png"][1] == ("No Finding",)
     assert manifest.splits == ("train", "train", "train", "test", "test")
+    assert manifest.meta == {"sex": ("M",) * 5, "age": ("50",) * 5, "view": ("PA",) * 5}
     for path in manifest.paths:
         assert (images / path).is_file()
     labels = manifest.label_array()

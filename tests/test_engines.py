@@ -36,7 +36,7 @@ def fake_batches(n_rows: int, batch_size: int, failed=()):
         ok = np.array([row not in failed for row in rows])
         images = np.array([np.full((2, 2, 3), row, dtype=np.float32) for row in rows])
         errors = [(f"img{row}", f"reason {row}") for row in rows if row in failed]
-        yield Batch(start=start, images=images, ok=ok, errors=errors)
+        yield Batch(start=start, images=images, ok=ok, errors=errors, sha256=[f"h{row}" for row in rows])
 
 
 def row_sums(images):
@@ -57,9 +57,9 @@ def test_each_backbone_embeds_from_its_own_first_row_and_errors_keep_their_rows(
     assert rows[1].errors == [(5, "reason 5")]
     merged = merge_rows(rows[1:], worker="w")
     assert (merged.start, merged.stop, merged.worker) == (4, 10, "w")
-    first, embeddings, ok, errors = merged.part("b")
+    first, embeddings, ok, errors, sha256 = merged.part("b")
     assert first == 6 and embeddings["avg"][:, 0].tolist() == [6, 7, 8, 9]
-    assert ok.tolist() == [True] * 4 and errors == []
+    assert ok.tolist() == [True] * 4 and errors == [] and sha256 == ["h6", "h7", "h8", "h9"]
     assert merged.part("a")[3] == [(5, "reason 5")]
     assert Rows(0, np.ones(2, bool), [], {}).part("a") is None
 

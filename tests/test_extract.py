@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import shlex
 from pathlib import Path
 
+import cachedamage
 import h5py
 import numpy as np
 import pytest
@@ -115,13 +117,13 @@ def _second_tiny(monkeypatch, native_size=32) -> None:
 
 def _count_decodes(monkeypatch) -> list:
     decoded = []
-    load_image = images.load_image
+    read_image = images.read_image
 
-    def counting(path, size, resize_mode="stretch"):
+    def counting(path, size, resize_mode="stretch", dicom_window="file"):
         decoded.append(Path(path).name)
-        return load_image(path, size, resize_mode)
+        return read_image(path, size, resize_mode, dicom_window)
 
-    monkeypatch.setattr(images, "load_image", counting)
+    monkeypatch.setattr(images, "read_image", counting)
     return decoded
 
 
@@ -340,9 +342,15 @@ def test_lock_held_by_another_process_through_the_cli(tmp_path, capsys):
 
     manifest = make_tree(tmp_path / "data", n=4)
     (tmp_path / "features").mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    code = "import sys; from featx.extract import store; store.acquire_lock(sys.argv[1]); print('held', flush=True); sys.stdin.read()"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "features" / "tiny.h5")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
-        store.lock_path(tmp_path / "features" / "tiny.h5").write_text(f"{holder.pid}\n")
+        assert holder.stdout.readline().strip() == "held"
         assert main(_extract_args(tmp_path, manifest)) == 2
         assert f"pid {holder.pid}" in _one_sentence_error(capsys)
     finally:
@@ -383,3 +391,161 @@ def test_real_kermany_images_through_two_backbones_sharing_one_decode(tmp_path, 
         assert features.attrs["image_size"] == [96, 96] and features.attrs["data_root"] == str(kermany_train.resolve())
         assert np.isfinite(features.X).all() and features.X.std(axis=0).max() > 0
     assert store.load(summaries[1].path).attrs["preprocess"] == "none"
+
+
+# ---------------------------------------------------------------- trust (issue 8)
+
+
+def _classify_args(tmp_path):
+    return ["classify", "--features", str(tmp_path / "features"), "--out", str(tmp_path / "results")]
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "flipped embeddings chunk",
+        "flipped /ok",
+        "flipped /labels",
+        "deleted ok",
+        "deleted labels",
+        "deleted split",
+        "deleted patient_id",
+        "deleted errors",
+        "deleted embeddings/avg",
+        "n_done lowered",
+        "complete set false",
+    ],
+)
+def test_a_damaged_cache_gets_one_sentence_and_one_command_from_extract_and_classify(tmp_path, capsys, kind):
+    """The same sentence from both commands (no traceback, no "up to date", no "Wrote 0 runs"), and the
+    command it names rebuilds the cache."""
+    damage = {
+        "flipped embeddings chunk": cachedamage.flip_in_chunk("embeddings/avg"),
+        "flipped /ok": cachedamage.flip_in_chunk("ok"),
+        "flipped /labels": cachedamage.flip_in_chunk("labels"),
+        "n_done lowered": cachedamage.set_attr("n_done", np.int64(3)),
+        "complete set false": cachedamage.set_attr("complete", np.bool_(False)),
+    }.get(kind) or cachedamage.delete(kind.removeprefix("deleted "))
+    manifest = make_tree(tmp_path / "data", n=10)
+    assert main(_extract_args(tmp_path, manifest, None, "--pooling", "avg,max", "--image-size", "32")) == 0
+    cache = tmp_path / "features" / "tiny.h5"
+    damage(cache)
+    capsys.readouterr()
+
+    assert main(_extract_args(tmp_path, manifest, None, "--pooling", "avg")) == 2
+    from_extract = _one_sentence_error(capsys)
+    assert main(_classify_args(tmp_path)) == 2
+    from_classify = _one_sentence_error(capsys)
+    assert from_extract == from_classify
+    assert from_extract.startswith(f"featx: error: The embedding cache '{cache}' is damaged (")
+    command = from_extract.split("rebuild it with `")[1].removesuffix("`.")
+    assert command == (
+        f"featx extract --backbone tiny --manifest {manifest.resolve()} --data-root {manifest.parent.resolve()} "
+        f"--weights random --seed 0 --pooling avg,max --image-size 32 --out {cache.parent} --force"
+    )
+
+    assert main(shlex.split(command)[1:]) == 0
+    capsys.readouterr()
+    assert main(_extract_args(tmp_path, manifest, None, "--pooling", "avg")) == 0
+    assert "cache hit" in capsys.readouterr().out
+    assert store.read_header(cache, verify=True).n_rows == 10
+
+
+def test_duplicate_manifest_paths_are_warned_about(tmp_path):
+    manifest = make_tree(tmp_path / "data", n=6)
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join([*lines, lines[2].replace(",train,", ",test,"), lines[2]]) + "\n")
+    console = quiet()
+    summary = run_extract(config_for(tmp_path, manifest), console)[0]
+    said = " ".join(console.file.getvalue().split())
+    assert (
+        "warning: 1 path(s) are listed more than once in the manifest (e.g. 'images/img_0001.png', 3 times), "
+        "so 2 extra row(s) embed the same file again" in said
+    )
+    assert summary.rows == 8
+
+
+def test_extract_records_the_sha256_of_each_image_file(tmp_path, tree):
+    from featx.files import file_sha256
+
+    summary = run_extract(config_for(tmp_path, tree), quiet())[0]
+    rows = store.read_rows(summary.path)
+    for path, digest in zip(rows.ids, rows.image_sha256):
+        # undecodable files too (their bytes were read); "" for an empty file (nothing to compare)
+        assert digest == ("" if path == "bad/zero_byte.png" else file_sha256(tree.parent / path)), path
+    assert len(set(rows.image_sha256)) == len(rows.ids)
+
+
+def test_failed_images_are_named_with_reasons_and_listed_beside_the_cache(tmp_path, tree, capsys):
+    """The summary names the first failures and their reasons and points to <name>.errors.csv (path, reason)."""
+    import csv
+
+    args = _extract_args(tmp_path, tree)
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    csv_path = tmp_path / "features" / "tiny.errors.csv"
+    with open(csv_path, newline="") as handle:
+        listed = list(csv.reader(handle))
+    assert listed[0] == ["path", "reason"] and [row[0] for row in listed[1:]] == [
+        "bad/zero_byte.png",
+        "bad/not_an_image.png",
+        "bad/truncated.jpeg",
+        "bad/bomb.png",
+    ]
+    assert "tiny: 4 image(s) could not be read" in out
+    for path, reason in listed[1:]:
+        assert f"  {path}: {reason[:40]}" in out
+    assert f"the full list (path, reason) is in {csv_path}" in " ".join(out.split())
+    csv_path.unlink()
+    assert main(args) == 0  # a hit names them too, and writes the list again
+    out = capsys.readouterr().out
+    assert "cache hit" in out and "  bad/bomb.png: decompression bomb" in out
+    assert csv_path.exists()
+
+
+def test_a_full_disk_mid_extract_is_one_sentence_and_the_same_command_resumes(tmp_path, capsys, monkeypatch):
+    import errno
+
+    manifest = make_tree(tmp_path / "data", n=12)
+    args = _extract_args(tmp_path, manifest, None, "--batch-size", "4")
+    cache = tmp_path / "features" / "tiny.h5"
+    setitem = h5py.Dataset.__setitem__
+    calls = []
+
+    def fills_up(self, key, value):  # the first batch (embeddings, ok, sha256) fits; then the disk is full
+        calls.append(key)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return setitem(self, key, value)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(h5py.Dataset, "__setitem__", fills_up)
+        assert main(args) == 2
+    assert _one_sentence_error(capsys) == (
+        f"featx: error: No space left on device while writing '{store.partial_path(cache)}'; "
+        "free space and run the same command to resume."
+    )
+    assert not store.lock_path(cache).exists() and store.partial_path(cache).exists()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "Resuming tiny.h5.partial at row 4 of 12" in out and "resumed" in out
+    assert len(store.load(cache)) == 12
+
+
+def test_too_little_free_space_is_refused_before_the_model_is_built(tmp_path, capsys, monkeypatch):
+    import os
+
+    manifest = make_tree(tmp_path / "data", n=4)
+    real = os.statvfs
+
+    def nearly_full(path):
+        stats = list(real(path))
+        stats[4] = 1  # one free block
+        return os.statvfs_result(stats)
+
+    monkeypatch.setattr(os, "statvfs", nearly_full)
+    monkeypatch.setattr(backbones, "create_backbone", lambda *a, **k: pytest.fail("no model before the space check"))
+    assert main(_extract_args(tmp_path, manifest)) == 2
+    err = _one_sentence_error(capsys)
+    assert f"Not enough free space for '{tmp_path / 'features' / 'tiny.h5'}': it needs about" in err
+    _nothing_complete(tmp_path)

@@ -300,20 +300,20 @@ GATE_TIMEOUT = 10  # seconds; only ever waited out when a test is failing
 
 
 class _GatedDecoder:
-    """Stands in for images.load_image: the file named <i> decodes to the value i, once the test opens row i."""
+    """Stands in for images.read_image: the file named <i> decodes to the value i, once the test opens row i."""
 
     def __init__(self, n_rows: int):
         self.gates = [threading.Event() for _ in range(n_rows)]
         self.started = [threading.Event() for _ in range(n_rows)]
         self.finished = [threading.Event() for _ in range(n_rows)]
 
-    def __call__(self, path, size, resize_mode="stretch"):
+    def __call__(self, path, size, resize_mode="stretch", dicom_window="file"):
         row = int(path.stem)
         self.started[row].set()
         if not self.gates[row].wait(GATE_TIMEOUT):
             raise AssertionError(f"row {row} was never opened")
         self.finished[row].set()
-        return np.full((*size, 3), row, dtype=np.uint8)
+        return np.full((*size, 3), row, dtype=np.uint8), f"{row:064x}"
 
     def open(self, *rows):
         for row in rows or range(len(self.gates)):
@@ -333,7 +333,7 @@ class _GatedDecoder:
 def gated(tmp_path, monkeypatch):
     """Twelve rows whose decoding the test releases row by row (no file is read)."""
     decoder = _GatedDecoder(12)
-    monkeypatch.setattr(images, "load_image", decoder)
+    monkeypatch.setattr(images, "read_image", decoder)
     return [tmp_path / f"{row}.png" for row in range(12)], decoder
 
 
@@ -356,6 +356,7 @@ def test_iter_batches_yields_in_row_order_when_later_rows_finish_first(gated):
     assert not consumer.is_alive()
     assert [b.start for b in got] == [0, 2, 4]
     assert [b.images[:, 0, 0, 0].tolist() for b in got] == [[0, 1], [2, 3], [4, 5]]
+    assert [b.sha256 for b in got] == [[f"{row:064x}", f"{row + 1:064x}"] for row in (0, 2, 4)]
 
 
 def test_iter_batches_decodes_only_prefetch_batches_ahead(gated, monkeypatch):
@@ -390,3 +391,18 @@ def test_iter_batches_rejects_bad_arguments(numbered, kwargs):
     arguments = {"size": (4, 4), "resize_mode": "stretch", "batch_size": 2, "start": 0, **kwargs}
     with pytest.raises(FeatxError):
         list(images.iter_batches(numbered, **arguments))
+
+
+def test_iter_batches_records_the_sha256_of_the_bytes_it_decodes(tmp_path):
+    """Each row's file hash comes from the bytes read for decoding: equal files, equal hashes; "" when unread."""
+    from featx.files import file_sha256
+
+    first, same, corrupt, missing = (tmp_path / name for name in ("a.png", "b.png", "c.png", "d.png"))
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(first)
+    same.write_bytes(first.read_bytes())
+    corrupt.write_text("not a png")
+    batch = next(images.iter_batches([first, same, corrupt, missing], (8, 8), batch_size=4, workers=2))
+    assert batch.ok.tolist() == [True, True, False, False]
+    assert batch.sha256 == [file_sha256(first), file_sha256(first), file_sha256(corrupt), ""]
+    pixels, digest = images.read_image(first, (8, 8))
+    assert digest == file_sha256(first) and pixels.shape == (8, 8, 3)

@@ -143,6 +143,34 @@ def test_leakage_is_checked_from_the_feature_files(binary_results, tmp_path):
     document = write_report(binary_results).read_text()
     assert "no patient appears in both test (2 patients) and train/val (2 patients)" in document
     assert "LEAKAGE — 1 patient(s) appear in both test and train/val (e.g. p2)" in document
+    assert "no test image has the same bytes as a train/val image (sha256 of 4 files)" in document
+
+
+def test_identical_image_bytes_across_splits_are_leakage_whatever_the_patient(binary_results, tmp_path):
+    """The same file copied into test under another patient id: caught from the sha256 extract recorded."""
+    cache = tmp_path / "features" / "tiny.h5"
+    same, other = "a" * 64, "b" * 64
+    write_cache(
+        cache,
+        {"avg": np.zeros((5, 2))},
+        [0, 1, 0, 1, 1],
+        ["a", "b"],
+        ["train", "val", "test", "test", "test"],
+        ["p1", "p2", "p3", "p4", "p5"],
+        ids=["x.png", "y.png", "copy_of_x.png", "z.png", "broken.png"],
+        ok=[True, True, True, True, False],
+        sha256=[same, other, same, "c" * 64, other],  # the failed row takes part in no run
+    )
+    for run_file in (binary_results / "runs").glob("*.json"):
+        run = json.loads(run_file.read_text())
+        run["feature_file"] = str(cache)
+        run_file.write_text(json.dumps(run))
+    document = write_report(binary_results).read_text()
+    assert "no patient appears in both test" in document
+    assert (
+        "LEAKAGE — 1 test image(s) have the same bytes (sha256) as a train/val image "
+        "(e.g. copy_of_x.png = x.png); test AUC is optimistic." in document
+    )
 
 
 def test_manifest_findings_join_the_dataset_section(binary_results, tmp_path):

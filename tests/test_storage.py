@@ -46,7 +46,8 @@ def contents(path) -> tuple[dict, str]:
     found = {}
     with h5py.File(path, "r") as handle:
         handle.visititems(lambda name, obj: found.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
-        return found, handle.attrs["data_root"]
+        root = handle.attrs["data_root"]
+        return found, root.decode() if isinstance(root, bytes) else str(root)
 
 
 def test_a_memory_filesystem_root_gives_the_folder_s_embeddings(memory_tree, tmp_path):

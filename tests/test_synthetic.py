@@ -35,7 +35,7 @@ def test_same_seed_gives_the_same_bytes_and_another_seed_does_not(tmp_path):
 def test_manifest_columns_ids_hashes_and_patient_level_stratified_split(tmp_path):
     manifest = generate_phantoms(tmp_path, n_patients=40, images_per_patient=(2, 4), image_size=32, seed=1)
     rows = _rows(manifest)
-    assert list(rows[0]) == ["path", "label", "split", "patient_id", "sha256"]
+    assert list(rows[0]) == ["path", "label", "split", "patient_id", "sha256", "sex", "age", "view"]
     for row in rows:
         assert re.fullmatch(r"phantom-\d{4}", row["patient_id"])
         data = (tmp_path / row["path"]).read_bytes()

@@ -41,7 +41,7 @@ def decode_seconds_per_image(paths, size: tuple[int, int], batch_size: int = 32)
 
 
 def cache_datasets(path) -> tuple[dict, dict]:
-    """Every dataset of a cache (read through the store) and its attributes but created_utc."""
+    """Every dataset of a cache (read through the store) and its attributes but created_utc and content_sha256."""
     from featx.extract import store
 
     header, rows = store.read_header(path), store.read_rows(path)
@@ -53,10 +53,13 @@ def cache_datasets(path) -> tuple[dict, dict]:
         "patient_id": rows.patient_id,
         "ok": rows.ok,
         "errors": np.asarray(rows.errors, dtype=object),
+        "sha256": np.asarray(rows.image_sha256, dtype=object),
+        **{f"meta/{name}": np.asarray(values, dtype=object) for name, values in rows.meta.items()},
     }
     for pooling in header.poolings:
         data[f"embeddings/{pooling}"] = store.load(path, pooling, sha256="not hashed").X
-    return data, {key: value for key, value in header.attrs.items() if key != "created_utc"}
+    # content_sha256 seals created_utc with the rest, so it differs between any two builds
+    return data, {key: value for key, value in header.attrs.items() if key not in ("created_utc", "content_sha256")}
 
 
 def identical_caches(a, b) -> list[str]:

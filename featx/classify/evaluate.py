@@ -248,6 +248,20 @@ def delong_paired_pvalue(y_true, score_a, score_b) -> float:
     return float(2.0 * stats.norm.sf(abs(difference) / math.sqrt(variance)))
 
 
+def independent_auc_test(first: dict, second: dict) -> dict:
+    """Two-sided z-test that two AUCs from disjoint sets of rows are equal (DeLong SEs, independent samples).
+
+    z = (AUC1 - AUC2) / sqrt(SE1^2 + SE2^2). Returns {"difference", "z", "p_value"} (p 1.0 when both SEs are 0
+    and the AUCs agree, 0.0 when they differ).
+    """
+    difference = float(first["value"]) - float(second["value"])
+    variance = float(first["se"]) ** 2 + float(second["se"]) ** 2
+    if variance <= 1e-15:
+        return {"difference": difference, "z": None, "p_value": 1.0 if abs(difference) < 1e-12 else 0.0}
+    z = difference / math.sqrt(variance)
+    return {"difference": difference, "z": z, "p_value": float(2.0 * stats.norm.sf(abs(z)))}
+
+
 # ---------------------------------------------------------------- bootstrap
 
 

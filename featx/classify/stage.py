@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,6 +25,7 @@ from joblib import Parallel, delayed
 
 from featx.classify import evaluate
 from featx.classify import registry as classifiers
+from featx.classify import subgroups as subgroup_auc
 from featx.classify.scoring import AUCScorer, predict_scores, task_for
 from featx.engines import LOCAL, EngineConfig, check_engine, fit_backend
 from featx.errors import CacheError, ClassifyError, one_of_message
@@ -50,6 +51,9 @@ class ClassifyConfig:
     val_as_test: bool = False
     quick: bool = False
     engine: EngineConfig = LOCAL  # where joblib runs the independent fits (featx/engines): this machine or Ray
+    subgroups: tuple[str, ...] = ()  # metadata columns (or age_band) to report test AUCs per value of
+    age_bands: tuple[float, ...] = subgroup_auc.DEFAULT_AGE_BANDS
+    subgroup_min: int = subgroup_auc.DEFAULT_MIN_COUNT  # positives and negatives a subgroup needs for its AUC
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,8 @@ class FittedRun:
     y_test: np.ndarray
     test_score: np.ndarray
     timings: dict
+    test_meta: dict[str, list[str]] = field(default_factory=dict)  # manifest metadata of the test rows
+    subgroups: dict | None = None  # classify.subgroups.subgroup_analysis, when config.subgroups asks for it
 
     @property
     def estimator(self):
@@ -136,11 +142,15 @@ def _find_caches(config: ClassifyConfig) -> list[Path]:
     for name in wanted:
         if name in unusable:
             store.read_header(unusable[name])  # raises the CacheError that says what is wrong with it
-            raise CacheError(f"Feature file '{unusable[name]}' is not a complete featx cache; rebuild it with --force.")
+            raise CacheError(
+                f"Feature file '{unusable[name]}' is not a complete featx cache; "
+                f"rebuild it with `{store.extract_command(unusable[name])}`."
+            )
         if name not in complete:
             raise CacheError(
                 f"Feature file '{partial[name]}' is incomplete (an extract was interrupted or is still running); "
-                "finish it by re-running the same `featx extract` (it resumes), or leave it out with --backbone."
+                f"finish it with `{store.extract_command(partial[name], force=False)}` (it resumes), "
+                "or leave it out with --backbone."
             )
     return [complete[name] for name in wanted]
 
@@ -156,6 +166,10 @@ def _check_options(config: ClassifyConfig) -> None:
     if config.cv < 2:
         raise ClassifyError(f"The 'cv' parameter must be at least 2 folds. Got {config.cv} instead.")
     check_engine(config.engine)
+    if config.subgroups:
+        subgroup_auc.parse_age_bands(",".join(str(edge) for edge in config.age_bands))
+        if config.subgroup_min < 1:
+            raise ClassifyError(f"The subgroup minimum must be at least 1. Got {config.subgroup_min} instead.")
     # The rule is checked on a toy example so a typo fails now, not after the grid search.
     evaluate.choose_threshold(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.4, 0.6]), rule=config.threshold_rule)
 
@@ -254,7 +268,7 @@ def _check_finite(path: Path, pooling: str) -> None:
     if bad:
         raise ClassifyError(
             f"Feature file '{path}' has {bad} NaN or infinite values in embeddings/{pooling} "
-            f"({bad_rows} rows); rebuild it with `featx extract ... --force`."
+            f"({bad_rows} rows); rebuild it with `{store.extract_command(path)}`."
         )
 
 
@@ -266,7 +280,8 @@ def plan_runs(config: ClassifyConfig) -> list[RunPlan]:
     the first problem.
     """
     _check_options(config)
-    headers = [store.read_header(path) for path in _find_caches(config)]
+    # verify: every chunk's checksum and the content sha256, so a damaged cache stops here with the fix
+    headers = [store.read_header(path, verify=True) for path in _find_caches(config)]
     _check_same_manifest(headers)
     plans = []
     for header in headers:
@@ -274,6 +289,9 @@ def plan_runs(config: ClassifyConfig) -> list[RunPlan]:
         rows_meta = store.read_rows(header.path)
         rows = split_rows(rows_meta, config)
         _check_classes(rows_meta, rows.test, "test")
+        if config.subgroups:
+            task = task_for(rows_meta.y, list(rows_meta.classes))
+            subgroup_auc.check_subgroups(config.subgroups, list(rows_meta.meta), task, header.path)
         groups = np.asarray(rows_meta.patient_id).astype(str)[rows.train]
         evaluate.grouped_splits(rows_meta.y[rows.train], groups, config.cv, config.seed, classes=rows_meta.classes)
         for pooling in poolings:
@@ -357,6 +375,12 @@ def fit_run(plan: RunPlan, config: ClassifyConfig, features: store.FeatureSet) -
     predict_s = time.perf_counter() - started
     threshold_value = selection.threshold["value"] if selection.threshold else None
     test_metrics = evaluate.evaluate_test(task, y_test, test_score, classes, threshold_value)
+    test_meta = {name: np.asarray(values).astype(str)[rows.test].tolist() for name, values in features.meta.items()}
+    subgroup_results = None
+    if config.subgroups:
+        subgroup_results = subgroup_auc.subgroup_analysis(
+            y_test, test_score, test_meta, config.subgroups, config.age_bands, config.subgroup_min
+        )
     timings = {
         "search_s": selection.search_s,
         "refit_s": float(getattr(search, "refit_time_", 0.0) or 0.0),
@@ -380,6 +404,8 @@ def fit_run(plan: RunPlan, config: ClassifyConfig, features: store.FeatureSet) -
         y_test=y_test,
         test_score=test_score,
         timings=timings,
+        test_meta=test_meta,
+        subgroups=subgroup_results,
     )
 
 

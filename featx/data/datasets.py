@@ -1,14 +1,14 @@
-"""Adapters from public datasets to featx manifests.
+"""`featx fetch`: download or unpack a public dataset and check it against its manifest.
 
 `featx fetch kermany` unpacks the Kermany 2018 chest X-ray release (through
 kagglehub, or from an archive downloaded by hand) into DEST/{train,test}/<class>/
-and checks it against data_manifests/kermany2018.csv. `featx manifest nih`
-turns the NIH ChestX-ray14 release files into a multi-label manifest.
+and checks it against data_manifests/kermany2018.csv. The manifests of releases
+that are not fetched (NIH ChestX-ray14, RSNA Pneumonia, CheXpert, MIMIC-CXR-JPG)
+are written by featx/data/adapters/.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import tempfile
@@ -20,14 +20,10 @@ from pathlib import Path, PurePosixPath
 
 from featx.data.manifest import (
     IMAGE_SUFFIXES,
-    LABEL_SEPARATOR,
     SPLITS,
-    check_manifest,
-    order_classes,
     read_manifest,
-    write_manifest,
 )
-from featx.errors import FetchError, ManifestError, one_of_message
+from featx.errors import FetchError, one_of_message
 from featx.files import is_ignored, walk_files
 from featx.progress import progress_bar
 
@@ -349,184 +345,3 @@ def fetch_command(dataset, dest, from_zip, console, expected_manifest="default")
             f"  featx extract --backbone resnet50 --manifest {manifest} --data-root {summary.dest} --out features",
             soft_wrap=True,
         )
-
-
-# ---------------------------------------------------------------- NIH ChestX-ray14
-
-
-NIH_FINDINGS = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Effusion",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pneumonia",
-    "Pneumothorax",
-    "Consolidation",
-    "Edema",
-    "Emphysema",
-    "Fibrosis",
-    "Pleural_Thickening",
-    "Hernia",
-)
-NIH_NO_FINDING = "No Finding"
-NIH_LABELS = (NIH_NO_FINDING, *NIH_FINDINGS)
-NIH_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
-_SHOWN = 3
-
-
-def _read_list(path: Path, what: str) -> list[str]:
-    if not path.is_file():
-        raise ManifestError(f"The {what} '{path}' does not exist; pass the file from the NIH ChestX-ray14 release.")
-    names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
-    return [name for name in names if name]
-
-
-def _first(names) -> str:
-    names = list(names)
-    return ", ".join(repr(n) for n in names[:_SHOWN]) + (", ..." if len(names) > _SHOWN else "")
-
-
-def _read_nih_entries(entries: Path) -> list[tuple[str, tuple[str, ...], str]]:
-    """(image name, labels, patient id) per row of Data_Entry_2017.csv; ManifestError names the line and column."""
-    with entries.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        header = [name.strip() for name in (reader.fieldnames or [])]
-        reader.fieldnames = header
-        missing = [name for name in NIH_COLUMNS if name not in header]
-        if missing:
-            raise ManifestError(
-                f"'{entries}' is missing the column(s) {missing}; Data_Entry_2017.csv needs {list(NIH_COLUMNS)}, "
-                f"found {header[:6]}{' ...' if len(header) > 6 else ''}."
-            )
-        records = []
-        seen: dict[str, int] = {}
-        for record in reader:
-            line = reader.line_num
-            name = (record["Image Index"] or "").strip()
-            if not name:
-                raise ManifestError(f"'{entries}' line {line}, column 'Image Index': is empty.")
-            if name in seen:
-                raise ManifestError(
-                    f"'{entries}' line {line}, column 'Image Index': {name!r} is listed twice "
-                    f"(first on line {seen[name]})."
-                )
-            seen[name] = line
-            labels = tuple(part.strip() for part in (record["Finding Labels"] or "").split(LABEL_SEPARATOR))
-            unknown = [label for label in labels if label not in NIH_LABELS]
-            if unknown:
-                raise ManifestError(
-                    f"'{entries}' line {line}, column 'Finding Labels': unknown finding(s) {unknown}; "
-                    f"allowed are {list(NIH_LABELS)} joined by '|'."
-                )
-            patient = (record["Patient ID"] or "").strip()
-            if not patient:
-                raise ManifestError(f"'{entries}' line {line}, column 'Patient ID': is empty.")
-            records.append((name, labels, patient))
-    if not records:
-        raise ManifestError(f"'{entries}' has no rows.")
-    return records
-
-
-def _nih_splits(names: list[str], entries: Path, train_list: Path, test_list: Path) -> dict[str, str]:
-    """Image name -> "train" | "test" from the official lists, which must cover exactly the CSV's names."""
-    train_names = _read_list(train_list, "train list")
-    test_names = _read_list(test_list, "test list")
-    both = sorted(set(train_names) & set(test_names))
-    if both:
-        raise ManifestError(
-            f"{len(both)} image(s) are in both '{train_list}' and '{test_list}' ({_first(both)}); "
-            "each belongs to one split."
-        )
-    split_of = {**dict.fromkeys(train_names, "train"), **dict.fromkeys(test_names, "test")}
-    unlisted = [name for name in names if name not in split_of]
-    if unlisted:
-        raise ManifestError(
-            f"{len(unlisted)} image(s) of '{entries}' are in neither '{train_list}' nor '{test_list}' "
-            f"({_first(unlisted)}); pass the official train_val_list.txt and test_list.txt."
-        )
-    unknown_listed = sorted(set(split_of) - set(names))
-    if unknown_listed:
-        raise ManifestError(
-            f"{len(unknown_listed)} image(s) in the split lists are not in '{entries}' ({_first(unknown_listed)}); "
-            "the lists and the CSV must come from the same release."
-        )
-    return split_of
-
-
-def _locate_nih_images(names: list[str], entries: Path, images: Path) -> dict[str, str]:
-    """Image name -> its path relative to images (searched recursively); each name found exactly once."""
-    wanted = set(names)
-    location: dict[str, str] = {}
-    duplicates = []
-    for file in walk_files(images):
-        if file.name in wanted:
-            if file.name in location:
-                duplicates.append(file.name)
-            location.setdefault(file.name, file.relative_to(images).as_posix())
-    if duplicates:
-        raise ManifestError(
-            f"{len(duplicates)} image name(s) occur in more than one folder under '{images}' "
-            f"({_first(sorted(duplicates))}); keep one copy of each."
-        )
-    not_found = [name for name in names if name not in location]
-    if not_found:
-        raise ManifestError(
-            f"{len(not_found):,} of the {len(names):,} images listed in '{entries}' are not under '{images}' "
-            f"({_first(not_found)}); unpack every images_0NN archive of the release into it."
-        )
-    return location
-
-
-def nih_manifest_rows(entries, train_list, test_list, images) -> list[dict]:
-    """Manifest rows for NIH ChestX-ray14: multi-label, official split, patient IDs from the CSV."""
-    entries, train_list, test_list, images = Path(entries), Path(train_list), Path(test_list), Path(images)
-    if not entries.is_file():
-        raise ManifestError(f"The entries file '{entries}' does not exist; pass Data_Entry_2017.csv from the release.")
-    if not images.is_dir():
-        raise ManifestError(f"The images folder '{images}' is not a folder; pass the folder holding the PNGs.")
-    records = _read_nih_entries(entries)
-    names = [name for name, _, _ in records]
-    split_of = _nih_splits(names, entries, train_list, test_list)
-    location = _locate_nih_images(names, entries, images)
-    rows = [
-        {"path": location[name], "label": labels, "split": split_of[name], "patient_id": patient}
-        for name, labels, patient in records
-    ]
-    rows.sort(key=lambda row: (SPLITS.index(row["split"]), row["path"]))
-    return rows
-
-
-def nih_manifest_command(entries, train_list, test_list, images, out, console) -> None:
-    """`featx manifest nih`: write the ChestX-ray14 manifest and print label counts per split and leakage."""
-    from rich.table import Table
-
-    rows = nih_manifest_rows(entries, train_list, test_list, images)
-    written = write_manifest(rows, out)
-    present = [split for split in SPLITS if any(row["split"] == split for row in rows)]
-    counts = {split: Counter() for split in present}
-    patients = {split: set() for split in present}
-    for row in rows:
-        counts[row["split"]].update(row["label"])
-        patients[row["split"]].add(row["patient_id"])
-    table = Table(title=f"NIH ChestX-ray14 manifest {written} ({len(rows):,} images, multi-label)")
-    table.add_column("label")
-    for split in present:
-        table.add_column(split, justify="right")
-    for label in order_classes(NIH_LABELS):
-        table.add_row(label, *(f"{counts[split][label]:,}" for split in present))
-    table.add_row("[bold]images[/bold]", *(f"{sum(1 for r in rows if r['split'] == s):,}" for s in present))
-    table.add_row("[bold]patients[/bold]", *(f"{len(patients[s]):,}" for s in present))
-    console.print(table)
-    report = check_manifest(written, images)
-    leakage = report.finding("patient_leakage")
-    if leakage is not None:
-        console.print(f"[red]warning:[/red] {leakage.message}")
-    else:
-        console.print("No patient appears in both splits.")
-    console.print(f"Wrote {len(rows):,} rows to {written}", soft_wrap=True)
-    console.print(
-        f"Next: featx extract --backbone densenet121 --manifest {written} --data-root {images} --out features",
-        soft_wrap=True,
-    )

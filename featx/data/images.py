@@ -7,6 +7,11 @@ larger than the target are decoded at reduced scale (libjpeg DCT scaling through
 ``iter_batches`` decodes on a thread pool (Pillow releases the GIL while
 decoding) a bounded number of batches ahead, so memory does not grow with the
 number of images. A file that cannot be read is recorded and its row left zero.
+Each file is read whole once; its sha256 comes from those same bytes.
+
+DICOM files (featx/data/dicom.py) take a floating-point path instead: their
+display values are resized in float32 and handed on unrounded, so 12- and
+16-bit precision is not cut to 8 bits before the backbone.
 """
 
 from __future__ import annotations
@@ -24,7 +29,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from featx.config import default_workers
+from featx.data import dicom
+from featx.data.manifest import RASTER_SUFFIXES  # read by Pillow; other names are DICOM when they carry DICM
 from featx.errors import FeatxError, ImageReadError, one_of_message
+from featx.files import bytes_sha256
 
 RESIZE_MODES = ("stretch", "pad", "crop")
 MAX_PIXELS = 10_000 * 10_000  # above: refused as a decompression bomb
@@ -121,15 +129,62 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def read_rgb(path, size=None, resize_mode: str = "stretch", filesystem=None) -> Image.Image:
-    """Decode one file to an upright RGB image, at reduced JPEG scale when `size` (h, w) allows it.
+def read_file(path, filesystem=None) -> bytes:
+    """A whole image file's bytes (decoded from memory, so its sha256 costs no second read).
 
     `filesystem` (an fsspec filesystem, featx.data.storage) reads `path` from there; None reads
     the local file. Raises ImageReadError naming the file and the reason.
     """
-    path = Path(path) if filesystem is None else path
+    if filesystem is not None:
+        return _read_remote(path, filesystem)
+    path = Path(path)
     try:
-        with Image.open(_source(path, filesystem)) as image:
+        _check_file(path)
+        data = path.read_bytes()
+    except _Unreadable as exc:
+        raise _read_error(path, str(exc)) from None
+    except FileNotFoundError:
+        raise _read_error(path, "file not found") from None
+    except PermissionError:
+        raise _read_error(path, "permission denied") from None
+    except OSError as exc:
+        raise _read_error(path, f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if not data:
+        raise _read_error(path, "empty file (0 bytes)")
+    return data
+
+
+def _read_remote(path, filesystem) -> bytes:
+    """The file's bytes from an fsspec filesystem, in one read (object stores answer each seek with a request)."""
+    try:
+        info = filesystem.info(path)
+        if info.get("type") != "file":
+            raise _Unreadable("not a regular file")
+        if not info.get("size"):
+            raise _Unreadable("empty file (0 bytes)")
+        with filesystem.open(path, "rb") as remote:
+            data = remote.read()
+    except _Unreadable as exc:
+        raise _read_error(path, str(exc)) from None
+    except FileNotFoundError:
+        raise _read_error(path, "file not found") from None
+    except PermissionError:
+        raise _read_error(path, "permission denied") from None
+    except OSError as exc:  # the storage failed, not the image
+        raise _read_error(path, f"could not be read from its filesystem ({str(exc) or type(exc).__name__})") from None
+    if not data:
+        raise _read_error(path, "empty file (0 bytes)")
+    return data
+
+
+def decode(data: bytes, path, size=None, resize_mode: str = "stretch") -> Image.Image:
+    """An image file's bytes to an upright RGB image, at reduced JPEG scale when `size` (h, w) allows it.
+
+    `path` only names the file in the ImageReadError raised for data that cannot be decoded.
+    """
+    path = Path(path)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise _Unreadable(_bomb_reason(width, height))
@@ -143,10 +198,6 @@ def read_rgb(path, size=None, resize_mode: str = "stretch", filesystem=None) -> 
         raise _read_error(path, f"decompression bomb ({exc})") from None
     except UnidentifiedImageError:
         raise _read_error(path, "not an image file Pillow can decode") from None
-    except FileNotFoundError:
-        raise _read_error(path, "file not found") from None
-    except PermissionError:
-        raise _read_error(path, "permission denied") from None
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for damaged data
@@ -154,30 +205,53 @@ def read_rgb(path, size=None, resize_mode: str = "stretch", filesystem=None) -> 
         raise _read_error(path, f"corrupt or truncated image data ({detail})") from None
 
 
-def _source(path, filesystem):
-    """What Image.open reads: the local path, or the file's bytes fetched whole from `filesystem`."""
-    if filesystem is None:
-        if not path.is_file():
-            raise _Unreadable("file not found" if not path.exists() else "not a regular file")
-        if path.stat().st_size == 0:
-            raise _Unreadable("empty file (0 bytes)")
-        return path
+def read_rgb(path, size=None, resize_mode: str = "stretch", filesystem=None) -> Image.Image:
+    """Decode one file to an upright RGB image, at reduced JPEG scale when `size` (h, w) allows it.
+
+    `filesystem`: as in read_file. Raises ImageReadError naming the file and the reason.
+    """
+    return decode(read_file(path, filesystem), path, size, resize_mode)
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise _Unreadable("file not found" if not path.exists() else "not a regular file")
+    if path.stat().st_size == 0:
+        raise _Unreadable("empty file (0 bytes)")
+
+
+def read_dicom(path, window: str = dicom.DEFAULT_WINDOW, data: bytes | None = None) -> np.ndarray:
+    """The first frame of a DICOM file as float32 display values in 0..255, (h, w) or (h, w, 3), unrounded.
+
+    `data`: the file's bytes when already read. Raises ImageReadError naming the file and the reason (not
+    DICOM, no pixel data, no decoder installed...).
+    """
+    path = Path(path)
     try:
-        info = filesystem.info(path)
-        if info.get("type") != "file":
-            raise _Unreadable("not a regular file")
-        if not info.get("size"):
-            raise _Unreadable("empty file (0 bytes)")
-        with filesystem.open(path, "rb") as remote:  # one read: object stores answer each seek with a request
-            return io.BytesIO(remote.read())
-    except (FileNotFoundError, PermissionError):
-        raise
-    except OSError as exc:  # the storage failed, not the image
-        raise _Unreadable(f"could not be read from its filesystem ({str(exc) or type(exc).__name__})") from None
+        if data is None:
+            _check_file(path)
+        source = io.BytesIO(data) if data is not None else path
+        return dicom.read_pixels(source, window, max_pixels=MAX_PIXELS) * np.float32(255.0)
+    except (_Unreadable, dicom.DicomReadError) as exc:
+        raise _read_error(path, str(exc)) from None
+    except PermissionError:
+        raise _read_error(path, "permission denied") from None
+
+
+def _resize_values(values: np.ndarray, size, resize_mode: str) -> np.ndarray:
+    """(h, w) or (h, w, 3) float32 -> (h, w, 3) float32 at `size`, with the same geometry as `resize`."""
+    planes = [values] if values.ndim == 2 else [values[..., k] for k in range(values.shape[2])]
+    resized = [
+        resize(Image.fromarray(np.ascontiguousarray(p, dtype=np.float32), mode="F"), size, resize_mode) for p in planes
+    ]
+    return np.stack(resized * 3 if len(resized) == 1 else resized, axis=-1)
 
 
 def resize(image: Image.Image, size, resize_mode: str = "stretch") -> np.ndarray:
-    """(h, w, 3) uint8: `stretch` ignores aspect, `pad` fits inside and pads black (centred), `crop` cuts the centre."""
+    """(h, w, 3) uint8 for an RGB image, (h, w) float32 for a mode 'F' one.
+
+    `stretch` ignores aspect, `pad` fits inside and pads black (centred), `crop` cuts the centre.
+    """
     height, width = check_size(size)
     check_resize_mode(resize_mode)
     src_w, src_h = image.size
@@ -188,7 +262,7 @@ def resize(image: Image.Image, size, resize_mode: str = "stretch") -> np.ndarray
         fit_w = min(width, max(1, round(src_w * scale)))
         fit_h = min(height, max(1, round(src_h * scale)))
         fitted = image.resize((fit_w, fit_h), _RESAMPLE) if image.size != (fit_w, fit_h) else image
-        out = Image.new("RGB", (width, height), (0, 0, 0))
+        out = Image.new(image.mode, (width, height))  # black
         out.paste(fitted, ((width - fit_w) // 2, (height - fit_h) // 2))
     else:
         target_aspect = width / height
@@ -198,14 +272,47 @@ def resize(image: Image.Image, size, resize_mode: str = "stretch") -> np.ndarray
             box_w, box_h = src_w, src_w / target_aspect
         left, top = (src_w - box_w) / 2, (src_h - box_h) / 2
         out = image.resize((width, height), _RESAMPLE, box=(left, top, left + box_w, top + box_h))
-    return np.asarray(out, dtype=np.uint8)
+    return np.asarray(out, dtype=np.float32 if image.mode == "F" else np.uint8)
 
 
-def load_image(path, size, resize_mode: str = "stretch", filesystem=None) -> np.ndarray:
-    """One file -> (h, w, 3) uint8 RGB at `size` (h, w). ImageReadError(reason) when it cannot be read."""
+def read_image(
+    path, size, resize_mode: str = "stretch", dicom_window: str = dicom.DEFAULT_WINDOW, filesystem=None
+) -> tuple[np.ndarray, str]:
+    """One file -> ((h, w, 3) RGB at `size` (h, w), hex sha256 of the file's bytes).
+
+    uint8 for the files Pillow reads; float32 in 0..255 for DICOM (dicom.is_dicom_path), not rounded. The
+    sha256 is of the very bytes decoded, so it costs no second read. ImageReadError(reason) when the file
+    cannot be read; its `sha256` attribute holds the digest when the bytes were read but not decoded.
+    `filesystem`: as in read_file.
+    """
     size = check_size(size)
     check_resize_mode(resize_mode)
-    return resize(read_rgb(path, size, resize_mode, filesystem), size, resize_mode)
+    data = read_file(path, filesystem)
+    digest = bytes_sha256(data)
+    try:
+        if _is_dicom(path, data, filesystem):
+            return _resize_values(read_dicom(path, dicom_window, data=data), size, resize_mode), digest
+        return resize(decode(data, path, size, resize_mode), size, resize_mode), digest
+    except ImageReadError as exc:
+        exc.sha256 = digest
+        raise
+
+
+def _is_dicom(path, data: bytes, filesystem) -> bool:
+    """dicom.is_dicom_path for a local file; inside a filesystem, the marker is looked for in the bytes read."""
+    if filesystem is None:
+        return dicom.is_dicom_path(path, RASTER_SUFFIXES)
+    suffix = Path(path).suffix.lower()
+    if suffix in dicom.DICOM_SUFFIXES or suffix in RASTER_SUFFIXES:
+        return suffix in dicom.DICOM_SUFFIXES
+    return data[dicom.PREAMBLE_BYTES : dicom.PREAMBLE_BYTES + len(dicom.MAGIC)] == dicom.MAGIC
+
+
+def load_image(
+    path, size, resize_mode: str = "stretch", dicom_window: str = dicom.DEFAULT_WINDOW, filesystem=None
+) -> np.ndarray:
+    """One file -> (h, w, 3) RGB at `size` (h, w): read_image without the sha256."""
+    return read_image(path, size, resize_mode, dicom_window, filesystem)[0]
 
 
 @dataclass
@@ -216,6 +323,7 @@ class Batch:
     images: np.ndarray  # (b, h, w, 3) float32 in 0..255, raw RGB, zeros where not ok
     ok: np.ndarray  # (b,) bool
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    sha256: list[str] = field(default_factory=list)  # hex sha256 of each row's file bytes, "" where unread
 
     def __len__(self) -> int:
         return len(self.ok)
@@ -229,15 +337,17 @@ def iter_batches(
     start: int = 0,
     workers: int | None = None,
     prefetch: int = 2,
+    dicom_window: str = dicom.DEFAULT_WINDOW,
     filesystem=None,
 ) -> Generator[Batch, None, None]:
     """Batches of rows start, start+batch_size, ... in order, decoded `prefetch` batches ahead on threads.
 
     While the caller works on one batch, the next `prefetch` are decoding, so at most
-    prefetch + 1 batch arrays are alive at a time whatever len(paths) is. `filesystem`: as in read_rgb.
+    prefetch + 1 batch arrays are alive at a time whatever len(paths) is. `filesystem`: as in read_file.
     """
     size = check_size(size)
     check_resize_mode(resize_mode)
+    dicom.check_window(dicom_window)
     if batch_size < 1:
         raise FeatxError(f"The batch size must be a positive integer. Got {batch_size!r} instead.")
     if not 0 <= start <= len(paths):
@@ -251,7 +361,9 @@ def iter_batches(
         rows = min(batch_size, len(paths) - batch_start)
         images = np.zeros((rows, *size, 3), dtype=np.float32)
         futures = [
-            pool.submit(_decode_into, images, row, paths[batch_start + row], size, resize_mode, filesystem)
+            pool.submit(
+                _decode_into, images, row, paths[batch_start + row], size, resize_mode, dicom_window, filesystem
+            )
             for row in range(rows)
         ]
         pending.append((batch_start, images, futures))
@@ -264,12 +376,12 @@ def iter_batches(
                 break
         while pending:
             batch_start, images, futures = pending.popleft()
-            reasons = [future.result() for future in futures]
+            reasons, digests = zip(*(future.result() for future in futures))
             ok = np.array([reason is None for reason in reasons], dtype=bool)
             errors = [
                 (str(paths[batch_start + row]), reason) for row, reason in enumerate(reasons) if reason is not None
             ]
-            yield Batch(start=batch_start, images=images, ok=ok, errors=errors)
+            yield Batch(start=batch_start, images=images, ok=ok, errors=errors, sha256=list(digests))
             del images  # the consumer owns it now; keep only `prefetch` arrays of our own
             next_start = next(starts, None)
             if next_start is not None:
@@ -278,14 +390,16 @@ def iter_batches(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _decode_into(images: np.ndarray, row: int, path, size: tuple[int, int], resize_mode: str, filesystem) -> str | None:
-    """Write one decoded image into its row; the reason string when it cannot be read (the row stays zero)."""
+def _decode_into(
+    images: np.ndarray, row: int, path, size: tuple[int, int], resize_mode: str, dicom_window: str, filesystem
+) -> tuple[str | None, str]:
+    """Write one decoded image into its row: (reason it cannot be read or None, sha256 of its bytes or "")."""
     try:
         options = {} if filesystem is None else {"filesystem": filesystem}  # local files: the call it always was
-        images[row] = load_image(path, size, resize_mode, **options)
+        images[row], digest = read_image(path, size, resize_mode, dicom_window, **options)
     except ImageReadError as exc:
-        return exc.reason
-    return None
+        return exc.reason, getattr(exc, "sha256", "")
+    return None, digest
 
 
 class _Unreadable(Exception):

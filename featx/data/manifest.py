@@ -2,7 +2,9 @@
 
 A manifest has one row per image with the columns of DESIGN.md: `path`
 (relative to a data root), `label` (several joined by `|` for multi-label),
-`split` (train | val | test), `patient_id` and optionally `sha256`.
+`split` (train | val | test), `patient_id` and optionally `sha256`. Any other
+column is metadata (sex, age, view, site, device, ...): kept as text, "" where a
+row has no value, and carried into the embedding cache and the run records.
 
 Patient IDs come from file names through PATIENT_PARSERS, one entry per
 dataset. Kermany IDs keep their file-name family verbatim (`person123`,
@@ -24,6 +26,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from featx.data.dicom import DICOM_SUFFIXES, HEADER_META, DicomReadError, has_preamble, is_dicom_path, read_header
 from featx.data.holdout import holdout_patients
 from featx.errors import ManifestError, closest, one_of_message
 from featx.files import atomic_write_bytes, file_sha256, is_ignored, walk_files
@@ -33,7 +36,8 @@ COLUMNS = ("path", "label", "split", "patient_id", "sha256")
 REQUIRED_COLUMNS = COLUMNS[:4]
 SPLITS = ("train", "val", "test")
 SPLIT_POLICIES = ("all-train", "patient-holdout")
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff")
+RASTER_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = RASTER_SUFFIXES + DICOM_SUFFIXES  # extension-less files count when they carry the DICM marker
 LABEL_SEPARATOR = "|"
 NEGATIVE_NAMES = ("normal", "no finding", "negative", "healthy")
 
@@ -52,6 +56,7 @@ class Manifest:
     file_sha256: tuple[str, ...] | None
     classes: tuple[str, ...]
     multilabel: bool
+    meta: dict[str, tuple[str, ...]] = field(default_factory=dict)  # extra column -> one value per row
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -90,6 +95,7 @@ class _Row:
     split: str
     patient_id: str
     sha256: str
+    meta: tuple[str, ...] = ()
 
 
 @dataclass
@@ -97,6 +103,7 @@ class _Parsed:
     rows: list[_Row]
     sha256_hex: str
     has_sha256: bool
+    meta_columns: tuple[str, ...] = ()
     problems: list[tuple[str, int, str]] = field(default_factory=list)  # (kind, line, sentence)
 
 
@@ -126,7 +133,19 @@ def _parse(path: Path, strict: bool) -> _Parsed:
             f"Manifest '{path}' is missing the column(s) {missing}; the required columns are "
             f"{list(REQUIRED_COLUMNS)} (optional: ['sha256']), found {header}."
         )
-    parsed = _Parsed(rows=[], sha256_hex=hashlib.sha256(data).hexdigest(), has_sha256="sha256" in header)
+    meta_columns = tuple(dict.fromkeys(name for name in header if name and name not in COLUMNS))
+    bad = [name for name in meta_columns if "/" in name or name in (".", "..")]
+    if bad:
+        raise ManifestError(
+            f"Manifest '{path}' has the metadata column name(s) {bad}; a column name cannot contain '/' "
+            "or be '.' or '..' (rename it, e.g. 'ap_pa')."
+        )
+    parsed = _Parsed(
+        rows=[],
+        sha256_hex=hashlib.sha256(data).hexdigest(),
+        has_sha256="sha256" in header,
+        meta_columns=meta_columns,
+    )
 
     def problem(kind: str, line: int, sentence: str) -> None:
         if strict:
@@ -171,13 +190,18 @@ def _parse(path: Path, strict: bool) -> _Parsed:
             )
             if strict:
                 continue
-        parsed.rows.append(_Row(line, values["path"], labels, split, values["patient_id"], values["sha256"].lower()))
+        meta = tuple((record.get(name) or "").strip() for name in meta_columns)
+        parsed.rows.append(
+            _Row(line, values["path"], labels, split, values["patient_id"], values["sha256"].lower(), meta)
+        )
     if not parsed.rows and not parsed.problems:
         raise ManifestError(f"Manifest '{path}' has a header but no rows; it needs one row per image.")
     return parsed
 
 
-def _manifest_from_rows(rows: list[_Row], path: Path | None, sha256_hex: str, has_sha256: bool) -> Manifest:
+def _manifest_from_rows(
+    rows: list[_Row], path: Path | None, sha256_hex: str, has_sha256: bool, meta_columns: tuple[str, ...] = ()
+) -> Manifest:
     classes = order_classes(name for row in rows for name in row.labels)
     return Manifest(
         path=path,
@@ -189,6 +213,7 @@ def _manifest_from_rows(rows: list[_Row], path: Path | None, sha256_hex: str, ha
         file_sha256=tuple(row.sha256 for row in rows) if has_sha256 else None,
         classes=classes,
         multilabel=any(len(row.labels) > 1 for row in rows),
+        meta={name: tuple(row.meta[k] for row in rows) for k, name in enumerate(meta_columns)},
     )
 
 
@@ -196,20 +221,22 @@ def read_manifest(path) -> Manifest:
     """Read and validate a manifest CSV; ManifestError names the file, line and column of a mistake."""
     path = Path(path)
     parsed = _parse(path, strict=True)
-    return _manifest_from_rows(parsed.rows, path, parsed.sha256_hex, parsed.has_sha256)
+    return _manifest_from_rows(parsed.rows, path, parsed.sha256_hex, parsed.has_sha256, parsed.meta_columns)
 
 
 def write_manifest(rows: Iterable[Mapping], path) -> Path:
-    """Write rows (dicts with path, label, split, patient_id[, sha256]) as a manifest CSV.
+    """Write rows (dicts with path, label, split, patient_id[, sha256][, metadata...]) as a manifest CSV.
 
     A label may be a string or a sequence of names (joined by '|'). The sha256
-    column is written only when some row has one. Lines end in '\\n' so the
+    column is written only when some row has one; every other key is a metadata column (first-seen order,
+    None or a missing key written as ""). Lines end in '\\n' so the
     bytes are the same on every platform. The file appears atomically.
     """
     path = Path(path)
     rows = list(rows)
     with_sha = any(row.get("sha256") for row in rows)
-    columns = COLUMNS if with_sha else REQUIRED_COLUMNS
+    meta_columns = list(dict.fromkeys(key for row in rows for key in row if key not in COLUMNS))
+    columns = [*(COLUMNS if with_sha else REQUIRED_COLUMNS), *meta_columns]
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
@@ -223,7 +250,10 @@ def write_manifest(rows: Iterable[Mapping], path) -> Path:
         if not isinstance(label, str):
             label = LABEL_SEPARATOR.join(label)
         fields = [str(row["path"]), label, row["split"], str(row["patient_id"])]
-        writer.writerow(fields + [row.get("sha256") or ""] if with_sha else fields)
+        if with_sha:
+            fields.append(row.get("sha256") or "")
+        fields += ["" if row.get(name) is None else str(row[name]) for name in meta_columns]
+        writer.writerow(fields)
     atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
     return path
 
@@ -374,15 +404,35 @@ class ScanResult:
     notes: tuple[str, ...]
 
 
+def is_image_file(path) -> bool:
+    """An image featx reads: a raster or DICOM suffix, or any other name whose file carries the DICM marker."""
+    suffix = Path(path).suffix.lower()
+    return suffix in IMAGE_SUFFIXES or (suffix not in RASTER_SUFFIXES and has_preamble(path))
+
+
 def _image_files(folder: Path) -> tuple[list[Path], int]:
     """Image files anywhere under folder (sorted), and how many other visible files were skipped."""
     images, skipped = [], 0
     for file in walk_files(folder):
-        if file.suffix.lower() in IMAGE_SUFFIXES:
+        if is_image_file(file):
             images.append(file)
         else:
             skipped += 1
     return images, skipped
+
+
+def _dicom_headers(root: Path, paths: list[str]) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """relative path -> featx.data.dicom.read_header for the DICOM files among paths; 'path: reason' per failure."""
+    headers, failures = {}, []
+    for rel in paths:
+        file = root / rel
+        if not is_dicom_path(file, RASTER_SUFFIXES):
+            continue
+        try:
+            headers[rel] = read_header(file)
+        except DicomReadError as error:
+            failures.append(f"{rel}: {error}")
+    return headers, failures
 
 
 def scan(
@@ -440,12 +490,33 @@ def scan(
     if skipped:
         notes.append(f"Skipped {skipped} non-image file(s).")
     parser_name, note = _choose_parser(dataset, [path for path, _, _ in entries])
+    parser = PATIENT_PARSERS[parser_name]
+    headers, unreadable = _dicom_headers(root, [path for path, _, _ in entries])
+    from_header = 0
+    rows = []
+    for path, label, split in entries:
+        row = {"path": path, "label": label, "split": split, "patient_id": parser(path)}
+        header = headers.get(path)
+        # the file names carry no patient (generic fallback): a DICOM file's PatientID does
+        if header and header["patient_id"] and dataset == "auto" and parser_name == FALLBACK_PARSER:
+            row["patient_id"] = header["patient_id"]
+            from_header += 1
+        rows.append(row)
+    if from_header:
+        parser_name = "dicom-header"
+        note = f"patient_id from the DICOM PatientID of {from_header} of {len(rows)} file(s)" + (
+            ", the file stem for the rest." if from_header < len(rows) else "."
+        )
     if note:
         notes.append(note)
-    parser = PATIENT_PARSERS[parser_name]
-    rows = [
-        {"path": path, "label": label, "split": split, "patient_id": parser(path)} for path, label, split in entries
-    ]
+    present = [column for column in HEADER_META if any(header[column] for header in headers.values())]
+    for row in rows:  # metadata columns from the DICOM headers, "" for other files
+        header = headers.get(row["path"], {})
+        row.update({column: header.get(column, "") for column in present})
+    if present:
+        notes.append(f"Metadata columns {present} from the DICOM headers of {len(headers)} file(s).")
+    if unreadable:
+        notes.append(f"{len(unreadable)} DICOM header(s) could not be read (first: {unreadable[0]}).")
 
     if layout == "label/file":
         if split_policy == "all-train":

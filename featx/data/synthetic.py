@@ -7,6 +7,13 @@ the lungs. Every patient has several images that differ by pose (shift, rotation
 scale), exposure (gain, gamma) and noise. The train/test split is by patient and
 stratified by class. Everything is drawn from one seed, so the same arguments give
 the same bytes.
+
+The manifest also carries metadata for the subgroup analysis: sex (per patient),
+view (PA or AP, per image) and age (per patient), drawn from their own random
+stream so the images and the split do not depend on them. The built-in subgroup
+difference: the opacity patients whose opacities are the faintest half (by total
+haze) are aged 65 and over, the others under 65, so a model's AUC is lower in the
+65+ band. Normal patients' ages spread over 20-89.
 """
 
 from __future__ import annotations
@@ -25,8 +32,11 @@ from featx.errors import FeatxError, ManifestError
 CLASSES = ("normal", "opacity")
 PARAMS_FILE = "phantoms.json"
 MANIFEST_FILE = "manifest.csv"
-# Bumped whenever the drawing changes, so a stale generated folder is regenerated.
-GENERATOR_VERSION = 1
+# Bumped whenever the output changes, so a stale generated folder is regenerated (2: metadata columns;
+# the images and the split are those of version 1).
+GENERATOR_VERSION = 2
+META_COLUMNS = ("sex", "age", "view")
+OLD_AGE = 65  # positives with the fainter opacities are this old or older
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,25 @@ def _draw_opacities(rng: np.random.Generator, anatomy: _Anatomy) -> list[_Opacit
             )
         )
     return patches
+
+
+def haze_mass(opacities: list[_Opacity]) -> float:
+    """How much opacity a patient's patches add up to (density x area): small means hard to see."""
+    return float(sum(patch.density * patch.su * patch.sv for patch in opacities))
+
+
+def _ages(positive: np.ndarray, masses: list[float], rngs: list[np.random.Generator]) -> list[int]:
+    """Per patient: positives with below-median haze mass are OLD_AGE..89, the other positives 20..OLD_AGE-1."""
+    faint_below = float(np.median([masses[i] for i in np.flatnonzero(positive)]))
+    ages = []
+    for index, rng in enumerate(rngs):
+        if not positive[index]:
+            ages.append(int(rng.integers(20, 90)))
+        elif masses[index] < faint_below:
+            ages.append(int(rng.integers(OLD_AGE, 90)))
+        else:
+            ages.append(int(rng.integers(20, OLD_AGE)))
+    return ages
 
 
 def render_phantom(
@@ -312,6 +341,7 @@ def generate_phantoms(
 
     positive, test = _assign_classes_and_splits(params, np.random.default_rng([params.seed, 0]))
     rows = []
+    masses: list[float] = []
     for index in range(params.n_patients):
         # one stream per patient: a patient's images do not depend on the others
         rng = np.random.default_rng([params.seed, 1, index])
@@ -320,6 +350,7 @@ def generate_phantoms(
         split = "test" if test[index] else "train"
         anatomy = _draw_anatomy(rng)
         opacities = _draw_opacities(rng, anatomy) if positive[index] else []
+        masses.append(haze_mass(opacities))
         n_images = int(rng.integers(params.images_per_patient[0], params.images_per_patient[1] + 1))
         folder = dest / split / label
         folder.mkdir(parents=True, exist_ok=True)
@@ -337,6 +368,13 @@ def generate_phantoms(
                 }
             )
 
+    # metadata from a stream of its own (stream 2): the images and the split above do not depend on it
+    meta_rngs = [np.random.default_rng([params.seed, 2, index]) for index in range(params.n_patients)]
+    sexes = [("F", "M")[int(rng.integers(0, 2))] for rng in meta_rngs]
+    ages = _ages(positive, masses, meta_rngs)
+    for row in rows:
+        index = int(row["patient_id"].split("-")[1])
+        row.update(sex=sexes[index], age=str(ages[index]), view="PA" if meta_rngs[index].random() < 0.7 else "AP")
     manifest = write_manifest(rows, dest / MANIFEST_FILE)
     (dest / PARAMS_FILE).write_text(json.dumps(params.to_json(), indent=2) + "\n")
     return manifest

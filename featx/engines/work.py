@@ -86,6 +86,7 @@ class Rows:
     ok: np.ndarray  # (n,) bool: False where the image could not be read (the writer stores zeros there)
     errors: list[tuple[int, str]]  # (row, reason) for each unreadable row, in row order
     embeddings: dict[str, tuple[int, dict[str, np.ndarray]]]
+    sha256: list[str] = field(default_factory=list)  # of each row's file bytes ("" where unread), for the cache
     worker: str = ""  # who embedded them ("pid@host" on Ray): for logs and tests
 
     @property
@@ -95,13 +96,14 @@ class Rows:
     def __len__(self) -> int:
         return len(self.ok)
 
-    def part(self, key: str) -> tuple[int, dict[str, np.ndarray], np.ndarray, list[tuple[int, str]]] | None:
-        """(first row, embeddings, ok, errors) of backbone `key` in these rows; None when it embedded none."""
+    def part(self, key: str):
+        """(first row, embeddings, ok, errors, sha256) of backbone `key` in these rows; None when it embedded none."""
         if key not in self.embeddings:
             return None
         first, embeddings = self.embeddings[key]
-        ok = self.ok[first - self.start :]
-        return first, embeddings, ok, [(row, reason) for row, reason in self.errors if row >= first]
+        skip = first - self.start
+        errors = [(row, reason) for row, reason in self.errors if row >= first]
+        return first, embeddings, self.ok[skip:], errors, self.sha256[skip:]
 
 
 def embed_batches(
@@ -122,7 +124,8 @@ def embed_batches(
                 embeddings[key] = (start + skip, forward(batch.images[skip:]))
         failed = np.flatnonzero(~batch.ok).tolist()
         errors = [(start + row, reason) for row, (_, reason) in zip(failed, batch.errors)]
-        yield Rows(start=start, ok=batch.ok, errors=errors, embeddings=embeddings)
+        sha256 = list(getattr(batch, "sha256", None) or [""] * len(batch))
+        yield Rows(start=start, ok=batch.ok, errors=errors, embeddings=embeddings, sha256=sha256)
 
 
 def merge_rows(parts: Sequence[Rows], worker: str = "") -> Rows:
@@ -140,6 +143,7 @@ def merge_rows(parts: Sequence[Rows], worker: str = "") -> Rows:
         ok=np.concatenate([part.ok for part in parts]),
         errors=[error for part in parts for error in part.errors],
         embeddings=embeddings,
+        sha256=[digest for part in parts for digest in part.sha256],
         worker=worker,
     )
 

@@ -9,11 +9,15 @@ backbone come from one forward pass.
 
 from __future__ import annotations
 
+import shlex
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+
+import numpy as np
 
 from featx import __version__
 from featx.engines import LOCAL, EngineConfig, check_engine
@@ -25,6 +29,7 @@ from featx.progress import progress_bar
 from featx.runtime import library_versions
 
 _EXISTENCE_PROBE_ROWS = 20
+FAILURES_SHOWN = 5  # failed images named in the summary; the rest are in <name>.errors.csv
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,7 @@ class ExtractConfig:
     workers: int | None = None
     limit: int | None = None
     engine: EngineConfig = LOCAL  # where the rows are embedded (featx/engines); the cache is written here either way
+    dicom_window: str = "file"  # featx.data.dicom.DICOM_WINDOWS; recorded only when some row is DICOM
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,8 @@ class ExtractSummary:
     weights_label: str
     random_weights: bool = False
     note: str | None = None
+    failed_images: tuple[tuple[str, str], ...] = ()  # (manifest path, reason): the first FAILURES_SHOWN
+    errors_csv: Path | None = None  # every failed image, beside the cache
 
 
 @dataclass
@@ -101,6 +109,43 @@ def _check_manifest_paths(rel_paths: Sequence[str], data_root) -> list:
     return paths
 
 
+def _duplicate_paths_warning(paths: Sequence[str]) -> str | None:
+    """One sentence when manifest rows repeat a path (each copy would be embedded and counted again)."""
+    counts = Counter(paths)
+    repeated = [path for path, n in counts.items() if n > 1]
+    if not repeated:
+        return None
+    extra = sum(counts[path] - 1 for path in repeated)
+    return (
+        f"{len(repeated)} path(s) are listed more than once in the manifest (e.g. {repeated[0]!r}, "
+        f"{counts[repeated[0]]} times), so {extra} extra row(s) embed the same file again and count twice in "
+        "training or test; remove the duplicates (`featx manifest check` lists them)."
+    )
+
+
+def _extract_args(
+    config: ExtractConfig, spec, info, size, poolings, manifest_path: Path, data_root: str, limit, dicom_window: str
+):
+    """The arguments of the `featx extract` command that rebuilds one backbone's cache (recorded in it, so
+    every later complaint about the cache can name the exact command that fixes it)."""
+    parts = ["--backbone", spec.name, "--manifest", str(manifest_path.resolve()), "--data-root", data_root]
+    parts += ["--weights", info.path if info.kind == "file" else info.label]
+    if info.kind == "random":
+        parts += ["--seed", str(int(info.seed))]
+    parts += ["--pooling", ",".join(poolings)]
+    if size[0] == size[1]:  # the CLI takes square sizes only
+        parts += ["--image-size", str(int(size[0]))]
+    if config.resize_mode != "stretch":
+        parts += ["--resize-mode", config.resize_mode]
+    if limit is not None:
+        parts += ["--limit", str(int(limit))]
+    if dicom_window not in (store.NO_DICOM, ExtractConfig.dicom_window):
+        parts += ["--dicom-window", dicom_window]
+    if config.mixed_precision:
+        parts.append("--mixed-precision")
+    return shlex.join(parts)
+
+
 def _versions() -> dict[str, str]:
     """The cache attrs tensorflow_version and keras_version ("absent" where the package is not installed)."""
     versions = library_versions()
@@ -109,8 +154,8 @@ def _versions() -> dict[str, str]:
 
 def _plan(config: ExtractConfig):
     """Check every input and describe each backbone's job; nothing is built or written yet."""
-    from featx.data import images
-    from featx.data.manifest import read_manifest
+    from featx.data import dicom, images
+    from featx.data.manifest import RASTER_SUFFIXES, read_manifest
     from featx.data.storage import open_data_root
     from featx.extract import backbones
 
@@ -123,6 +168,7 @@ def _plan(config: ExtractConfig):
         raise BackboneError(f"No pooling given; pass --pooling with some of {list(backbones.POOLINGS)}.")
     poolings = tuple(backbones.check_pooling(p) for p in poolings)
     images.check_resize_mode(config.resize_mode)
+    dicom.check_window(config.dicom_window)
     if int(config.batch_size) < 1:
         raise FeatxError(f"The batch size must be a positive integer. Got {config.batch_size!r} instead.")
     if config.limit is not None and int(config.limit) < 1:
@@ -150,6 +196,10 @@ def _plan(config: ExtractConfig):
     )
 
     data_root_text = data_root.text
+    # The window changes DICOM pixels only: a manifest without DICOM rows records "none", so the flag cannot
+    # invalidate its caches.
+    has_dicom = any(dicom.is_dicom_path(path, RASTER_SUFFIXES) for path in paths)
+    dicom_window = config.dicom_window if has_dicom else store.NO_DICOM
     jobs = []
     for spec, size, info in zip(specs, sizes, weights):
         attrs = {
@@ -165,6 +215,18 @@ def _plan(config: ExtractConfig):
             "poolings": list(poolings),
             "manifest_sha256": manifest.sha256_hex,
             "data_root": data_root_text,
+            "dicom_window": dicom_window,
+            "extract_args": _extract_args(
+                config,
+                spec,
+                info,
+                size,
+                poolings,
+                manifest_path,
+                data_root_text,
+                n_rows if n_rows < len(manifest) else None,
+                dicom_window,
+            ),
         }
         widths = {pooling: int(spec.embedding_width(pooling, size)) for pooling in poolings}
         job = _Job(
@@ -184,14 +246,16 @@ def _plan(config: ExtractConfig):
 # ---------------------------------------------------------------- the run
 
 
-def _summary(job: _Job, status: str, rows: int, failures: int) -> ExtractSummary:
+def _summary(job: _Job, status: str, rows: int, failures: Sequence[tuple[str, str]]) -> ExtractSummary:
     rate = job.rows_this_run / job.seconds if job.seconds > 0 and job.rows_this_run else 0.0
     return ExtractSummary(
         backbone=job.spec.name,
         path=job.path,
         status=status,
         rows=rows,
-        failures=failures,
+        failures=len(failures),
+        failed_images=tuple(failures[:FAILURES_SHOWN]),
+        errors_csv=store.errors_csv_path(job.path) if failures else None,
         seconds=job.seconds,
         rate=rate,
         weights_label=job.weights.label,
@@ -209,7 +273,11 @@ def run_extract(config: ExtractConfig, console=None) -> list[ExtractSummary]:
     manifest, n_rows, paths, jobs, data_root = _plan(config)
     labels = manifest.label_array()[:n_rows]
     ids, split, patient_id = manifest.paths[:n_rows], manifest.splits[:n_rows], manifest.patient_ids[:n_rows]
+    meta = {name: values[:n_rows] for name, values in manifest.meta.items()}
 
+    duplicates = _duplicate_paths_warning(ids)
+    if duplicates:
+        console.print(f"[yellow]warning[/]: {duplicates}", soft_wrap=True)
     for job in jobs:
         for note in job.notes:
             console.print(f"[yellow]{job.spec.name}[/]: {note}")
@@ -217,8 +285,11 @@ def run_extract(config: ExtractConfig, console=None) -> list[ExtractSummary]:
     for job in jobs:
         started = time.perf_counter()
         if store.check_cache(job.path, job.attrs, n_rows, force=config.force):
+            failures = store.read_rows(job.path).failures
+            if failures and not store.errors_csv_path(job.path).exists():
+                store.write_errors_csv(job.path, failures)
             job.seconds = time.perf_counter() - started
-            job.summary = _summary(job, "hit", n_rows, store.count_failures(job.path))
+            job.summary = _summary(job, "hit", n_rows, failures)
             console.print(f"[green]{job.spec.name}[/]: cache hit, {job.path} is up to date (nothing to do).")
         else:
             pending.append(job)
@@ -228,17 +299,26 @@ def run_extract(config: ExtractConfig, console=None) -> list[ExtractSummary]:
         groups.setdefault((tuple(job.image_size), config.resize_mode), []).append(job)
 
     for (size, resize_mode), group in groups.items():
-        _run_group(
-            group, config, size, resize_mode, paths, ids, labels, manifest.classes, split, patient_id, console,
-            decode_options=data_root.decode_options,
-        )  # fmt: skip
+        rows = _Rows(ids, labels, manifest.classes, split, patient_id, meta)
+        _run_group(group, config, size, resize_mode, paths, rows, console, decode_options=data_root.decode_options)
     return [job.summary for job in jobs]
 
 
-def _run_group(
-    group, config, size, resize_mode, paths, ids, labels, classes, split, patient_id, console, decode_options=None
-) -> None:
+@dataclass(frozen=True)
+class _Rows:
+    """What every cache of a run stores per row besides its embeddings."""
+
+    ids: Sequence[str]
+    labels: np.ndarray
+    classes: Sequence[str]
+    split: Sequence[str]
+    patient_id: Sequence[str]
+    meta: dict[str, Sequence[str]]
+
+
+def _run_group(group, config, size, resize_mode, paths, rows: _Rows, console, decode_options=None) -> None:
     """Open every writer of the group, then write the rows the engine embeds (one shared decode for all)."""
+    from featx.data import dicom
     from featx.engines import get_engine
     from featx.engines.work import EmbedRequest, ModelRecipe
 
@@ -250,12 +330,13 @@ def _run_group(
             job.writer = store.open_writer(
                 job.path,
                 attrs={**job.attrs, **versions, "created_utc": created},
-                ids=ids,
-                labels=labels,
-                classes=classes,
-                split=split,
-                patient_id=patient_id,
+                ids=rows.ids,
+                labels=rows.labels,
+                classes=rows.classes,
+                split=rows.split,
+                patient_id=rows.patient_id,
                 widths=job.widths,
+                meta=rows.meta,
                 force=config.force,
                 batch_rows=config.batch_size,
             )
@@ -263,8 +344,11 @@ def _run_group(
                 job.notes.append(job.writer.note)
                 console.print(f"[yellow]{job.spec.name}[/]: {job.writer.note}")
         todo = [job for job in group if job.writer.n_done < job.writer.n_total]
-        n_total = len(ids)
+        n_total = len(rows.ids)
         if todo:
+            dicom_window = group[0].attrs["dicom_window"]
+            if dicom_window == store.NO_DICOM:
+                dicom_window = dicom.DEFAULT_WINDOW
             request = EmbedRequest(
                 paths=paths,
                 image_size=size,
@@ -278,7 +362,7 @@ def _run_group(
                 },
                 first_rows={job.spec.name: job.writer.n_done for job in todo},
                 workers=config.workers,
-                decode_options=decode_options or {},
+                decode_options={"dicom_window": dicom_window, **(decode_options or {})},
             )
             with engine.open(request, console) as embedded, progress_bar(console, unit="img") as progress:
                 tasks = {
@@ -287,23 +371,23 @@ def _run_group(
                 }
                 for job in group:
                     job.started = time.perf_counter()
-                for rows in embedded:
+                for embedded_rows in embedded:
                     for job in todo:
-                        part = rows.part(job.spec.name)
+                        part = embedded_rows.part(job.spec.name)
                         if part is None:
                             continue
-                        first, embeddings, ok, errors = part
+                        first, embeddings, ok, errors, sha256 = part
                         tick = time.perf_counter()
-                        job.writer.write(first, embeddings, ok, [(ids[row], reason) for row, reason in errors])
+                        errors = [(rows.ids[row], reason) for row, reason in errors]
+                        job.writer.write(first, embeddings, ok, errors, sha256)
                         job.seconds += time.perf_counter() - tick
                         job.rows_this_run += len(ok)
                         progress.update(tasks[id(job)], completed=job.writer.n_done)
         for job in group:
             status = "resumed" if job.writer.resumed_from > 0 else "built"
-            failures = job.writer.n_failed
             job.seconds = time.perf_counter() - job.started if job.started else 0.0
             job.writer.finish()
-            job.summary = _summary(job, status, n_total, failures)
+            job.summary = _summary(job, status, n_total, job.writer.failures)
     except KeyboardInterrupt:
         for job in group:
             if job.writer is not None and not job.writer.closed and job.writer.n_done > 0:
@@ -352,12 +436,32 @@ def print_summary(summaries: Sequence[ExtractSummary], console) -> None:
     console.print(table)
     for summary in summaries:
         console.print(f"{summary.backbone}: {summary.path}", soft_wrap=True)
-    if any(summary.failures for summary in summaries):
-        console.print("Failed images are stored as zero rows with ok=False; their reasons are in each cache's /errors.")
+    for summary in summaries:
+        if summary.failures:
+            _print_failures(summary, console)
     if any(summary.random_weights for summary in summaries):
         console.rule(style="bold red")
         console.print(RANDOM_BANNER, style="bold white on red", soft_wrap=True)
         console.rule(style="bold red")
+
+
+def _print_failures(summary: ExtractSummary, console) -> None:
+    """Name the first failed images with their reasons, and where the full list is."""
+    from rich.markup import escape
+
+    console.print(
+        f"[bold red]{summary.backbone}[/]: {summary.failures} image(s) could not be read; they are stored as zero "
+        "rows with ok=False, which classify leaves out:",
+        soft_wrap=True,
+    )
+    for path, reason in summary.failed_images:
+        console.print(f"  {escape(path)}: {escape(reason)}", soft_wrap=True, highlight=False)
+    more = summary.failures - len(summary.failed_images)
+    console.print(
+        f"  {f'... and {more} more; ' if more > 0 else ''}the full list (path, reason) is in {summary.errors_csv}",
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 def extract_command(config: ExtractConfig, console) -> None:

@@ -37,7 +37,7 @@ def finish_results(results_dir, console, *, manifest=None, data_root=None, annou
     -------
     FinishedResults
     """
-    from featx.results.report import write_report
+    from featx.results.report import print_subgroups, write_report
 
     results_dir = Path(results_dir)
     runs = records.load_runs(results_dir)
@@ -59,6 +59,7 @@ def finish_results(results_dir, console, *, manifest=None, data_root=None, annou
         if announce:
             console.print(f"Report written to {report}.")
     best = leaderboard.leaderboard_rows(runs)[0]["run_id"]
+    print_subgroups(next(run for run in runs if run["run_id"] == best), console)
     return FinishedResults(runs, csv_path, md_path, report, best)
 
 

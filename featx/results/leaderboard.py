@@ -424,7 +424,10 @@ def to_markdown(rows: list[dict]) -> str:
         lines += ["Best pooling per cell, named in brackets.", ""]
     lines += _md_table(
         ["backbone", *classifiers],
-        [[_backbone_label(rows, b), *(pivot_cell(best.get((b, c)), show_pooling) for c in classifiers)] for b in backbones],
+        [
+            [_backbone_label(rows, b), *(pivot_cell(best.get((b, c)), show_pooling) for c in classifiers)]
+            for b in backbones
+        ],
     )
     lines += ["", HOW_TO_READ]
     return "\n".join(lines)

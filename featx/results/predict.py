@@ -27,7 +27,6 @@ from featx.files import walk_files
 from featx.results.records import load_bundle
 
 
-
 def _weights_file(bundle: dict, bundle_path: Path) -> Path:
     """Where the bundle's weights file is: its recorded path, else beside the bundle, the results or the working folder."""
     name = str(bundle["weights"])
@@ -35,7 +34,12 @@ def _weights_file(bundle: dict, bundle_path: Path) -> Path:
     candidates = []
     if bundle.get("weights_path"):
         candidates.append(Path(bundle["weights_path"]))
-    candidates += [Path(name), bundle_path.parent / name, bundle_path.parent.parent / name, bundle_path.parent.parent.parent / name]
+    candidates += [
+        Path(name),
+        bundle_path.parent / name,
+        bundle_path.parent.parent / name,
+        bundle_path.parent.parent.parent / name,
+    ]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
         raise BundleError(
@@ -67,7 +71,9 @@ def _weights_info(bundle: dict, bundle_path: Path, spec):
         return WeightsInfo(kind="random", label="random", sha256="", seed=int(seed))
     if weights == "imagenet":
         if not spec.imagenet_weights:
-            raise BundleError(f"Model bundle '{bundle_path}' claims ImageNet weights for {spec.name!r}, which has none.")
+            raise BundleError(
+                f"Model bundle '{bundle_path}' claims ImageNet weights for {spec.name!r}, which has none."
+            )
         # not cached: create_backbone tries Keras's download and says where to put the file when that fails
         return WeightsInfo(kind="imagenet", label="imagenet", sha256="", seed=-1)
     return resolve_weights(str(_weights_file(bundle, bundle_path)))
@@ -125,12 +131,13 @@ def _manifest_paths(csv_path: Path, data_root) -> list[Path]:
 def collect_inputs(inputs, data_root=None) -> list[Path]:
     """Image files as given, image files under folders (recursive, sorted), and the rows of manifest CSVs."""
     from featx.data.manifest import IMAGE_SUFFIXES as suffixes
+    from featx.data.manifest import is_image_file
 
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            paths += [file for file in walk_files(path) if file.suffix.lower() in suffixes]
+            paths += [file for file in walk_files(path) if is_image_file(file)]
         elif path.suffix.lower() == ".csv" and path.is_file():
             paths += _manifest_paths(path, data_root)
         elif path.exists():
@@ -179,6 +186,7 @@ def predict_paths(
     """
     from rich.console import Console
 
+    from featx.data.dicom import DEFAULT_WINDOW
     from featx.engines import get_engine
     from featx.engines.work import EmbedRequest
 
@@ -186,6 +194,8 @@ def predict_paths(
     bundle = load_bundle(bundle_path)
     paths = collect_inputs([str(i) for i in inputs], data_root)
     recipe = backbone_recipe(bundle, bundle_path)
+    window = bundle.get("dicom_window", "none")  # "none": trained without DICOM rows; DICOM inputs get the default
+    window = DEFAULT_WINDOW if window in (None, "none") else window
     request = EmbedRequest(
         paths=paths,
         image_size=recipe.image_size,
@@ -193,12 +203,13 @@ def predict_paths(
         batch_size=batch_size,
         recipes={recipe.backbone: recipe},
         first_rows={recipe.backbone: 0},
+        decode_options={"dicom_window": window},
     )
     classes = [str(c) for c in bundle["classes"]]
     rows: list[dict] = []
     with _rebuilding(bundle_path), get_engine(engine).open(request, console or Console(quiet=True)) as embedded:
         for embedded_rows in embedded:
-            _, embeddings, ok_rows, errors = embedded_rows.part(recipe.backbone)
+            _, embeddings, ok_rows, errors, _ = embedded_rows.part(recipe.backbone)
             reasons = dict(errors)
             # a Ray range holds several batches: the classifier gets them one batch at a time, as locally
             for lo in range(0, len(ok_rows), batch_size):
@@ -240,7 +251,9 @@ def _csv_text(rows: list[dict], bundle: dict) -> str:
     writer.writeheader()
     weights = "random-init" if bundle["weights"] == "random" else bundle["weights"]
     for row in rows:
-        writer.writerow({**{k: ("" if v is None else v) for k, v in row.items()}, "model": bundle["run_id"], "weights": weights})
+        writer.writerow(
+            {**{k: ("" if v is None else v) for k, v in row.items()}, "model": bundle["run_id"], "weights": weights}
+        )
     return buffer.getvalue()
 
 

@@ -43,7 +43,15 @@ BUNDLE_REQUIRED_KEYS = (
     "image_size",
     "resize_mode",
 )
-CV_RESULT_KEYS = ("params", "mean_test_score", "std_test_score", "rank_test_score", "mean_fit_time", "iter", "n_resources")
+CV_RESULT_KEYS = (
+    "params",
+    "mean_test_score",
+    "std_test_score",
+    "rank_test_score",
+    "mean_fit_time",
+    "iter",
+    "n_resources",
+)
 # Bundles pickle their estimator by class path; where a class moved, the old path still loads.
 LEGACY_MODULES = {"featx.classifiers": "featx.classify.estimators"}
 CLASSIFY_HINT = "run `featx classify --features features --out {results}` first (or `featx demo` for the offline demo)"
@@ -96,6 +104,7 @@ def run_record(run: FittedRun) -> dict:
         "manifest_sha256": attrs.get("manifest_sha256"),
         "image_size": attrs.get("image_size"),
         "resize_mode": attrs.get("resize_mode"),
+        "dicom_window": attrs.get("dicom_window", "none"),
         "config": {
             "cv": config.cv,
             "seed": config.seed,
@@ -104,6 +113,9 @@ def run_record(run: FittedRun) -> dict:
             "val_as_test": config.val_as_test,
             "quick": config.quick,
             "engine": config.engine.name,
+            "subgroups": list(config.subgroups),
+            "age_bands": list(config.age_bands),
+            "subgroup_min": config.subgroup_min,
         },
         "versions": library_versions(),
         "data": run.data,
@@ -119,7 +131,9 @@ def run_record(run: FittedRun) -> dict:
             "ids": list(run.test_ids),
             "y_true": np.asarray(run.y_test).tolist(),
             "score": np.asarray(run.test_score).tolist(),
+            "meta": run.test_meta,
         },
+        "subgroups": run.subgroups,
         "timings": run.timings,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -136,8 +150,8 @@ def bundle(run: FittedRun) -> dict:
     -------
     dict
         Keys: format, featx_version, run_id, estimator, task, classes, positive_class, threshold, backbone,
-        pooling, weights, weights_seed, weights_sha256, image_size, resize_mode, preprocess, feature_sha256,
-        manifest_sha256.
+        pooling, weights, weights_seed, weights_sha256, image_size, resize_mode, dicom_window, preprocess,
+        feature_sha256, manifest_sha256.
     """
     attrs = run.feature_attrs
     return {
@@ -156,6 +170,7 @@ def bundle(run: FittedRun) -> dict:
         "weights_sha256": attrs.get("weights_sha256"),
         "image_size": attrs.get("image_size"),
         "resize_mode": attrs.get("resize_mode"),
+        "dicom_window": attrs.get("dicom_window", "none"),
         "preprocess": attrs.get("preprocess"),
         "feature_sha256": run.feature_sha256,
         "manifest_sha256": attrs.get("manifest_sha256"),
@@ -232,7 +247,9 @@ def load_runs(results_dir) -> list[dict]:
         try:
             run = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ResultsError(f"Run file '{path}' is not readable JSON ({error}); delete it or re-run classify.") from None
+            raise ResultsError(
+                f"Run file '{path}' is not readable JSON ({error}); delete it or re-run classify."
+            ) from None
         missing = [key for key in RUN_REQUIRED_KEYS if not isinstance(run, dict) or key not in run]
         if missing:
             raise ResultsError(

@@ -3,7 +3,8 @@
 Sections: a random-weights banner when any run used random-init weights, the
 dataset summary with leakage findings, the leaderboard and the backbone x
 classifier heatmap of test AUC, ROC curves per backbone, confusion matrices at
-each run's chosen threshold, calibration curves, and provenance. Every plot is
+each run's chosen threshold, calibration curves, subgroup AUCs as forest plots
+(when classify ran with --subgroups), and provenance. Every plot is
 also written to results/plots/*.png. Plots use matplotlib's Figure API directly
 (Agg canvas), never pyplot, so no global backend state is touched.
 """
@@ -26,12 +27,12 @@ import numpy as np
 from featx import __version__
 from featx.errors import CacheError
 from featx.extract import store
-from featx.files import atomic_write_bytes
 from featx.extract.backbones import RANDOM_BANNER
+from featx.files import atomic_write_bytes
 from featx.results import records
 from featx.results.leaderboard import leaderboard_rows
 
-PLOT_PREFIXES = ("heatmap_", "roc_", "confusion_", "calibration_")
+PLOT_PREFIXES = ("heatmap_", "roc_", "confusion_", "calibration_", "forest_")
 SECTIONS = (
     ("dataset", "Dataset"),
     ("leaderboard", "Leaderboard"),
@@ -39,6 +40,7 @@ SECTIONS = (
     ("roc", "ROC curves"),
     ("confusion", "Confusion matrices"),
     ("calibration", "Calibration"),
+    ("subgroups", "Subgroups"),
     ("provenance", "Provenance"),
 )
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
@@ -133,7 +135,10 @@ def _figure(width: float, height: float):
 def _render(figure, random_weights: bool) -> bytes:
     if random_weights:
         figure.suptitle(
-            "RANDOM-INIT WEIGHTS\npipeline check, not ImageNet features", color="#b00020", fontweight="bold", fontsize=10
+            "RANDOM-INIT WEIGHTS\npipeline check, not ImageNet features",
+            color="#b00020",
+            fontweight="bold",
+            fontsize=10,
         )
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", metadata={"Software": None})
@@ -145,7 +150,7 @@ def _group_key(run: dict, several_poolings: bool) -> str:
     return f"{backbone}/{run.get('pooling', '?')}" if several_poolings else backbone
 
 
-def _heatmap(groups: "OrderedDict[str, list[dict]]", classifiers: list[str], random_weights: bool) -> _Plot:
+def _heatmap(groups: OrderedDict[str, list[dict]], classifiers: list[str], random_weights: bool) -> _Plot:
     values = np.full((len(groups), len(classifiers)), np.nan)
     labels = [["" for _ in classifiers] for _ in groups]
     for i, runs in enumerate(groups.values()):
@@ -217,7 +222,7 @@ def _roc_plot(group: str, runs: list[dict], random_weights: bool) -> _Plot | Non
     figure = _figure(5.6, 5.0)
     ax = figure.subplots()
     ax.plot([0, 1], [0, 1], linestyle="--", color="#999999", linewidth=1)
-    for index, (run, (label, fpr, tpr, point)) in enumerate(lines):
+    for index, (_run, (label, fpr, tpr, point)) in enumerate(lines):
         color = COLORS[index % len(COLORS)]
         ax.plot(fpr, tpr, color=color, linewidth=1.8, label=label)
         if point is not None:
@@ -279,8 +284,15 @@ def _confusion_plot(group: str, runs: list[dict], random_weights: bool) -> _Plot
         ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
         for i in range(len(matrix)):
             for j in range(len(matrix)):
-                ax.text(j, i, f"{int(matrix[i, j])}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=9,
-                        color="white" if share[i, j] > 0.6 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{int(matrix[i, j])}\n{share[i, j]:.0%}",
+                    ha="center",
+                    va="center",
+                    fontsize=9,
+                    color="white" if share[i, j] > 0.6 else "black",
+                )
         ax.set_xticks(range(len(classes)), classes, rotation=30 if len(classes) > 2 else 0, fontsize=8)
         ax.set_yticks(range(len(classes)), classes, fontsize=8)
         ax.set_xlabel("predicted")
@@ -332,6 +344,155 @@ def _calibration_plot(group: str, runs: list[dict], random_weights: bool) -> _Pl
     return _Plot(f"calibration_{_safe_name(group)}.png", f"Calibration — {group}", _render(figure, random_weights))
 
 
+def _forest_plot(run: dict, random_weights: bool) -> _Plot | None:
+    """Subgroup test AUCs with their DeLong CIs, one row per subgroup, grouped by attribute; dashed: the overall AUC."""
+    attributes = ((run.get("subgroups") or {}).get("attributes") or {}).items()
+    rows: list[tuple[str, dict | None]] = []  # (label, auc) ; auc None = an attribute heading
+    for attribute, result in attributes:
+        gap = result.get("largest_gap")
+        heading = attribute
+        if gap:
+            heading += f"  (gap {_fmt(gap.get('difference'))}, p adj. {_fmt(gap.get('p_adjusted'))})"
+        rows.append((heading, None))
+        for group in result.get("groups") or []:
+            label = f"{group['name']}  n={group['n']} ({group['n_positive']}+/{group['n_negative']}−)"
+            rows.append((label, group.get("auc") or {}))
+        for group in result.get("too_small") or []:
+            rows.append(
+                (f"{group['name']}  n={group['n']} ({group['n_positive']}+/{group['n_negative']}−) too small", {})
+            )
+    if not any(auc for _, auc in rows):
+        return None
+    figure = _figure(7.2, 1.0 + 0.3 * len(rows))
+    ax = figure.subplots()
+    overall = _num(_auc(run).get("value"))
+    if not math.isnan(overall):
+        ax.axvline(overall, color="#999999", linestyle="--", linewidth=1, label=f"all test rows: {overall:.3f}")
+    lows = [_num(auc.get("ci_low")) for _, auc in rows if auc]
+    for y, (_label, auc) in enumerate(rows):
+        if auc:
+            value, low, high = _num(auc.get("value")), _num(auc.get("ci_low")), _num(auc.get("ci_high"))
+            ax.plot([low, high], [y, y], color=COLORS[0], linewidth=2)
+            ax.plot([value], [y], marker="s", color=COLORS[0], markersize=6)
+            ax.text(
+                1.005,
+                y,
+                f"{value:.3f} [{low:.3f}–{high:.3f}]",
+                va="center",
+                fontsize=8,
+                transform=ax.get_yaxis_transform(),
+            )
+    ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=8)
+    for tick, (_, auc) in zip(ax.get_yticklabels(), rows):
+        if auc is None:
+            tick.set_fontweight("bold")
+        elif not auc:
+            tick.set_color("#888888")
+    ax.invert_yaxis()
+    finite_lows = [low for low in lows if not math.isnan(low)]
+    ax.set_xlim(min([0.5, *finite_lows]) - 0.02, 1.0)
+    ax.set_xlabel("test ROC AUC (DeLong 95% CI)")
+    ax.set_title(f"Subgroups — {run.get('run_id')}", fontsize=10)
+    if not math.isnan(overall):
+        ax.legend(loc="lower left", fontsize=8)
+    return _Plot(
+        f"forest_{_safe_name(str(run.get('run_id')))}.png",
+        f"Subgroup AUCs — {run.get('run_id')}",
+        _render(figure, random_weights),
+    )
+
+
+def _gap_text(gap: dict | None) -> str:
+    if not gap:
+        return "— (fewer than two subgroups large enough)"
+    verdict = "significant" if gap.get("significant") else "not significant"
+    return (
+        f"{gap.get('high')} − {gap.get('low')} = {_fmt(gap.get('difference'))}; p = {_fmt(gap.get('p_value'))}, "
+        f"Bonferroni over {gap.get('n_pairs')} pair(s) {_fmt(gap.get('p_adjusted'))}: {verdict}"
+    )
+
+
+def _subgroup_section(ranked: list[dict], plots: list[_Plot]) -> str:
+    runs = [run for run in ranked if run.get("subgroups")]
+    if not runs:
+        return (
+            "<p class='note'>No subgroup analysis in these runs; run <code>featx classify --subgroups "
+            "sex,age_band,view</code> on features whose manifest has those metadata columns.</p>"
+        )
+    settings = runs[0]["subgroups"]
+    rows = []
+    for run in runs:
+        for attribute, result in (run["subgroups"].get("attributes") or {}).items():
+            groups = ", ".join(f"{g['name']} {_auc_text(g.get('auc') or {})}" for g in result.get("groups") or [])
+            small = ", ".join(
+                f"{g['name']} ({g['n_positive']}+/{g['n_negative']}−)" for g in result.get("too_small") or []
+            )
+            missing = result.get("n_missing") or 0
+            rows.append(
+                "<tr>"
+                + "".join(
+                    f"<td>{cell}</td>"
+                    for cell in (
+                        _e(run.get("run_id")),
+                        _e(attribute),
+                        _e(groups or "—"),
+                        _e(small or "—"),
+                        _e(missing),
+                        _e(_gap_text(result.get("largest_gap"))),
+                    )
+                )
+                + "</tr>"
+            )
+    head = ("run", "attribute", "subgroups: test AUC [95% CI]", "too small", "no value", "largest gap")
+    note = (
+        f"<p class='note'>A subgroup gets its AUC when it holds at least {_e(settings.get('min_positives'))} positive "
+        f"and {_e(settings.get('min_negatives'))} negative test images; age bands from the edges "
+        f"{_e(settings.get('age_bands'))}. Largest gap: {_e(settings.get('test'))} (α = {_e(settings.get('alpha'))}). "
+        "Subgroups split images, not patients, and DeLong treats images as independent: with several images per "
+        "patient the intervals are too narrow, small subgroups most of all. The forest plots show each backbone's "
+        "best run.</p>"
+    )
+    return (
+        note
+        + _plots_html(plots, "")
+        + "<table class='small'><tr>"
+        + "".join(f"<th>{h}</th>" for h in head)
+        + "</tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def print_subgroups(run: dict, console) -> None:
+    """The subgroup AUCs of one run in the terminal (what the report's forest plot shows)."""
+    from rich.table import Table
+
+    attributes = (run.get("subgroups") or {}).get("attributes") or {}
+    if not attributes:
+        return
+    table = Table(title=f"Subgroup test AUCs — {run.get('run_id')}")
+    for column in ("attribute", "subgroup", "n (+/−)", "AUC [95% CI]"):
+        table.add_column(column)
+    for attribute, result in attributes.items():
+        for group in result.get("groups") or []:
+            table.add_row(
+                attribute,
+                str(group["name"]),
+                f"{group['n']} ({group['n_positive']}/{group['n_negative']})",
+                _auc_text(group.get("auc") or {}),
+            )
+        for group in result.get("too_small") or []:
+            table.add_row(
+                attribute,
+                str(group["name"]),
+                f"{group['n']} ({group['n_positive']}/{group['n_negative']})",
+                "[dim]too small[/dim]",
+            )
+    console.print(table)
+    for attribute, result in attributes.items():
+        console.print(f"{attribute}: largest gap {_gap_text(result.get('largest_gap'))}", soft_wrap=True)
+
+
 # ---------------------------------------------------------------- dataset and leakage
 
 
@@ -344,7 +505,7 @@ def _class_counts(counts, classes) -> dict[str, int]:
 
 
 def _dataset_section(runs: list[dict], findings: list[str]) -> str:
-    summaries: "OrderedDict[str, tuple[dict, list[str]]]" = OrderedDict()
+    summaries: OrderedDict[str, tuple[dict, list[str]]] = OrderedDict()
     for run in runs:
         data = run.get("data") or {}
         key = json.dumps([run.get("manifest_sha256"), data], sort_keys=True, default=str)
@@ -367,7 +528,9 @@ def _dataset_section(runs: list[dict], findings: list[str]) -> str:
             share = ""
             if positive is not None and total:
                 share = f"{split_counts.get(str(positive), 0) / total:.1%}"
-            rows.append(f"<tr><td>{split}</td><td>{_e(n_images)}</td><td>{_e(n_patients)}</td>{cells}<td>{share}</td></tr>")
+            rows.append(
+                f"<tr><td>{split}</td><td>{_e(n_images)}</td><td>{_e(n_patients)}</td>{cells}<td>{share}</td></tr>"
+            )
         source = data.get("test_source")
         source_text = {
             "manifest": "the test split comes from the manifest",
@@ -392,7 +555,7 @@ def _dataset_section(runs: list[dict], findings: list[str]) -> str:
 
 
 def _feature_file_findings(runs: list[dict], results_dir: Path) -> list[str]:
-    """Patient overlap between train(+val) and test, from each run's cached patient ids (HDF5 format 1)."""
+    """Patient overlap and identical image bytes between train(+val) and test, from each run's cache rows."""
     findings = []
     seen = set()
     for run in runs:
@@ -404,8 +567,10 @@ def _feature_file_findings(runs: list[dict], results_dir: Path) -> list[str]:
         candidates = [path] if path.is_absolute() else [path, results_dir / path, results_dir.parent / path]
         file = next((c for c in candidates if c.is_file()), None)
         if file is None:
-            findings.append(f"{name}: feature file not found here, patient leakage not re-checked "
-                            "(run `featx manifest check MANIFEST --data-root DIR`).")
+            findings.append(
+                f"{name}: feature file not found here, patient leakage not re-checked "
+                "(run `featx manifest check MANIFEST --data-root DIR`)."
+            )
             continue
         try:
             cache_rows = store.read_rows(file)
@@ -417,15 +582,40 @@ def _feature_file_findings(runs: list[dict], results_dir: Path) -> list[str]:
         other_patients = set(patients[splits != "test"])
         shared = sorted(test_patients & other_patients)
         if (run.get("data") or {}).get("test_source") == "held_out_patients" and not test_patients:
-            findings.append(f"{name}: no test rows in the cache; classify held out whole patients, so no patient "
-                            f"sits on both sides ({len(other_patients)} patients).")
+            findings.append(
+                f"{name}: no test rows in the cache; classify held out whole patients, so no patient "
+                f"sits on both sides ({len(other_patients)} patients)."
+            )
         elif shared:
-            findings.append(f"{name}: LEAKAGE — {len(shared)} patient(s) appear in both test and train/val "
-                            f"(e.g. {', '.join(shared[:5])}); test AUC is optimistic.")
+            findings.append(
+                f"{name}: LEAKAGE — {len(shared)} patient(s) appear in both test and train/val "
+                f"(e.g. {', '.join(shared[:5])}); test AUC is optimistic."
+            )
         else:
-            findings.append(f"{name}: no patient appears in both test ({len(test_patients)} patients) and "
-                            f"train/val ({len(other_patients)} patients).")
+            findings.append(
+                f"{name}: no patient appears in both test ({len(test_patients)} patients) and "
+                f"train/val ({len(other_patients)} patients)."
+            )
+        findings.append(_identical_images_finding(name, cache_rows))
     return findings
+
+
+def _identical_images_finding(name: str, cache_rows: store.CacheRows) -> str:
+    """Test images whose file bytes (sha256 recorded by extract) equal a train/val image's, whatever their patient."""
+    digests, splits = cache_rows.image_sha256.astype(str), cache_rows.split.astype(str)
+    known = (digests != "") & cache_rows.ok  # failed images are left out of every run
+    in_test, in_other = known & (splits == "test"), known & (splits != "test")
+    other = dict(zip(digests[in_other], cache_rows.ids[in_other]))
+    pairs = [
+        (path, other[digest]) for digest, path in zip(digests[in_test], cache_rows.ids[in_test]) if digest in other
+    ]
+    if not pairs:
+        return f"{name}: no test image has the same bytes as a train/val image (sha256 of {int(known.sum())} files)."
+    examples = "; ".join(f"{test} = {train}" for test, train in pairs[:3])
+    return (
+        f"{name}: LEAKAGE — {len(pairs)} test image(s) have the same bytes (sha256) as a train/val image "
+        f"(e.g. {examples}); test AUC is optimistic."
+    )
 
 
 def _manifest_findings(manifest, data_root) -> list[str]:
@@ -433,8 +623,10 @@ def _manifest_findings(manifest, data_root) -> list[str]:
 
     report = check_manifest(manifest, data_root if data_root is not None else Path(manifest).parent)
     if report.ok:
-        return [f"manifest check of {report.manifest}: {report.n_rows} rows, no problems found "
-                "(no missing files, duplicates or patient leakage)."]
+        return [
+            f"manifest check of {report.manifest}: {report.n_rows} rows, no problems found "
+            "(no missing files, duplicates or patient leakage)."
+        ]
     return [f"manifest check of {report.manifest}: {finding.message}" for finding in report.findings]
 
 
@@ -442,8 +634,20 @@ def _manifest_findings(manifest, data_root) -> list[str]:
 
 
 def _leaderboard_table(ranked: list[dict], rows_by_id: dict[str, dict]) -> str:
-    head = ("#", "backbone", "pooling", "classifier", "weights", "test AUC [95% CI]", "CV AUC", "sens", "spec",
-            "threshold", "n test", "≈ best")
+    head = (
+        "#",
+        "backbone",
+        "pooling",
+        "classifier",
+        "weights",
+        "test AUC [95% CI]",
+        "CV AUC",
+        "sens",
+        "spec",
+        "threshold",
+        "n test",
+        "≈ best",
+    )
     lines = []
     for rank, run in enumerate(ranked, 1):
         test = run.get("test") or {}
@@ -454,15 +658,25 @@ def _leaderboard_table(ranked: list[dict], rows_by_id: dict[str, dict]) -> str:
         flag_text = "" if flag is None else ("yes" if flag else "no")
         cv = f"{_fmt(run.get('cv_auc_mean'))} ± {_fmt(run.get('cv_auc_std'))}"
         lines.append(
-            "<tr>" + "".join(
+            "<tr>"
+            + "".join(
                 f"<td>{cell}</td>"
                 for cell in (
-                    rank, _e(run.get("backbone")), _e(run.get("pooling")), _e(run.get("classifier")), weights_cell,
-                    f"<b>{_e(_auc_text(_auc(run)))}</b>", _e(cv), _fmt(test.get("sensitivity")),
-                    _fmt(test.get("specificity")), _fmt(threshold.get("value")) if threshold else "—",
-                    _e((run.get("data") or {}).get("n_test", "")), flag_text,
+                    rank,
+                    _e(run.get("backbone")),
+                    _e(run.get("pooling")),
+                    _e(run.get("classifier")),
+                    weights_cell,
+                    f"<b>{_e(_auc_text(_auc(run)))}</b>",
+                    _e(cv),
+                    _fmt(test.get("sensitivity")),
+                    _fmt(test.get("specificity")),
+                    _fmt(threshold.get("value")) if threshold else "—",
+                    _e((run.get("data") or {}).get("n_test", "")),
+                    flag_text,
                 )
-            ) + "</tr>"
+            )
+            + "</tr>"
         )
     note = (
         "<p class='note'>Sorted by test ROC AUC with DeLong 95% confidence intervals. CV AUC: patient-grouped "
@@ -475,7 +689,7 @@ def _leaderboard_table(ranked: list[dict], rows_by_id: dict[str, dict]) -> str:
 
 
 def _provenance_section(ranked: list[dict]) -> str:
-    versions: "OrderedDict[str, set]" = OrderedDict()
+    versions: OrderedDict[str, set] = OrderedDict()
     for run in ranked:
         for package, version in (run.get("versions") or {}).items():
             versions.setdefault(package, set()).add(str(version))
@@ -493,10 +707,14 @@ def _provenance_section(ranked: list[dict]) -> str:
             weights = f"random (seed {run.get('weights_seed')})"
         timings = run.get("timings") or {}
         run_rows.append(
-            "<tr>" + "".join(
+            "<tr>"
+            + "".join(
                 f"<td>{cell}</td>"
                 for cell in (
-                    _e(run.get("run_id")), _e(weights), _e(run.get("image_size")), _e(run.get("resize_mode")),
+                    _e(run.get("run_id")),
+                    _e(weights),
+                    _e(run.get("image_size")),
+                    _e(run.get("resize_mode")),
                     f"<code class='hash'>{_e(str(run.get('feature_sha256', ''))[:12])}</code>",
                     f"<code class='hash'>{_e(str(run.get('manifest_sha256', ''))[:12])}</code>",
                     _e(", ".join(f"{k}={v}" for k, v in config.items())),
@@ -504,14 +722,28 @@ def _provenance_section(ranked: list[dict]) -> str:
                     _fmt(timings.get("total_s"), 1),
                     _e(run.get("created_utc", "")),
                 )
-            ) + "</tr>"
+            )
+            + "</tr>"
         )
-    head = ("run", "weights", "image size", "resize", "features sha256", "manifest sha256", "config", "best params",
-            "time (s)", "created (UTC)")
+    head = (
+        "run",
+        "weights",
+        "image size",
+        "resize",
+        "features sha256",
+        "manifest sha256",
+        "config",
+        "best params",
+        "time (s)",
+        "created (UTC)",
+    )
     return (
         "<h3>Software versions</h3><table><tr><th>package</th><th>version</th></tr>" + version_rows + "</table>"
-        "<h3>Runs</h3><table class='small'><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
-        + "".join(run_rows) + "</table>"
+        "<h3>Runs</h3><table class='small'><tr>"
+        + "".join(f"<th>{h}</th>" for h in head)
+        + "</tr>"
+        + "".join(run_rows)
+        + "</table>"
         "<p class='note'>Every number above is traceable to its run JSON in <code>runs/</code> "
         "(grid, CV results, out-of-fold threshold, test predictions) and its model bundle in <code>models/</code>.</p>"
     )
@@ -539,8 +771,10 @@ nav a{margin-right:14px}
 
 def _img(plot: _Plot) -> str:
     data = base64.b64encode(plot.png).decode("ascii")
-    return (f"<figure><img alt='{_e(plot.title)}' src='data:image/png;base64,{data}'>"
-            f"<figcaption>{_e(plot.title)} — plots/{_e(plot.name)}</figcaption></figure>")
+    return (
+        f"<figure><img alt='{_e(plot.title)}' src='data:image/png;base64,{data}'>"
+        f"<figcaption>{_e(plot.title)} — plots/{_e(plot.name)}</figcaption></figure>"
+    )
 
 
 def _plots_html(plots: list[_Plot], empty: str) -> str:
@@ -565,7 +799,7 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
     random_weights = any(_is_random(run) for run in runs)
 
     several_poolings = len({run.get("pooling") for run in runs}) > 1
-    groups: "OrderedDict[str, list[dict]]" = OrderedDict()
+    groups: OrderedDict[str, list[dict]] = OrderedDict()
     for run in ranked:
         groups.setdefault(_group_key(run, several_poolings), []).append(run)
     classifier_order: list[str] = []
@@ -584,7 +818,12 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
             roc.insert(0, per_class)
     confusion = [p for g, rs in groups.items() if (p := _confusion_plot(g, rs, random_weights)) is not None]
     calibration = [p for g, rs in groups.items() if (p := _calibration_plot(g, rs, random_weights)) is not None]
-    plots = [heatmap, *roc, *confusion, *calibration]
+    best_of_group: OrderedDict[str, dict] = OrderedDict()
+    for run in ranked:
+        if run.get("subgroups"):
+            best_of_group.setdefault(_group_key(run, several_poolings), run)
+    forest = [p for run in best_of_group.values() if (p := _forest_plot(run, random_weights)) is not None]
+    plots = [heatmap, *roc, *confusion, *calibration, *forest]
 
     plots_dir = results_dir / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
@@ -603,12 +842,16 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
     quick = any((run.get("config") or {}).get("quick") for run in runs)
     banner = f"<div class='banner'>⚠ {_e(RANDOM_BANNER)}</div>" if random_weights else ""
     if quick:
-        banner += ("<div class='warn'>Some runs used the quick grid (<code>--quick</code>): a smoke-test setting, "
-                   "not for reporting.</div>")
+        banner += (
+            "<div class='warn'>Some runs used the quick grid (<code>--quick</code>): a smoke-test setting, "
+            "not for reporting.</div>"
+        )
     tasks = sorted({str(run.get("task")) for run in runs})
     nav = "".join(f"<a href='#{key}'>{_e(title)}</a>" for key, title in SECTIONS)
-    best_line = (f"Best: <b>{_e(best.get('run_id'))}</b>, test AUC {_e(_auc_text(_auc(best)))} "
-                 f"({len(runs)} runs, task {_e(', '.join(tasks))}).")
+    best_line = (
+        f"Best: <b>{_e(best.get('run_id'))}</b>, test AUC {_e(_auc_text(_auc(best)))} "
+        f"({len(runs)} runs, task {_e(', '.join(tasks))})."
+    )
     created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = [
         f"<h1>featx report</h1><p class='meta'>{_e(results_dir)} · generated {created} by featx {_e(__version__)}</p>",
@@ -625,13 +868,15 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
         "<h2 id='calibration'>Calibration</h2><p class='note'>Reliability diagrams of the test probabilities "
         "(up to 10 equal-count bins); Brier score in the legend.</p>"
         + _plots_html(calibration, "No test predictions in the run files."),
+        f"<h2 id='subgroups'>Subgroups</h2>{_subgroup_section(ranked, forest)}",
         f"<h2 id='provenance'>Provenance</h2>{_provenance_section(ranked)}",
     ]
     document = (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>featx report — {_e(results_dir.name)}</title><style>{CSS}</style></head><body>"
-        + "\n".join(body) + "</body></html>\n"
+        + "\n".join(body)
+        + "</body></html>\n"
     )
     atomic_write_bytes(out, document.encode("utf-8"))
     return out
