@@ -12,7 +12,8 @@ One invocation:
 4. optionally (--classify) runs `featx classify` on the local cache with the local engine and
    on the Ray cache with the Ray engine, and checks the run records agree.
 
-Images: generated chest-like JPEGs (as `featx bench extract`), or a real manifest (--manifest).
+Images: generated chest-like JPEGs (as `featx bench extract`), or a real manifest (--manifest; a
+longer one is sampled: --images evenly spaced rows, so every class and split is there).
 A benchmark reports numbers; it asserts nothing.
 """
 
@@ -98,6 +99,27 @@ def _extract(backbone, manifest, data_root, out, engine, batch_size, image_size,
     return {"wall_s": time.perf_counter() - started, "rows": summary.rows, "path": summary.path}
 
 
+def spread_sample(manifest, n_rows: int, out: Path) -> Path:
+    """A manifest of n_rows evenly spaced rows of `manifest` (a data.manifest.Manifest), written to `out`."""
+    from featx.data.manifest import LABEL_SEPARATOR, write_manifest
+
+    step = len(manifest) / n_rows
+    picked = [int(k * step) for k in range(n_rows)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return write_manifest(
+        (
+            {
+                "path": manifest.paths[i],
+                "label": LABEL_SEPARATOR.join(manifest.labels[i]),
+                "split": manifest.splits[i],
+                "patient_id": manifest.patient_ids[i],
+            }
+            for i in picked
+        ),
+        out,
+    )
+
+
 def ray_timeline(backbone, paths, engine, batch_size: int, image_size) -> dict:
     """The Ray engine alone on `paths` (no cache written): start-up cost and steady rate from range arrivals."""
     from rich.console import Console
@@ -115,12 +137,21 @@ def ray_timeline(backbone, paths, engine, batch_size: int, image_size) -> dict:
     with get_engine(engine).open(request, Console(quiet=True)) as embedded:
         connected = time.perf_counter()
         for rows in embedded:
-            arrivals.append((time.perf_counter(), len(rows)))
-    first_at, first_rows = arrivals[0]
-    later = sum(n for _, n in arrivals[1:])
+            arrivals.append((time.perf_counter(), len(rows), rows.worker))
+    # The actors start together and each embeds a range; the first range arrives one range's work (at one
+    # actor's share of the steady rate) after they are ready.
+    first_at, first_rows = arrivals[0][0], arrivals[0][1]
+    later = sum(n for _, n, _ in arrivals[1:])
     steady = later / (arrivals[-1][0] - first_at) if later and arrivals[-1][0] > first_at else None
-    startup = first_at - started - (first_rows / steady if steady else 0.0)
-    return {"connect_s": connected - started, "first_range_s": first_at - started, "steady": steady, "startup": startup}
+    actors = len({worker for _, _, worker in arrivals})
+    startup = first_at - started - (first_rows * actors / steady if steady else 0.0)
+    return {
+        "connect_s": connected - started,
+        "first_range_s": first_at - started,
+        "steady": steady,
+        "startup": startup,
+        "actors": actors,
+    }
 
 
 def _classify(features: Path, out: Path, engine, classifiers, n_jobs: int) -> dict:
@@ -159,6 +190,10 @@ def bench_engines_command(
             console.print(f"Writing {n_images} {source_size}x{source_size} JPEGs to {data_root} ...")
             manifest = write_jpegs(data_root, n_images, source_size)
         rows = read_manifest(manifest)
+        if len(rows) > n_images:  # a spread sample, so classes and splits are all there
+            console.print(f"{n_images} evenly spaced rows of the {len(rows)} in {manifest}")
+            manifest = spread_sample(rows, n_images, scratch / f"manifest_{n_images}.csv")
+            rows = read_manifest(manifest)
         n_rows = min(len(rows), n_images)
         paths = [resolve_path(data_root, rel) for rel in rows.paths[:n_rows]]
         decode_size = (image_size, image_size) if image_size else (224, 224)
