@@ -160,6 +160,7 @@ def test_run_json_has_every_schema_field(binary_results):
         "subgroups": [],
         "age_bands": [0.0, 18.0, 40.0, 65.0],
         "subgroup_min": 10,
+        "engine": "local",
     }
     assert run["subgroups"] is None and run["test_predictions"]["meta"] == {}
     best = run["cv_results"]["rank_test_score"].index(1)
