@@ -4,7 +4,43 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 FEATX  := $(BIN)/featx
 
-# Defaults point at the generated demo dataset so `make extract && make classify` work out of the box.
+# Variables (`make help` lists them from the "#:" lines). Defaults point at the generated demo dataset so
+# `make extract && make classify` work out of the box; an empty variable leaves the CLI's default.
+#: backbone=vgg16           extract: backbone name(s), comma-separated (--backbone)
+#: weights=auto             extract: imagenet, random, auto or a weights file (--weights)
+#: manifest=CSV             extract: manifest CSV, default demo/data/manifest.csv (--manifest)
+#: data=DIR                 extract: folder the manifest paths are relative to, default demo/data (--data-root)
+#: features=features        extract: output folder; classify: the folder of caches it reads (--out / --features)
+#: pooling=avg              extract: poolings, comma-separated (--pooling)
+#: image_size=N             extract: square input size, default the backbone's native (--image-size)
+#: resize_mode=stretch      extract: stretch, pad or crop (--resize-mode)
+#: dicom_window=voi        extract: DICOM grey levels: voi, minmax or percentile (--dicom-window)
+#: batch_size=32            extract: images per forward batch (--batch-size)
+#: mixed_precision=1        extract: float16 compute on a GPU (--mixed-precision)
+#: workers=N                extract: decode threads, default one per core (--workers)
+#: limit=N                  extract: only the first N manifest rows, for smoke runs (--limit)
+#: force=1                  extract: rebuild a cache whose settings differ (--force)
+#: no_pixels=1              extract: leave out the raw-pixel floor, the pixels backbone added by default (--no-pixels)
+#: seed=0                   extract: seed of random weights; classify: CV and model seed (--seed)
+#: results=results          classify, leaderboard, report: the results folder (--out / --results)
+#: backbones=a,b            classify: caches to use by file stem, default every cache found (--backbone)
+#: classifiers=logreg,...   classify: classifiers, comma-separated (--classifier)
+#: poolings=avg,max         classify: poolings, default every pooling cached (--pooling)
+#: cv=5                     classify: patient-grouped folds (--cv)
+#: n_jobs=1                 classify: parallel fits (--n-jobs)
+#: threshold=youden         classify: youden, sens@0.95, spec@0.90 or f1 (--threshold-rule)
+#: val_as_test=1            classify: evaluate val rows with test instead of merging them into train (--val-as-test)
+#: quick=1                  classify: a small grid for smoke runs, not for reporting (--quick)
+#: subgroups=sex,age_band   classify: metadata columns for subgroup AUCs (--subgroups)
+#: age_bands=0,18,40,65     classify: age band edges in years for age_band (--age-bands)
+#: subgroup_min=10          classify: positives and negatives a subgroup needs for its AUC (--subgroup-min)
+#: train_fraction=0.01,0.1  classify: data-efficiency curve over these shares of training patients (--train-fraction)
+#: efficiency_seeds=N       classify: patient subsamples per fraction, default 3 (--efficiency-seeds)
+#: no_image_cv=1            classify: skip the patient- vs image-level CV audit (--no-image-cv)
+#: near_duplicate_threshold=0.99  classify: cosine at which two images are near duplicates (--near-duplicate-threshold)
+#: model=PATH               predict: results/models/<run>.joblib (--model)
+#: images=PATHS             predict: image files, folders or a manifest CSV
+#: out=FILE                 predict: CSV to write, default the terminal (--out)
 backbone    ?= vgg16
 weights     ?= auto
 manifest    ?= demo/data/manifest.csv
@@ -14,16 +50,59 @@ results     ?= results
 pooling     ?= avg
 classifiers ?= logreg,xgboost,dense
 backbones   ?=
+poolings    ?=
 cv          ?= 5
-engine      ?= local
+engine      ?=
 ray_address ?=
+n_jobs      ?=
+seed        ?=
+force       ?=
+image_size  ?=
+resize_mode ?=
+dicom_window ?=
+batch_size  ?=
+mixed_precision ?=
+workers     ?=
+limit       ?=
+threshold   ?=
+val_as_test ?=
+quick       ?=
+subgroups   ?=
+age_bands   ?=
+subgroup_min ?=
+no_pixels   ?=
+train_fraction ?=
+efficiency_seeds ?=
+no_image_cv ?=
+near_duplicate_threshold ?=
+model       ?=
+images      ?=
+out         ?=
 
+yes = $(filter 1 yes true,$(1))
+ENGINE_OPTIONS = $(if $(engine),--engine $(engine)) $(if $(ray_address),--ray-address $(ray_address))
+EXTRACT_OPTIONS = $(strip $(if $(image_size),--image-size $(image_size)) $(if $(resize_mode),--resize-mode $(resize_mode)) \
+	$(if $(dicom_window),--dicom-window $(dicom_window)) $(if $(call yes,$(mixed_precision)),--mixed-precision) \
+	$(if $(batch_size),--batch-size $(batch_size)) $(if $(workers),--workers $(workers)) $(if $(limit),--limit $(limit)) \
+	$(if $(seed),--seed $(seed)) $(if $(call yes,$(force)),--force) $(if $(call yes,$(no_pixels)),--no-pixels) \
+	$(ENGINE_OPTIONS))
+CLASSIFY_OPTIONS = $(strip $(if $(backbones),--backbone $(backbones)) $(if $(poolings),--pooling $(poolings)) \
+	$(if $(n_jobs),--n-jobs $(n_jobs)) $(if $(seed),--seed $(seed)) $(if $(threshold),--threshold-rule $(threshold)) \
+	$(if $(call yes,$(val_as_test)),--val-as-test) $(if $(call yes,$(quick)),--quick) \
+	$(if $(subgroups),--subgroups $(subgroups)) $(if $(age_bands),--age-bands $(age_bands)) \
+	$(if $(subgroup_min),--subgroup-min $(subgroup_min)) $(if $(train_fraction),--train-fraction $(train_fraction)) \
+	$(if $(efficiency_seeds),--efficiency-seeds $(efficiency_seeds)) $(if $(call yes,$(no_image_cv)),--no-image-cv) \
+	$(if $(near_duplicate_threshold),--near-duplicate-threshold $(near_duplicate_threshold)) $(ENGINE_OPTIONS))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# featx's error messages name these variables instead of the CLI flags they stand for (featx/config.py reads it).
+export FEATX_VIA_MAKE := 1
 
-.PHONY: help install lint format test test-slow test-all demo data extract classify leaderboard report bench clean
+.PHONY: help install lint format test test-slow test-all demo data extract classify leaderboard report predict bench clean
 
-help:  ## list every target with its one-line description
+help:  ## list every target with its one-line description, then the variables
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+	@echo "Variables (make TARGET name=value ...):"
+	@grep -E '^#: ' $(MAKEFILE_LIST) | sed 's/^#: /  /'
 
 $(BIN)/featx: setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,18 +130,18 @@ test-slow: install  ## run only the slow tests (full-size backbones, long fits)
 test-all: install  ## run every test
 	$(BIN)/pytest -q
 
-demo: install  ## offline end-to-end demo: phantom data -> 2 backbones -> 3 classifiers -> leaderboard + report
+demo: install  ## offline end-to-end demo: phantom data -> raw pixels + 2 backbones -> 3 classifiers -> leaderboard + report
 	$(FEATX) demo
 
 data: install  ## generate the phantom dataset only (demo/data), the default for extract/classify
 	$(FEATX) demo --data-only
 
-extract: install  ## stage one: make extract backbone=vgg16 [weights=auto|imagenet|random|PATH manifest=... data=... pooling=avg engine=local|ray ray_address=auto|HOST:PORT]
+extract: install  ## stage one: make extract backbone=vgg16 [weights=... manifest=... data=... pooling=... force=1 engine=ray ray_address=auto ...]
 	@if [ "$(manifest)" = "demo/data/manifest.csv" ] && [ ! -f "$(manifest)" ]; then $(FEATX) demo --data-only; fi
-	$(FEATX) extract --backbone $(backbone) --weights $(weights) --manifest $(manifest) --data-root $(data) --out $(features) --pooling $(pooling) --engine $(engine) $(if $(ray_address),--ray-address $(ray_address),)
+	$(FEATX) extract --backbone $(backbone) --weights $(weights) --manifest $(manifest) --data-root $(data) --out $(features) --pooling $(pooling) $(EXTRACT_OPTIONS)
 
-classify: install  ## stage two: make classify [classifiers=logreg,xgboost,dense backbones=vgg16,resnet50 cv=5 engine=local|ray]
-	$(FEATX) classify --features $(features) --out $(results) --classifier $(classifiers) --cv $(cv) $(if $(backbones),--backbone $(backbones),) --engine $(engine) $(if $(ray_address),--ray-address $(ray_address),)
+classify: install  ## stage two: make classify [classifiers=... backbones=... cv=5 n_jobs=2 poolings=... quick=1 engine=ray ...]
+	$(FEATX) classify --features $(features) --out $(results) --classifier $(classifiers) --cv $(cv) $(CLASSIFY_OPTIONS)
 
 leaderboard: install  ## print the backbone x classifier leaderboard from results/
 	$(FEATX) leaderboard --results $(results)
@@ -70,9 +149,13 @@ leaderboard: install  ## print the backbone x classifier leaderboard from result
 report: install  ## write results/report.html with plots
 	$(FEATX) report --results $(results)
 
-bench: install  ## benchmarks: extract (bare forward vs full path, peak RSS) and classify (default grids)
+predict: install  ## predict new images: make predict model=results/models/<run>.joblib images=DIR [out=predictions.csv]
+	$(FEATX) predict --model $(model) $(images) $(if $(out),--out $(out)) $(if $(batch_size),--batch-size $(batch_size))
+
+bench: install  ## benchmarks: extract (bare forward vs full path, peak RSS), classify (default grids), analyses (audits, curve)
 	$(FEATX) bench extract
 	$(FEATX) bench classify
+	$(FEATX) bench analyses
 
 clean:  ## remove generated demo data, features and results (keeps .venv)
 	rm -rf demo features results

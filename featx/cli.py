@@ -10,6 +10,7 @@ Exit codes: 0 success, 2 bad input (one sentence, no traceback), 1 internal fail
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -307,15 +308,21 @@ def _add_extract(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for random weights (recorded in the cache)")
     p.add_argument("--workers", type=_positive_int, default=None, help="decode threads (default: one per core)")
     p.add_argument("--limit", type=_positive_int, default=None, help="only the first N manifest rows (smoke runs)")
+    p.add_argument(
+        "--no-pixels",
+        action="store_true",
+        help="leave out the raw-pixel floor (the 'pixels' backbone, added by default so every leaderboard has it)",
+    )
     _add_engine_options(p)
     p.set_defaults(handler=_cmd_extract)
 
 
 def _cmd_extract(args):
-    from featx.extract.stage import ExtractConfig, extract_command
+    from featx.extract.stage import ExtractConfig, extract_command, with_pixel_floor
 
+    backbones = tuple(b for group in args.backbone for b in _csv_list(group))
     config = ExtractConfig(
-        backbones=tuple(b for group in args.backbone for b in _csv_list(group)),
+        backbones=backbones if args.no_pixels else with_pixel_floor(backbones),
         manifest=args.manifest,
         data_root=args.data_root,
         out_dir=args.out,
@@ -360,6 +367,26 @@ def _add_classify(sub) -> None:
     )
     p.add_argument("--quick", action="store_true", help="a small grid for smoke runs (not for reporting)")
     p.add_argument(
+        "--train-fraction",
+        default=None,
+        help="data-efficiency curve: re-fit each run's chosen configuration on these shares of the training "
+        "patients, e.g. 0.01,0.1,0.3,1.0 (no new search; 1.0 is the run itself)",
+    )
+    p.add_argument(
+        "--efficiency-seeds", type=_positive_int, default=3, help="patient subsamples per fraction (default 3)"
+    )
+    p.add_argument(
+        "--no-image-cv",
+        action="store_true",
+        help="skip the audit that cross-validates each run's configuration on plain image folds (saves cv fits/run)",
+    )
+    p.add_argument(
+        "--near-duplicate-threshold",
+        type=float,
+        default=None,
+        help="cosine similarity (mean-centred embeddings) at which two images count as near duplicates (default 0.99)",
+    )
+    p.add_argument(
         "--subgroups",
         default=None,
         help="comma-separated metadata columns (e.g. sex,age_band,view; age_band comes from age): the test AUC with "
@@ -379,10 +406,14 @@ def _add_classify(sub) -> None:
 
 
 def _cmd_classify(args):
+    from featx.classify import audit, efficiency
     from featx.classify.stage import ClassifyConfig
     from featx.classify.subgroups import parse_age_bands
     from featx.results.finish import classify_command
 
+    threshold = (
+        audit.NEAR_DUPLICATE_THRESHOLD if args.near_duplicate_threshold is None else args.near_duplicate_threshold
+    )
     config = ClassifyConfig(
         features_dir=args.features,
         out_dir=args.out,
@@ -395,6 +426,10 @@ def _cmd_classify(args):
         threshold_rule=args.threshold_rule,
         val_as_test=args.val_as_test,
         quick=args.quick,
+        train_fractions=efficiency.check_fractions(_csv_list(args.train_fraction)) if args.train_fraction else (),
+        efficiency_seeds=args.efficiency_seeds,
+        image_cv=not args.no_image_cv,
+        near_duplicate_threshold=audit.check_threshold(threshold),
         subgroups=_csv_list(args.subgroups) if args.subgroups else (),
         age_bands=parse_age_bands(args.age_bands),
         subgroup_min=args.subgroup_min,
@@ -419,13 +454,19 @@ def _add_report(sub) -> None:
     p = sub.add_parser("report", help="write the self-contained HTML report with plots")
     p.add_argument("--results", type=Path, default=Path("results"))
     p.add_argument("-o", "--out", type=Path, default=None, help="HTML file (default results/report.html)")
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="where the images are, for the near-duplicate thumbnails (default: the data root each cache recorded)",
+    )
     p.set_defaults(handler=_cmd_report)
 
 
 def _cmd_report(args):
     from featx.results.report import report_command
 
-    report_command(results_dir=args.results, out=args.out, console=_console())
+    report_command(results_dir=args.results, out=args.out, console=_console(), data_root=args.data_root)
 
 
 def _add_predict(sub) -> None:
@@ -470,7 +511,11 @@ def _add_demo(sub) -> None:
     p.add_argument(
         "--weights", default="auto", help="auto (imagenet if cached, else random with a banner), imagenet, random"
     )
-    p.add_argument("--backbones", default="mobilenetv3small,resnet50", help="two backbones by default")
+    p.add_argument(
+        "--backbones",
+        default="pixels,mobilenetv3small,resnet50",
+        help="comma-separated backbones (default: the raw-pixel floor and two CNNs; --quick: pixels,tiny)",
+    )
     p.add_argument("--classifiers", default="logreg,xgboost,dense")
     p.add_argument("--patients", type=_positive_int, default=120, help="synthetic patients (default 120)")
     p.add_argument("--image-size", type=_positive_int, default=128, help="phantom image size in pixels")
@@ -498,10 +543,11 @@ def _cmd_demo(args):
 
 
 def _add_bench(sub) -> None:
-    pb = sub.add_parser("bench", help="benchmarks: extract throughput/memory, classify grid time")
+    pb = sub.add_parser("bench", help="benchmarks: extract throughput/memory, classify grid time, audits and curves")
     bsub = pb.add_subparsers(dest="bench_command", metavar="WHAT")
     _add_bench_extract(bsub)
     _add_bench_classify(bsub)
+    _add_bench_analyses(bsub)
     pb.set_defaults(handler=lambda args: pb.print_help() or 2)
 
 
@@ -579,6 +625,98 @@ def _cmd_bench_classify(args):
     )
 
 
+def _add_bench_analyses(bsub) -> None:
+    p = bsub.add_parser(
+        "analyses", help="time the duplicate audits and the data-efficiency curve on Kermany-sized embeddings"
+    )
+    p.add_argument("--classifier", default="logreg,xgboost,dense")
+    p.add_argument("--train-fraction", default="0.01,0.1,0.3,1.0", help="fractions of the curve")
+    p.add_argument("--efficiency-seeds", type=_positive_int, default=3)
+    p.add_argument("--n-train", type=_positive_int, default=5216)
+    p.add_argument("--n-test", type=_positive_int, default=624)
+    p.add_argument("--dim", type=_positive_int, default=2048)
+    p.add_argument("--n-jobs", type=int, default=2)
+    p.set_defaults(handler=_cmd_bench_analyses)
+
+
+def _cmd_bench_analyses(args):
+    from featx.bench.analyses import bench_analyses_command
+
+    bench_analyses_command(
+        classifiers=_csv_list(args.classifier),
+        fractions=_csv_list(args.train_fraction),
+        seeds=args.efficiency_seeds,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        dim=args.dim,
+        n_jobs=args.n_jobs,
+        console=_console(),
+    )
+
+
+# ---------------------------------------------------------------- errors under make
+
+# The Makefile variable for each CLI flag (the Makefile's "#:" lines list them). Under make an error that
+# suggests a flag also names the variable the user types there. Per command first, then the common ones.
+MAKE_VARIABLES: dict[str, dict[str, str]] = {
+    "": {
+        "--force": "force=1",
+        "--weights": "weights=...",
+        "--manifest": "manifest=CSV",
+        "--data-root": "data=DIR",
+        "--image-size": "image_size=N",
+        "--resize-mode": "resize_mode=...",
+        "--dicom-window": "dicom_window=...",
+        "--batch-size": "batch_size=N",
+        "--mixed-precision": "mixed_precision=1",
+        "--workers": "workers=N",
+        "--limit": "limit=N",
+        "--seed": "seed=N",
+        "--features": "features=DIR",
+        "--classifier": "classifiers=...",
+        "--cv": "cv=N",
+        "--n-jobs": "n_jobs=N",
+        "--threshold-rule": "threshold=RULE",
+        "--val-as-test": "val_as_test=1",
+        "--quick": "quick=1",
+        "--subgroups": "subgroups=...",
+        "--age-bands": "age_bands=...",
+        "--subgroup-min": "subgroup_min=N",
+        "--no-pixels": "no_pixels=1",
+        "--train-fraction": "train_fraction=...",
+        "--efficiency-seeds": "efficiency_seeds=N",
+        "--no-image-cv": "no_image_cv=1",
+        "--near-duplicate-threshold": "near_duplicate_threshold=...",
+        "--results": "results=DIR",
+        "--model": "model=PATH",
+    },
+    "extract": {"--backbone": "backbone=NAME", "--out": "features=DIR", "--pooling": "pooling=..."},
+    "classify": {"--backbone": "backbones=...", "--out": "results=DIR", "--pooling": "poolings=..."},
+    "predict": {"--out": "out=FILE"},
+}
+
+
+def make_hint(message: str, command: str | None) -> str:
+    """The message with ' (make: force=1, ...)' before its final period for the flags it names; else unchanged.
+
+    Flags inside a quoted command (`featx extract ... --force`) map with that command's variables, the others
+    with `command`'s.
+    """
+
+    def variables(text: str, verb: str | None) -> list[str]:
+        table = {**MAKE_VARIABLES[""], **MAKE_VARIABLES.get(verb or "", {})}
+        return [table[flag] for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]*", text) if flag in table]
+
+    found = []
+    for verb, text in re.findall(r"`featx (\w+)([^`]*)`", message):
+        found += variables(text, verb)
+    found += variables(re.sub(r"`featx \w+[^`]*`", "", message), command)
+    if not found:
+        return message
+    hint = f" (make: {', '.join(dict.fromkeys(found))})"
+    return f"{message[:-1]}{hint}." if message.endswith(".") else message + hint
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -616,7 +754,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = args.handler(args)
     except FeatxError as error:
-        print(f"featx: error: {error}", file=sys.stderr)
+        from featx.config import via_make
+
+        message = make_hint(str(error), args.command) if via_make() else str(error)
+        print(f"featx: error: {message}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("featx: interrupted", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Cache locations: the only place featx reads the environment."""
+"""Cache locations and how featx was started: the only place featx reads the environment."""
 
 from __future__ import annotations
 
@@ -27,3 +27,8 @@ def kaggle_credentials_present() -> bool:
 def default_workers() -> int:
     """Decode threads: one per core, at least one."""
     return max(1, os.cpu_count() or 1)
+
+
+def via_make() -> bool:
+    """True when the Makefile started featx (it exports FEATX_VIA_MAKE=1): errors then name make variables."""
+    return os.environ.get("FEATX_VIA_MAKE") == "1"

@@ -16,15 +16,18 @@ from featx.data.synthetic import PhantomParams, existing_phantoms, generate_phan
 from featx.errors import CacheError, FeatxError, LockError
 from featx.extract.backbones import RANDOM_BANNER
 
-DEFAULT_BACKBONES = ("mobilenetv3small", "resnet50")
+# pixels: the raw-pixel floor, so the demo's leaderboard shows what the CNN backbones add over it
+DEFAULT_BACKBONES = ("pixels", "mobilenetv3small", "resnet50")
 DEFAULT_PATIENTS = 120
 DEFAULT_IMAGE_SIZE = 128
 # --quick shrinks whatever was left at its default to a seconds-long smoke run
-QUICK_BACKBONES = ("tiny",)
+QUICK_BACKBONES = ("pixels", "tiny")
 QUICK_PATIENTS = 16
 QUICK_IMAGE_SIZE = 32
 QUICK_CV = 3
 DEMO_CV = 5
+# the data-efficiency curve the demo draws: shares of its training patients (1.0 is each run itself)
+DEMO_TRAIN_FRACTIONS = (0.1, 0.3, 1.0)
 # The phantoms carry sex, age and view; 120 patients leave about 17 normal test images, so two age bands
 # (the built-in difference sits at 65, see data/synthetic.py) and 5 positives and negatives a subgroup.
 DEMO_SUBGROUPS = ("sex", "age_band", "view")
@@ -191,6 +194,7 @@ def stage_two(config: DemoConfig, console) -> None:
             cv=QUICK_CV if config.quick else DEMO_CV,
             seed=config.seed,
             quick=config.quick,
+            train_fractions=DEMO_TRAIN_FRACTIONS,
             subgroups=DEMO_SUBGROUPS,
             age_bands=DEMO_AGE_BANDS,
             subgroup_min=DEMO_SUBGROUP_MIN,

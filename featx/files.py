@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
@@ -22,6 +23,22 @@ def file_sha256(path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def missing_reason(path) -> str:
+    """Why `path` is not a file that can be opened: symlink loop, broken symlink, permission, not found, not a file."""
+    path = Path(path)
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symlink loop (the link leads back to itself)"
+        if path.is_symlink():
+            return f"broken symlink (it points to '{os.readlink(path)}', which does not exist)"
+        if error.errno in (errno.EACCES, errno.EPERM):
+            return "permission denied"
+        return "file not found" if error.errno == errno.ENOENT else (error.strerror or type(error).__name__)
+    return "not a regular file"
 
 
 def bytes_sha256(data: bytes) -> str:

@@ -1,17 +1,27 @@
-"""Start TensorFlow without its C++ start-up chatter.
+"""Process-wide plumbing: TensorFlow without its start-up chatter, Ctrl-C at safe points, library versions.
 
 TensorFlow 2.2x prints absl "before InitializeLog" lines, oneDNN and CUDA-probe
 notices straight to file descriptor 2, ignoring TF_CPP_MIN_LOG_LEVEL. The CLI
 imports it through here for the commands that need it, so the user's terminal
 shows featx's progress and results, not that noise. If the import fails, what
 TensorFlow printed is replayed before the exception propagates.
+
+Python runs a SIGINT handler at the next bytecode, which inside a native library
+is whatever Python callback it calls: a KeyboardInterrupt raised inside XGBoost's
+ctypes data-iterator callback aborted the process with heap corruption. Code that
+must not be cut there runs under `interrupts_deferred()`: Ctrl-C is remembered,
+long loops stop early at their own safe points (`interrupt_pending()`), and the
+KeyboardInterrupt is raised when the block ends; the CLI then says "featx:
+interrupted" and exits 130.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -61,6 +71,52 @@ def captured_stderr(console=None) -> Iterator[None]:
             if console_file is not None:
                 console.file.close()
                 console.file = console_file
+
+
+class _Deferral:
+    depth = 0  # nesting of interrupts_deferred blocks (main thread only)
+    pending = False  # a Ctrl-C arrived inside one
+
+
+def _remember_interrupt(signum, frame) -> None:
+    _Deferral.pending = True
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Inside the block Ctrl-C (SIGINT) only sets a flag; KeyboardInterrupt is raised when the outermost block ends.
+
+    Signal handlers belong to the main thread: elsewhere, or where SIGINT is not Python's default handler
+    (ignored in a background job, or someone else's handler), the block runs unchanged.
+    """
+    if _Deferral.depth:  # nested: the outermost block installed the handler and raises
+        _Deferral.depth += 1
+        try:
+            yield
+        finally:
+            _Deferral.depth -= 1
+        return
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    signal.signal(signal.SIGINT, _remember_interrupt)
+    _Deferral.depth = 1
+    try:
+        yield
+    finally:
+        _Deferral.depth = 0
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if _Deferral.pending:
+            _Deferral.pending = False
+            raise KeyboardInterrupt
+
+
+def interrupt_pending() -> bool:
+    """True when Ctrl-C arrived inside the current interrupts_deferred block: a safe point should stop early."""
+    return _Deferral.pending
 
 
 VERSION_PACKAGES = ("featx", "numpy", "scikit-learn", "xgboost", "tensorflow", "keras", "h5py")

@@ -12,9 +12,12 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import pytest
 
-# ../shared beside the checkout; FEATX_SHARED_DATA points elsewhere (a git worktree has no ../shared)
+# ../shared beside the checkout (/work/main -> /work/shared), or beside its parent for a worktree
+# (/work/wt/NAME -> /work/shared); FEATX_SHARED_DATA points elsewhere
+_SHARED_CANDIDATES = [parent / "shared" / "data" for parent in Path(__file__).resolve().parents[2:4]]
 SHARED_DATA = Path(
-    os.environ.get("FEATX_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    os.environ.get("FEATX_SHARED_DATA")
+    or next((path for path in _SHARED_CANDIDATES if path.is_dir()), _SHARED_CANDIDATES[0])
 )
 KERMANY_TRAIN = SHARED_DATA / "kermany224" / "train"
 

@@ -29,6 +29,7 @@ REQUIRED = (
     "resnet101v2",
     "inceptionresnetv2",
     "tiny",
+    "pixels",
 )
 # Each backbone's own Keras module: its preprocess_input is what the registry's mode must reproduce.
 KERAS_MODULES = {
@@ -44,7 +45,7 @@ KERAS_MODULES = {
     "efficientnetb7": "efficientnet",
     "efficientnetv2s": "efficientnet_v2",
 }
-FAST = ("tiny", "mobilenetv3small")
+FAST = ("tiny", "mobilenetv3small", "pixels")
 SLOW = tuple(name for name in backbones.BACKBONES if name not in FAST)
 
 
@@ -97,9 +98,7 @@ def test_widths_follow_the_published_shapes():
 
 
 def test_unknown_backbone_lists_names_and_closest_match():
-    expected = (
-        r"'backbone' parameter must be one of \[.*'vgg16'.*'tiny'\]\. Got 'resnet5' instead; did you mean 'resnet50'\?"
-    )
+    expected = r"'backbone' parameter must be one of \[.*'vgg16'.*'tiny', 'pixels'\]\. Got 'resnet5' instead; did you mean 'resnet50'\?"
     with pytest.raises(BackboneError, match=expected):
         backbones.get_backbone("resnet5")
 
@@ -206,6 +205,36 @@ def test_mixed_precision_without_gpu_warns_and_stays_float32(monkeypatch):
         model = backbones.create_backbone("tiny", _random(), 16, ("avg",), mixed_precision=True)
     assert keras.mixed_precision.global_policy().name == "float32"
     assert model.predict(_raw_images(1, 16), verbose=0)["avg"].dtype == np.float32
+
+
+# ------------------------------------------------------------------ the raw-pixel floor
+
+
+def test_pixels_are_the_gray_thumbnails_under_every_pooling():
+    spec = backbones.get_backbone("pixels")
+    gray = np.random.default_rng(0).uniform(0, 255, (2, 64, 64)).astype(np.float32)
+    model = backbones.create_backbone(spec, backbones.NO_WEIGHTS, 64, backbones.POOLINGS)
+    out = _embed(model, np.repeat(gray[..., None], 3, axis=-1))
+    thumbnails = [
+        (gray / 255).reshape(2, side, 64 // side, side, 64 // side).mean(axis=(2, 4)).reshape(2, -1)
+        for side in backbones.PIXEL_SIZES
+    ]
+    expected = np.concatenate(thumbnails, axis=1)
+    assert expected.shape == (2, 32 * 32 + 16 * 16) == (2, spec.embedding_width("flatten", 64))
+    for pooling, values in out.items():
+        assert np.allclose(values, expected, atol=1e-5), pooling
+    red = np.zeros((1, 32, 32, 3), np.float32)
+    red[..., 0] = 255.0
+    assert np.allclose(_embed(backbones.create_backbone(spec, backbones.NO_WEIGHTS, 32), red)["avg"], 0.299)
+
+
+@pytest.mark.parametrize("weights", ["imagenet", "random", "auto"])
+def test_pixels_have_no_weights_whatever_is_asked(weights, offline):
+    info = backbones.resolve_weights(weights, 7, "pixels")
+    assert (info.kind, info.label, info.seed, info.random) == ("none", "none", -1, False)
+    assert offline == []  # nothing to download
+    with pytest.raises(WeightsError, match="'tiny' needs weights"):
+        backbones.create_backbone("tiny", backbones.NO_WEIGHTS, 16)
 
 
 # ------------------------------------------------------------------ random weights

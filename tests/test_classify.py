@@ -49,7 +49,11 @@ RUN_FIELDS = [
     "threshold",
     "test",
     "test_predictions",
+    "efficiency",
+    "audit",
     "timings",
+    "bundle_sha256",
+    "feature_path",
     "created_utc",
 ]
 VERSION_KEYS = {"featx", "python", "numpy", "scikit-learn", "xgboost", "tensorflow", "keras", "h5py"}
@@ -160,6 +164,10 @@ def test_run_json_has_every_schema_field(binary_results):
         "subgroups": [],
         "age_bands": [0.0, 18.0, 40.0, 65.0],
         "subgroup_min": 10,
+        "train_fractions": [],
+        "efficiency_seeds": 3,
+        "image_cv": True,
+        "near_duplicate_threshold": 0.99,
         "engine": "local",
     }
     assert run["subgroups"] is None and run["test_predictions"]["meta"] == {}
@@ -252,11 +260,93 @@ def test_cache_without_test_rows_holds_out_patients_and_says_so(tmp_path):
     run = load_json(path)
     assert run["data"]["test_source"] == "held_out_patients"
     assert console.file.getvalue().count("holding out 20% of its patients") == 1
-    assert run["data"]["n_test_patients"] == 16 and run["data"]["n_train_patients"] == 64
+    n_test = run["data"]["n_test_patients"]
+    assert 8 <= n_test <= 24 and run["data"]["n_train_patients"] == 80 - n_test  # about 20% of 80, by a hash draw
     patient_of = dict(zip([f"img_{i:05d}.png" for i in range(len(data["y"]))], data["patient_id"]))
     test_patients = {patient_of[i] for i in run["test_predictions"]["ids"]}
-    assert len(test_patients) == 16
+    assert len(test_patients) == n_test
     assert run["data"]["n_train"] + run["data"]["n_test"] == len(data["y"])
+    # the audit sees the split the run used: the held-out patients are its test split
+    near = run["audit"]["near_duplicates"]
+    assert {tuple(entry["splits"]) for entry in near["split_pairs"]} == {
+        ("test", "test"),
+        ("test", "train"),
+        ("train", "train"),
+    }
+    assert near["n_evaluated"] == run["data"]["n_test"]
+
+
+def test_every_run_carries_its_audit(binary_results):
+    for path in (binary_results["results"] / "runs").glob("*.json"):
+        run = load_json(path)
+        audit = run["audit"]
+        near, exact, levels = audit["near_duplicates"], audit["exact_duplicates"], audit["split_levels"]
+        assert near["n_rows"] == run["data"]["n_train"] + run["data"]["n_test"] and near["threshold"] == 0.99
+        assert near["n_evaluated"] == run["data"]["n_test"] and len(near["top_pairs"]) == 12
+        assert exact["source"] == "cache" and exact["n_hashed"] == near["n_rows"] and exact["duplicate_groups"] == 0
+        assert levels["folds"] == 3 and len(levels["image"]["fold_auc"]) == 3
+        assert levels["image"]["validation_images_with_patient_in_training"] > 0.5  # 2-3 images per patient
+        assert run["timings"]["image_cv_s"] == levels["seconds"] and "efficiency_s" not in run["timings"]
+        if run["classifier"] == "logreg":  # deterministic fits on the search's own folds: the run's CV AUC
+            assert levels["patient"]["auc_mean"] == pytest.approx(run["cv_auc_mean"])
+
+
+def test_exact_duplicates_come_from_the_cache_hashes_or_else_from_the_files(tmp_path):
+    data = signal_dataset(n_train_patients=30, n_test=20, seed=6)
+    n = len(data["y"])
+    ids = [f"img_{i:05d}.png" for i in range(n)]
+    leaked = data["split"].index("test")  # a test image whose file is byte-identical to training image 0
+    sha256 = [f"{i:064x}" for i in range(n)]
+    sha256[leaked] = sha256[0]
+    args = (data["y"], data["classes"], data["split"], data["patient_id"])
+    write_cache(tmp_path / "f" / "tiny.h5", {"avg": data["X"]}, *args, ids=ids, sha256=sha256)
+    run = load_json(classify_runs(config_for(tmp_path / "f", tmp_path / "r", image_cv=False), quiet_console())[0])
+    exact = run["audit"]["exact_duplicates"]
+    assert exact["source"] == "cache" and exact["split_pairs"] == [{"splits": ["test", "train"], "pairs": 1}]
+    assert exact["examples"][0]["ids"] == [ids[0], ids[leaked]]
+    # a cache without per-image hashes: the files under its data root are hashed instead
+    root = tmp_path / "images"
+    root.mkdir()
+    for i, name in enumerate(ids):
+        (root / name).write_bytes(b"same" if i in (0, leaked) else str(i).encode())
+    write_cache(tmp_path / "g" / "tiny.h5", {"avg": data["X"]}, *args, ids=ids, sha256=[""] * n, data_root=str(root))
+    run = load_json(classify_runs(config_for(tmp_path / "g", tmp_path / "s", image_cv=False), quiet_console())[0])
+    exact = run["audit"]["exact_duplicates"]
+    assert exact["source"] == "image files" and exact["split_pairs"] == [{"splits": ["test", "train"], "pairs": 1}]
+
+
+def test_train_fractions_add_a_curve_from_the_chosen_configuration_without_a_new_search(tmp_path, monkeypatch):
+    from featx.classify import registry
+
+    features = tmp_path / "features"
+    write_signal_cache(features / "tiny.h5", backbone="tiny", seed=4, feature_seed=5)
+    searches = []
+    real = registry.make_search
+
+    def counted(*args, **kwargs):
+        searches.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "make_search", counted)
+    config = config_for(
+        features,
+        tmp_path / "results",
+        classifiers=("logreg", "xgboost"),
+        train_fractions=(0.2, 0.5, 1.0),
+        efficiency_seeds=2,
+        image_cv=False,
+    )
+    paths = classify_runs(config, quiet_console())
+    assert searches == ["logreg", "xgboost"]  # one search per run; the curve only re-fits
+    for path in paths:
+        run = load_json(path)
+        curve = run["efficiency"]
+        assert [p["fraction"] for p in curve["points"]] == [0.2, 0.5, 1.0] and curve["n_fits"] == 4
+        assert curve["points"][-1]["auc"] == [run["test"]["auc"]["value"]]
+        assert curve["points"][-1]["n_patients"] == [run["data"]["n_train_patients"]]
+        assert all(len(p["auc"]) == 2 and p["auc_mean"] is not None for p in curve["points"][:-1])
+        assert run["config"]["train_fractions"] == [0.2, 0.5, 1.0] and run["timings"]["efficiency_s"] > 0
+        assert run["audit"]["split_levels"] is None and "image_cv_s" not in run["timings"]
 
 
 def test_val_rows_join_train_unless_val_as_test(tmp_path):
@@ -448,6 +538,8 @@ def test_nan_embeddings_name_the_file_and_count(tmp_path, capsys):
         (("--pooling", "max"), ("no 'max' embeddings",)),
         (("--backbone", "vgg16"), ("'backbone'", "'tiny'")),
         (("--threshold-rule", "sens95"), ("threshold_rule", "sens@0.95")),
+        (("--train-fraction", "0.1,1.5"), ("--train-fraction", "(0, 1]", "'1.5'")),
+        (("--near-duplicate-threshold", "2"), ("--near-duplicate-threshold", "(0, 1]")),
     ],
 )
 def test_unknown_names(tmp_path, capsys, args, fragments):
@@ -594,3 +686,68 @@ def test_parallel_jobs_give_the_same_selection_threshold_and_test_scores(tmp_pat
     assert runs[1]["best_params"] == runs[2]["best_params"]
     assert runs[1]["threshold"]["value"] == runs[2]["threshold"]["value"]
     assert np.allclose(runs[1]["test_predictions"]["score"], runs[2]["test_predictions"]["score"])
+
+
+# ---------------------------------------------------------------- issue 8
+
+
+def test_two_caches_of_one_backbone_get_two_runs(tmp_path, capsys):
+    """Issue 8, case 2: tiny.h5 (64 px) and tiny_32px.h5 said "Wrote 2 run(s)" but left one JSON and one model."""
+    features, results = tmp_path / "features", tmp_path / "results"
+    small_cache(features / "tiny.h5", attrs={"image_size": [64, 64]})
+    small_cache(features / "tiny_32px.h5", feature_seed=9)
+    code, _ = run_cli(capsys, "--features", features, "--out", results)
+    assert code == 0
+    runs = sorted(p.name for p in (results / "runs").glob("*.json"))
+    assert runs == ["tiny_32px__avg__logreg.json", "tiny__avg__logreg.json"]
+    assert sorted(p.name for p in (results / "models").glob("*.joblib")) == [
+        "tiny_32px__avg__logreg.joblib",
+        "tiny__avg__logreg.joblib",
+    ]
+    sizes = {load_json(results / "runs" / name)["image_size"][0] for name in runs}
+    assert sizes == {32, 64}
+    assert {load_json(results / "runs" / name)["backbone"] for name in runs} == {"tiny"}
+    text = (results / "leaderboard.md").read_text()
+    assert "| tiny_32px |" in text and "| tiny |" in text
+
+
+def test_a_run_of_another_feature_file_is_never_overwritten(tmp_path, capsys):
+    """Issue 8, case 2: features_a/tiny.h5 and features_b/tiny.h5 into one results folder: refused before any fit."""
+    results = tmp_path / "results"
+    small_cache(tmp_path / "features_a" / "tiny.h5")
+    small_cache(tmp_path / "features_b" / "tiny.h5", attrs={"image_size": [64, 64]})
+    assert run_cli(capsys, "--features", tmp_path / "features_a", "--out", results)[0] == 0
+    record = (results / "runs" / "tiny__avg__logreg.json").read_bytes()
+    code, err = run_cli(capsys, "--features", tmp_path / "features_b", "--out", results)
+    assert code == 2
+    assert_one_sentence(err, "features_a", "features_b", "never overwritten", "--out")
+    assert (results / "runs" / "tiny__avg__logreg.json").read_bytes() == record
+    # the same cache again replaces its own run
+    assert run_cli(capsys, "--features", tmp_path / "features_a", "--out", results)[0] == 0
+
+
+def test_each_run_records_its_bundle_sha256(tmp_path, capsys):
+    """Issue 8, case 15: what `featx predict` checks a bundle against before unpickling it."""
+    from featx.files import file_sha256
+
+    features, results = tmp_path / "features", tmp_path / "results"
+    small_cache(features / "tiny.h5")
+    assert run_cli(capsys, "--features", features, "--out", results)[0] == 0
+    run = load_json(results / "runs" / "tiny__avg__logreg.json")
+    assert run["bundle_sha256"] == file_sha256(results / "models" / "tiny__avg__logreg.joblib")
+
+
+def test_classify_into_a_folder_of_another_dataset_warns_and_ranks_apart(tmp_path, capsys):
+    """Issue 8, case 1: `make classify` into a results folder holding another dataset's runs ranked them together."""
+    results = tmp_path / "results"
+    small_cache(tmp_path / "user" / "resnet50.h5", backbone="resnet50")
+    small_cache(tmp_path / "demo" / "tiny.h5", seed=4, attrs={"manifest_sha256": "d" * 64})
+    assert run_cli(capsys, "--features", tmp_path / "user", "--out", results)[0] == 0
+    console = quiet_console()
+    classify_command(config_for(tmp_path / "demo", results), console)
+    out = " ".join(console.file.getvalue().split())
+    assert "holds runs on 2 different datasets" in out
+    assert out.count("Dataset 1 of 2: manifest ") == 1 and out.count("Dataset 2 of 2: manifest ") == 1
+    assert "manifest dddddddddddd, test rows" in out and "manifest aaaaaaaaaaaa, test rows" in out
+    rows = list(csv.DictReader((results / "leaderboard.csv").open()))
+    assert [r["rank"] for r in rows] == ["1", "1"] and len({r["dataset"] for r in rows}) == 2

@@ -241,6 +241,25 @@ def _extract_args(tmp_path, manifest, data_root=None, *extra):
     ]
 
 
+def test_the_cli_adds_the_pixel_floor_unless_told_not_to(tmp_path, capsys, offline):
+    manifest = make_tree(tmp_path / "data", n=6)
+    assert main(_extract_args(tmp_path, manifest)) == 0
+    features = tmp_path / "features"
+    assert sorted(p.name for p in features.glob("*.h5")) == ["pixels.h5", "tiny.h5"]
+    pixels = store.load(features / "pixels.h5")
+    assert pixels.attrs["weights"] == "none" and not pixels.random_weights and pixels.X.shape == (6, 1280)
+    assert main(_extract_args(tmp_path, manifest, None, "--no-pixels", "--out", str(tmp_path / "bare"))) == 0
+    assert [p.name for p in (tmp_path / "bare").glob("*.h5")] == ["tiny.h5"]
+    capsys.readouterr()
+    # pixels alone, under --weights imagenet: nothing to download, labelled "none", no random-weights banner
+    args = _extract_args(tmp_path, manifest, None, "--out", str(tmp_path / "alone"))
+    args[args.index("tiny")], args[args.index("random")] = "pixels", "imagenet"
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "none" in out and "RANDOM-INIT" not in out and offline == []
+    assert store.load(tmp_path / "alone" / "pixels.h5").attrs["weights"] == "none"
+
+
 def _one_sentence_error(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert err.startswith("featx: error: ") and "Traceback" not in err
@@ -507,7 +526,7 @@ def test_a_full_disk_mid_extract_is_one_sentence_and_the_same_command_resumes(tm
     import errno
 
     manifest = make_tree(tmp_path / "data", n=12)
-    args = _extract_args(tmp_path, manifest, None, "--batch-size", "4")
+    args = _extract_args(tmp_path, manifest, None, "--batch-size", "4", "--no-pixels")  # one cache: one full disk
     cache = tmp_path / "features" / "tiny.h5"
     setitem = h5py.Dataset.__setitem__
     calls = []

@@ -393,6 +393,19 @@ def test_iter_batches_rejects_bad_arguments(numbered, kwargs):
         list(images.iter_batches(numbered, **arguments))
 
 
+def test_a_symlink_loop_is_named_as_one(tmp_path):
+    """Issue 8, case 13: a symlink loop was reported as "file not found"."""
+    (tmp_path / "a.png").symlink_to(tmp_path / "b.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
+    with pytest.raises(ImageReadError, match="symlink loop"):
+        images.load_image(tmp_path / "a.png", (8, 8))
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(ImageReadError, match="broken symlink .*gone.png"):
+        images.load_image(tmp_path / "dangling.png", (8, 8))
+    with pytest.raises(ImageReadError, match="file not found"):
+        images.load_image(tmp_path / "missing.png", (8, 8))
+
+
 def test_iter_batches_records_the_sha256_of_the_bytes_it_decodes(tmp_path):
     """Each row's file hash comes from the bytes read for decoding: equal files, equal hashes; "" when unread."""
     from featx.files import file_sha256

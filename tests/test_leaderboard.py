@@ -75,9 +75,12 @@ def _write(results, runs):
 
 def test_rows_are_sorted_by_test_auc_and_marked_against_the_best_on_the_same_test_rows(runs):
     rows = leaderboard.leaderboard_rows(runs)
-    aucs = [r["test_auc"] for r in rows]
+    # densenet121 was tested on other images: a dataset of its own, after the one with three runs
+    assert [r["run_id"] for r in rows][-1] == "densenet121__avg__logreg"
+    aucs = [r["test_auc"] for r in rows[:3]]
     assert aucs == sorted(aucs, reverse=True)
-    assert [r["rank"] for r in rows] == list(range(1, len(runs) + 1))
+    assert [r["rank"] for r in rows] == [1, 2, 3, 1]
+    assert len({r["dataset"] for r in rows[:3]}) == 1 and rows[3]["dataset"] != rows[0]["dataset"]
     by_id = {r["run_id"]: r for r in rows}
     assert by_id["resnet50__avg__logreg"]["rank"] == 1
     assert by_id["resnet50__avg__logreg"]["not_worse_than_best"] is True
@@ -122,7 +125,7 @@ def test_markdown_has_banner_ci_table_pivot_and_reading_notes(tmp_path, runs):
     assert leaderboard.RANDOM_BANNER in text
     assert text.index(leaderboard.RANDOM_BANNER) < text.index("| # |")
     auc = runs[2]["test"]["auc"]
-    assert f"{auc['value']:.3f} [{auc['ci_low']:.3f}, {auc['ci_high']:.3f}]" in text
+    assert f"{auc['value']:.3f} [{auc['ci_low']:.3f}–{auc['ci_high']:.3f}]" in text
     assert "0.900 ± 0.020" in text
     assert "RANDOM-INIT" in text.split("| # |")[1]
     pivot = text.split("## Test AUC: backbone × classifier")[1].split("## How to read this")[0]
@@ -143,7 +146,7 @@ def test_no_banner_without_random_weights(tmp_path, runs):
 def test_pivot_names_the_best_pooling_when_several_were_run(runs):
     extra = dict(runs[2], run_id="resnet50__max__logreg", pooling="max", test=dict(runs[2]["test"]))
     extra["test"]["auc"] = dict(extra["test"]["auc"], value=0.5)
-    extra["test_predictions"] = None
+    extra["test_predictions"] = dict(runs[2]["test_predictions"], score=[0.5] * N_TEST)
     text = leaderboard.to_markdown(leaderboard.leaderboard_rows([*runs, extra]))
     pivot = text.split("## Test AUC: backbone × classifier")[1]
     resnet_line = next(line for line in pivot.splitlines() if line.startswith("| resnet50 |"))
@@ -191,6 +194,113 @@ def test_terminal_table_keeps_every_auc_whole_at_any_width(runs, width):
     out = console.file.getvalue()
     assert max(len(line) for line in out.splitlines()) <= width
     for row in leaderboard.leaderboard_rows(runs):
-        whole = leaderboard.format_auc_ci(row).replace(", ", "–")
+        whole = leaderboard.format_auc_ci(row)
         assert whole in out, f"{row['run_id']}: {whole!r} cut at width {width}"
         assert row["backbone"] in out and row["classifier"] in out
+
+
+def test_every_leaderboard_says_what_the_backbones_add_over_the_pixel_floor(tmp_path, runs):
+    y = np.asarray(runs[0]["test_predictions"]["y_true"])
+    floor = _run("pixels__avg__logreg", y, _scores(y, noise=5.0, seed=3), runs[0]["test_predictions"]["ids"])
+    floor["weights"] = "none"
+    best = runs[2]
+    expected_p = evaluate.delong_paired_pvalue(
+        y, np.asarray(best["test_predictions"]["score"]), np.asarray(floor["test_predictions"]["score"])
+    )
+    gain = best["test"]["auc"]["value"] - floor["test"]["auc"]["value"]
+    sentence = leaderboard.pixel_floor_sentence([*runs, floor])
+    assert sentence.startswith("Raw-pixel floor: pixels/avg/logreg reaches test AUC ")
+    assert f"the best backbone run, resnet50/avg/logreg ({best['test']['auc']['value']:.3f} [" in sentence
+    assert f"is {gain:.3f} above it (paired DeLong p = {expected_p:.3g})." in sentence
+    _write(tmp_path, [*runs, floor])
+    _, md_path = leaderboard.write_leaderboard(tmp_path)
+    assert f"> {sentence}" in md_path.read_text()
+    console = Console(file=io.StringIO(), width=400, color_system=None)
+    leaderboard.print_leaderboard([*runs, floor], console)
+    assert sentence in console.file.getvalue()
+    without = leaderboard.pixel_floor_sentence(runs)
+    assert without.startswith("No raw-pixel floor in these runs") and "--no-pixels" in without
+
+
+def test_the_split_level_audit_joins_the_csv_and_the_sentence(runs):
+    assert leaderboard.split_level_sentence(runs) is None
+    runs[2]["audit"] = {
+        "split_levels": {"patient": {"auc_mean": 0.81}, "image": {"auc_mean": 0.93}, "inflation": 0.12, "folds": 5}
+    }
+    rows = {r["run_id"]: r for r in leaderboard.leaderboard_rows(runs)}
+    assert (
+        rows["resnet50__avg__logreg"]["cv_auc_image_folds"],
+        rows["resnet50__avg__logreg"]["image_split_inflation"],
+    ) == (
+        0.93,
+        0.12,
+    )
+    assert rows["resnet50__avg__xgboost"]["cv_auc_image_folds"] is None
+    sentence = leaderboard.split_level_sentence(runs)
+    assert (
+        "(resnet50/avg/logreg) scores CV AUC 0.810 with patient-grouped folds and 0.930 with plain image folds (+0.120)"
+        in sentence
+    )
+
+
+# ---------------------------------------------------------------- issue 8
+
+
+def _other_dataset_runs():
+    """Two runs on another manifest's 87 test images (the demo data, say)."""
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, size=87)
+    ids = [f"demo/img_{i:04d}.png" for i in range(87)]
+    runs = [
+        _run("tiny__avg__logreg", y, _scores(y, 1.0, 7), ids),
+        _run("tiny__avg__xgboost", y, _scores(y, 1.2, 8), ids),
+    ]
+    for run in runs:
+        run["manifest_sha256"] = "d" * 64
+    return runs
+
+
+def test_runs_of_different_datasets_are_never_ranked_together(tmp_path, runs):
+    """Issue 8, case 1: a folder holding two datasets got one ranking, one pivot and one ★ across both."""
+    same = [r for r in runs if r["run_id"] != "densenet121__avg__logreg"]
+    mixed = same + _other_dataset_runs()
+    rows = leaderboard.leaderboard_rows(mixed)
+    groups = leaderboard.datasets(rows)
+    assert [len(g.rows) for g in groups] == [3, 2]
+    assert {r["run_id"] for r in groups[1].rows} == {"tiny__avg__logreg", "tiny__avg__xgboost"}
+    assert all([r["rank"] for r in g.rows] == list(range(1, len(g.rows) + 1)) for g in groups)
+    assert groups[1].rows[0]["not_worse_than_best"] is True  # the best of its own dataset
+    assert groups[0].heading.startswith("Dataset 1 of 2: manifest aaaaaaaaaaaa, test rows ")
+    assert "(120 images, from the manifest)" in groups[0].heading
+    assert groups[1].heading.startswith("Dataset 2 of 2: manifest dddddddddddd")
+
+    _write(tmp_path, mixed)
+    csv_path, md_path = leaderboard.write_leaderboard(tmp_path)
+    csv_rows = list(csv.DictReader(io.StringIO(csv_path.read_text())))
+    assert [(r["dataset"], r["rank"]) for r in csv_rows] == [(r["dataset"], str(r["rank"])) for r in rows]
+    text = md_path.read_text()
+    assert "holds runs on 2 different datasets" in text
+    assert text.count("## Dataset ") == 2 and text.count("### Test AUC: backbone × classifier") == 2
+    first, second = text.split("## Dataset 2 of 2")
+    assert "tiny" not in first.split("## Dataset 1 of 2")[1] and "resnet50" not in second.split("## How")[0]
+
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    leaderboard.print_leaderboard(mixed, console, tmp_path)
+    out = console.file.getvalue()
+    assert "holds runs on 2 different datasets" in out and f"'{tmp_path}'" in " ".join(out.split())
+    assert out.count("Dataset 1 of 2") == 1 and out.count("Dataset 2 of 2") == 1
+    assert out.count("backbone × classifier") == 2
+
+
+def test_one_dataset_is_named_in_a_heading_without_a_warning(runs):
+    same = [r for r in runs if r["run_id"] != "densenet121__avg__logreg"]
+    text = leaderboard.to_markdown(leaderboard.leaderboard_rows(same))
+    assert "## Dataset: manifest aaaaaaaaaaaa, test rows " in text and "different datasets" not in text
+
+
+def test_auc_and_ci_are_rounded_alike_so_the_point_stays_inside_its_interval():
+    """Issue 8, case 7: the heatmap printed 0.999 [1.00–1.00] (AUC to 3 places, CI to 2)."""
+    assert leaderboard.format_auc(0.9994, 0.9982, 1.0) == "0.999 [0.998–1.000]"
+    assert leaderboard.format_auc(0.9994, 0.9982, 1.0, sep="\n") == "0.999\n[0.998–1.000]"
+    assert leaderboard.format_auc(0.8, None, None) == "0.800"
+    assert leaderboard.format_auc(None) == "–"

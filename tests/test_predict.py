@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
     quiet = Console(quiet=True)
     run_extract(
         ExtractConfig(
-            backbones=("tiny",),
+            backbones=("tiny", "pixels"),
             manifest=manifest,
             data_root=root / "data",
             out_dir=root / "features",
@@ -60,6 +60,16 @@ def test_predictions_reproduce_stage_two_test_probabilities_exactly(trained):
         assert row["predicted_label"] == ("opacity" if score >= threshold else "normal")
         assert row["p_normal"] == pytest.approx(1 - score)
         assert row["error"] is None
+
+
+def test_a_pixels_bundle_rebuilds_without_weights_and_reproduces_stage_two(trained):
+    data, _, bundle, _ = trained
+    results = bundle.parent.parent
+    run = json.loads((results / "runs" / "pixels__avg__logreg.json").read_text())
+    assert (run["weights"], run["random_weights"]) == ("none", False)
+    images = [str(data / rel) for rel in run["test_predictions"]["ids"]]
+    rows = predict_paths(results / "models" / "pixels__avg__logreg.joblib", images)
+    assert [row["p_opacity"] for row in rows] == run["test_predictions"]["score"]
 
 
 def test_unreadable_image_is_reported_per_image_and_others_still_predicted(trained, tmp_path):
@@ -202,3 +212,90 @@ def test_a_bundle_written_before_the_layout_by_stage_still_loads(tmp_path, monke
     monkeypatch.delitem(sys.modules, "featx.classifiers", raising=False)
     bundle = load_bundle(path)
     assert np.allclose(bundle["estimator"].predict_proba(X), model.predict_proba(X))
+
+
+# ---------------------------------------------------------------- issue 8
+
+
+class _Touch:
+    """Unpickling it creates a file: a stand-in for the code a tampered bundle would run."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+def _copy_run(trained, tmp_path, with_record=True):
+    """The trained run's bundle (and its record) under tmp_path/results, as classify lays them out."""
+    bundle = trained[2]
+    models = tmp_path / "results" / "models"
+    models.mkdir(parents=True)
+    (models / bundle.name).write_bytes(bundle.read_bytes())
+    if with_record:
+        record = bundle.parent.parent / "runs" / f"{bundle.stem}.json"
+        (tmp_path / "results" / "runs").mkdir()
+        (tmp_path / "results" / "runs" / record.name).write_text(record.read_text())
+    return models / bundle.name
+
+
+def test_a_bundle_that_differs_from_its_run_record_is_refused_before_it_is_loaded(trained, tmp_path, capsys):
+    """Issue 8, case 15: nothing checked what `featx predict` unpickled."""
+    image = str(sorted(trained[0].rglob("*.png"))[0])
+    bundle = _copy_run(trained, tmp_path)
+    marker = tmp_path / "code-ran"
+    content = joblib.load(bundle)
+    content["payload"] = _Touch(marker)
+    joblib.dump(content, bundle)
+    assert main(["predict", "--model", str(bundle), image]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("featx: error: Model bundle") and "sha256" in err and "run record" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not marker.exists()
+
+
+def test_a_bundle_without_its_run_record_is_loaded_with_a_one_line_warning(trained, tmp_path, capsys):
+    image = str(sorted(trained[0].rglob("*.png"))[0])
+    bundle = _copy_run(trained, tmp_path, with_record=False)
+    assert main(["predict", "--model", str(bundle), image]) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "No run record beside the bundle" in warnings[0] and "trusted" in warnings[0]
+    assert captured.out.startswith("path,")
+    # with its record beside it, the check passes silently
+    bundle = _copy_run(trained, tmp_path / "with")
+    assert main(["predict", "--model", str(bundle), image]) == 0
+    assert "warning:" not in capsys.readouterr().err
+
+
+def test_a_dense_bundle_predicts_without_tensorflow_start_up_noise(trained, tmp_path):
+    """Issue 8, case 13: unpickling a dense head imported TensorFlow before featx's quiet import (~8 lines, twice)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data, _, bundle, _ = trained
+    features = bundle.parent.parent.parent / "features"
+    config = ClassifyConfig(
+        features_dir=features, out_dir=tmp_path / "results", classifiers=("dense",), cv=2, quick=True
+    )
+    classify_runs(config, Console(quiet=True))
+    image = sorted(data.rglob("*.png"))[0]
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("TF_", "CUDA_"))}  # as users run it
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    dense = tmp_path / "results" / "models" / "tiny__avg__dense.joblib"
+    done = subprocess.run(
+        [sys.executable, "-m", "featx.cli", "predict", "--model", str(dense), str(image)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("path,")
+    noise = [line for line in done.stderr.splitlines() if "absl" in line or "I0000" in line or "E0000" in line]
+    assert noise == [], done.stderr

@@ -229,3 +229,273 @@ def test_empty_results_dir_is_a_results_error_saying_what_to_run(tmp_path, make_
     assert main(["report", "--results", str(results)]) == 2
     err = capsys.readouterr().err
     assert "featx classify" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- the pixel floor, split levels, curves, audits
+
+
+def _with_analyses(run, data_root, top_ids):
+    """A run record carrying the efficiency and audit sections stage two writes (shapes as in the run JSON)."""
+    points = [
+        {
+            "fraction": f,
+            "from_run": f == 1.0,
+            "n_patients": [n] * 3,
+            "n_images": [3 * n] * 3,
+            "auc": [a - 0.02, a, a + 0.02],
+            "errors": [None] * 3,
+            "auc_mean": a,
+            "auc_std": 0.016,
+            "auc_min": a - 0.02,
+            "auc_max": a + 0.02,
+            "n_patients_mean": float(n),
+        }
+        for f, n, a in ((0.1, 10, 0.7), (0.3, 30, 0.8), (1.0, 100, 0.9))
+    ]
+    run["efficiency"] = {"fractions": [0.1, 0.3, 1.0], "seeds": 3, "points": points, "n_fits": 6, "seconds": 1.25}
+    pair = {
+        "rows": [0, 1],
+        "ids": top_ids,
+        "splits": ["train", "test"],
+        "patients": ["p1", "p9"],
+        "similarity": 0.995,
+        "above_threshold": True,
+    }
+    run["audit"] = {
+        "data_root": str(data_root),
+        "pooling": "avg",
+        "near_duplicates": {
+            "measure": "cosine similarity of mean-centred embeddings",
+            "threshold": 0.99,
+            "n_rows": 380,
+            "dim": 1280,
+            "split_pairs": [
+                {"splits": ["test", "train"], "pairs": 1, "same_patient": 0},
+                {"splits": ["train", "train"], "pairs": 4, "same_patient": 4},
+            ],
+            "n_evaluated": 80,
+            "evaluated_with_duplicate_in_training": 1,
+            "top_pairs": [pair],
+            "seconds": 0.4,
+        },
+        "exact_duplicates": {
+            "source": "image files",
+            "skipped": None,
+            "n_rows": 380,
+            "n_hashed": 380,
+            "duplicate_groups": 2,
+            "rows_in_groups": 4,
+            "split_pairs": [{"splits": ["train", "train"], "pairs": 2}],
+            "examples": [{"sha256": "c" * 64, "ids": ["x.png", "y.png"], "splits": ["train", "train"]}],
+            "seconds": 0.1,
+        },
+        "split_levels": {
+            "folds": 3,
+            "patient": {"method": "StratifiedGroupKFold", "auc_mean": 0.81, "auc_std": 0.03},
+            "image": {
+                "method": "StratifiedKFold",
+                "auc_mean": 0.93,
+                "auc_std": 0.01,
+                "validation_images_with_patient_in_training": 0.87,
+            },
+            "inflation": 0.12,
+            "n_fits": 3,
+            "seconds": 0.5,
+        },
+    }
+    return run
+
+
+def test_report_shows_the_pixel_floor_split_levels_curves_and_audits(binary_results, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from featx.results import report
+
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    (data / "test").mkdir()
+    for name in ("train/a.png", "test/b.png"):
+        Image.fromarray(np.full((40, 40), 120, dtype=np.uint8)).save(data / name)
+    for run_file in (binary_results / "runs").glob("*.json"):
+        run = json.loads(run_file.read_text())
+        if run["backbone"] == "mobilenetv3small":  # stands in for the raw-pixel floor
+            run.update(
+                backbone="pixels",
+                feature_file="features/pixels.h5",
+                run_id=run["run_id"].replace("mobilenetv3small", "pixels"),
+                weights="none",
+                random_weights=False,
+                weights_seed=-1,
+            )
+            run_file.unlink()
+            run_file = run_file.with_name(f"{run['run_id']}.json")
+        top_ids = ["train/a.png", "test/b.png"] if run["backbone"] == "pixels" else ["gone/c.png", "gone/d.png"]
+        run_file.write_text(json.dumps(_with_analyses(run, data, top_ids)))
+    flags = {}
+    for name in ("_roc_plot", "_confusion_plot", "_calibration_plot"):
+        real = getattr(report, name)
+
+        def spy(group, runs, random_weights, where, _real=real, _name=name):
+            flags[(_name, group)] = random_weights
+            return _real(group, runs, random_weights, where)
+
+        monkeypatch.setattr(report, name, spy)
+
+    document = write_report(binary_results).read_text()
+    floor = re.search(r"<p class='floor'>(.*?)</p>", document).group(1)
+    assert floor.startswith("Raw-pixel floor: pixels/avg/") and "paired DeLong p = " in floor
+    assert "the best backbone run, tiny/avg/" in floor and ", random-init (" in floor
+    assert "CV AUC, image folds" in document and "<b>+0.120</b>" in document and "87%" in document
+    assert "Cost: <b>7.5 s</b> for 36 fits over 6 runs" in document and "0.700 ± 0.016" in document
+    plots = {p.name for p in (binary_results / "plots").glob("*.png")}
+    assert {
+        "efficiency_test_auc.png",
+        "near_duplicates_pixels.png",
+    } <= plots and "near_duplicates_tiny.png" not in plots
+    assert "<code>gone/c.png</code>" in document  # tiny's pair: files not found, so listed by id
+    assert "test–train: 1" in document and "<b>2</b> groups of identical files" in document
+    # the raw-pixel floor has no weights: none of its plots carries the random-weights banner
+    assert {key: flag for key, flag in flags.items() if key[1] == "pixels"} == {
+        (name, "pixels"): False for name in ("_roc_plot", "_confusion_plot", "_calibration_plot")
+    }
+    assert all(flag for key, flag in flags.items() if key[1] == "tiny")
+    # images moved since classify: `featx report --data-root` finds them for the thumbnails
+    for run_file in (binary_results / "runs").glob("*.json"):
+        run = json.loads(run_file.read_text())
+        run["audit"]["data_root"] = str(tmp_path / "moved_away")
+        run_file.write_text(json.dumps(run))
+    write_report(binary_results)
+    assert not (binary_results / "plots" / "near_duplicates_pixels.png").exists()
+    assert main(["report", "--results", str(binary_results), "--data-root", str(data)]) == 0
+    assert (binary_results / "plots" / "near_duplicates_pixels.png").is_file()
+
+
+def test_without_a_pixels_run_the_report_says_how_to_get_the_floor(binary_results):
+    document = write_report(binary_results).read_text()
+    assert "No raw-pixel floor in these runs" in document and "--no-pixels" in document
+    assert "No data-efficiency curves in these runs" in document and "--train-fraction" in document
+
+
+# ---------------------------------------------------------------- issue 8
+
+
+def _binary_runs(classes=("normal", "opacity"), manifest="a", n=80, seed=0, backbones=("tiny",)):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, size=n)
+    ids = [f"test/{manifest}{i:03d}.png" for i in range(n)]
+    runs = []
+    for backbone in backbones:
+        for c, classifier in enumerate(CLASSIFIERS):
+            score = 1 / (1 + np.exp(-(2.5 * (2 * y - 1) + rng.normal(scale=1.0 + c, size=n))))
+            run = _binary_run(backbone, classifier, y, score, ids)
+            run.update(classes=list(classes), positive_class=classes[1], manifest_sha256=manifest * 64)
+            run["data"]["class_counts"] = {
+                "train": {classes[0]: 80, classes[1]: 220},
+                "test": {classes[0]: int((y == 0).sum()), classes[1]: int((y == 1).sum())},
+            }
+            runs.append(run)
+    return runs
+
+
+def test_runs_of_two_datasets_get_separate_tables_plots_and_a_warning(tmp_path):
+    """Issue 8, case 1: the report ranked tiny on the demo's test images beside resnet50 on the user's."""
+    user = _binary_runs(manifest="a", n=59, backbones=("resnet50",))
+    demo = _binary_runs(manifest="d", n=87, seed=1)
+    results = tmp_path / "results"
+    _write_runs(results, user + demo)
+    document = write_report(results).read_text()
+    assert "holds runs on 2 different datasets" in document
+    leaderboard_section = document.split("<h2 id='leaderboard'>")[1].split("<h2 id='heatmap'>")[0]
+    assert leaderboard_section.count("<table>") == 2
+    assert "Dataset 1 of 2: manifest aaaaaaaaaaaa" in leaderboard_section
+    assert "Dataset 2 of 2: manifest dddddddddddd" in leaderboard_section
+    first, second = leaderboard_section.split("Dataset 2 of 2")
+    assert "resnet50" in first and "tiny" not in first and "tiny" in second and "resnet50" not in second
+    plots = sorted(p.name for p in (results / "plots").glob("heatmap_*.png"))
+    assert plots == ["heatmap_test_auc_d1.png", "heatmap_test_auc_d2.png"]
+    assert {p.name for p in (results / "plots").glob("roc_*.png")} == {"roc_resnet50_d1.png", "roc_tiny_d2.png"}
+    assert "Best on dataset 1: <b>resnet50__avg__" in document and "Best on dataset 2: <b>tiny__avg__" in document
+
+
+def _drawn_texts(monkeypatch):
+    """Every text drawn on the report's figures, and the figures, as they are rendered."""
+    from matplotlib.axes import Axes
+
+    from featx.results import report
+
+    texts, figures = [], []
+    original_text, original_render = Axes.text, report._render
+
+    def text(self, x, y, s, *args, **kwargs):
+        texts.append(s)
+        return original_text(self, x, y, s, *args, **kwargs)
+
+    def render(figure, random_weights):
+        png = original_render(figure, random_weights)
+        figures.append(figure)
+        return png
+
+    monkeypatch.setattr(Axes, "text", text)
+    monkeypatch.setattr(report, "_render", render)
+    return texts, figures
+
+
+def test_heatmap_cells_round_the_auc_and_its_ci_alike(tmp_path, monkeypatch):
+    """Issue 8, case 7: a heatmap cell read "0.999 [1.00–1.00]": a point estimate outside its own interval."""
+    runs = _binary_runs()
+    runs[0]["test"]["auc"] = {"value": 0.9994, "ci_low": 0.9982, "ci_high": 1.0, "se": 0.0006, "method": "delong"}
+    results = tmp_path / "results"
+    _write_runs(results, runs)
+    texts, _ = _drawn_texts(monkeypatch)
+    document = write_report(results).read_text()
+    assert "0.999\n[0.998–1.000]" in texts
+    for text in texts:
+        if match := re.fullmatch(r"(\d\.\d+)\n\[(\d\.\d+)–(\d\.\d+)\]", text):
+            point, low, high = match.groups()
+            assert len(point) == len(low) == len(high) and float(low) <= float(point) <= float(high)
+    assert "0.999 [0.998–1.000]" in document
+
+
+def test_dollar_signs_in_class_and_file_names_are_drawn_literally(tmp_path, monkeypatch, capsys):
+    """Issue 8, case 11: a '$' in a class name crashed the report (matplotlib read it as mathtext)."""
+    runs = _binary_runs(classes=("cost $5", "opacity $_$"))
+    for run in runs:
+        run["feature_file"] = "features/tiny_$1.h5"
+    results = tmp_path / "results"
+    _write_runs(results, runs)
+    _, figures = _drawn_texts(monkeypatch)
+    write_report(results)
+    labels = [t.get_text() for f in figures for ax in f.axes for t in ax.get_xticklabels()]
+    assert "cost $5" in labels and "opacity $_$" in labels
+    assert all(not t.get_parse_math() for f in figures for ax in f.axes for t in ax.get_xticklabels())
+    assert main(["report", "--results", str(results)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_every_axis_label_and_title_lies_inside_its_figure(binary_results, monkeypatch):
+    """Issue 8, case 13: the confusion plots' "predicted" label was cut off at the bottom edge."""
+    _, figures = _drawn_texts(monkeypatch)
+    write_report(binary_results)
+    assert figures
+    for figure in figures:
+        renderer = figure._get_renderer()
+        bounds = figure.bbox
+        for ax in figure.axes:
+            for text in (ax.xaxis.label, ax.yaxis.label, ax.title):
+                if text.get_text():
+                    box = text.get_window_extent(renderer)
+                    assert box.y0 >= bounds.y0 - 0.5 and box.y1 <= bounds.y1 + 0.5, text.get_text()
+                    assert box.x0 >= bounds.x0 - 0.5 and box.x1 <= bounds.x1 + 0.5, text.get_text()
+
+
+def test_best_params_and_counts_read_the_same_everywhere(binary_results, tmp_path):
+    """Issue 8, case 13: the report showed {"clf__C": 0.1} where the leaderboard says C=0.1; "(1 runs"."""
+    document = write_report(binary_results).read_text()
+    assert "clf__C" not in document and "C=0.1" in document
+    single = tmp_path / "single"
+    _write_runs(single, [json.loads(next((binary_results / "runs").glob("*.json")).read_text())])
+    console = Console(record=True, width=300)
+    report_command(single, None, console)
+    text = console.export_text()
+    assert "(1 run;" in text and "1 runs" not in text
+    assert "(1 run, task binary)" in (single / "report.html").read_text()

@@ -9,7 +9,9 @@ Both follow scikit-learn's estimator contract (`__init__` stores arguments only,
 state ends in `_`, `fit` returns self), so GridSearchCV, clone and joblib treat them like
 any other estimator. XGBoost and TensorFlow are imported inside `fit`, so importing this
 module stays fast. Joblib bundles pickle an estimator by class path: registry.py imports
-both classes, so bundles written when they lived there still load.
+both classes, so bundles written when they lived there still load. Both fits run with
+Ctrl-C deferred (featx.runtime.interrupts_deferred) and stop early at their next round
+or epoch once it arrives, so a Ctrl-C never lands inside XGBoost's native callbacks.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import random
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, validate_data
+
+from featx.runtime import interrupt_pending, interrupts_deferred
 
 # ---------------------------------------------------------------- XGBoost
 
@@ -126,14 +130,18 @@ class EarlyStoppingXGB(ClassifierMixin, BaseEstimator):
                 fit_kwargs["sample_weight_eval_set"] = [weights[valid_rows]]
         else:
             train_rows = np.arange(len(encoded))
-        booster = XGBClassifier(**params)
-        booster.fit(
-            X[train_rows],
-            encoded[train_rows],
-            sample_weight=None if weights is None else weights[train_rows],
-            verbose=False,
-            **fit_kwargs,
-        )
+        booster = XGBClassifier(**params, callbacks=[_stop_on_interrupt()])
+        # A KeyboardInterrupt raised inside XGBoost's ctypes data-iterator callback corrupts the heap: Ctrl-C is
+        # deferred, stops the boosting at the next round, and is raised when fit returns.
+        with interrupts_deferred():
+            booster.fit(
+                X[train_rows],
+                encoded[train_rows],
+                sample_weight=None if weights is None else weights[train_rows],
+                verbose=False,
+                **fit_kwargs,
+            )
+        booster.set_params(callbacks=None)  # bundles carry no featx callback
         self.booster_ = booster
         best = getattr(booster, "best_iteration", None)
         self.best_iteration_ = int(best) if best is not None else int(self.n_estimators) - 1
@@ -168,6 +176,17 @@ class EarlyStoppingXGB(ClassifierMixin, BaseEstimator):
         """The most probable class per row."""
         check_is_fitted(self, "booster_")
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+
+def _stop_on_interrupt():
+    """An XGBoost training callback that ends boosting once Ctrl-C arrived (see featx.runtime)."""
+    from xgboost.callback import TrainingCallback
+
+    class StopOnInterrupt(TrainingCallback):
+        def after_iteration(self, model, epoch, evals_log) -> bool:
+            return interrupt_pending()
+
+    return StopOnInterrupt()
 
 
 # ---------------------------------------------------------------- Keras dense head
@@ -250,7 +269,8 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         try:
             model = self._build(keras, Z.shape[1], n_outputs)
             train_rows, valid_rows = self._inner_split(len(Z), strata)
-            history = self._train(model, Z, targets, train_rows, valid_rows)
+            with interrupts_deferred():  # Ctrl-C ends the epoch loop at a step boundary, then is raised
+                history = self._train(model, Z, targets, train_rows, valid_rows)
         finally:
             random.setstate(python_state)
             np.random.set_state(numpy_state)
@@ -302,6 +322,8 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             epoch_loss = 0.0
             for start in range(0, len(order), batch_size):
                 epoch_loss = float(train_step(tf.constant(order[start : start + batch_size])))
+                if interrupt_pending():
+                    return history
             if valid is None:
                 history.append(epoch_loss)
                 continue
@@ -401,6 +423,9 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         else:  # pragma: no cover
             self.__dict__.update(state)
         if saved is not None:
+            from featx.runtime import import_tensorflow_quietly
+
+            import_tensorflow_quietly()  # unpickling a bundle (featx predict) must not print TensorFlow's start-up noise
             import keras
 
             model = keras.models.model_from_json(saved["config"])

@@ -170,6 +170,24 @@ def grouped_splits(y, groups, n_splits: int, seed: int = 0, classes: Sequence[st
         ]
 
 
+def image_splits(y, n_splits: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Plain stratified K-fold over images, ignoring patients: what a random image-level split does.
+
+    Only for showing how much such a split inflates a score (classify.audit.split_levels); model
+    selection always uses grouped_splits. Multilabel rows are stratified on their rarest positive label.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    proxy = _stratification_proxy(np.asarray(y))
+    splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        return [
+            (np.asarray(train, dtype=np.int64), np.asarray(test, dtype=np.int64))
+            for train, test in splitter.split(np.zeros((len(proxy), 1)), proxy)
+        ]
+
+
 def holdout_patients(y, groups, test_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Hold out whole patients as a test split: (train_rows, test_rows) row indices.
 
@@ -181,18 +199,24 @@ def holdout_patients(y, groups, test_fraction: float = 0.2, seed: int = 0) -> tu
 
     if not 0.0 < test_fraction < 1.0:
         raise ClassifyError(f"The test fraction must lie strictly between 0 and 1. Got {test_fraction} instead.")
-    y = np.asarray(y)
     groups = np.asarray(groups).astype(str)
-    patients, patient_index = np.unique(groups, return_inverse=True)
-    if len(patients) < 2:
+    strata = patient_strata(y, groups)
+    if len(strata) < 2:
         raise ClassifyError(
-            f"Holding out test patients needs at least 2 patients; the training rows hold {len(patients)}."
+            f"Holding out test patients needs at least 2 patients; the training rows hold {len(strata)}."
         )
-    stratum = np.full(len(patients), np.iinfo(np.int64).min, dtype=np.int64)
-    np.maximum.at(stratum, patient_index, _stratification_proxy(y).astype(np.int64))
-    test_patients = choose_test_patients(dict(zip(patients.tolist(), map(str, stratum.tolist()))), test_fraction, seed)
+    test_patients = choose_test_patients(strata, test_fraction, seed)
     is_test = np.isin(groups, sorted(test_patients))
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
+
+
+def patient_strata(y, groups) -> dict[str, str]:
+    """Each patient id -> its stratum: its largest stratification label (its class; multi-label: rarest positive)."""
+    groups = np.asarray(groups).astype(str)
+    patients, patient_index = np.unique(groups, return_inverse=True)
+    stratum = np.full(len(patients), np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(stratum, patient_index, _stratification_proxy(np.asarray(y)).astype(np.int64))
+    return dict(zip(patients.tolist(), map(str, stratum.tolist())))
 
 
 # ---------------------------------------------------------------- DeLong

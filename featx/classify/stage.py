@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 from joblib import Parallel, delayed
 
-from featx.classify import evaluate
+from featx.classify import audit, efficiency, evaluate
 from featx.classify import registry as classifiers
 from featx.classify import subgroups as subgroup_auc
 from featx.classify.scoring import AUCScorer, predict_scores, task_for
@@ -51,6 +51,10 @@ class ClassifyConfig:
     val_as_test: bool = False
     quick: bool = False
     engine: EngineConfig = LOCAL  # where joblib runs the independent fits (featx/engines): this machine or Ray
+    train_fractions: tuple[float, ...] = ()  # data-efficiency curve: shares of training patients; () = no curve
+    efficiency_seeds: int = efficiency.DEFAULT_SEEDS
+    image_cv: bool = True  # audit: also cross-validate the chosen configuration on plain image folds
+    near_duplicate_threshold: float = audit.NEAR_DUPLICATE_THRESHOLD
     subgroups: tuple[str, ...] = ()  # metadata columns (or age_band) to report test AUCs per value of
     age_bands: tuple[float, ...] = subgroup_auc.DEFAULT_AGE_BANDS
     subgroup_min: int = subgroup_auc.DEFAULT_MIN_COUNT  # positives and negatives a subgroup needs for its AUC
@@ -67,7 +71,8 @@ class RunPlan:
 
     @property
     def run_id(self) -> str:
-        return f"{self.backbone}__{self.pooling}__{self.classifier}"
+        """'<cache file stem>__<pooling>__<classifier>': two caches of one backbone (tiny.h5, tiny_32px.h5) never collide."""
+        return f"{Path(self.cache).name.removesuffix(store.SUFFIX)}__{self.pooling}__{self.classifier}"
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,8 @@ class FittedRun:
     y_test: np.ndarray
     test_score: np.ndarray
     timings: dict
+    efficiency: dict | None = None  # classify.efficiency.efficiency_curve, when train_fractions were given
+    audit: dict | None = None  # classify.audit: data_audit of the cache + split_levels of this run
     test_meta: dict[str, list[str]] = field(default_factory=dict)  # manifest metadata of the test rows
     subgroups: dict | None = None  # classify.subgroups.subgroup_analysis, when config.subgroups asks for it
 
@@ -111,9 +118,9 @@ class FittedRun:
 
 
 class RunSink(Protocol):
-    """Where finished runs go: `prepare` is called after planning and before the first fit."""
+    """Where finished runs go: `prepare` gets the plans after planning and before the first fit."""
 
-    def prepare(self) -> None: ...
+    def prepare(self, plans: Sequence[RunPlan]) -> None: ...
 
     def save(self, run: FittedRun) -> Path: ...
 
@@ -166,6 +173,9 @@ def _check_options(config: ClassifyConfig) -> None:
     if config.cv < 2:
         raise ClassifyError(f"The 'cv' parameter must be at least 2 folds. Got {config.cv} instead.")
     check_engine(config.engine)
+    efficiency.check_fractions(config.train_fractions)
+    efficiency.check_seeds(config.efficiency_seeds)
+    audit.check_threshold(config.near_duplicate_threshold)
     if config.subgroups:
         subgroup_auc.parse_age_bands(",".join(str(edge) for edge in config.age_bands))
         if config.subgroup_min < 1:
@@ -355,8 +365,13 @@ def select_model(
     return Selection(search, splits, oof, threshold, search_s, oof_s)
 
 
-def fit_run(plan: RunPlan, config: ClassifyConfig, features: store.FeatureSet) -> FittedRun:
-    """Select, refit and evaluate one backbone x pooling x classifier on a loaded FeatureSet."""
+def fit_run(
+    plan: RunPlan, config: ClassifyConfig, features: store.FeatureSet, data_audit: dict | None = None
+) -> FittedRun:
+    """Select, refit and evaluate one backbone x pooling x classifier on a loaded FeatureSet.
+
+    `data_audit` (classify.audit.data_audit of this cache and pooling) joins the run's audit as is.
+    """
     started_total = time.perf_counter()
     rows = split_rows(features, config)
     classes = [str(c) for c in features.classes]
@@ -375,6 +390,11 @@ def fit_run(plan: RunPlan, config: ClassifyConfig, features: store.FeatureSet) -
     predict_s = time.perf_counter() - started
     threshold_value = selection.threshold["value"] if selection.threshold else None
     test_metrics = evaluate.evaluate_test(task, y_test, test_score, classes, threshold_value)
+    run_audit, curve, extra_timings = _audit_and_curve(
+        config, task, selection, X_train, y_train, groups[rows.train], X_test, y_test, test_metrics
+    )
+    if data_audit is not None:
+        run_audit = {**data_audit, **run_audit}
     test_meta = {name: np.asarray(values).astype(str)[rows.test].tolist() for name, values in features.meta.items()}
     subgroup_results = None
     if config.subgroups:
@@ -388,6 +408,7 @@ def fit_run(plan: RunPlan, config: ClassifyConfig, features: store.FeatureSet) -
         "predict_s": predict_s,
         "total_s": time.perf_counter() - started_total,
         "n_fits": len(search.cv_results_["params"]) * len(selection.splits) + 1,
+        **extra_timings,
     }
     return FittedRun(
         plan=plan,
@@ -404,9 +425,50 @@ def fit_run(plan: RunPlan, config: ClassifyConfig, features: store.FeatureSet) -
         y_test=y_test,
         test_score=test_score,
         timings=timings,
+        efficiency=curve,
+        audit=run_audit,
         test_meta=test_meta,
         subgroups=subgroup_results,
     )
+
+
+def _audit_and_curve(config, task, selection, X_train, y_train, groups, X_test, y_test, test_metrics):
+    """The split-level CV audit and the data-efficiency curve of the chosen configuration; their seconds."""
+    best = selection.search.best_estimator_
+    run_audit: dict = {"split_levels": None}
+    timings = {}
+    if config.image_cv:
+        run_audit["split_levels"] = audit.split_levels(
+            best,
+            task,
+            X_train,
+            y_train,
+            groups,
+            selection.splits,
+            selection.oof_score,
+            config.cv,
+            config.seed,
+            config.n_jobs,
+        )
+        timings["image_cv_s"] = run_audit["split_levels"]["seconds"]
+    curve = None
+    if config.train_fractions:
+        curve = efficiency.efficiency_curve(
+            best,
+            task,
+            X_train,
+            y_train,
+            groups,
+            X_test,
+            y_test,
+            config.train_fractions,
+            config.efficiency_seeds,
+            seed=config.seed,
+            run_auc=(test_metrics.get("auc") or {}).get("value"),
+            n_jobs=config.n_jobs,
+        )
+        timings["efficiency_s"] = curve["seconds"]
+    return run_audit, curve, timings
 
 
 def _data_summary(y: np.ndarray, groups: np.ndarray, rows: RowSplit, classes: list[str]) -> dict:
@@ -441,10 +503,11 @@ def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Pa
 
     console = console or Console()
     plans = plan_runs(config)
-    sink.prepare()
+    sink.prepare(plans)
     written: list[Path] = []
     sha256: dict[Path, str] = {}
-    loaded_key, features = None, None
+    hashes: dict = {}  # image-file hashes of the exact-duplicate audit, shared by caches of the same rows
+    loaded_key, features, data_audit = None, None, None
     with fit_backend(config.engine, console), progress_bar(console, unit="runs") as progress:
         bar = progress.add_task("classify", total=len(plans))
         for plan in plans:
@@ -455,12 +518,18 @@ def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Pa
                     sha256[plan.cache] = file_sha256(plan.cache)
                 features = store.load(plan.cache, plan.pooling, sha256=sha256[plan.cache])
                 loaded_key = (plan.cache, plan.pooling)
-                if split_rows(features, config).test_source == "held_out_patients":
+                rows = split_rows(features, config)
+                if rows.test_source == "held_out_patients":
                     progress.console.print(
                         f"[yellow]{plan.cache.name} has no test rows: holding out {HOLDOUT_FRACTION:.0%} of its "
-                        f"patients (stratified, seed {config.seed}) as the test set.[/yellow]"
+                        f"patients (a seeded hash of each patient id, seed {config.seed}) as the test set.[/yellow]"
                     )
-            written.append(sink.save(fit_run(plan, config, features)))
+                progress.update(bar, description=f"{plan.backbone} / {plan.pooling}: duplicate audit")
+                data_audit = audit.data_audit(
+                    features, rows.train, rows.test, rows.test_source, config.near_duplicate_threshold, hashes
+                )
+                progress.update(bar, description=f"{plan.backbone} / {plan.pooling} / {plan.classifier}")
+            written.append(sink.save(fit_run(plan, config, features, data_audit)))
             progress.advance(bar)
         progress.update(bar, description="classify: done")
     return written

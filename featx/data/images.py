@@ -32,7 +32,7 @@ from featx.config import default_workers
 from featx.data import dicom
 from featx.data.manifest import RASTER_SUFFIXES  # read by Pillow; other names are DICOM when they carry DICM
 from featx.errors import FeatxError, ImageReadError, one_of_message
-from featx.files import bytes_sha256
+from featx.files import bytes_sha256, missing_reason
 
 RESIZE_MODES = ("stretch", "pad", "crop")
 MAX_PIXELS = 10_000 * 10_000  # above: refused as a decompression bomb
@@ -144,7 +144,7 @@ def read_file(path, filesystem=None) -> bytes:
     except _Unreadable as exc:
         raise _read_error(path, str(exc)) from None
     except FileNotFoundError:
-        raise _read_error(path, "file not found") from None
+        raise _read_error(path, missing_reason(path)) from None
     except PermissionError:
         raise _read_error(path, "permission denied") from None
     except OSError as exc:
@@ -215,7 +215,7 @@ def read_rgb(path, size=None, resize_mode: str = "stretch", filesystem=None) -> 
 
 def _check_file(path: Path) -> None:
     if not path.is_file():
-        raise _Unreadable("file not found" if not path.exists() else "not a regular file")
+        raise _Unreadable(missing_reason(path))
     if path.stat().st_size == 0:
         raise _Unreadable("empty file (0 bytes)")
 

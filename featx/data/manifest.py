@@ -20,7 +20,8 @@ import io
 import os
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -107,6 +108,33 @@ class _Parsed:
     problems: list[tuple[str, int, str]] = field(default_factory=list)  # (kind, line, sentence)
 
 
+@contextmanager
+def _csv_errors(path: Path, reader) -> Iterator[None]:
+    """csv.Error -> ManifestError naming the line where the bad record starts and what is wrong with its quotes."""
+    line = reader.line_num + 1
+    try:
+        yield
+    except csv.Error as error:
+        reason = str(error)
+        if "unexpected end of data" in reason:
+            what = 'opens a quoted field (") that is never closed'
+            fix = "close the quote or remove it"
+        else:
+            what = f"has malformed quoting ({reason})"
+            fix = 'a field with a quote must be quoted whole, with inner quotes doubled ("")'
+        raise ManifestError(f"Manifest '{path}' line {line} {what}; {fix}.") from None
+
+
+def _records(path: Path, reader) -> Iterator[dict]:
+    """The reader's records, with csv's errors turned into ManifestError."""
+    while True:
+        with _csv_errors(path, reader):
+            record = next(reader, None)
+        if record is None:
+            return
+        yield record
+
+
 def _parse(path: Path, strict: bool) -> _Parsed:
     """Read the CSV; row problems raise when strict, else they are collected for `check`."""
     path = Path(path)
@@ -119,8 +147,12 @@ def _parse(path: Path, strict: bool) -> _Parsed:
         raise ManifestError(
             f"Manifest '{path}' is not UTF-8 text (byte {error.start}); save it as UTF-8 CSV."
         ) from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = [name.strip() for name in (reader.fieldnames or [])]
+    # strict: a quote that is never closed ends the parse with an error (naming its line) instead of
+    # swallowing every following line into one field
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    with _csv_errors(path, reader):
+        fieldnames = reader.fieldnames
+    header = [name.strip() for name in (fieldnames or [])]
     if not header:
         raise ManifestError(
             f"Manifest '{path}' is empty; it needs a header with the columns {list(REQUIRED_COLUMNS)} "
@@ -152,7 +184,7 @@ def _parse(path: Path, strict: bool) -> _Parsed:
             raise ManifestError(sentence)
         parsed.problems.append((kind, line, sentence))
 
-    for record in reader:
+    for record in _records(path, reader):
         line = reader.line_num
         where = f"Manifest '{path}' line {line}"
         values = {name: (record.get(name) or "").strip() for name in COLUMNS}
@@ -532,7 +564,8 @@ def scan(
                 row["split"] = "test" if row["patient_id"] in test else "train"
             notes.append(
                 f"patient-holdout: {len(test)} of {len(strata)} patients to test "
-                f"(fraction {test_fraction}, stratified by class, seed {seed})."
+                f"(each by a seeded hash of its id, so adding patients moves none; fraction {test_fraction}, "
+                f"seed {seed})."
             )
     rows.sort(key=lambda row: (SPLITS.index(row["split"]), row["path"]))
     return ScanResult(rows=rows, layout=layout, parser=parser_name, notes=tuple(notes))

@@ -28,7 +28,8 @@ class LocalEngine:
         forwards = {}
         for key, recipe in request.recipes.items():
             height, width = recipe.image_size
-            console.print(f"Building {key} ({recipe.weights.label} weights, {height}x{width}) ...")
+            weights = "no weights" if recipe.weights.kind == "none" else f"{recipe.weights.label} weights"
+            console.print(f"Building {key} ({weights}, {height}x{width}) ...")
             forwards[key] = recipe.build()
         batches = iter_batches(
             request.paths,

@@ -42,6 +42,11 @@ WEIGHT_KINDS = ("imagenet", "random", "auto")
 WEIGHTS_FILE_SUFFIXES = (".weights.h5", ".h5", ".keras")
 GEM_P = 3.0
 GEM_EPS = 1e-6
+# The raw-pixel floor: grayscale thumbnails at these sides, largest first, each flattened row by row.
+PIXEL_FLOOR = "pixels"
+PIXEL_SIZES = (32, 16)
+# ITU-R BT.601 luma: RGB -> gray (X-rays are gray already, so any weighting gives them back unchanged).
+LUMA_RGB = (0.299, 0.587, 0.114)
 
 # Feature-map arithmetic: each op is (kernel, stride, total padding), out = floor((x + pad - kernel) / stride) + 1.
 # Stride-1 "same" layers change nothing and are left out.
@@ -73,6 +78,10 @@ class BackboneSpec:
     # given weights="imagenet" (tensorflow/tensorflow#49930); built from a weights path it lacks that layer, so
     # featx puts it back with these per-channel ImageNet standard deviations. () for every other family.
     imagenet_rescale_stddev: tuple[float, ...] = ()
+    # A network with no weights at all (the raw-pixel floor): every --weights value resolves to "none".
+    weightless: bool = False
+    # The network returns one (1, 1, channels) vector whatever the input size (so every pooling gives that vector).
+    vector_output: bool = False
 
     @property
     def imagenet_weights(self) -> bool:
@@ -82,6 +91,8 @@ class BackboneSpec:
     def feature_map_size(self, image_size) -> tuple[int, int]:
         """(h, w) of the final feature map for an input of `image_size` (h, w)."""
         height, width = _pair(image_size)
+        if self.vector_output:
+            return 1, 1
         return self._reduce(height), self._reduce(width)
 
     def _reduce(self, size: int) -> int:
@@ -126,6 +137,8 @@ def _spec(
     url="",
     md5="",
     rescale_stddev=(),
+    weightless=False,
+    vector_output=False,
 ):
     return BackboneSpec(
         name=name,
@@ -142,6 +155,8 @@ def _spec(
         weights_url=url,
         weights_md5=md5,
         imagenet_rescale_stddev=tuple(rescale_stddev),
+        weightless=weightless,
+        vector_output=vector_output,
     )
 
 
@@ -316,6 +331,21 @@ BACKBONES: dict[str, BackboneSpec] = {
             "",
             "A three-layer random-init CNN for tests and demos: runs the whole pipeline in seconds; no ImageNet weights.",
         ),
+        _spec(
+            PIXEL_FLOOR,
+            "baseline",
+            "featx.extract.backbones.build_pixels",
+            "none",
+            PIXEL_SIZES[0],
+            8,
+            sum(size * size for size in PIXEL_SIZES),
+            (),
+            "",
+            "The floor under every leaderboard: the grayscale image at 32x32 and 16x16 pixels, flattened (1,280 "
+            "values in 0..1; every pooling gives the same vector). No weights, no network; seconds on a CPU.",
+            weightless=True,
+            vector_output=True,
+        ),
     )
 }
 
@@ -373,8 +403,8 @@ def _pair(size) -> tuple[int, int]:
 class WeightsInfo:
     """What `--weights` resolved to, as recorded in the cache attrs and bundles."""
 
-    kind: str  # "imagenet" | "random" | "file"
-    label: str  # the cache attr `weights`: "imagenet" | "random" | file name
+    kind: str  # "imagenet" | "random" | "file" | "none" (a weightless backbone: the raw-pixel floor)
+    label: str  # the cache attr `weights`: "imagenet" | "random" | file name | "none"
     sha256: str  # of the weights file for kind "file"; "" otherwise (Keras pins ImageNet files by its own hash)
     seed: int  # the seed random weights were drawn from; -1 otherwise
     path: str = ""  # the weights file for kind "file"
@@ -388,11 +418,15 @@ class WeightsInfo:
 def resolve_weights(weights: str, seed: int = 0, spec=None, image_size=None) -> WeightsInfo:
     """What `--weights` means: imagenet, random (seeded), auto (imagenet when cached for `spec`, else random) or PATH.
 
-    WeightsError for a missing or unusable file, or imagenet asked of a backbone that has none.
+    A weightless `spec` (pixels) has nothing to load or draw: every value resolves to "none", so
+    `--weights imagenet` or a seed never mislabels it. WeightsError for a missing or unusable file,
+    or imagenet asked of a backbone that has none.
     """
     weights = str(weights)
     if spec is not None:
         spec = get_backbone(spec)
+        if spec.weightless:
+            return NO_WEIGHTS
     if weights == "auto":
         use_imagenet = spec is not None and imagenet_available(spec, image_size)
         weights = "imagenet" if use_imagenet else "random"
@@ -418,6 +452,9 @@ def resolve_weights(weights: str, seed: int = 0, spec=None, image_size=None) -> 
             f"The weights file '{weights}' must end in one of {list(WEIGHTS_FILE_SUFFIXES)} (a Keras weights file)."
         )
     return WeightsInfo(kind="file", label=path.name, sha256=file_sha256(path), seed=-1, path=str(path.resolve()))
+
+
+NO_WEIGHTS = WeightsInfo(kind="none", label="none", sha256="", seed=-1)
 
 
 def imagenet_available(spec, image_size=None) -> bool:
@@ -476,6 +513,47 @@ def build_tiny(include_top=False, weights=None, input_shape=(32, 32, 3), **_):
             x
         )
     return keras.Model(inputs, x, name="tiny")
+
+
+def build_pixels(include_top=False, weights=None, input_shape=(32, 32, 3), **_):
+    """The registered raw-pixel floor: grayscale thumbnails at PIXEL_SIZES, flattened, as one (1, 1, n) map."""
+    import keras
+
+    inputs = keras.Input(shape=input_shape)
+    return keras.Model(inputs, _pixel_thumbnails_layer()(name="pixel_thumbnails")(inputs), name="pixels")
+
+
+@functools.cache
+def _pixel_thumbnails_layer():
+    import keras
+
+    @keras.saving.register_keras_serializable(package="featx")
+    class PixelThumbnails(keras.layers.Layer):
+        """Raw RGB 0..255 -> luma in 0..1 -> area-resized to each side in `sizes` -> flattened, concatenated.
+
+        Returned as a (b, 1, 1, n) map so that every pooling (avg, max, gem, flatten) reads the same
+        pixel vector and the layer goes through stage one's model, forward step and cache like any CNN.
+        """
+
+        def __init__(self, sizes=PIXEL_SIZES, **kwargs):
+            super().__init__(**kwargs)
+            self.sizes = tuple(int(size) for size in sizes)
+
+        def call(self, inputs):
+            ops = keras.ops
+            luma = ops.convert_to_tensor(LUMA_RGB, dtype=inputs.dtype) / 255.0
+            gray = ops.expand_dims(ops.tensordot(inputs, luma, axes=[[3], [0]]), -1)
+            parts = [
+                ops.reshape(ops.image.resize(gray, (size, size), interpolation="area"), (-1, size * size))
+                for size in self.sizes
+            ]
+            width = sum(size * size for size in self.sizes)
+            return ops.reshape(ops.concatenate(parts, axis=-1), (-1, 1, 1, width))
+
+        def get_config(self):
+            return {**super().get_config(), "sizes": list(self.sizes)}
+
+    return PixelThumbnails
 
 
 def _constructor(spec: BackboneSpec):
@@ -581,6 +659,8 @@ def create_backbone(
         weights = resolve_weights(weights, 0, spec, (height, width))
     if weights.kind == "imagenet" and not spec.imagenet_weights:
         raise _no_imagenet(spec)
+    if weights.kind == "none" and not spec.weightless:
+        raise WeightsError(f"Backbone {spec.name!r} needs weights (imagenet, random or a file); 'none' is for pixels.")
 
     import keras
 

@@ -23,10 +23,10 @@ from featx import __version__
 from featx.engines import LOCAL, EngineConfig, check_engine
 from featx.errors import BackboneError, CacheError, FeatxError, ManifestError
 from featx.extract import store
-from featx.extract.backbones import RANDOM_BANNER
+from featx.extract.backbones import PIXEL_FLOOR, RANDOM_BANNER
 from featx.files import check_writable_dir
 from featx.progress import progress_bar
-from featx.runtime import library_versions
+from featx.runtime import interrupts_deferred, library_versions
 
 _EXISTENCE_PROBE_ROWS = 20
 FAILURES_SHOWN = 5  # failed images named in the summary; the rest are in <name>.errors.csv
@@ -91,6 +91,15 @@ class _Job:
 
 
 # ---------------------------------------------------------------- validation
+
+
+def with_pixel_floor(backbones: Sequence[str]) -> tuple[str, ...]:
+    """The backbones asked for, then the raw-pixel floor (`pixels`) unless it is among them.
+
+    `featx extract` adds it by default, so every leaderboard shows what a backbone adds over raw pixels.
+    """
+    backbones = tuple(backbones)
+    return backbones if not backbones or PIXEL_FLOOR in backbones else (*backbones, PIXEL_FLOOR)
 
 
 def _unique(names: Sequence[str]) -> tuple[str, ...]:
@@ -379,14 +388,16 @@ def _run_group(group, config, size, resize_mode, paths, rows: _Rows, console, de
                         first, embeddings, ok, errors, sha256 = part
                         tick = time.perf_counter()
                         errors = [(rows.ids[row], reason) for row, reason in errors]
-                        job.writer.write(first, embeddings, ok, errors, sha256)
+                        with interrupts_deferred():  # a chunk and its n_done are written whole; Ctrl-C lands after
+                            job.writer.write(first, embeddings, ok, errors, sha256)
                         job.seconds += time.perf_counter() - tick
                         job.rows_this_run += len(ok)
                         progress.update(tasks[id(job)], completed=job.writer.n_done)
         for job in group:
             status = "resumed" if job.writer.resumed_from > 0 else "built"
             job.seconds = time.perf_counter() - job.started if job.started else 0.0
-            job.writer.finish()
+            with interrupts_deferred():
+                job.writer.finish()
             job.summary = _summary(job, status, n_total, job.writer.failures)
     except KeyboardInterrupt:
         for job in group:

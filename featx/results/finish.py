@@ -17,7 +17,8 @@ class FinishedResults:
     leaderboard_csv: Path
     leaderboard_md: Path
     report: Path | None
-    best_run_id: str
+    best_run_id: str  # the top run of the first dataset (the one with most runs); datasets are never ranked together
+    n_datasets: int = 1
 
 
 def finish_results(results_dir, console, *, manifest=None, data_root=None, announce: bool = True) -> FinishedResults:
@@ -42,7 +43,7 @@ def finish_results(results_dir, console, *, manifest=None, data_root=None, annou
     results_dir = Path(results_dir)
     runs = records.load_runs(results_dir)
     csv_path, md_path = leaderboard.write_leaderboard(results_dir, runs)
-    leaderboard.print_leaderboard(runs, console)
+    leaderboard.print_leaderboard(runs, console, results_dir)  # warns when the folder holds several datasets
     if announce:
         console.print(f"Leaderboard written to {csv_path} and {md_path}.")
     report = None
@@ -58,9 +59,10 @@ def finish_results(results_dir, console, *, manifest=None, data_root=None, annou
     else:
         if announce:
             console.print(f"Report written to {report}.")
-    best = leaderboard.leaderboard_rows(runs)[0]["run_id"]
+    rows = leaderboard.leaderboard_rows(runs)
+    best = rows[0]["run_id"]  # the top run of the first dataset
     print_subgroups(next(run for run in runs if run["run_id"] == best), console)
-    return FinishedResults(runs, csv_path, md_path, report, best)
+    return FinishedResults(runs, csv_path, md_path, report, best, len(leaderboard.datasets(rows)))
 
 
 def classify_runs(config, console=None) -> list[Path]:

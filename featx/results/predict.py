@@ -23,7 +23,7 @@ from featx.engines import LOCAL, EngineConfig
 from featx.engines.work import ModelRecipe
 from featx.errors import BackboneError, BundleError, FeatxError, WeightsError
 from featx.extract.backbones import RANDOM_BANNER
-from featx.files import walk_files
+from featx.files import atomic_write_bytes, missing_reason, walk_files
 from featx.results.records import load_bundle
 
 
@@ -61,6 +61,10 @@ def _weights_info(bundle: dict, bundle_path: Path, spec):
     from featx.extract.backbones import WeightsInfo, resolve_weights
 
     weights = str(bundle["weights"])
+    if weights == "none":
+        if not spec.weightless:
+            raise BundleError(f"Model bundle '{bundle_path}' records no weights for {spec.name!r}, which needs some.")
+        return resolve_weights("none", spec=spec)
     if weights == "random":
         seed = bundle.get("weights_seed")
         if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -143,7 +147,9 @@ def collect_inputs(inputs, data_root=None) -> list[Path]:
         elif path.exists():
             paths.append(path)
         else:
-            raise FeatxError(f"Input '{item}' does not exist; pass image files, folders of images or a manifest CSV.")
+            reason = missing_reason(path)
+            what = "does not exist" if reason == "file not found" else f"cannot be read ({reason})"
+            raise FeatxError(f"Input '{item}' {what}; pass image files, folders of images or a manifest CSV.")
     if not paths:
         raise FeatxError(f"No images ({', '.join(suffixes)}) found in {[str(i) for i in inputs]}.")
     return paths
@@ -175,12 +181,20 @@ def _labels(bundle: dict, proba: np.ndarray) -> list[str]:
 
 
 def predict_paths(
-    bundle_path, inputs, data_root=None, batch_size=32, progress=None, engine: EngineConfig = LOCAL, console=None
+    bundle_path,
+    inputs,
+    data_root=None,
+    batch_size=32,
+    progress=None,
+    bundle=None,
+    engine: EngineConfig = LOCAL,
+    console=None,
 ) -> list[dict]:
     """One dict per image: path, p_<class> per class, predicted_label, error (None when it was read).
 
     Unreadable images get their reason in `error` and None probabilities; the rest
     are still predicted. `progress` (optional) is called with the number of images done.
+    `bundle`: the bundle at bundle_path already loaded with records.load_bundle (else it is loaded here).
     The images are embedded by `engine` (featx/engines) in whole batches, as stage one embeds
     them, and the classifier sees them batch by batch either way.
     """
@@ -191,7 +205,8 @@ def predict_paths(
     from featx.engines.work import EmbedRequest
 
     bundle_path = Path(bundle_path)
-    bundle = load_bundle(bundle_path)
+    if bundle is None:
+        bundle = load_bundle(bundle_path)
     paths = collect_inputs([str(i) for i in inputs], data_root)
     recipe = backbone_recipe(bundle, bundle_path)
     window = bundle.get("dicom_window", "none")  # "none": trained without DICOM rows; DICOM inputs get the default
@@ -283,14 +298,21 @@ def predict_command(model, inputs, data_root, out, as_json, batch_size, console,
     from featx.progress import progress_bar
 
     messages = console if out is not None else Console(stderr=True)
-    bundle = load_bundle(model)
+    bundle = load_bundle(model, warn=lambda text: messages.print(f"[yellow]warning:[/] {text}", soft_wrap=True))
     if bundle["weights"] == "random":
         messages.print(f"[bold white on red] {RANDOM_BANNER} [/]")
     n_images = len(collect_inputs([str(i) for i in inputs], data_root))
     with progress_bar(messages, unit="img", transient=True) as bar:
         task = bar.add_task("predict", total=n_images)
         rows = predict_paths(
-            model, inputs, data_root, batch_size, lambda n: bar.advance(task, n), engine=engine, console=messages
+            model,
+            inputs,
+            data_root,
+            batch_size,
+            progress=lambda n: bar.advance(task, n),
+            bundle=bundle,
+            engine=engine,
+            console=messages,
         )
     text = _json_text(rows, bundle) if as_json else _csv_text(rows, bundle)
     if out is None:
@@ -298,8 +320,7 @@ def predict_command(model, inputs, data_root, out, as_json, batch_size, console,
         sys.stdout.flush()
     else:
         out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
+        atomic_write_bytes(out, text.encode("utf-8"))  # Ctrl-C or a crash never leaves half a file
     failed = [r for r in rows if r["error"]]
     summary = f"{len(rows) - len(failed)} of {len(rows)} image(s) predicted with {bundle['run_id']}"
     if out is not None:

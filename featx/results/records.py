@@ -1,14 +1,17 @@
 """Run records (results/runs/<run>.json) and model bundles (results/models/<run>.joblib): their one owner.
 
 Stage two hands each finished run (featx.classify.stage.FittedRun) to a RunWriter,
-which writes both files atomically. The leaderboard, the report, predict and the
-demo read them through load_runs / load_bundle, which check the format. A run record
-written before the `format` key existed is format 1.
+which writes both files atomically, the pair with Ctrl-C deferred, and never over a
+run of another feature file. The leaderboard, the report, predict and the demo read
+them through load_runs / load_bundle, which check the format; load_bundle also checks
+a bundle's sha256 against its run record before unpickling it (a bundle runs code when
+loaded). A run record written before the `format` key existed is format 1.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,12 +20,12 @@ import numpy as np
 
 from featx import __version__
 from featx.errors import BundleError, ResultsError
-from featx.files import atomic_write, atomic_write_bytes, check_writable_dir
+from featx.files import atomic_write, atomic_write_bytes, check_writable_dir, file_sha256
 from featx.jsonvalues import jsonable
-from featx.runtime import library_versions
+from featx.runtime import interrupts_deferred, library_versions
 
 if TYPE_CHECKING:
-    from featx.classify.stage import FittedRun
+    from featx.classify.stage import FittedRun, RunPlan
 
 RUN_FORMAT = 1
 BUNDLE_FORMAT = 1
@@ -70,12 +73,14 @@ def bundle_path(results_dir, run_id: str) -> Path:
 # ---------------------------------------------------------------- writing
 
 
-def run_record(run: FittedRun) -> dict:
+def run_record(run: FittedRun, bundle_sha256: str | None = None) -> dict:
     """The run JSON of a finished run (docs/internals.md lists every field).
 
     Parameters
     ----------
     run : featx.classify.stage.FittedRun
+    bundle_sha256 : str, optional
+        sha256 of the run's written bundle file, which `featx predict` checks before loading it.
 
     Returns
     -------
@@ -100,6 +105,7 @@ def run_record(run: FittedRun) -> dict:
         "weights_seed": attrs.get("weights_seed", -1),
         "random_weights": attrs.get("weights") == "random",
         "feature_file": str(run.plan.cache),
+        "feature_path": str(Path(run.plan.cache).resolve()),
         "feature_sha256": run.feature_sha256,
         "manifest_sha256": attrs.get("manifest_sha256"),
         "image_size": attrs.get("image_size"),
@@ -113,6 +119,10 @@ def run_record(run: FittedRun) -> dict:
             "val_as_test": config.val_as_test,
             "quick": config.quick,
             "engine": config.engine.name,
+            "train_fractions": list(config.train_fractions),
+            "efficiency_seeds": config.efficiency_seeds,
+            "image_cv": config.image_cv,
+            "near_duplicate_threshold": config.near_duplicate_threshold,
             "subgroups": list(config.subgroups),
             "age_bands": list(config.age_bands),
             "subgroup_min": config.subgroup_min,
@@ -133,8 +143,11 @@ def run_record(run: FittedRun) -> dict:
             "score": np.asarray(run.test_score).tolist(),
             "meta": run.test_meta,
         },
+        "efficiency": run.efficiency,
+        "audit": run.audit,
         "subgroups": run.subgroups,
         "timings": run.timings,
+        "bundle_sha256": bundle_sha256,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -183,12 +196,19 @@ class RunWriter:
     def __init__(self, results_dir):
         self.results_dir = Path(results_dir)
 
-    def prepare(self) -> None:
-        """Create runs/ and models/ and prove they are writable, before any fit."""
+    def prepare(self, plans: Sequence[RunPlan] = ()) -> None:
+        """Before any fit: create runs/ and models/, prove them writable, and refuse to replace another cache's run.
+
+        A run name is `<cache file stem>__<pooling>__<classifier>`; re-running the same cache replaces
+        its runs, but a record of that name fitted on another feature file (features_a/tiny.h5 vs
+        features_b/tiny.h5) is a different run: ResultsError, naming both files.
+        """
         fix = "pass --out with a folder you can write to"
         check_writable_dir(self.results_dir, ResultsError, "results folder", fix)
         for sub in (RUNS_DIR, MODELS_DIR):
             check_writable_dir(self.results_dir / sub, ResultsError, "results folder", fix)
+        for plan in plans:
+            _check_not_another_cache(run_path(self.results_dir, plan.run_id), Path(plan.cache))
 
     def save(self, run: FittedRun) -> Path:
         """Write the bundle, then the run JSON (each atomically); returns the JSON path.
@@ -205,11 +225,28 @@ class RunWriter:
         import joblib
 
         model = bundle(run)
-        atomic_write(bundle_path(self.results_dir, run.plan.run_id), lambda f: joblib.dump(model, f))
-        text = json.dumps(jsonable(run_record(run)), indent=2, allow_nan=False)
-        path = run_path(self.results_dir, run.plan.run_id)
-        atomic_write_bytes(path, text.encode())
+        model_path, path = bundle_path(self.results_dir, run.plan.run_id), run_path(self.results_dir, run.plan.run_id)
+        with interrupts_deferred():  # Ctrl-C lands after the pair: never a bundle without its record
+            atomic_write(model_path, lambda f: joblib.dump(model, f))
+            text = json.dumps(jsonable(run_record(run, file_sha256(model_path))), indent=2, allow_nan=False)
+            atomic_write_bytes(path, text.encode())
         return path
+
+
+def _check_not_another_cache(record: Path, cache: Path) -> None:
+    """ResultsError when the run record at `record` was fitted on a feature file other than `cache`."""
+    if not record.is_file():
+        return
+    try:
+        existing = json.loads(record.read_text(encoding="utf-8"))
+        recorded = existing.get("feature_path") or existing.get("feature_file")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return  # not a run record: load_runs names it when the results are read
+    if recorded and Path(recorded).resolve() != cache.resolve():
+        raise ResultsError(
+            f"'{record}' holds a run fitted on '{recorded}', not on '{cache}', and a run of another feature file is "
+            f"never overwritten; write to another folder with --out, or delete that run's files first."
+        )
 
 
 def clear_runs(results_dir) -> None:
@@ -275,15 +312,60 @@ def _alias_legacy_modules() -> None:
             sys.modules[old] = importlib.import_module(new)
 
 
-def load_bundle(path) -> dict:
-    """A model bundle, checked to be a featx bundle of a known format.
+def bundle_record_path(path) -> Path:
+    """The run record beside a bundle: results/runs/<run>.json for results/models/<run>.joblib."""
+    path = Path(path)
+    return path.parent.parent / RUNS_DIR / f"{path.stem}.json"
 
-    A joblib bundle runs code when it is loaded: load trusted files only.
+
+def check_bundle(path) -> str | None:
+    """Check a bundle's bytes against the sha256 in its run record, before anything unpickles it.
+
+    Returns
+    -------
+    str or None
+        None when the sha256 matches; a one-line warning when there is no record (or no sha256 in it)
+        to check against.
+
+    Raises
+    ------
+    BundleError
+        When the bundle's sha256 differs from its record's: it was changed or replaced after classify.
+    """
+    path = Path(path)
+    record_path = bundle_record_path(path)
+    unchecked = (
+        f"'{path}' is loaded unchecked; load bundles from a trusted source only (a bundle runs code when loaded)."
+    )
+    try:
+        expected = json.loads(record_path.read_text(encoding="utf-8")).get("bundle_sha256")
+    except FileNotFoundError:
+        return f"No run record beside the bundle ({record_path}) to check its sha256 against: {unchecked}"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return f"The run record beside the bundle ({record_path}) is not readable JSON: {unchecked}"
+    if not expected:
+        return f"The run record {record_path} holds no bundle sha256 (an older featx wrote it): {unchecked}"
+    found = file_sha256(path)
+    if found != expected:
+        raise BundleError(
+            f"Model bundle '{path}' has sha256 {found[:12]}…, but its run record '{record_path}' says "
+            f"{str(expected)[:12]}…; it was changed or replaced after featx classify wrote it, so it is not loaded."
+        )
+    return None
+
+
+def load_bundle(path, warn: Callable[[str], object] | None = None) -> dict:
+    """A model bundle, checked against its run record's sha256 and to be a featx bundle of a known format.
+
+    A joblib bundle runs code when it is loaded: its sha256 is checked first (`check_bundle`);
+    without a record to check against, `warn` (if given) gets check_bundle's one-line warning.
 
     Parameters
     ----------
     path : path-like
         results/models/<run>.joblib
+    warn : callable, optional
+        Called with the warning when the bundle cannot be checked.
 
     Returns
     -------
@@ -293,13 +375,17 @@ def load_bundle(path) -> dict:
     Raises
     ------
     BundleError
-        When the file is missing, not a featx bundle, of another format, or lacks keys.
+        When the file is missing, differs from its run record's sha256, is not a featx bundle, is of another
+        format, or lacks keys.
     """
     path = Path(path)
     if not path.is_file():
         raise BundleError(
             f"Model bundle '{path}' does not exist; pass a results/models/<run>.joblib file written by featx classify."
         )
+    warning = check_bundle(path)
+    if warning and warn is not None:
+        warn(warning)
     import joblib
 
     _alias_legacy_modules()

@@ -4,9 +4,13 @@ Sections: a random-weights banner when any run used random-init weights, the
 dataset summary with leakage findings, the leaderboard and the backbone x
 classifier heatmap of test AUC, ROC curves per backbone, confusion matrices at
 each run's chosen threshold, calibration curves, subgroup AUCs as forest plots
-(when classify ran with --subgroups), and provenance. Every plot is
-also written to results/plots/*.png. Plots use matplotlib's Figure API directly
-(Agg canvas), never pyplot, so no global backend state is touched.
+(when classify ran with --subgroups), and provenance. Runs are compared only
+within their dataset (leaderboard.datasets: same manifest, same test rows): each
+dataset gets its own table, heatmap and panels under its own heading, and a
+warning says when a results folder holds several. Every plot is also written to
+results/plots/*.png. Plots use matplotlib's Figure API directly (Agg canvas),
+never pyplot, so no global backend state is touched; every text is drawn
+literally (no mathtext), so a `$` in a class or file name is just a character.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
@@ -30,9 +35,19 @@ from featx.extract import store
 from featx.extract.backbones import RANDOM_BANNER
 from featx.files import atomic_write_bytes
 from featx.results import records
-from featx.results.leaderboard import leaderboard_rows
+from featx.results.leaderboard import (
+    Dataset,
+    datasets,
+    features_name,
+    format_auc,
+    format_params,
+    leaderboard_rows,
+    pixel_floor_sentence,
+    plural,
+    several_datasets_warning,
+)
 
-PLOT_PREFIXES = ("heatmap_", "roc_", "confusion_", "calibration_", "forest_")
+PLOT_PREFIXES = ("heatmap_", "roc_", "confusion_", "calibration_", "forest_", "efficiency_", "near_duplicates_")
 SECTIONS = (
     ("dataset", "Dataset"),
     ("leaderboard", "Leaderboard"),
@@ -41,19 +56,32 @@ SECTIONS = (
     ("confusion", "Confusion matrices"),
     ("calibration", "Calibration"),
     ("subgroups", "Subgroups"),
+    ("efficiency", "Data efficiency"),
+    ("audits", "Audits"),
     ("provenance", "Provenance"),
 )
+# Labels are data (class names, file names): drawn as typed, never parsed as mathtext or LaTeX.
+LITERAL_TEXT: dict[Any, Any] = {"text.parse_math": False, "text.usetex": False}
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
 
 
 # ---------------------------------------------------------------- loading runs
 
 
-def _leaderboard_order(runs: list[dict]) -> tuple[list[dict], dict[str, dict]]:
-    """Runs in leaderboard order (best first) and featx.results.leaderboard's row per run_id."""
-    rows = leaderboard_rows(runs)
-    by_run_id = {run["run_id"]: run for run in runs}
-    return [by_run_id[row["run_id"]] for row in rows], {row["run_id"]: row for row in rows}
+@dataclass
+class _DatasetRuns:
+    """One dataset's runs in leaderboard order; its plot files carry a suffix when the folder holds several."""
+
+    dataset: Dataset
+    runs: list[dict]
+
+    @property
+    def suffix(self) -> str:
+        return f"_d{self.dataset.index}" if self.dataset.count > 1 else ""
+
+    @property
+    def tag(self) -> str:
+        return f", dataset {self.dataset.index}" if self.dataset.count > 1 else ""
 
 
 # ---------------------------------------------------------------- small helpers
@@ -77,11 +105,9 @@ def _auc(run: dict) -> dict:
     return auc if isinstance(auc, dict) else {"value": auc}
 
 
-def _auc_text(auc: dict) -> str:
-    text = _fmt(auc.get("value"))
-    if not math.isnan(_num(auc.get("ci_low"))):
-        text += f" [{_fmt(auc.get('ci_low'))}–{_fmt(auc.get('ci_high'))}]"
-    return text
+def _auc_text(auc: dict, sep: str = " ") -> str:
+    text = format_auc(auc.get("value"), auc.get("ci_low"), auc.get("ci_high"), sep=sep)
+    return "n/a" if text == "–" else text
 
 
 def _is_random(run: dict) -> bool:
@@ -126,10 +152,10 @@ class _Plot:
 # ---------------------------------------------------------------- plotting
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float, layout: Literal["constrained", "compressed"] = "constrained"):
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+    return Figure(figsize=(width, height), dpi=100, layout=layout)
 
 
 def _render(figure, random_weights: bool) -> bytes:
@@ -146,11 +172,12 @@ def _render(figure, random_weights: bool) -> bytes:
 
 
 def _group_key(run: dict, several_poolings: bool) -> str:
-    backbone = str(run.get("backbone", "?"))
-    return f"{backbone}/{run.get('pooling', '?')}" if several_poolings else backbone
+    features = features_name(run)
+    return f"{features}/{run.get('pooling', '?')}" if several_poolings else features
 
 
-def _heatmap(groups: OrderedDict[str, list[dict]], classifiers: list[str], random_weights: bool) -> _Plot:
+def _heatmap_labels(groups: OrderedDict[str, list[dict]], classifiers: list[str]):
+    """(values, cell texts) of the heatmap: each cell is format_auc's text with the CI on a second line."""
     values = np.full((len(groups), len(classifiers)), np.nan)
     labels = [["" for _ in classifiers] for _ in groups]
     for i, runs in enumerate(groups.values()):
@@ -158,10 +185,12 @@ def _heatmap(groups: OrderedDict[str, list[dict]], classifiers: list[str], rando
             j = classifiers.index(run["classifier"])
             auc = _auc(run)
             values[i, j] = _num(auc.get("value"))
-            ci = ""
-            if not math.isnan(_num(auc.get("ci_low"))):
-                ci = f"\n[{_fmt(auc.get('ci_low'), 2)}–{_fmt(auc.get('ci_high'), 2)}]"
-            labels[i][j] = f"{_fmt(auc.get('value'))}{ci}"
+            labels[i][j] = _auc_text(auc, sep="\n")
+    return values, labels
+
+
+def _heatmap(groups: OrderedDict[str, list[dict]], classifiers: list[str], random_weights: bool, where) -> _Plot:
+    values, labels = _heatmap_labels(groups, classifiers)
     figure = _figure(1.6 + 1.5 * len(classifiers), 1.2 + 0.62 * len(groups))
     ax = figure.subplots()
     finite = values[np.isfinite(values)]
@@ -178,8 +207,12 @@ def _heatmap(groups: OrderedDict[str, list[dict]], classifiers: list[str], rando
             else:
                 ax.text(j, i, "—", ha="center", va="center", color="#555555")
     figure.colorbar(image, ax=ax, label="test ROC AUC")
-    ax.set_title("Test ROC AUC (95% CI)")
-    return _Plot("heatmap_test_auc.png", "Backbone × classifier test AUC", _render(figure, random_weights))
+    ax.set_title(f"Test ROC AUC (95% CI){where.tag}")
+    return _Plot(
+        f"heatmap_test_auc{where.suffix}.png",
+        f"Backbone × classifier test AUC{where.tag}",
+        _render(figure, random_weights),
+    )
 
 
 def _roc_lines(run: dict):
@@ -214,7 +247,7 @@ def _roc_lines(run: dict):
     return f"{run.get('classifier')}: macro AUC {auc_text}", grid, np.mean(curves, axis=0), None
 
 
-def _roc_plot(group: str, runs: list[dict], random_weights: bool) -> _Plot | None:
+def _roc_plot(group: str, runs: list[dict], random_weights: bool, where) -> _Plot | None:
     lines = [(run, _roc_lines(run)) for run in runs]
     lines = [(run, line) for run, line in lines if line is not None]
     if not lines:
@@ -231,10 +264,14 @@ def _roc_plot(group: str, runs: list[dict], random_weights: bool) -> _Plot | Non
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("1 − specificity (false positive rate)")
     ax.set_ylabel("sensitivity (true positive rate)")
-    ax.set_title(f"ROC — {group} (dots: chosen threshold)", fontsize=10)
+    ax.set_title(f"ROC — {group}{where.tag} (dots: chosen threshold)", fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     ax.set_aspect("equal")
-    return _Plot(f"roc_{_safe_name(group)}.png", f"ROC curves — {group}", _render(figure, random_weights))
+    return _Plot(
+        f"roc_{_safe_name(group)}{where.suffix}.png",
+        f"ROC curves — {group}{where.tag}",
+        _render(figure, random_weights),
+    )
 
 
 def _per_class_roc_plot(run: dict, random_weights: bool) -> _Plot | None:
@@ -267,7 +304,7 @@ def _per_class_roc_plot(run: dict, random_weights: bool) -> _Plot | None:
     )
 
 
-def _confusion_plot(group: str, runs: list[dict], random_weights: bool) -> _Plot | None:
+def _confusion_plot(group: str, runs: list[dict], random_weights: bool, where) -> _Plot | None:
     panels = []
     for run in runs:
         matrix = np.asarray((run.get("test") or {}).get("confusion_matrix") or [], dtype=float)
@@ -275,7 +312,8 @@ def _confusion_plot(group: str, runs: list[dict], random_weights: bool) -> _Plot
             panels.append((run, matrix))
     if not panels:
         return None
-    figure = _figure(3.3 * len(panels), 3.4)
+    # "compressed" lays out fixed-aspect images; "constrained" left the x label below the figure's edge
+    figure = _figure(3.3 * len(panels), 3.8, layout="compressed")
     axes = np.atleast_1d(figure.subplots(1, len(panels)))
     for ax, (run, matrix) in zip(axes, panels):
         classes = [str(c) for c in (run.get("classes") or range(len(matrix)))]
@@ -302,10 +340,14 @@ def _confusion_plot(group: str, runs: list[dict], random_weights: bool) -> _Plot
         if threshold is not None:
             title += f" @ {_fmt(threshold)} ({(run.get('threshold') or {}).get('rule', '')})"
         ax.set_title(title, fontsize=9)
-    return _Plot(f"confusion_{_safe_name(group)}.png", f"Confusion matrices — {group}", _render(figure, random_weights))
+    return _Plot(
+        f"confusion_{_safe_name(group)}{where.suffix}.png",
+        f"Confusion matrices — {group}{where.tag}",
+        _render(figure, random_weights),
+    )
 
 
-def _calibration_plot(group: str, runs: list[dict], random_weights: bool) -> _Plot | None:
+def _calibration_plot(group: str, runs: list[dict], random_weights: bool, where) -> _Plot | None:
     from sklearn.calibration import calibration_curve
 
     lines = []
@@ -338,10 +380,14 @@ def _calibration_plot(group: str, runs: list[dict], random_weights: bool) -> _Pl
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("mean predicted probability (equal-count bins)")
     ax.set_ylabel("observed fraction positive")
-    ax.set_title(f"Calibration — {group}", fontsize=10)
+    ax.set_title(f"Calibration — {group}{where.tag}", fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
     ax.set_aspect("equal")
-    return _Plot(f"calibration_{_safe_name(group)}.png", f"Calibration — {group}", _render(figure, random_weights))
+    return _Plot(
+        f"calibration_{_safe_name(group)}{where.suffix}.png",
+        f"Calibration — {group}{where.tag}",
+        _render(figure, random_weights),
+    )
 
 
 def _forest_plot(run: dict, random_weights: bool) -> _Plot | None:
@@ -377,7 +423,7 @@ def _forest_plot(run: dict, random_weights: bool) -> _Plot | None:
             ax.text(
                 1.005,
                 y,
-                f"{value:.3f} [{low:.3f}–{high:.3f}]",
+                _auc_text(auc),
                 va="center",
                 fontsize=8,
                 transform=ax.get_yaxis_transform(),
@@ -534,8 +580,8 @@ def _dataset_section(runs: list[dict], findings: list[str]) -> str:
         source = data.get("test_source")
         source_text = {
             "manifest": "the test split comes from the manifest",
-            "held_out_patients": "the manifest had no test rows: a patient-grouped, stratified share of the train "
-            "patients was held out as test",
+            "held_out_patients": "the manifest had no test rows: a share of the train patients, each chosen by a "
+            "seeded hash of its id, was held out as test",
         }.get(str(source), f"test source: {source}")
         dropped = data.get("n_failed_images_dropped")
         extra = f"; {dropped} unreadable image(s) dropped" if dropped else ""
@@ -647,6 +693,7 @@ def _leaderboard_table(ranked: list[dict], rows_by_id: dict[str, dict]) -> str:
         "threshold",
         "n test",
         "≈ best",
+        "best params",
     )
     lines = []
     for rank, run in enumerate(ranked, 1):
@@ -663,7 +710,7 @@ def _leaderboard_table(ranked: list[dict], rows_by_id: dict[str, dict]) -> str:
                 f"<td>{cell}</td>"
                 for cell in (
                     rank,
-                    _e(run.get("backbone")),
+                    _e(features_name(run)),
                     _e(run.get("pooling")),
                     _e(run.get("classifier")),
                     weights_cell,
@@ -674,15 +721,17 @@ def _leaderboard_table(ranked: list[dict], rows_by_id: dict[str, dict]) -> str:
                     _fmt(threshold.get("value")) if threshold else "—",
                     _e((run.get("data") or {}).get("n_test", "")),
                     flag_text,
+                    _e(format_params(run.get("best_params"))),
                 )
             )
             + "</tr>"
         )
     note = (
-        "<p class='note'>Sorted by test ROC AUC with DeLong 95% confidence intervals. CV AUC: patient-grouped "
+        "<p class='note'>Sorted by test ROC AUC with DeLong 95% confidence intervals, within this dataset only. "
+        "CV AUC: patient-grouped "
         "cross-validation on train (mean ± sd over folds, best grid point). Sensitivity and specificity are at the "
         "threshold chosen on out-of-fold predictions."
-        + (" “≈ best”: not significantly worse than the top run (paired DeLong test)." if rows_by_id else "")
+        + (" “≈ best”: not significantly worse than this dataset's top run (paired DeLong test)." if rows_by_id else "")
         + "</p>"
     )
     return "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(lines) + "</table>" + note
@@ -718,7 +767,7 @@ def _provenance_section(ranked: list[dict]) -> str:
                     f"<code class='hash'>{_e(str(run.get('feature_sha256', ''))[:12])}</code>",
                     f"<code class='hash'>{_e(str(run.get('manifest_sha256', ''))[:12])}</code>",
                     _e(", ".join(f"{k}={v}" for k, v in config.items())),
-                    f"<code>{_e(json.dumps(run.get('best_params'), default=str))}</code>",
+                    f"<code>{_e(format_params(run.get('best_params')))}</code>",
                     _fmt(timings.get("total_s"), 1),
                     _e(run.get("created_utc", "")),
                 )
@@ -762,6 +811,7 @@ th{background:#f2f2f2} tr:nth-child(even) td{background:#fafafa}
 table.small{font-size:12px} code{font-size:12px;word-break:break-all} code.hash{white-space:nowrap;word-break:normal}
 .note{color:#555;font-size:13px;margin-top:2px}
 .bad{color:#b00020;font-weight:bold}
+.floor{background:#eef4fb;border-left:4px solid #1f77b4;padding:6px 10px}
 .plots{display:flex;flex-wrap:wrap;gap:14px} figure{margin:0}
 figure img{max-width:100%;border:1px solid #e4e4e4}
 figcaption{font-size:12px;color:#555}
@@ -783,7 +833,370 @@ def _plots_html(plots: list[_Plot], empty: str) -> str:
     return "<div class='plots'>" + "".join(_img(p) for p in plots) + "</div>"
 
 
+# ---------------------------------------------------------------- beside the leaderboard: the floor and the split level
+
+
+def _run_name(run: dict) -> str:
+    return f"{features_name(run)}/{run.get('pooling')}/{run.get('classifier')}"
+
+
+def _pixel_floor_line(runs: list[dict]) -> str:
+    """The leaderboard's one sentence on what the best backbone run adds over the raw-pixel floor."""
+    return f"<p class='floor'>{_e(pixel_floor_sentence(runs))}</p>"
+
+
+def _split_level_table(ranked: list[dict]) -> str:
+    """Each run's chosen configuration under patient-grouped vs plain image cross-validation."""
+    rows = []
+    for run in ranked:
+        levels = (run.get("audit") or {}).get("split_levels")
+        if not levels:
+            continue
+        patient, image = levels.get("patient") or {}, levels.get("image") or {}
+        inflation = _num(levels.get("inflation"))
+        inflated = "" if math.isnan(inflation) else f"{inflation:+.3f}"
+        shared = _num(image.get("validation_images_with_patient_in_training"))
+        rows.append(
+            "<tr>"
+            + "".join(
+                f"<td>{cell}</td>"
+                for cell in (
+                    _e(_run_name(run)),
+                    f"{_fmt(patient.get('auc_mean'))} ± {_fmt(patient.get('auc_std'))}",
+                    f"{_fmt(image.get('auc_mean'))} ± {_fmt(image.get('auc_std'))}",
+                    f"<b>{inflated}</b>" if inflated else "n/a",
+                    "n/a" if math.isnan(shared) else f"{shared:.0%}",
+                )
+            )
+            + "</tr>"
+        )
+    if not rows:
+        return (
+            "<p class='note'>No patient- vs image-level CV audit in these runs (classify ran with "
+            "<code>--no-image-cv</code>, or the runs predate it).</p>"
+        )
+    head = ("run", "CV AUC, patient folds", "CV AUC, image folds", "inflation", "val. images whose patient trained")
+    folds = next(
+        ((run.get("audit") or {}).get("split_levels") or {}).get("folds") for run in ranked if run.get("audit")
+    )
+    return (
+        "<h3>Patient-level vs image-level cross-validation</h3><table><tr>"
+        + "".join(f"<th>{h}</th>" for h in head)
+        + "</tr>"
+        + "".join(rows)
+        + "</table><p class='note'>Each run's chosen configuration, cross-validated on its training rows with "
+        f"{_e(folds)} folds twice: patient-grouped (StratifiedGroupKFold, what featx does) and by image ignoring "
+        "patients (StratifiedKFold, what a random image split does). Inflation is how much higher the image-level "
+        "figure is: what a paper splitting images at random would have reported on top of the honest number.</p>"
+    )
+
+
+# ---------------------------------------------------------------- data efficiency
+
+
+def _efficiency_plot(ranked: list[dict], random_weights: bool, where) -> _Plot | None:
+    curves = [run for run in ranked if (run.get("efficiency") or {}).get("points")]
+    if not curves:
+        return None
+    backbones = list(dict.fromkeys(str(run.get("backbone")) for run in curves))
+    classifiers = list(dict.fromkeys(str(run.get("classifier")) for run in curves))
+    styles = ("-", "--", ":", "-.")
+    markers = ("o", "s", "^", "D", "v")
+    figure = _figure(7.4, 5.0)
+    ax = figure.subplots()
+    for run in curves:
+        points = [p for p in run["efficiency"]["points"] if p.get("auc_mean") is not None]
+        if not points:
+            continue
+        x = np.array([_num(p.get("n_patients_mean")) for p in points])
+        mean = np.array([_num(p.get("auc_mean")) for p in points])
+        low = np.array([_num(p.get("auc_min")) for p in points])
+        high = np.array([_num(p.get("auc_max")) for p in points])
+        color = COLORS[backbones.index(str(run.get("backbone"))) % len(COLORS)]
+        k = classifiers.index(str(run.get("classifier")))
+        ax.plot(
+            x,
+            mean,
+            color=color,
+            linestyle=styles[k % len(styles)],
+            marker=markers[k % len(markers)],
+            markersize=4,
+            linewidth=1.6,
+            label=_run_name(run),
+        )
+        ax.fill_between(x, low, high, color=color, alpha=0.12, linewidth=0)
+    ax.set_xscale("log")
+    ticks = sorted({round(_num(p.get("n_patients_mean"))) for run in curves for p in run["efficiency"]["points"]})
+    ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=8)
+    ax.minorticks_off()
+    ax.set_xlabel("training patients (log scale; mean over seeds)")
+    ax.set_ylabel("test ROC AUC")
+    ax.set_title("Data efficiency: test AUC vs training patients (band: lowest to highest seed)", fontsize=10)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(loc="lower right", fontsize=7)
+    return _Plot(
+        f"efficiency_test_auc{where.suffix}.png",
+        f"Data efficiency — test AUC vs training patients{where.tag}",
+        _render(figure, random_weights),
+    )
+
+
+def _efficiency_section(ranked: list[dict], plot: _Plot | None) -> str:
+    curves = [run for run in ranked if (run.get("efficiency") or {}).get("points")]
+    if not curves:
+        return (
+            "<p class='note'>No data-efficiency curves in these runs; run <code>featx classify --train-fraction "
+            "0.01,0.1,0.3,1.0</code> to re-fit each run's chosen configuration on fewer training patients.</p>"
+        )
+    fractions = sorted({p["fraction"] for run in curves for p in run["efficiency"]["points"]})
+    head = "".join(f"<th>{fraction:.0%}</th>" for fraction in fractions)
+    rows, errors = [], 0
+    for run in curves:
+        by_fraction = {p["fraction"]: p for p in run["efficiency"]["points"]}
+        cells = []
+        for fraction in fractions:
+            point = by_fraction.get(fraction)
+            if point is None:
+                cells.append("")
+                continue
+            errors += sum(1 for error in point.get("errors") or [] if error)
+            spread = "" if point.get("from_run") else f" ± {_fmt(point.get('auc_std'))}"
+            cells.append(
+                f"{_fmt(point.get('auc_mean'))}{spread}<br><span class='note'>"
+                f"{_num(point.get('n_patients_mean')):.0f} patients</span>"
+            )
+        seconds = _fmt(run["efficiency"].get("seconds"), 1)
+        rows.append(
+            f"<tr><td>{_e(_run_name(run))}</td>{''.join(f'<td>{c}</td>' for c in cells)}"
+            f"<td>{_e(run['efficiency'].get('n_fits'))}</td><td>{seconds}</td></tr>"
+        )
+    total = sum(_num(run["efficiency"].get("seconds"), 0.0) for run in curves)
+    fits = sum(int(run["efficiency"].get("n_fits") or 0) for run in curves)
+    seeds = curves[0]["efficiency"].get("seeds")
+    failed = f" {errors} subsample fit(s) failed (too few rows for the estimator); see the run JSON." if errors else ""
+    return (
+        _plots_html([plot] if plot else [], "")
+        + f"<table><tr><th>run</th>{head}<th>fits</th><th>seconds</th></tr>{''.join(rows)}</table>"
+        f"<p class='note'>Each run's chosen configuration (its best_params, no new search) re-fitted on a stratified "
+        f"sample of whole training patients ({_e(seeds)} seeds per fraction, at least one patient per class) and "
+        f"scored on the same test rows: mean ± sd over seeds; 100% is the run itself. Cost: <b>{total:.1f} s</b> "
+        f"for {fits} fits over {len(curves)} runs (stage two never touches an image).{failed}</p>"
+    )
+
+
+# ---------------------------------------------------------------- audits: duplicates
+
+
+def _audits_by_cache(ranked: list[dict]) -> OrderedDict[str, tuple[dict, dict]]:
+    """backbone (or backbone/pooling) -> (first run, its audit), for runs that carry a data audit."""
+    several_poolings = len({run.get("pooling") for run in ranked}) > 1
+    audits: OrderedDict[str, tuple[dict, dict]] = OrderedDict()
+    for run in ranked:
+        audit = run.get("audit") or {}
+        if audit.get("near_duplicates") is not None:
+            audits.setdefault(_group_key(run, several_poolings), (run, audit))
+    return audits
+
+
+def _pair_images(pair: dict, roots: list[Path]):
+    from featx.data.images import load_image
+    from featx.errors import ImageReadError
+
+    images = []
+    for rel in pair.get("ids") or []:
+        path = next((root / rel for root in roots if (root / rel).is_file()), None)
+        if path is None:
+            return None
+        try:
+            images.append(load_image(path, 112))
+        except ImageReadError:
+            return None
+    return images
+
+
+def _near_duplicate_plot(
+    group: str, audit: dict, data_root, random_weights: bool, where, n_pairs: int = 6
+) -> _Plot | None:
+    """The closest evaluated-vs-training pairs as thumbnails, when the images can be found."""
+    roots = [Path(root) for root in (data_root, audit.get("data_root")) if root]
+    pairs = []
+    for pair in (audit["near_duplicates"].get("top_pairs") or [])[:n_pairs]:
+        images = _pair_images(pair, roots)
+        if images is None:
+            return None
+        pairs.append((pair, images))
+    if not pairs:
+        return None
+    columns = min(3, len(pairs))
+    rows = math.ceil(len(pairs) / columns)
+    figure = _figure(2.9 * columns, 1.85 * rows + 0.3)
+    axes = np.atleast_1d(figure.subplots(rows, 2 * columns)).reshape(rows, 2 * columns)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for index, (pair, images) in enumerate(pairs):
+        row, column = divmod(index, columns)
+        for side in range(2):
+            ax = axes[row, 2 * column + side]
+            ax.imshow(images[side])
+            name = Path(pair["ids"][side]).name
+            ax.set_title(f"{pair['splits'][side]}: {name[:22]}", fontsize=6)
+        color = "#b00020" if pair.get("above_threshold") else "#444444"
+        axes[row, 2 * column].text(
+            1.02,
+            -0.08,
+            f"cos {pair['similarity']:.3f}",
+            transform=axes[row, 2 * column].transAxes,
+            ha="center",
+            va="top",
+            fontsize=7,
+            color=color,
+        )
+    return _Plot(
+        f"near_duplicates_{_safe_name(group)}{where.suffix}.png",
+        f"Closest test–training pairs — {group}{where.tag}",
+        _render(figure, random_weights),
+    )
+
+
+def _split_pair_text(entries: list[dict], key: str = "pairs", cross_only: bool = False) -> str:
+    parts = []
+    for entry in entries:
+        a, b = entry.get("splits") or ["?", "?"]
+        if cross_only and a == b:
+            continue
+        same = entry.get("same_patient")
+        extra = f" ({same} same patient)" if same else ""
+        parts.append(f"{_e(a)}–{_e(b)}: {_e(entry.get(key))}{extra}")
+    return "; ".join(parts) or "none"
+
+
+def _audit_section(where, data_root) -> tuple[str, list[_Plot]]:
+    """One dataset's near- and exact-duplicate audits (from its runs' JSON) and the thumbnails of the closest pairs."""
+    audits = _audits_by_cache(where.runs)
+    if not audits:
+        return "<p class='note'>No duplicate audit in these runs (they predate it).</p>", []
+    plots: list[_Plot] = []
+    near_rows, pair_lists, exact_seen, exact_parts = [], [], set(), []
+    for group, (run, audit) in audits.items():
+        near = audit["near_duplicates"]
+        near_rows.append(
+            "<tr>"
+            + "".join(
+                f"<td>{cell}</td>"
+                for cell in (
+                    _e(group),
+                    _e(f"{near.get('n_rows')} × {near.get('dim')}"),
+                    _fmt(near.get("threshold"), 3),
+                    _split_pair_text(near.get("split_pairs") or [], cross_only=True),
+                    f"<b>{_e(near.get('evaluated_with_duplicate_in_training'))}</b> of {_e(near.get('n_evaluated'))}",
+                    _split_pair_text(near.get("split_pairs") or []),
+                    _fmt(near.get("seconds"), 2),
+                )
+            )
+            + "</tr>"
+        )
+        plot = _near_duplicate_plot(group, audit, data_root, _is_random(run), where)
+        if plot is not None:
+            plots.append(plot)
+        else:
+            listed = "".join(
+                f"<tr><td>{_e(p['splits'][0])}: <code>{_e(p['ids'][0])}</code></td><td>{_e(p['splits'][1])}: "
+                f"<code>{_e(p['ids'][1])}</code></td><td>{_fmt(p['similarity'])}</td></tr>"
+                for p in (near.get("top_pairs") or [])[:6]
+            )
+            if listed:
+                pair_lists.append(
+                    f"<p class='note'>{_e(group)}: closest test–training pairs (image files not found "
+                    f"under the data root, so listed by id)</p><table class='small'><tr><th>training</th>"
+                    f"<th>evaluated</th><th>cos</th></tr>{listed}</table>"
+                )
+        exact = audit.get("exact_duplicates") or {}
+        key = json.dumps({k: v for k, v in exact.items() if k != "seconds"}, sort_keys=True, default=str)
+        if key in exact_seen:
+            continue
+        exact_seen.add(key)
+        if exact.get("source") is None:
+            exact_parts.append(f"<li>{_e(group)}: not checked — {_e(exact.get('skipped'))}.</li>")
+            continue
+        examples = "; ".join(
+            " = ".join(f"{_e(s)}:{_e(i)}" for s, i in zip(example["splits"], example["ids"]))
+            for example in (exact.get("examples") or [])[:3]
+        )
+        exact_parts.append(
+            f"<li>{_e(exact.get('n_hashed'))} of {_e(exact.get('n_rows'))} images hashed (sha256 of the files, "
+            f"{_fmt(exact.get('seconds'), 1)} s): <b>{_e(exact.get('duplicate_groups'))}</b> groups of identical files "
+            f"({_e(exact.get('rows_in_groups'))} images); pairs per split pair: "
+            f"{_split_pair_text(exact.get('split_pairs') or [])}"
+            + (f". E.g. {examples}" if examples else "")
+            + ".</li>"
+        )
+    head = (
+        "embeddings",
+        "rows × dims",
+        "threshold",
+        "pairs across splits",
+        "test images with a training near-duplicate",
+        "all pairs per split pair",
+        "seconds",
+    )
+    html_text = (
+        "<h3>Near-duplicate images</h3><table><tr>"
+        + "".join(f"<th>{h}</th>" for h in head)
+        + "</tr>"
+        + "".join(near_rows)
+        + "</table>"
+        "<p class='note'>Pairs of images whose embeddings have a cosine similarity at or above the threshold after "
+        "mean-centring (centring removes the direction every chest X-ray shares), from each cache, over the rows the "
+        "runs used; splits as the runs used them (held-out patients are <i>test</i>). Near duplicates within a "
+        "patient are expected; across splits they let a model see a test image in training. The thumbnails are the "
+        "closest test–training pairs whether or not they pass the threshold (red: at or above).</p>"
+        + _plots_html(plots, "")
+        + "".join(pair_lists)
+        + f"<h3>Exact duplicates (file hash)</h3><ul>{''.join(exact_parts)}</ul>"
+    )
+    return html_text, plots
+
+
 # ---------------------------------------------------------------- the report
+
+
+def _dataset_plots(where: _DatasetRuns, random_weights: bool) -> dict[str, list[_Plot]]:
+    """One dataset's heatmap, its ROC, confusion and calibration panels (one per feature file) and forest plots."""
+    ranked = where.runs
+    several_poolings = len({run.get("pooling") for run in ranked}) > 1
+    groups: OrderedDict[str, list[dict]] = OrderedDict()
+    for run in ranked:
+        groups.setdefault(_group_key(run, several_poolings), []).append(run)
+    classifier_order: list[str] = []
+    for run in ranked:
+        if run["classifier"] not in classifier_order:
+            classifier_order.append(run["classifier"])
+    for key in groups:
+        groups[key].sort(key=lambda r: classifier_order.index(r["classifier"]))
+    # a plot of one feature file carries the random-weights banner only when its own runs are random (never pixels)
+    random_group = {g: any(_is_random(run) for run in rs) for g, rs in groups.items()}
+    roc = [p for g, rs in groups.items() if (p := _roc_plot(g, rs, random_group[g], where)) is not None]
+    best = ranked[0]
+    if best.get("task", "binary") != "binary":
+        per_class = _per_class_roc_plot(best, _is_random(best))
+        if per_class is not None:
+            roc.insert(0, per_class)
+    best_of_group: OrderedDict[str, dict] = OrderedDict()
+    for run in ranked:
+        if run.get("subgroups"):
+            best_of_group.setdefault(_group_key(run, several_poolings), run)
+    return {
+        "heatmap": [_heatmap(groups, classifier_order, random_weights, where)],
+        "roc": roc,
+        "confusion": [
+            p for g, rs in groups.items() if (p := _confusion_plot(g, rs, random_group[g], where)) is not None
+        ],
+        "calibration": [
+            p for g, rs in groups.items() if (p := _calibration_plot(g, rs, random_group[g], where)) is not None
+        ],
+        "forest": [p for run in best_of_group.values() if (p := _forest_plot(run, random_weights)) is not None],
+        "efficiency": [p for p in (_efficiency_plot(ranked, random_weights, where),) if p is not None],
+    }
 
 
 def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Path:
@@ -795,35 +1208,22 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
     results_dir = Path(results_dir)
     runs = records.load_runs(results_dir)
     out = Path(out) if out is not None else results_dir / "report.html"
-    ranked, rows_by_id = _leaderboard_order(runs)
+    rows = leaderboard_rows(runs)
+    by_id = {run["run_id"]: run for run in runs}
+    ranked, rows_by_id = [by_id[row["run_id"]] for row in rows], {row["run_id"]: row for row in rows}
+    groups_of_runs = [_DatasetRuns(d, [by_id[row["run_id"]] for row in d.rows]) for d in datasets(rows)]
     random_weights = any(_is_random(run) for run in runs)
 
-    several_poolings = len({run.get("pooling") for run in runs}) > 1
-    groups: OrderedDict[str, list[dict]] = OrderedDict()
-    for run in ranked:
-        groups.setdefault(_group_key(run, several_poolings), []).append(run)
-    classifier_order: list[str] = []
-    for run in ranked:
-        if run["classifier"] not in classifier_order:
-            classifier_order.append(run["classifier"])
-    for key in groups:
-        groups[key].sort(key=lambda r: classifier_order.index(r["classifier"]))
+    import matplotlib
 
-    heatmap = _heatmap(groups, classifier_order, random_weights)
-    roc = [p for g, rs in groups.items() if (p := _roc_plot(g, rs, random_weights)) is not None]
-    best = ranked[0]
-    if best.get("task", "binary") != "binary":
-        per_class = _per_class_roc_plot(best, random_weights)
-        if per_class is not None:
-            roc.insert(0, per_class)
-    confusion = [p for g, rs in groups.items() if (p := _confusion_plot(g, rs, random_weights)) is not None]
-    calibration = [p for g, rs in groups.items() if (p := _calibration_plot(g, rs, random_weights)) is not None]
-    best_of_group: OrderedDict[str, dict] = OrderedDict()
-    for run in ranked:
-        if run.get("subgroups"):
-            best_of_group.setdefault(_group_key(run, several_poolings), run)
-    forest = [p for run in best_of_group.values() if (p := _forest_plot(run, random_weights)) is not None]
-    plots = [heatmap, *roc, *confusion, *calibration, *forest]
+    with matplotlib.rc_context(LITERAL_TEXT):
+        panels = [_dataset_plots(where, random_weights) for where in groups_of_runs]
+        audits = [_audit_section(where, data_root) for where in groups_of_runs]
+    audit_html = {where.dataset.index: html for where, (html, _) in zip(groups_of_runs, audits)}
+    for panel, (_, near_duplicate_plots) in zip(panels, audits):
+        panel["near_duplicates"] = near_duplicate_plots
+    kinds = ("heatmap", "roc", "confusion", "calibration", "forest", "efficiency", "near_duplicates")
+    plots = [plot for panel in panels for kind in kinds for plot in panel[kind]]
 
     plots_dir = results_dir / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
@@ -831,7 +1231,7 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
         if old.name.startswith(PLOT_PREFIXES):
             old.unlink()
     for plot in plots:
-        (plots_dir / plot.name).write_bytes(plot.png)
+        atomic_write_bytes(plots_dir / plot.name, plot.png)
 
     findings = _feature_file_findings(ranked, results_dir)
     if manifest is not None:
@@ -846,29 +1246,57 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
             "<div class='warn'>Some runs used the quick grid (<code>--quick</code>): a smoke-test setting, "
             "not for reporting.</div>"
         )
+    if len(groups_of_runs) > 1:
+        banner += f"<div class='warn'>⚠ {_e(several_datasets_warning(len(groups_of_runs)))}</div>"
     tasks = sorted({str(run.get("task")) for run in runs})
     nav = "".join(f"<a href='#{key}'>{_e(title)}</a>" for key, title in SECTIONS)
-    best_line = (
-        f"Best: <b>{_e(best.get('run_id'))}</b>, test AUC {_e(_auc_text(_auc(best)))} "
-        f"({len(runs)} runs, task {_e(', '.join(tasks))})."
-    )
+    best_lines = []
+    for where in groups_of_runs:
+        top = where.runs[0]
+        scope = f" on dataset {where.dataset.index}" if where.dataset.count > 1 else ""
+        best_lines.append(f"Best{scope}: <b>{_e(top.get('run_id'))}</b>, test AUC {_e(_auc_text(_auc(top)))}")
+    best_line = "; ".join(best_lines) + f" ({len(runs)} {plural(len(runs), 'run')}, task {_e(', '.join(tasks))})."
     created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+    def per_dataset(render) -> str:
+        """A section's content once per dataset, each under the heading that names the dataset."""
+        return "".join(
+            f"<h3>{_e(where.dataset.heading)}</h3>{render(where, panel)}"
+            for where, panel in zip(groups_of_runs, panels)
+        )
+
     body = [
         f"<h1>featx report</h1><p class='meta'>{_e(results_dir)} · generated {created} by featx {_e(__version__)}</p>",
         banner,
         f"<p>{best_line}</p><nav>{nav}</nav>",
         f"<h2 id='dataset'>Dataset</h2>{_dataset_section(ranked, findings)}",
-        f"<h2 id='leaderboard'>Leaderboard</h2>{_leaderboard_table(ranked, rows_by_id)}",
-        f"<h2 id='heatmap'>Test AUC heatmap</h2>{_plots_html([heatmap], '')}",
+        "<h2 id='leaderboard'>Leaderboard</h2>"
+        + per_dataset(
+            lambda where, panel: (
+                _pixel_floor_line(where.runs)
+                + _leaderboard_table(where.runs, rows_by_id)
+                + _split_level_table(where.runs)
+            )
+        ),
+        "<h2 id='heatmap'>Test AUC heatmap</h2>" + per_dataset(lambda where, panel: _plots_html(panel["heatmap"], "")),
         "<h2 id='roc'>ROC curves</h2><p class='note'>One panel per backbone, one line per classifier; legend: test "
         "AUC with its 95% CI; the dot marks the threshold chosen on out-of-fold predictions.</p>"
-        + _plots_html(roc, "No test predictions in the run files."),
+        + per_dataset(lambda where, panel: _plots_html(panel["roc"], "No test predictions in the run files.")),
         "<h2 id='confusion'>Confusion matrices</h2><p class='note'>Test split at each run's chosen threshold; "
-        "counts and row percentages.</p>" + _plots_html(confusion, "No confusion matrices in the run files."),
+        "counts and row percentages.</p>"
+        + per_dataset(lambda where, panel: _plots_html(panel["confusion"], "No confusion matrices in the run files.")),
         "<h2 id='calibration'>Calibration</h2><p class='note'>Reliability diagrams of the test probabilities "
         "(up to 10 equal-count bins); Brier score in the legend.</p>"
-        + _plots_html(calibration, "No test predictions in the run files."),
-        f"<h2 id='subgroups'>Subgroups</h2>{_subgroup_section(ranked, forest)}",
+        + per_dataset(lambda where, panel: _plots_html(panel["calibration"], "No test predictions in the run files.")),
+        "<h2 id='subgroups'>Subgroups</h2>"
+        + (
+            per_dataset(lambda where, panel: _subgroup_section(where.runs, panel["forest"]))
+            if any(run.get("subgroups") for run in runs)
+            else _subgroup_section(ranked, [])
+        ),
+        "<h2 id='efficiency'>Data efficiency</h2>"
+        + per_dataset(lambda where, panel: _efficiency_section(where.runs, (panel["efficiency"] or [None])[0])),
+        "<h2 id='audits'>Audits</h2>" + per_dataset(lambda where, panel: audit_html[where.dataset.index]),
         f"<h2 id='provenance'>Provenance</h2>{_provenance_section(ranked)}",
     ]
     document = (
@@ -882,12 +1310,15 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
     return out
 
 
-def report_command(results_dir, out, console) -> None:
+def report_command(results_dir, out, console, data_root=None) -> None:
     """`featx report`: write the HTML report and say where it and its plots are."""
     results_dir = Path(results_dir)
-    path = write_report(results_dir, out)
+    path = write_report(results_dir, out, data_root=data_root)
     runs = records.load_runs(results_dir)
     if any(_is_random(run) for run in runs):
         console.print(f"[bold white on red] {RANDOM_BANNER} [/]")
     n_plots = sum(1 for p in (results_dir / "plots").glob("*.png") if p.name.startswith(PLOT_PREFIXES))
-    console.print(f"Report: [bold]{path}[/] ({len(runs)} runs; {n_plots} plots also in {results_dir / 'plots'})")
+    console.print(
+        f"Report: [bold]{path}[/] ({len(runs)} {plural(len(runs), 'run')}; "
+        f"{n_plots} {plural(n_plots, 'plot')} also in {results_dir / 'plots'})"
+    )
