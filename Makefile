@@ -38,6 +38,11 @@ FEATX  := $(BIN)/featx
 #: efficiency_seeds=N       classify: patient subsamples per fraction, default 3 (--efficiency-seeds)
 #: no_image_cv=1            classify: skip the patient- vs image-level CV audit (--no-image-cv)
 #: near_duplicate_threshold=0.99  classify: cosine at which two images are near duplicates (--near-duplicate-threshold)
+#: engine=ray               extract, classify, predict: run on a Ray cluster instead of this process (--engine)
+#: ray_address=auto         extract, classify, predict: the Ray cluster, auto or HOST:PORT (--ray-address)
+#: ray_actors=N             extract, predict: Ray actors, default one per GPU, else one per CPU (--ray-actors)
+#: ray_cpus_per_actor=N     extract, predict: CPU cores each Ray actor decodes with (--ray-cpus-per-actor)
+#: ray_range_rows=N         extract, predict: rows per Ray work item, a multiple of batch_size (--ray-range-rows)
 #: model=PATH               predict: results/models/<run>.joblib (--model)
 #: images=PATHS             predict: image files, folders or a manifest CSV
 #: out=FILE                 predict: CSV to write, default the terminal (--out)
@@ -54,6 +59,9 @@ poolings    ?=
 cv          ?= 5
 engine      ?=
 ray_address ?=
+ray_actors  ?=
+ray_cpus_per_actor ?=
+ray_range_rows ?=
 n_jobs      ?=
 seed        ?=
 force       ?=
@@ -81,11 +89,15 @@ out         ?=
 
 yes = $(filter 1 yes true,$(1))
 ENGINE_OPTIONS = $(if $(engine),--engine $(engine)) $(if $(ray_address),--ray-address $(ray_address))
+ACTOR_OPTIONS = $(if $(ray_actors),--ray-actors $(ray_actors)) \
+	$(if $(ray_cpus_per_actor),--ray-cpus-per-actor $(ray_cpus_per_actor)) \
+	$(if $(ray_range_rows),--ray-range-rows $(ray_range_rows))
 EXTRACT_OPTIONS = $(strip $(if $(image_size),--image-size $(image_size)) $(if $(resize_mode),--resize-mode $(resize_mode)) \
 	$(if $(dicom_window),--dicom-window $(dicom_window)) $(if $(call yes,$(mixed_precision)),--mixed-precision) \
 	$(if $(batch_size),--batch-size $(batch_size)) $(if $(workers),--workers $(workers)) $(if $(limit),--limit $(limit)) \
 	$(if $(seed),--seed $(seed)) $(if $(call yes,$(force)),--force) $(if $(call yes,$(no_pixels)),--no-pixels) \
-	$(ENGINE_OPTIONS))
+	$(ENGINE_OPTIONS) $(ACTOR_OPTIONS))
+PREDICT_OPTIONS = $(strip $(ENGINE_OPTIONS) $(ACTOR_OPTIONS))
 CLASSIFY_OPTIONS = $(strip $(if $(backbones),--backbone $(backbones)) $(if $(poolings),--pooling $(poolings)) \
 	$(if $(n_jobs),--n-jobs $(n_jobs)) $(if $(seed),--seed $(seed)) $(if $(threshold),--threshold-rule $(threshold)) \
 	$(if $(call yes,$(val_as_test)),--val-as-test) $(if $(call yes,$(quick)),--quick) \
@@ -150,7 +162,7 @@ report: install  ## write results/report.html with plots
 	$(FEATX) report --results $(results)
 
 predict: install  ## predict new images: make predict model=results/models/<run>.joblib images=DIR [out=predictions.csv]
-	$(FEATX) predict --model $(model) $(images) $(if $(out),--out $(out)) $(if $(batch_size),--batch-size $(batch_size))
+	$(FEATX) predict --model $(model) $(images) $(if $(out),--out $(out)) $(if $(batch_size),--batch-size $(batch_size)) $(PREDICT_OPTIONS)
 
 bench: install  ## benchmarks: extract (bare forward vs full path, peak RSS), classify (default grids), analyses (audits, curve)
 	$(FEATX) bench extract
