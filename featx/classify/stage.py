@@ -27,6 +27,7 @@ from featx.classify import audit, efficiency, evaluate
 from featx.classify import registry as classifiers
 from featx.classify import subgroups as subgroup_auc
 from featx.classify.scoring import AUCScorer, predict_scores, task_for
+from featx.engines import LOCAL, EngineConfig, check_engine, fit_backend
 from featx.errors import CacheError, ClassifyError, one_of_message
 from featx.extract import store
 from featx.extract.backbones import POOLINGS
@@ -49,6 +50,7 @@ class ClassifyConfig:
     threshold_rule: str = "youden"
     val_as_test: bool = False
     quick: bool = False
+    engine: EngineConfig = LOCAL  # where joblib runs the independent fits (featx/engines): this machine or Ray
     train_fractions: tuple[float, ...] = ()  # data-efficiency curve: shares of training patients; () = no curve
     efficiency_seeds: int = efficiency.DEFAULT_SEEDS
     image_cv: bool = True  # audit: also cross-validate the chosen configuration on plain image folds
@@ -170,6 +172,7 @@ def _check_options(config: ClassifyConfig) -> None:
             raise ClassifyError(one_of_message("pooling", pooling, POOLINGS))
     if config.cv < 2:
         raise ClassifyError(f"The 'cv' parameter must be at least 2 folds. Got {config.cv} instead.")
+    check_engine(config.engine)
     efficiency.check_fractions(config.train_fractions)
     efficiency.check_seeds(config.efficiency_seeds)
     audit.check_threshold(config.near_duplicate_threshold)
@@ -505,7 +508,7 @@ def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Pa
     sha256: dict[Path, str] = {}
     hashes: dict = {}  # image-file hashes of the exact-duplicate audit, shared by caches of the same rows
     loaded_key, features, data_audit = None, None, None
-    with progress_bar(console, unit="runs") as progress:
+    with fit_backend(config.engine, console), progress_bar(console, unit="runs") as progress:
         bar = progress.add_task("classify", total=len(plans))
         for plan in plans:
             progress.update(bar, description=f"{plan.backbone} / {plan.pooling} / {plan.classifier}")
