@@ -38,6 +38,11 @@ FEATX  := $(BIN)/featx
 #: efficiency_seeds=N       classify: patient subsamples per fraction, default 3 (--efficiency-seeds)
 #: no_image_cv=1            classify: skip the patient- vs image-level CV audit (--no-image-cv)
 #: near_duplicate_threshold=0.99  classify: cosine at which two images are near duplicates (--near-duplicate-threshold)
+#: engine=ray               extract, classify, predict: run on a Ray cluster instead of this process (--engine)
+#: ray_address=auto         extract, classify, predict: the Ray cluster, auto or HOST:PORT (--ray-address)
+#: ray_actors=N             extract, predict: Ray actors, default one per GPU, else one per CPU (--ray-actors)
+#: ray_cpus_per_actor=N     extract, predict: CPU cores each Ray actor decodes with (--ray-cpus-per-actor)
+#: ray_range_rows=N         extract, predict: rows per Ray work item, a multiple of batch_size (--ray-range-rows)
 #: model=PATH               predict: results/models/<run>.joblib (--model)
 #: images=PATHS             predict: image files, folders or a manifest CSV
 #: out=FILE                 predict: CSV to write, default the terminal (--out)
@@ -52,6 +57,11 @@ classifiers ?= logreg,xgboost,dense
 backbones   ?=
 poolings    ?=
 cv          ?= 5
+engine      ?=
+ray_address ?=
+ray_actors  ?=
+ray_cpus_per_actor ?=
+ray_range_rows ?=
 n_jobs      ?=
 seed        ?=
 force       ?=
@@ -78,17 +88,23 @@ images      ?=
 out         ?=
 
 yes = $(filter 1 yes true,$(1))
+ENGINE_OPTIONS = $(if $(engine),--engine $(engine)) $(if $(ray_address),--ray-address $(ray_address))
+ACTOR_OPTIONS = $(if $(ray_actors),--ray-actors $(ray_actors)) \
+	$(if $(ray_cpus_per_actor),--ray-cpus-per-actor $(ray_cpus_per_actor)) \
+	$(if $(ray_range_rows),--ray-range-rows $(ray_range_rows))
 EXTRACT_OPTIONS = $(strip $(if $(image_size),--image-size $(image_size)) $(if $(resize_mode),--resize-mode $(resize_mode)) \
 	$(if $(dicom_window),--dicom-window $(dicom_window)) $(if $(call yes,$(mixed_precision)),--mixed-precision) \
 	$(if $(batch_size),--batch-size $(batch_size)) $(if $(workers),--workers $(workers)) $(if $(limit),--limit $(limit)) \
-	$(if $(seed),--seed $(seed)) $(if $(call yes,$(force)),--force) $(if $(call yes,$(no_pixels)),--no-pixels))
+	$(if $(seed),--seed $(seed)) $(if $(call yes,$(force)),--force) $(if $(call yes,$(no_pixels)),--no-pixels) \
+	$(ENGINE_OPTIONS) $(ACTOR_OPTIONS))
+PREDICT_OPTIONS = $(strip $(ENGINE_OPTIONS) $(ACTOR_OPTIONS))
 CLASSIFY_OPTIONS = $(strip $(if $(backbones),--backbone $(backbones)) $(if $(poolings),--pooling $(poolings)) \
 	$(if $(n_jobs),--n-jobs $(n_jobs)) $(if $(seed),--seed $(seed)) $(if $(threshold),--threshold-rule $(threshold)) \
 	$(if $(call yes,$(val_as_test)),--val-as-test) $(if $(call yes,$(quick)),--quick) \
 	$(if $(subgroups),--subgroups $(subgroups)) $(if $(age_bands),--age-bands $(age_bands)) \
 	$(if $(subgroup_min),--subgroup-min $(subgroup_min)) $(if $(train_fraction),--train-fraction $(train_fraction)) \
 	$(if $(efficiency_seeds),--efficiency-seeds $(efficiency_seeds)) $(if $(call yes,$(no_image_cv)),--no-image-cv) \
-	$(if $(near_duplicate_threshold),--near-duplicate-threshold $(near_duplicate_threshold)) $(if $(call yes,$(force)),--force))
+	$(if $(near_duplicate_threshold),--near-duplicate-threshold $(near_duplicate_threshold)) $(if $(call yes,$(force)),--force) $(ENGINE_OPTIONS))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 # featx's error messages name these variables instead of the CLI flags they stand for (featx/config.py reads it).
 export FEATX_VIA_MAKE := 1
@@ -103,10 +119,10 @@ help:  ## list every target with its one-line description, then the variables
 $(BIN)/featx: setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,lint,dicom]'
+	$(BIN)/pip install --quiet -e '.[test,lint,dicom,ray]'
 	@touch $(BIN)/featx
 
-install: $(BIN)/featx  ## create .venv and install featx with its test, lint and dicom extras
+install: $(BIN)/featx  ## create .venv and install featx with its test, lint, dicom and ray extras
 
 lint: install  ## ruff check, ruff format --check and mypy (CI runs this before the tests)
 	$(BIN)/ruff check .
@@ -132,11 +148,11 @@ demo: install  ## offline end-to-end demo: phantom data -> raw pixels + 2 backbo
 data: install  ## generate the phantom dataset only (demo/data), the default for extract/classify
 	$(FEATX) demo --data-only
 
-extract: install  ## stage one: make extract backbone=vgg16 [weights=... manifest=... data=... pooling=... force=1 ...]
+extract: install  ## stage one: make extract backbone=vgg16 [weights=... manifest=... data=... pooling=... force=1 engine=ray ray_address=auto ...]
 	@if [ "$(manifest)" = "demo/data/manifest.csv" ] && [ ! -f "$(manifest)" ]; then $(FEATX) demo --data-only; fi
 	$(FEATX) extract --backbone $(backbone) --weights $(weights) --manifest $(manifest) --data-root $(data) --out $(features) --pooling $(pooling) $(EXTRACT_OPTIONS)
 
-classify: install  ## stage two (unchanged runs reused): make classify [classifiers=... backbones=... cv=5 n_jobs=N force=1 poolings=... quick=1 ...]
+classify: install  ## stage two (unchanged runs reused): make classify [classifiers=... backbones=... cv=5 n_jobs=N force=1 poolings=... quick=1 engine=ray ...]
 	$(FEATX) classify --features $(features) --out $(results) --classifier $(classifiers) --cv $(cv) $(CLASSIFY_OPTIONS)
 
 leaderboard: install  ## print the backbone x classifier leaderboard from results/
@@ -146,7 +162,7 @@ report: install  ## write results/report.html with plots
 	$(FEATX) report --results $(results)
 
 predict: install  ## predict new images: make predict model=results/models/<run>.joblib images=DIR [out=predictions.csv]
-	$(FEATX) predict --model $(model) $(images) $(if $(out),--out $(out)) $(if $(batch_size),--batch-size $(batch_size))
+	$(FEATX) predict --model $(model) $(images) $(if $(out),--out $(out)) $(if $(batch_size),--batch-size $(batch_size)) $(PREDICT_OPTIONS)
 
 bench: install  ## benchmarks: extract (bare forward vs full path, peak RSS), classify (default grids), analyses (audits, curve), compare (vs training on images)
 	$(FEATX) bench extract

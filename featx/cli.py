@@ -38,6 +38,53 @@ def _console():
     return Console()
 
 
+# ---------------------------------------------------------------- engine options (featx/engines), shared by verbs
+
+
+def _add_engine_options(p, actors: bool = True) -> None:
+    """--engine and the Ray options; `actors` adds the actor-pool options of the verbs that embed images."""
+    p.add_argument(
+        "--engine",
+        default="local",
+        help="local (this process, the default) or ray (a Ray cluster; needs pip install 'featx[ray]')",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster: auto (the one started on this machine with `ray start`), HOST:PORT of its head node, "
+        "or local (a Ray for this command only); default: RAY_ADDRESS if set, else local",
+    )
+    if actors:
+        p.add_argument(
+            "--ray-actors", type=_positive_int, default=None, help="actors (default: one per GPU, else one per CPU)"
+        )
+        p.add_argument(
+            "--ray-cpus-per-actor",
+            type=float,
+            default=None,
+            help="CPU cores each actor reserves to decode with (default: its node's cores per GPU less one per node for a "
+            "GPU actor, 1 for a CPU actor)",
+        )
+        p.add_argument(
+            "--ray-range-rows",
+            type=_positive_int,
+            default=None,
+            help="manifest rows per work item, a multiple of --batch-size (default: 32 batches, 1,024 rows)",
+        )
+
+
+def _engine_config(args):
+    from featx.engines import EngineConfig
+
+    return EngineConfig(
+        name=args.engine,
+        address=args.ray_address,
+        actors=getattr(args, "ray_actors", None),
+        cpus_per_actor=getattr(args, "ray_cpus_per_actor", None),
+        range_rows=getattr(args, "ray_range_rows", None),
+    )
+
+
 # ---------------------------------------------------------------- verbs: each parser builder beside its handler
 
 
@@ -233,7 +280,11 @@ def _add_extract(sub) -> None:
     p = sub.add_parser("extract", help="stage one: embed every image once per backbone into features/<backbone>.h5")
     p.add_argument("--backbone", action="append", required=True, help="backbone name(s); repeat or comma-separate")
     p.add_argument("--manifest", type=Path, required=True, help="manifest CSV")
-    p.add_argument("--data-root", type=Path, required=True, help="folder the manifest paths are relative to")
+    p.add_argument(
+        "--data-root",
+        required=True,
+        help="folder the manifest paths are relative to, or an fsspec URL of one (file://, s3://, gs://, ...)",
+    )
     p.add_argument("--out", type=Path, default=Path("features"), help="output folder (default features/)")
     p.add_argument(
         "--weights",
@@ -262,6 +313,7 @@ def _add_extract(sub) -> None:
         action="store_true",
         help="leave out the raw-pixel floor (the 'pixels' backbone, added by default so every leaderboard has it)",
     )
+    _add_engine_options(p)
     p.set_defaults(handler=_cmd_extract)
 
 
@@ -285,6 +337,7 @@ def _cmd_extract(args):
         seed=args.seed,
         workers=args.workers,
         limit=args.limit,
+        engine=_engine_config(args),
     )
     extract_command(config, console=_console())
 
@@ -300,9 +353,10 @@ def _add_classify(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--n-jobs",
-        type=_positive_int,
+        type=int,
         default=None,
-        help="cores for the fits, split between parallel fits and each library's threads (default: every usable core)",
+        help="cores for the fits, split between parallel fits and each library's threads (default: every usable "
+        "core; with --engine ray, -1: every CPU of the cluster)",
     )
     p.add_argument(
         "--threshold-rule",
@@ -353,6 +407,7 @@ def _add_classify(sub) -> None:
         default=10,
         help="positives and negatives a subgroup needs for its AUC; smaller ones are listed as too small (default 10)",
     )
+    _add_engine_options(p, actors=False)
     p.set_defaults(handler=_cmd_classify)
 
 
@@ -373,7 +428,7 @@ def _cmd_classify(args):
         poolings=_csv_list(args.pooling) if args.pooling else None,
         cv=args.cv,
         seed=args.seed,
-        n_jobs=args.n_jobs,
+        n_jobs=args.n_jobs if args.n_jobs is not None else (-1 if args.engine == "ray" else None),
         threshold_rule=args.threshold_rule,
         val_as_test=args.val_as_test,
         quick=args.quick,
@@ -385,6 +440,7 @@ def _cmd_classify(args):
         subgroups=_csv_list(args.subgroups) if args.subgroups else (),
         age_bands=parse_age_bands(args.age_bands),
         subgroup_min=args.subgroup_min,
+        engine=_engine_config(args),
     )
     classify_command(config, console=_console())
 
@@ -435,6 +491,7 @@ def _add_predict(sub) -> None:
     p.add_argument("-o", "--out", type=Path, default=None, help="CSV (or JSON with --json) to write; default stdout")
     p.add_argument("--json", action="store_true", help="write JSON instead of CSV")
     p.add_argument("--batch-size", type=_positive_int, default=32)
+    _add_engine_options(p)
     p.set_defaults(handler=_cmd_predict)
 
 
@@ -449,6 +506,7 @@ def _cmd_predict(args):
         as_json=args.json,
         batch_size=args.batch_size,
         console=_console(),
+        engine=_engine_config(args),
     )
 
 
@@ -505,16 +563,44 @@ def _add_bench(sub) -> None:
 
 
 def _add_bench_extract(bsub) -> None:
-    p = bsub.add_parser("extract", help="bare forward pass vs full extract on large generated JPEGs; peak RSS")
-    p.add_argument("--backbone", default="resnet50")
+    p = bsub.add_parser(
+        "extract",
+        help="bare forward pass vs full extract on large generated JPEGs, peak RSS; --engine ray: Ray vs local",
+    )
+    p.add_argument("--backbone", default="resnet50", help="backbone (--engine ray: comma-separated backbones)")
     p.add_argument("--images", default="256,1024", help="comma-separated image counts to compare peak RSS")
     p.add_argument("--source-size", type=_positive_int, default=1500, help="generated JPEG side in pixels")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    # --engine ray: the Ray engine against the local engine (featx/bench/engines.py)
+    _add_engine_options(p)
+    p.add_argument("--manifest", type=Path, default=None, help="--engine ray: real images instead of generated JPEGs")
+    p.add_argument("--data-root", type=Path, default=None, help="--engine ray: the folder --manifest paths are in")
+    p.add_argument("--image-size", type=_positive_int, default=None, help="--engine ray: input size (default native)")
+    p.add_argument(
+        "--classify", default="", help="--engine ray: also run these classifiers on both caches and compare the runs"
+    )
     p.set_defaults(handler=_cmd_bench_extract)
 
 
 def _cmd_bench_extract(args):
+    if args.engine != "local":
+        from featx.bench.engines import bench_engines_command
+
+        bench_engines_command(
+            backbones=_csv_list(args.backbone),
+            n_images=max(int(n) for n in _csv_list(args.images)),
+            source_size=args.source_size,
+            batch_size=args.batch_size,
+            image_size=args.image_size,
+            engine=_engine_config(args),
+            workdir=args.workdir,
+            console=_console(),
+            manifest=args.manifest,
+            data_root=args.data_root,
+            classify=_csv_list(args.classify),
+        )
+        return
     from featx.bench.extract import bench_extract_command
 
     bench_extract_command(
@@ -666,6 +752,11 @@ MAKE_VARIABLES: dict[str, dict[str, str]] = {
         "--near-duplicate-threshold": "near_duplicate_threshold=...",
         "--results": "results=DIR",
         "--model": "model=PATH",
+        "--engine": "engine=ray",
+        "--ray-address": "ray_address=...",
+        "--ray-actors": "ray_actors=N",
+        "--ray-cpus-per-actor": "ray_cpus_per_actor=N",
+        "--ray-range-rows": "ray_range_rows=N",
     },
     "extract": {"--backbone": "backbone=NAME", "--out": "features=DIR", "--pooling": "pooling=..."},
     "classify": {"--backbone": "backbones=...", "--out": "results=DIR", "--pooling": "poolings=..."},

@@ -32,23 +32,47 @@ def import_tensorflow_quietly():
     """Import TensorFlow (and probe for GPUs) with fd 2 captured; return the module."""
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
+    with captured_stderr():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")
+    return tf
+
+
+REPLAY_CHARS = 8000  # what a failure replays of the captured output: its end, where the cause is
+
+
+@contextmanager
+def captured_stderr(console=None) -> Iterator[None]:
+    """File descriptor 2 goes to a temporary file for the block, and is replayed on stderr if the block fails.
+
+    C++ libraries (TensorFlow, Ray) write there directly, past Python's logging. A rich `console`
+    that prints to stderr keeps printing to the real stderr meanwhile.
+    """
     sys.stderr.flush()
     saved_fd = os.dup(2)
+    console_file = None
+    if console is not None and console.file is sys.stderr:
+        console_file = console.file
+        console.file = os.fdopen(os.dup(saved_fd), "w", encoding="utf-8", errors="replace")
     with tempfile.TemporaryFile(mode="w+b") as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            import tensorflow as tf
-
-            tf.config.list_physical_devices("GPU")
-        except BaseException:
+            yield
+        except Exception:
+            sys.stderr.flush()
             os.dup2(saved_fd, 2)
             captured.seek(0)
-            sys.stderr.write(captured.read().decode("utf-8", "replace"))
+            sys.stderr.write(captured.read().decode("utf-8", "replace")[-REPLAY_CHARS:])
+            sys.stderr.flush()
             raise
         finally:
+            sys.stderr.flush()
             os.dup2(saved_fd, 2)
             os.close(saved_fd)
-    return tf
+            if console_file is not None:
+                console.file.close()
+                console.file = console_file
 
 
 def limit_tensorflow_threads(threads: int) -> int:

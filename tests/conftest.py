@@ -54,3 +54,19 @@ def offline(monkeypatch):
 
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
     return attempts
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray (2 CPUs, temporary RAY_TMPDIR, no dashboard) for every Ray test of the session.
+
+    address="local" never joins a cluster RAY_ADDRESS may name. At the end of the session every process
+    this Ray started must have exited (ray.shutdown() returns before its actors do).
+    """
+    pytest.importorskip("ray.data", reason="the featx[ray] extra is not installed")
+    from raycluster import LocalRay
+
+    cluster = LocalRay(num_cpus=2)
+    yield cluster
+    left = cluster.stop()
+    assert not left, f"Ray processes still running after ray.shutdown(): {left}"

@@ -171,6 +171,7 @@ def test_run_json_has_every_schema_field(binary_results):
         "efficiency_seeds": 3,
         "image_cv": True,
         "near_duplicate_threshold": 0.99,
+        "engine": "local",
     }
     assert run["subgroups"] is None and run["test_predictions"]["meta"] == {}
     best = run["cv_results"]["rank_test_score"].index(1)

@@ -17,7 +17,7 @@ from rich.console import Console
 from featx.cli import main
 from featx.data import images
 from featx.errors import StaleCacheError
-from featx.extract import backbones, store
+from featx.extract import backbones, forward, store
 from featx.extract import stage as extract
 from featx.extract.stage import ExtractConfig, run_extract
 
@@ -89,7 +89,7 @@ def test_embeddings_equal_a_direct_forward_pass_of_the_same_network(tmp_path, tr
 
 def test_several_poolings_come_from_one_forward_pass(tmp_path, tree, monkeypatch):
     calls = []
-    make_step = extract.forward_step
+    make_step = forward.forward_step  # the engines build every backbone's step through this module
 
     def counting_step(model, size, poolings):
         predict = make_step(model, size, poolings)
@@ -100,7 +100,7 @@ def test_several_poolings_come_from_one_forward_pass(tmp_path, tree, monkeypatch
 
         return counted
 
-    monkeypatch.setattr(extract, "forward_step", counting_step)
+    monkeypatch.setattr(forward, "forward_step", counting_step)
     run_extract(config_for(tmp_path, tree, poolings=("avg", "max", "gem", "flatten")), quiet())
     assert calls[0] == 1  # the warm-up trace
     assert calls[1:] == [4, 4, 4, 4, 2]  # 18 rows in batches of 4, each pass feeding all four poolings

@@ -65,6 +65,16 @@ def test_shared_plumbing_imports_no_stage():
     assert violations == []
 
 
+def test_engines_run_data_and_extract_work_and_import_no_later_stage():
+    violations = []
+    for path in sources():
+        if module_name(path).startswith("featx.engines"):
+            for imported in featx_imports(path):
+                if (stage_of(imported) or 0) > STAGES["extract"]:
+                    violations.append(f"{module_name(path)} imports {imported}")
+    assert violations == []
+
+
 def test_module_level_imports_have_no_cycles():
     graph: dict[str, set[str]] = {}
     names = {module_name(path) for path in sources()}

@@ -429,7 +429,8 @@ def cpu_split(spec_name, n_jobs, n_folds) -> CpuSplit:
     spec_name : str
         A key of CLASSIFIERS.
     n_jobs : int
-        Cores to use (featx classify: the usable cores unless --n-jobs says otherwise).
+        Cores to use (featx classify: the usable cores unless --n-jobs says otherwise); -1 with a
+        cluster engine: one fit per fold in flight, one thread each.
     n_folds : int
         CV folds: a round's tasks are at least one per fold, so more parallel fits than folds
         would idle.
@@ -443,6 +444,8 @@ def cpu_split(spec_name, n_jobs, n_folds) -> CpuSplit:
         retrace its train step, and its matrix products use threads well).
     """
     spec = get_classifier(spec_name)
+    if int(n_jobs) == -1:  # a cluster engine: every fold of a round in flight, one thread each
+        return CpuSplit(max(1, int(n_folds)) if spec.parallel_fits else 1, 1, spec.threads_label)
     n_jobs = max(1, int(n_jobs))
     if not spec.parallel_fits:
         return CpuSplit(1, n_jobs, spec.threads_label)

@@ -132,6 +132,15 @@ def _run_task(tag, fitter, estimator, candidates, X, y, fit_rows, eval_rows, thr
     return tag, probabilities, time.perf_counter() - started
 
 
+def _return_as() -> str:
+    """Tasks as they finish (the progress bar moves per task) where the active joblib backend can say so;
+    in submission order otherwise (joblib's multiprocessing and Ray backends)."""
+    from joblib.parallel import get_active_backend
+
+    backend, _ = get_active_backend()
+    return "generator_unordered" if getattr(backend, "supports_return_generator", False) else "list"
+
+
 def _auc_or_nan(task: str, y, scores) -> float:
     try:
         return float(evaluate.auc(task, y, scores))
@@ -260,12 +269,12 @@ class FoldSearch(ClassifierMixin, BaseEstimator):
         rounds = self.rounds(len(y), len(np.unique(y)))
         fitter = self.candidate_probabilities or each_candidate_probabilities
         share_key = self.share_key or share_everything
-        n_jobs, threads = max(1, int(self.n_jobs)), max(1, int(self.threads))
+        n_jobs, threads = (-1 if int(self.n_jobs) == -1 else max(1, int(self.n_jobs))), max(1, int(self.threads))
 
         entries: list[dict] = []  # one per (round, candidate)
         alive = list(range(len(candidates)))
         best_scores: list | None = None
-        parallel_context = Parallel(n_jobs=n_jobs, return_as="generator_unordered") if n_jobs > 1 else nullcontext()
+        parallel_context = Parallel(n_jobs=n_jobs, return_as=_return_as()) if n_jobs != 1 else nullcontext()
         with parallel_context as parallel:
             for index, round_ in enumerate(rounds):
                 last = index == len(rounds) - 1
@@ -336,8 +345,9 @@ class FoldSearch(ClassifierMixin, BaseEstimator):
         self.oof_scores_ = self._out_of_fold(best_scores, folds, len(y))
 
         started = time.perf_counter()
-        with thread_limit(n_jobs * threads):
-            refit = with_threads(self.estimator, n_jobs * threads).set_params(**self.best_params_)
+        refit_threads = threads * max(1, n_jobs)  # the refit runs here, alone: every thread the search had
+        with thread_limit(refit_threads):
+            refit = with_threads(self.estimator, refit_threads).set_params(**self.best_params_)
             self.best_estimator_ = refit.fit(X, y)
         self.refit_time_ = time.perf_counter() - started
         if on_fits is not None:

@@ -35,6 +35,7 @@ from featx.classify import registry as classifiers
 from featx.classify import subgroups as subgroup_auc
 from featx.classify.scoring import predict_scores, task_for
 from featx.config import usable_cores
+from featx.engines import LOCAL, EngineConfig, check_engine, fit_backend
 from featx.errors import CacheError, ClassifyError, one_of_message
 from featx.extract import store
 from featx.extract.backbones import POOLINGS
@@ -46,7 +47,7 @@ HOLDOUT_FRACTION = 0.2
 # Part of every run's input key: bump it when how a run is fitted changes in a way its other inputs do not show.
 INPUT_KEY_VERSION = 1
 # ClassifyConfig fields that name which runs to do or how fast, not what a run's record holds: not input-key parts
-NOT_INPUTS = ("features_dir", "out_dir", "backbones", "classifiers", "poolings", "n_jobs", "force")
+NOT_INPUTS = ("features_dir", "out_dir", "backbones", "classifiers", "poolings", "n_jobs", "force", "engine")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class ClassifyConfig:
     threshold_rule: str = "youden"
     val_as_test: bool = False
     quick: bool = False
+    engine: EngineConfig = LOCAL  # where joblib runs the independent fits (featx/engines): this machine or Ray
     train_fractions: tuple[float, ...] = ()  # data-efficiency curve: shares of training patients; () = no curve
     efficiency_seeds: int = efficiency.DEFAULT_SEEDS
     image_cv: bool = True  # audit: also cross-validate the chosen configuration on plain image folds
@@ -206,6 +208,7 @@ def _check_options(config: ClassifyConfig) -> None:
             raise ClassifyError(one_of_message("pooling", pooling, POOLINGS))
     if config.cv < 2:
         raise ClassifyError(f"The 'cv' parameter must be at least 2 folds. Got {config.cv} instead.")
+    check_engine(config.engine)
     efficiency.check_fractions(config.train_fractions)
     efficiency.check_seeds(config.efficiency_seeds)
     audit.check_threshold(config.near_duplicate_threshold)
@@ -467,7 +470,7 @@ def select_model(
     on the same patient-grouped folds (search.FoldSearch.oof_scores_), not five more fits.
     `on_fits(n)` is called as fits finish (the progress bar). `featx bench classify` times this.
     """
-    n_jobs = resolve_n_jobs(config.n_jobs)
+    n_jobs = resolve_n_jobs(config.n_jobs, config.engine)
     splits = evaluate.grouped_splits(y_train, groups, config.cv, config.seed, classes=classes)
     estimator, grid = classifiers.build_classifier(classifier, task, len(classes), seed=config.seed, quick=config.quick)
     search = classifiers.make_search(classifier, estimator, grid, splits, task, n_jobs=n_jobs, seed=config.seed)
@@ -631,12 +634,18 @@ def _class_counts(y: np.ndarray, classes: list[str]) -> dict[str, int]:
 # ---------------------------------------------------------------- every run
 
 
-def resolve_n_jobs(n_jobs: int | None) -> int:
-    """Cores for stage two's fits: `n_jobs`, or every usable core when None."""
-    if n_jobs is None:
-        return usable_cores()
+def resolve_n_jobs(n_jobs: int | None, engine: EngineConfig = LOCAL) -> int:
+    """Cores for stage two's fits: `n_jobs`; None (or joblib's -1) is every usable core of this machine.
+
+    With a cluster engine, -1 stays -1: every fold of a round in flight at once, one thread each
+    (registry.cpu_split), however many CPUs the cluster has.
+    """
+    if n_jobs is None or int(n_jobs) == -1:
+        return -1 if engine.name != "local" and n_jobs is not None else usable_cores()
     if int(n_jobs) < 1:
-        raise ClassifyError(f"The 'n_jobs' parameter must be a positive number of cores. Got {n_jobs} instead.")
+        raise ClassifyError(
+            f"The 'n_jobs' parameter must be a positive number of cores (or -1 for all of them). Got {n_jobs} instead."
+        )
     return int(n_jobs)
 
 
@@ -652,7 +661,8 @@ def describe_cpu_split(classifier_names: Sequence[str], n_jobs: int, cv: int) ->
         if spec.set_threads is not None:
             split = replace(split, threads=spec.set_threads(split.threads))
         parts.append(f"{name} {split.describe()}")
-    return f"{n_jobs} of {usable_cores()} usable cores: {'; '.join(parts)}"
+    cores = "every fold of a round at once" if n_jobs == -1 else f"{n_jobs} of {usable_cores()} usable cores"
+    return f"{cores}: {'; '.join(parts)}"
 
 
 def _auc_text(value) -> str:
@@ -686,7 +696,7 @@ def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Pa
     from featx.progress import progress_bar
 
     console = console or Console()
-    config = replace(config, n_jobs=resolve_n_jobs(config.n_jobs))
+    config = replace(config, n_jobs=resolve_n_jobs(config.n_jobs, config.engine))
     plans = plan_runs(config)
     sink.prepare(plans)
     content: dict[Path, str] = {}
@@ -718,7 +728,7 @@ def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Pa
     sha256: dict[Path, str] = {}
     image_hashes: dict = {}  # image-file hashes of the exact-duplicate audit, shared by caches of the same rows
     loaded_key, features, data_audit = None, None, None
-    with progress_bar(console, unit="fits") as progress:
+    with fit_backend(config.engine, console), progress_bar(console, unit="fits") as progress:
         planned = {plan: planned_fits(plan, config) for plan, _ in to_fit}
         bar = progress.add_task(f"classify: {len(to_fit)} runs", total=sum(planned.values()))
         done = 0

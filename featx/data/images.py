@@ -20,7 +20,7 @@ import io
 import math
 import warnings
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,11 +129,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def read_file(path) -> bytes:
+def read_file(path, filesystem=None) -> bytes:
     """A whole image file's bytes (decoded from memory, so its sha256 costs no second read).
 
-    Raises ImageReadError naming the file and the reason.
+    `filesystem` (an fsspec filesystem, featx.data.storage) reads `path` from there; None reads
+    the local file. Raises ImageReadError naming the file and the reason.
     """
+    if filesystem is not None:
+        return _read_remote(path, filesystem)
     path = Path(path)
     try:
         _check_file(path)
@@ -146,6 +149,29 @@ def read_file(path) -> bytes:
         raise _read_error(path, "permission denied") from None
     except OSError as exc:
         raise _read_error(path, f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if not data:
+        raise _read_error(path, "empty file (0 bytes)")
+    return data
+
+
+def _read_remote(path, filesystem) -> bytes:
+    """The file's bytes from an fsspec filesystem, in one read (object stores answer each seek with a request)."""
+    try:
+        info = filesystem.info(path)
+        if info.get("type") != "file":
+            raise _Unreadable("not a regular file")
+        if not info.get("size"):
+            raise _Unreadable("empty file (0 bytes)")
+        with filesystem.open(path, "rb") as remote:
+            data = remote.read()
+    except _Unreadable as exc:
+        raise _read_error(path, str(exc)) from None
+    except FileNotFoundError:
+        raise _read_error(path, "file not found") from None
+    except PermissionError:
+        raise _read_error(path, "permission denied") from None
+    except OSError as exc:  # the storage failed, not the image
+        raise _read_error(path, f"could not be read from its filesystem ({str(exc) or type(exc).__name__})") from None
     if not data:
         raise _read_error(path, "empty file (0 bytes)")
     return data
@@ -179,12 +205,12 @@ def decode(data: bytes, path, size=None, resize_mode: str = "stretch") -> Image.
         raise _read_error(path, f"corrupt or truncated image data ({detail})") from None
 
 
-def read_rgb(path, size=None, resize_mode: str = "stretch") -> Image.Image:
+def read_rgb(path, size=None, resize_mode: str = "stretch", filesystem=None) -> Image.Image:
     """Decode one file to an upright RGB image, at reduced JPEG scale when `size` (h, w) allows it.
 
-    Raises ImageReadError naming the file and the reason.
+    `filesystem`: as in read_file. Raises ImageReadError naming the file and the reason.
     """
-    return decode(read_file(path), path, size, resize_mode)
+    return decode(read_file(path, filesystem), path, size, resize_mode)
 
 
 def _check_file(path: Path) -> None:
@@ -250,20 +276,21 @@ def resize(image: Image.Image, size, resize_mode: str = "stretch") -> np.ndarray
 
 
 def read_image(
-    path, size, resize_mode: str = "stretch", dicom_window: str = dicom.DEFAULT_WINDOW
+    path, size, resize_mode: str = "stretch", dicom_window: str = dicom.DEFAULT_WINDOW, filesystem=None
 ) -> tuple[np.ndarray, str]:
     """One file -> ((h, w, 3) RGB at `size` (h, w), hex sha256 of the file's bytes).
 
     uint8 for the files Pillow reads; float32 in 0..255 for DICOM (dicom.is_dicom_path), not rounded. The
     sha256 is of the very bytes decoded, so it costs no second read. ImageReadError(reason) when the file
     cannot be read; its `sha256` attribute holds the digest when the bytes were read but not decoded.
+    `filesystem`: as in read_file.
     """
     size = check_size(size)
     check_resize_mode(resize_mode)
-    data = read_file(path)
+    data = read_file(path, filesystem)
     digest = bytes_sha256(data)
     try:
-        if dicom.is_dicom_path(path, RASTER_SUFFIXES):
+        if _is_dicom(path, data, filesystem):
             return _resize_values(read_dicom(path, dicom_window, data=data), size, resize_mode), digest
         return resize(decode(data, path, size, resize_mode), size, resize_mode), digest
     except ImageReadError as exc:
@@ -271,9 +298,21 @@ def read_image(
         raise
 
 
-def load_image(path, size, resize_mode: str = "stretch", dicom_window: str = dicom.DEFAULT_WINDOW) -> np.ndarray:
+def _is_dicom(path, data: bytes, filesystem) -> bool:
+    """dicom.is_dicom_path for a local file; inside a filesystem, the marker is looked for in the bytes read."""
+    if filesystem is None:
+        return dicom.is_dicom_path(path, RASTER_SUFFIXES)
+    suffix = Path(path).suffix.lower()
+    if suffix in dicom.DICOM_SUFFIXES or suffix in RASTER_SUFFIXES:
+        return suffix in dicom.DICOM_SUFFIXES
+    return data[dicom.PREAMBLE_BYTES : dicom.PREAMBLE_BYTES + len(dicom.MAGIC)] == dicom.MAGIC
+
+
+def load_image(
+    path, size, resize_mode: str = "stretch", dicom_window: str = dicom.DEFAULT_WINDOW, filesystem=None
+) -> np.ndarray:
     """One file -> (h, w, 3) RGB at `size` (h, w): read_image without the sha256."""
-    return read_image(path, size, resize_mode, dicom_window)[0]
+    return read_image(path, size, resize_mode, dicom_window, filesystem)[0]
 
 
 @dataclass
@@ -299,11 +338,12 @@ def iter_batches(
     workers: int | None = None,
     prefetch: int = 2,
     dicom_window: str = dicom.DEFAULT_WINDOW,
-) -> Iterator[Batch]:
+    filesystem=None,
+) -> Generator[Batch, None, None]:
     """Batches of rows start, start+batch_size, ... in order, decoded `prefetch` batches ahead on threads.
 
     While the caller works on one batch, the next `prefetch` are decoding, so at most
-    prefetch + 1 batch arrays are alive at a time whatever len(paths) is.
+    prefetch + 1 batch arrays are alive at a time whatever len(paths) is. `filesystem`: as in read_file.
     """
     size = check_size(size)
     check_resize_mode(resize_mode)
@@ -321,7 +361,9 @@ def iter_batches(
         rows = min(batch_size, len(paths) - batch_start)
         images = np.zeros((rows, *size, 3), dtype=np.float32)
         futures = [
-            pool.submit(_decode_into, images, row, paths[batch_start + row], size, resize_mode, dicom_window)
+            pool.submit(
+                _decode_into, images, row, paths[batch_start + row], size, resize_mode, dicom_window, filesystem
+            )
             for row in range(rows)
         ]
         pending.append((batch_start, images, futures))
@@ -349,11 +391,12 @@ def iter_batches(
 
 
 def _decode_into(
-    images: np.ndarray, row: int, path, size: tuple[int, int], resize_mode: str, dicom_window: str
+    images: np.ndarray, row: int, path, size: tuple[int, int], resize_mode: str, dicom_window: str, filesystem
 ) -> tuple[str | None, str]:
     """Write one decoded image into its row: (reason it cannot be read or None, sha256 of its bytes or "")."""
     try:
-        images[row], digest = read_image(path, size, resize_mode, dicom_window)
+        options = {} if filesystem is None else {"filesystem": filesystem}  # local files: the call it always was
+        images[row], digest = read_image(path, size, resize_mode, dicom_window, **options)
     except ImageReadError as exc:
         return exc.reason, getattr(exc, "sha256", "")
     return None, digest

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from featx import __version__
+from featx.engines import LOCAL, EngineConfig, check_engine
 from featx.errors import BackboneError, CacheError, FeatxError, ManifestError
 from featx.extract import store
 from featx.extract.backbones import PIXEL_FLOOR, RANDOM_BANNER
-from featx.extract.forward import forward_step
 from featx.files import check_writable_dir
 from featx.progress import progress_bar
 from featx.runtime import interrupts_deferred, library_versions
@@ -38,7 +38,7 @@ class ExtractConfig:
 
     backbones: tuple[str, ...]
     manifest: Path
-    data_root: Path
+    data_root: Path | str  # a folder, or an fsspec URL (featx.data.storage)
     out_dir: Path = Path("features")
     weights: str = "imagenet"
     poolings: tuple[str, ...] = ("avg",)
@@ -50,6 +50,7 @@ class ExtractConfig:
     seed: int = 0
     workers: int | None = None
     limit: int | None = None
+    engine: EngineConfig = LOCAL  # where the rows are embedded (featx/engines); the cache is written here either way
     dicom_window: str = "file"  # featx.data.dicom.DICOM_WINDOWS; recorded only when some row is DICOM
 
 
@@ -82,7 +83,6 @@ class _Job:
     attrs: dict
     widths: dict[str, int]
     writer: store.CacheWriter | None = None
-    predict: object = None
     started: float = 0.0
     seconds: float = 0.0
     rows_this_run: int = 0
@@ -106,15 +106,13 @@ def _unique(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _check_manifest_paths(rel_paths: Sequence[str], data_root: Path) -> list[Path]:
+def _check_manifest_paths(rel_paths: Sequence[str], data_root) -> list:
     """Every path resolved inside the data root; a wrong --data-root is caught when none of the first rows exist."""
-    from featx.data.manifest import resolve_path
-
-    paths = [resolve_path(data_root, rel) for rel in rel_paths]
+    paths = [data_root.resolve(rel) for rel in rel_paths]
     probe = paths[:_EXISTENCE_PROBE_ROWS]
-    if probe and not any(p.exists() for p in probe):
+    if probe and not any(data_root.exists(p) for p in probe):
         raise ManifestError(
-            f"None of the first {len(probe)} manifest paths exist under the data root '{data_root}' "
+            f"None of the first {len(probe)} manifest paths exist under the data root '{data_root.text}' "
             f"(e.g. {rel_paths[0]!r}); check --data-root."
         )
     return paths
@@ -167,6 +165,7 @@ def _plan(config: ExtractConfig):
     """Check every input and describe each backbone's job; nothing is built or written yet."""
     from featx.data import dicom, images
     from featx.data.manifest import RASTER_SUFFIXES, read_manifest
+    from featx.data.storage import open_data_root
     from featx.extract import backbones
 
     names = _unique(config.backbones)
@@ -183,6 +182,7 @@ def _plan(config: ExtractConfig):
         raise FeatxError(f"The batch size must be a positive integer. Got {config.batch_size!r} instead.")
     if config.limit is not None and int(config.limit) < 1:
         raise FeatxError(f"The limit must be a positive integer. Got {config.limit!r} instead.")
+    check_engine(config.engine, int(config.batch_size))
     sizes = [backbones.check_image_size(spec, config.image_size) for spec in specs]
 
     manifest_path = Path(config.manifest)
@@ -190,10 +190,11 @@ def _plan(config: ExtractConfig):
         raise ManifestError(
             f"The manifest '{manifest_path}' does not exist; pass --manifest a CSV file (see `featx manifest scan`)."
         )
-    data_root = Path(config.data_root)
+    data_root = open_data_root(config.data_root)
     if not data_root.is_dir():
         raise ManifestError(
-            f"The data root '{data_root}' is not a folder; pass --data-root the folder the manifest paths are relative to."
+            f"The data root '{data_root.text}' is not a folder; pass --data-root the folder the manifest paths are "
+            "relative to."
         )
     manifest = read_manifest(manifest_path)
     n_rows = len(manifest) if config.limit is None else min(len(manifest), int(config.limit))
@@ -203,7 +204,7 @@ def _plan(config: ExtractConfig):
         config.out_dir, CacheError, "output directory", "pass --out a folder you can write the <backbone>.h5 caches to"
     )
 
-    data_root_text = str(data_root.resolve())
+    data_root_text = data_root.text
     # The window changes DICOM pixels only: a manifest without DICOM rows records "none", so the flag cannot
     # invalidate its caches.
     has_dicom = any(dicom.is_dicom_path(path, RASTER_SUFFIXES) for path in paths)
@@ -248,7 +249,7 @@ def _plan(config: ExtractConfig):
         if config.weights == "auto" and info.kind == "random":
             job.notes.append("--weights auto: no ImageNet weights cached, so random weights were used.")
         jobs.append(job)
-    return manifest, n_rows, paths, jobs
+    return manifest, n_rows, paths, jobs, data_root
 
 
 # ---------------------------------------------------------------- the run
@@ -278,7 +279,7 @@ def run_extract(config: ExtractConfig, console=None) -> list[ExtractSummary]:
         from rich.console import Console
 
         console = Console(quiet=True)
-    manifest, n_rows, paths, jobs = _plan(config)
+    manifest, n_rows, paths, jobs, data_root = _plan(config)
     labels = manifest.label_array()[:n_rows]
     ids, split, patient_id = manifest.paths[:n_rows], manifest.splits[:n_rows], manifest.patient_ids[:n_rows]
     meta = {name: values[:n_rows] for name, values in manifest.meta.items()}
@@ -308,7 +309,7 @@ def run_extract(config: ExtractConfig, console=None) -> list[ExtractSummary]:
 
     for (size, resize_mode), group in groups.items():
         rows = _Rows(ids, labels, manifest.classes, split, patient_id, meta)
-        _run_group(group, config, size, resize_mode, paths, rows, console)
+        _run_group(group, config, size, resize_mode, paths, rows, console, decode_options=data_root.decode_options)
     return [job.summary for job in jobs]
 
 
@@ -324,11 +325,13 @@ class _Rows:
     meta: dict[str, Sequence[str]]
 
 
-def _run_group(group, config, size, resize_mode, paths, rows: _Rows, console) -> None:
-    """Open every writer of the group, build its models, then stream one shared decode through all of them."""
-    from featx.data import dicom, images
-    from featx.extract import backbones
+def _run_group(group, config, size, resize_mode, paths, rows: _Rows, console, decode_options=None) -> None:
+    """Open every writer of the group, then write the rows the engine embeds (one shared decode for all)."""
+    from featx.data import dicom
+    from featx.engines import get_engine
+    from featx.engines.work import EmbedRequest, ModelRecipe
 
+    engine = get_engine(config.engine)
     versions = _versions()
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
@@ -349,59 +352,52 @@ def _run_group(group, config, size, resize_mode, paths, rows: _Rows, console) ->
             if job.writer.note:
                 job.notes.append(job.writer.note)
                 console.print(f"[yellow]{job.spec.name}[/]: {job.writer.note}")
-        for job in group:
-            if job.writer.n_done < job.writer.n_total:
-                weights_text = "no weights" if job.weights.kind == "none" else f"{job.weights.label} weights"
-                console.print(f"Building {job.spec.name} ({weights_text}, {size[0]}x{size[1]}) ...")
-                model = backbones.create_backbone(
-                    job.spec, job.weights, size, tuple(job.widths), mixed_precision=config.mixed_precision
-                )
-                job.predict = forward_step(model, size, tuple(job.widths))
-                job.predict(np.zeros((1, *size, 3), dtype=np.float32))  # trace now, so rate and ETA are steady
-
-        start = min(job.writer.n_done for job in group)
+        todo = [job for job in group if job.writer.n_done < job.writer.n_total]
         n_total = len(rows.ids)
-        with progress_bar(console, unit="img") as progress:
-            tasks = {
-                id(job): progress.add_task(job.spec.name, total=n_total, completed=job.writer.n_done) for job in group
-            }
-            for job in group:
-                job.started = time.perf_counter()
+        if todo:
             dicom_window = group[0].attrs["dicom_window"]
             if dicom_window == store.NO_DICOM:
                 dicom_window = dicom.DEFAULT_WINDOW
-            for batch in images.iter_batches(
-                paths,
-                size,
-                resize_mode,
+            request = EmbedRequest(
+                paths=paths,
+                image_size=size,
+                resize_mode=resize_mode,
                 batch_size=config.batch_size,
-                start=start,
+                recipes={
+                    job.spec.name: ModelRecipe(
+                        job.spec.name, job.weights, size, tuple(job.widths), mixed_precision=config.mixed_precision
+                    )
+                    for job in todo
+                },
+                first_rows={job.spec.name: job.writer.n_done for job in todo},
                 workers=config.workers,
-                dicom_window=dicom_window,
-            ):
-                failed_rows = np.flatnonzero(~batch.ok)
-                reasons = dict(zip(failed_rows.tolist(), (reason for _, reason in batch.errors)))
+                decode_options={"dicom_window": dicom_window, **(decode_options or {})},
+            )
+            with engine.open(request, console) as embedded, progress_bar(console, unit="img") as progress:
+                tasks = {
+                    id(job): progress.add_task(job.spec.name, total=n_total, completed=job.writer.n_done)
+                    for job in group
+                }
                 for job in group:
-                    writer = job.writer
-                    offset = writer.n_done - batch.start
-                    if offset >= len(batch):
-                        continue
-                    tick = time.perf_counter()
-                    embeddings = job.predict(batch.images[offset:])
-                    errors = [
-                        (rows.ids[batch.start + row], reasons[row]) for row in failed_rows.tolist() if row >= offset
-                    ]
-                    with interrupts_deferred():  # a chunk and its n_done are written whole; Ctrl-C lands after
-                        writer.write(writer.n_done, embeddings, batch.ok[offset:], errors, batch.sha256[offset:])
-                    job.seconds += time.perf_counter() - tick
-                    job.rows_this_run += len(batch) - offset
-                    progress.update(tasks[id(job)], completed=writer.n_done)
+                    job.started = time.perf_counter()
+                for embedded_rows in embedded:
+                    for job in todo:
+                        part = embedded_rows.part(job.spec.name)
+                        if part is None:
+                            continue
+                        first, embeddings, ok, errors, sha256 = part
+                        tick = time.perf_counter()
+                        errors = [(rows.ids[row], reason) for row, reason in errors]
+                        with interrupts_deferred():  # a chunk and its n_done are written whole; Ctrl-C lands after
+                            job.writer.write(first, embeddings, ok, errors, sha256)
+                        job.seconds += time.perf_counter() - tick
+                        job.rows_this_run += len(ok)
+                        progress.update(tasks[id(job)], completed=job.writer.n_done)
         for job in group:
             status = "resumed" if job.writer.resumed_from > 0 else "built"
-            job.seconds = time.perf_counter() - job.started
+            job.seconds = time.perf_counter() - job.started if job.started else 0.0
             with interrupts_deferred():
                 job.writer.finish()
-            job.predict = None  # free the model before the next group builds its own
             job.summary = _summary(job, status, n_total, job.writer.failures)
     except KeyboardInterrupt:
         for job in group:

@@ -13,11 +13,14 @@ import csv
 import io
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from featx.classify.scoring import class_probabilities
+from featx.engines import LOCAL, EngineConfig
+from featx.engines.work import ModelRecipe
 from featx.errors import BackboneError, BundleError, FeatxError, WeightsError
 from featx.extract.backbones import RANDOM_BANNER
 from featx.files import atomic_write_bytes, missing_reason, walk_files
@@ -80,9 +83,9 @@ def _weights_info(bundle: dict, bundle_path: Path, spec):
     return resolve_weights(str(_weights_file(bundle, bundle_path)))
 
 
-def rebuild_backbone(bundle: dict, bundle_path):
-    """The bundle's backbone, identical to the one that made its embeddings; BundleError with the reason otherwise."""
-    from featx.extract.backbones import create_backbone, get_backbone
+def backbone_recipe(bundle: dict, bundle_path) -> ModelRecipe:
+    """How to rebuild the bundle's backbone identically (checked here); BundleError with the reason otherwise."""
+    from featx.extract.backbones import get_backbone
 
     bundle_path = Path(bundle_path)
     try:
@@ -98,10 +101,25 @@ def rebuild_backbone(bundle: dict, bundle_path):
             f"uses {spec.preprocess!r}; the embeddings would differ."
         )
     weights = _weights_info(bundle, bundle_path, spec)
+    return ModelRecipe(spec.name, weights, tuple(bundle["image_size"]), (bundle["pooling"],))
+
+
+@contextmanager
+def _rebuilding(bundle_path):
+    """A backbone that fails to build (weights not cached and not downloadable...) is the bundle's problem."""
     try:
-        return create_backbone(spec, weights, tuple(bundle["image_size"]), poolings=(bundle["pooling"],))
+        yield
     except (WeightsError, BackboneError) as error:
         raise BundleError(f"The backbone of '{bundle_path}' cannot be rebuilt identically: {error}") from None
+
+
+def rebuild_backbone(bundle: dict, bundle_path):
+    """The bundle's backbone, identical to the one that made its embeddings; BundleError with the reason otherwise."""
+    from featx.extract.backbones import create_backbone, get_backbone
+
+    recipe = backbone_recipe(bundle, bundle_path)
+    with _rebuilding(bundle_path):
+        return create_backbone(get_backbone(recipe.backbone), recipe.weights, recipe.image_size, recipe.poolings)
 
 
 # ---------------------------------------------------------------- inputs
@@ -162,56 +180,83 @@ def _labels(bundle: dict, proba: np.ndarray) -> list[str]:
     return ["|".join(c for c, on in zip(classes, row >= cut) if on) for row in proba]
 
 
-def predict_paths(bundle_path, inputs, data_root=None, batch_size=32, progress=None, bundle=None) -> list[dict]:
+def predict_paths(
+    bundle_path,
+    inputs,
+    data_root=None,
+    batch_size=32,
+    progress=None,
+    bundle=None,
+    engine: EngineConfig = LOCAL,
+    console=None,
+) -> list[dict]:
     """One dict per image: path, p_<class> per class, predicted_label, error (None when it was read).
 
     Unreadable images get their reason in `error` and None probabilities; the rest
     are still predicted. `progress` (optional) is called with the number of images done.
     `bundle`: the bundle at bundle_path already loaded with records.load_bundle (else it is loaded here).
+    The images are embedded by `engine` (featx/engines) in whole batches, as stage one embeds
+    them, and the classifier sees them batch by batch either way.
     """
+    from rich.console import Console
+
     from featx.data.dicom import DEFAULT_WINDOW
-    from featx.data.images import iter_batches
+    from featx.engines import get_engine
+    from featx.engines.work import EmbedRequest
 
     bundle_path = Path(bundle_path)
     if bundle is None:
         bundle = load_bundle(bundle_path)
     paths = collect_inputs([str(i) for i in inputs], data_root)
-    from featx.extract.forward import forward_step  # the very forward pass stage one used, so embeddings match
-
-    model = rebuild_backbone(bundle, bundle_path)
-    pooling = bundle["pooling"]
-    forward = forward_step(model, tuple(bundle["image_size"]), (pooling,))
-    classes = [str(c) for c in bundle["classes"]]
-    rows: list[dict] = []
+    recipe = backbone_recipe(bundle, bundle_path)
     window = bundle.get("dicom_window", "none")  # "none": trained without DICOM rows; DICOM inputs get the default
     window = DEFAULT_WINDOW if window in (None, "none") else window
-    for batch in iter_batches(
-        paths, tuple(bundle["image_size"]), bundle["resize_mode"], batch_size, dicom_window=window
-    ):
-        reasons = dict(batch.errors)
-        proba = np.empty((0, len(classes)))
-        labels: list[str] = []
-        if batch.ok.any():
-            embeddings = forward(batch.images)[pooling][batch.ok]  # whole batch, as stage one embeds it
-            proba = class_probabilities(bundle["estimator"], embeddings, bundle["task"])
-            labels = _labels(bundle, proba)
-        done = 0
-        for row, ok in enumerate(batch.ok):
-            path = str(paths[batch.start + row])
-            record: dict[str, object] = {"path": path}
-            if ok:
-                record.update({f"p_{c}": float(proba[done, k]) for k, c in enumerate(classes)})
-                record["predicted_label"] = labels[done]
-                record["error"] = None
-                done += 1
-            else:
-                record.update({f"p_{c}": None for c in classes})
-                record["predicted_label"] = None
-                record["error"] = reasons.get(path, "could not be read")
-            rows.append(record)
-        if progress is not None:
-            progress(len(batch))
+    request = EmbedRequest(
+        paths=paths,
+        image_size=recipe.image_size,
+        resize_mode=bundle["resize_mode"],
+        batch_size=batch_size,
+        recipes={recipe.backbone: recipe},
+        first_rows={recipe.backbone: 0},
+        decode_options={"dicom_window": window},
+    )
+    classes = [str(c) for c in bundle["classes"]]
+    rows: list[dict] = []
+    with _rebuilding(bundle_path), get_engine(engine).open(request, console or Console(quiet=True)) as embedded:
+        for embedded_rows in embedded:
+            _, embeddings, ok_rows, errors, _ = embedded_rows.part(recipe.backbone)
+            reasons = dict(errors)
+            # a Ray range holds several batches: the classifier gets them one batch at a time, as locally
+            for lo in range(0, len(ok_rows), batch_size):
+                start = embedded_rows.start + lo
+                ok = ok_rows[lo : lo + batch_size]
+                proba = np.empty((0, len(classes)))
+                labels: list[str] = []
+                if ok.any():
+                    batch_embeddings = embeddings[bundle["pooling"]][lo : lo + batch_size][ok]
+                    proba = class_probabilities(bundle["estimator"], batch_embeddings, bundle["task"])
+                    labels = _labels(bundle, proba)
+                rows += _records(paths, start, ok, proba, labels, classes, reasons)
+                if progress is not None:
+                    progress(len(ok))
     return rows
+
+
+def _records(paths, start, ok, proba, labels, classes, reasons) -> list[dict]:
+    records, done = [], 0
+    for row, read in enumerate(ok, start=start):
+        record: dict[str, object] = {"path": str(paths[row])}
+        if read:
+            record.update({f"p_{c}": float(proba[done, k]) for k, c in enumerate(classes)})
+            record["predicted_label"] = labels[done]
+            record["error"] = None
+            done += 1
+        else:
+            record.update({f"p_{c}": None for c in classes})
+            record["predicted_label"] = None
+            record["error"] = reasons.get(row, "could not be read")
+        records.append(record)
+    return records
 
 
 def _csv_text(rows: list[dict], bundle: dict) -> str:
@@ -246,7 +291,7 @@ def _json_text(rows: list[dict], bundle: dict) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
-def predict_command(model, inputs, data_root, out, as_json, batch_size, console) -> None:
+def predict_command(model, inputs, data_root, out, as_json, batch_size, console, engine: EngineConfig = LOCAL) -> None:
     """`featx predict`: predictions as CSV (or JSON) to --out or stdout; messages go to stderr when stdout is the output."""
     from rich.console import Console
 
@@ -260,7 +305,14 @@ def predict_command(model, inputs, data_root, out, as_json, batch_size, console)
     with progress_bar(messages, unit="img", transient=True) as bar:
         task = bar.add_task("predict", total=n_images)
         rows = predict_paths(
-            model, inputs, data_root, batch_size, progress=lambda n: bar.advance(task, n), bundle=bundle
+            model,
+            inputs,
+            data_root,
+            batch_size,
+            progress=lambda n: bar.advance(task, n),
+            bundle=bundle,
+            engine=engine,
+            console=messages,
         )
     text = _json_text(rows, bundle) if as_json else _csv_text(rows, bundle)
     if out is None:

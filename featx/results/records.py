@@ -118,6 +118,7 @@ def run_record(run: FittedRun, bundle_sha256: str | None = None) -> dict:
             "threshold_rule": config.threshold_rule,
             "val_as_test": config.val_as_test,
             "quick": config.quick,
+            "engine": config.engine.name,
             "train_fractions": list(config.train_fractions),
             "efficiency_seeds": config.efficiency_seeds,
             "image_cv": config.image_cv,

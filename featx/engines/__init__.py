@@ -1,0 +1,102 @@
+"""Engines: where the same work units run, in this process (local, the default) or on a Ray cluster.
+
+Stage one and predict hand an engine an `EmbedRequest` (rows, decode settings, backbone
+recipes) and get back `Rows` in row order; the featx process keeps writing the cache
+through featx.extract.store, so the lock, n_done, resume and the bit-identical rule do not
+depend on the engine. Stage two runs its independent fits through joblib; the Ray engine
+only swaps joblib's backend (`fit_backend`).
+
+Engines import the data and extract stages (the work they run) and nothing later.
+Ray is an optional extra: nothing imports it until the Ray engine is asked for.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from featx.errors import FeatxError, one_of_message
+
+ENGINES = ("local", "ray")
+RAY_EXTRA = "pip install 'featx[ray]'"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Which engine runs the work, and for Ray, where and with how many actors."""
+
+    name: str = "local"  # "local" | "ray"
+    address: str | None = None  # Ray: None = RAY_ADDRESS if set, else a Ray started for this command;
+    #                             "auto" = the cluster running on this machine; "HOST:PORT"; "local"
+    actors: int | None = None  # Ray: None = one per GPU, or as many as the cluster's CPUs allow
+    cpus_per_actor: float | None = None  # Ray: None = a GPU node's CPUs per GPU (less one per node), else 1
+    range_rows: int | None = None  # Ray: rows per work item (a multiple of the batch size); None = 32 batches
+
+
+LOCAL = EngineConfig()
+
+
+def check_engine(config: EngineConfig, batch_size: int | None = None) -> EngineConfig:
+    """The config unchanged; FeatxError for an unknown engine, a Ray engine without Ray installed, or Ray
+    settings that cannot work (with `batch_size`, a range that is not a whole number of batches)."""
+    if config.name not in ENGINES:
+        raise FeatxError(one_of_message("engine", config.name, ENGINES))
+    if config.name == "ray":
+        import_ray()
+        for what, value in (("--ray-actors", config.actors), ("--ray-cpus-per-actor", config.cpus_per_actor)):
+            if value is not None and value <= 0:
+                raise FeatxError(f"{what} must be positive. Got {value!r} instead.")
+        if batch_size is not None:
+            range_rows(config, batch_size)
+    return config
+
+
+def range_rows(config: EngineConfig, batch_size: int) -> int:
+    """Rows per Ray work item: config.range_rows, which must be a whole number of batches, else 32 batches."""
+    from featx.engines.work import default_range_rows
+
+    rows = config.range_rows
+    if rows is None:
+        return default_range_rows(batch_size)
+    if rows < 1 or rows % batch_size:
+        raise FeatxError(
+            f"--ray-range-rows must be a positive multiple of the batch size ({batch_size}), so that ranges cut "
+            f"batches where the local engine does. Got {rows} instead."
+        )
+    return int(rows)
+
+
+def import_ray():
+    """The ray module (with Ray Data); FeatxError naming the extra to install when it is missing."""
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise FeatxError(
+            f"The Ray engine needs Ray, which is not installed; install it with {RAY_EXTRA} or use --engine local."
+        ) from None
+    return ray
+
+
+def get_engine(config: EngineConfig):
+    """The engine object for a checked config: LocalEngine or RayEngine."""
+    check_engine(config)
+    if config.name == "ray":
+        from featx.engines.ray_engine import RayEngine
+
+        return RayEngine(config)
+    from featx.engines.local import LocalEngine
+
+    return LocalEngine()
+
+
+@contextmanager
+def fit_backend(config: EngineConfig, console=None):
+    """Stage two's parallel fits: joblib's default backend locally, Ray's joblib backend on a cluster."""
+    if config.name == "local":
+        yield
+        return
+    from featx.engines.ray_engine import joblib_on_ray
+
+    with joblib_on_ray(config, console):
+        yield
