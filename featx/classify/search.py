@@ -249,9 +249,9 @@ class FoldSearch(ClassifierMixin, BaseEstimator):
         """The rounds a fit on `n_rows` rows of `n_classes` classes will run."""
         return search_rounds(self.strategy, len(self.candidates()), n_rows, self.factor, len(self.cv), n_classes)
 
-    def planned_fits(self, n_rows: int) -> int:
-        """The fits a fit on `n_rows` rows will make (what `on_fits` will have counted at the end)."""
-        return count_fits(self.rounds(n_rows), len(self.cv))
+    def planned_fits(self, n_rows: int, n_classes: int = 2) -> int:
+        """The fits a fit on `n_rows` rows of `n_classes` label values will make (what `on_fits` counts)."""
+        return count_fits(self.rounds(n_rows, n_classes), len(self.cv))
 
     # -- fitting
 
