@@ -19,7 +19,7 @@ FEATX  := $(BIN)/featx
 #: mixed_precision=1        extract: float16 compute on a GPU (--mixed-precision)
 #: workers=N                extract: decode threads, default one per core (--workers)
 #: limit=N                  extract: only the first N manifest rows, for smoke runs (--limit)
-#: force=1                  extract: rebuild a cache whose settings differ (--force)
+#: force=1                  extract: rebuild a cache whose settings differ; classify: re-fit unchanged runs (--force)
 #: no_pixels=1              extract: leave out the raw-pixel floor, the pixels backbone added by default (--no-pixels)
 #: seed=0                   extract: seed of random weights; classify: CV and model seed (--seed)
 #: results=results          classify, leaderboard, report: the results folder (--out / --results)
@@ -27,7 +27,7 @@ FEATX  := $(BIN)/featx
 #: classifiers=logreg,...   classify: classifiers, comma-separated (--classifier)
 #: poolings=avg,max         classify: poolings, default every pooling cached (--pooling)
 #: cv=5                     classify: patient-grouped folds (--cv)
-#: n_jobs=1                 classify: parallel fits (--n-jobs)
+#: n_jobs=N                 classify: cores for the fits, default every usable core (--n-jobs)
 #: threshold=youden         classify: youden, sens@0.95, spec@0.90 or f1 (--threshold-rule)
 #: val_as_test=1            classify: evaluate val rows with test instead of merging them into train (--val-as-test)
 #: quick=1                  classify: a small grid for smoke runs, not for reporting (--quick)
@@ -104,7 +104,7 @@ CLASSIFY_OPTIONS = $(strip $(if $(backbones),--backbone $(backbones)) $(if $(poo
 	$(if $(subgroups),--subgroups $(subgroups)) $(if $(age_bands),--age-bands $(age_bands)) \
 	$(if $(subgroup_min),--subgroup-min $(subgroup_min)) $(if $(train_fraction),--train-fraction $(train_fraction)) \
 	$(if $(efficiency_seeds),--efficiency-seeds $(efficiency_seeds)) $(if $(call yes,$(no_image_cv)),--no-image-cv) \
-	$(if $(near_duplicate_threshold),--near-duplicate-threshold $(near_duplicate_threshold)) $(ENGINE_OPTIONS))
+	$(if $(near_duplicate_threshold),--near-duplicate-threshold $(near_duplicate_threshold)) $(if $(call yes,$(force)),--force) $(ENGINE_OPTIONS))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 # featx's error messages name these variables instead of the CLI flags they stand for (featx/config.py reads it).
 export FEATX_VIA_MAKE := 1
@@ -152,7 +152,7 @@ extract: install  ## stage one: make extract backbone=vgg16 [weights=... manifes
 	@if [ "$(manifest)" = "demo/data/manifest.csv" ] && [ ! -f "$(manifest)" ]; then $(FEATX) demo --data-only; fi
 	$(FEATX) extract --backbone $(backbone) --weights $(weights) --manifest $(manifest) --data-root $(data) --out $(features) --pooling $(pooling) $(EXTRACT_OPTIONS)
 
-classify: install  ## stage two: make classify [classifiers=... backbones=... cv=5 n_jobs=2 poolings=... quick=1 engine=ray ...]
+classify: install  ## stage two (unchanged runs reused): make classify [classifiers=... backbones=... cv=5 n_jobs=N force=1 poolings=... quick=1 engine=ray ...]
 	$(FEATX) classify --features $(features) --out $(results) --classifier $(classifiers) --cv $(cv) $(CLASSIFY_OPTIONS)
 
 leaderboard: install  ## print the backbone x classifier leaderboard from results/
@@ -164,10 +164,11 @@ report: install  ## write results/report.html with plots
 predict: install  ## predict new images: make predict model=results/models/<run>.joblib images=DIR [out=predictions.csv]
 	$(FEATX) predict --model $(model) $(images) $(if $(out),--out $(out)) $(if $(batch_size),--batch-size $(batch_size)) $(PREDICT_OPTIONS)
 
-bench: install  ## benchmarks: extract (bare forward vs full path, peak RSS), classify (default grids), analyses (audits, curve)
+bench: install  ## benchmarks: extract (bare forward vs full path, peak RSS), classify (default grids), analyses (audits, curve), compare (vs training on images)
 	$(FEATX) bench extract
 	$(FEATX) bench classify
 	$(FEATX) bench analyses
+	$(FEATX) bench compare --data-root ../shared/data/kermany224/train
 
 clean:  ## remove generated demo data, features and results (keeps .venv)
 	rm -rf demo features results

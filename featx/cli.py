@@ -355,7 +355,8 @@ def _add_classify(sub) -> None:
         "--n-jobs",
         type=int,
         default=None,
-        help="parallel fits (default 1; with --engine ray, -1: every CPU of the cluster)",
+        help="cores for the fits, split between parallel fits and each library's threads (default: every usable "
+        "core; with --engine ray, -1: every CPU of the cluster)",
     )
     p.add_argument(
         "--threshold-rule",
@@ -366,6 +367,11 @@ def _add_classify(sub) -> None:
         "--val-as-test", action="store_true", help="evaluate val rows with test instead of merging them into train"
     )
     p.add_argument("--quick", action="store_true", help="a small grid for smoke runs (not for reporting)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="re-fit every run, even those whose inputs are unchanged since they were fitted",
+    )
     p.add_argument(
         "--train-fraction",
         default=None,
@@ -422,10 +428,11 @@ def _cmd_classify(args):
         poolings=_csv_list(args.pooling) if args.pooling else None,
         cv=args.cv,
         seed=args.seed,
-        n_jobs=args.n_jobs if args.n_jobs is not None else (-1 if args.engine == "ray" else 1),
+        n_jobs=args.n_jobs if args.n_jobs is not None else (-1 if args.engine == "ray" else None),
         threshold_rule=args.threshold_rule,
         val_as_test=args.val_as_test,
         quick=args.quick,
+        force=args.force,
         train_fractions=efficiency.check_fractions(_csv_list(args.train_fraction)) if args.train_fraction else (),
         efficiency_seeds=args.efficiency_seeds,
         image_cv=not args.no_image_cv,
@@ -543,11 +550,15 @@ def _cmd_demo(args):
 
 
 def _add_bench(sub) -> None:
-    pb = sub.add_parser("bench", help="benchmarks: extract throughput/memory, classify grid time, audits and curves")
+    pb = sub.add_parser(
+        "bench",
+        help="benchmarks: extract throughput/memory, classify grid time, audits and curves, featx vs training on images",
+    )
     bsub = pb.add_subparsers(dest="bench_command", metavar="WHAT")
     _add_bench_extract(bsub)
     _add_bench_classify(bsub)
     _add_bench_analyses(bsub)
+    _add_bench_compare(bsub)
     pb.set_defaults(handler=lambda args: pb.print_help() or 2)
 
 
@@ -608,7 +619,14 @@ def _add_bench_classify(bsub) -> None:
     p.add_argument("--n-train", type=_positive_int, default=5216)
     p.add_argument("--n-test", type=_positive_int, default=624)
     p.add_argument("--dim", type=_positive_int, default=2048)
-    p.add_argument("--n-jobs", type=int, default=2)
+    p.add_argument("--cv", type=_positive_int, default=5, help="patient-grouped folds (default 5)")
+    p.add_argument(
+        "--n-jobs",
+        type=_positive_int,
+        default=None,
+        help="cores, split as featx classify splits them (default: all usable)",
+    )
+    p.add_argument("--repeat", type=_positive_int, default=1, help="time each search N times, report the fastest")
     p.set_defaults(handler=_cmd_bench_classify)
 
 
@@ -622,6 +640,8 @@ def _cmd_bench_classify(args):
         dim=args.dim,
         n_jobs=args.n_jobs,
         console=_console(),
+        cv=args.cv,
+        repeat=args.repeat,
     )
 
 
@@ -652,6 +672,49 @@ def _cmd_bench_analyses(args):
         n_jobs=args.n_jobs,
         console=_console(),
     )
+
+
+def _add_bench_compare(bsub) -> None:
+    from featx.bench.compare import CompareConfig
+
+    defaults = CompareConfig()
+    p = bsub.add_parser(
+        "compare",
+        help="the seeds' way (backbone inside a Keras model, head trained N epochs on images) vs featx extract + "
+        "classify dense, on the same real images: forward passes, wall time, test AUC",
+    )
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        default=defaults.data_root,
+        help="label/file folder of real images (default ../shared/data/kermany224/train)",
+    )
+    p.add_argument("--images", type=_positive_int, default=defaults.images, help="images drawn from it (default 1000)")
+    p.add_argument("--image-size", type=_positive_int, default=defaults.image_size, help="input size (default 128)")
+    p.add_argument("--backbone", default=defaults.backbone, help="backbone (default resnet50)")
+    p.add_argument("--weights", default=defaults.weights, help="random (default), imagenet, auto or PATH")
+    p.add_argument("--epochs", type=_positive_int, default=defaults.epochs, help="seeds' way epochs (default 10)")
+    p.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size)
+    p.add_argument("--seed", type=int, default=defaults.seed, help="image draw, patient split and weights seed")
+    p.add_argument("--workdir", type=Path, default=None, help="scratch folder to keep (default: a temp dir)")
+    p.set_defaults(handler=_cmd_bench_compare)
+
+
+def _cmd_bench_compare(args):
+    from featx.bench.compare import CompareConfig, bench_compare_command
+
+    config = CompareConfig(
+        data_root=args.data_root,
+        images=args.images,
+        image_size=args.image_size,
+        backbone=args.backbone,
+        weights=args.weights,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        workdir=args.workdir,
+    )
+    bench_compare_command(config, console=_console())
 
 
 # ---------------------------------------------------------------- errors under make

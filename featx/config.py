@@ -1,4 +1,4 @@
-"""Cache locations and how featx was started: the only place featx reads the environment."""
+"""Cache locations, usable cores and how featx was started: the only place featx reads the environment."""
 
 from __future__ import annotations
 
@@ -24,9 +24,16 @@ def kaggle_credentials_present() -> bool:
     return (config_dir / "kaggle.json").is_file()
 
 
-def default_workers() -> int:
-    """Decode threads: one per core, at least one."""
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS says, else every core), at least one."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
+
+
+def default_workers() -> int:
+    """Decode threads: one per usable core, at least one."""
+    return usable_cores()
 
 
 def via_make() -> bool:

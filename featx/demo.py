@@ -177,15 +177,15 @@ def stage_one(config: DemoConfig, manifest: Path, weights: dict[str, str], conso
 
 
 def stage_two(config: DemoConfig, console) -> None:
-    """Classify the demo caches into workdir/results, replacing an earlier demo's runs."""
+    """Classify the demo caches into workdir/results (an earlier demo's runs with the same inputs are reused),
+    then drop every other run there."""
     from featx.classify.stage import ClassifyConfig
     from featx.results import records
     from featx.results.finish import classify_runs
 
     console.rule(f"Stage two: {', '.join(config.classifiers)}")
     results_dir = config.workdir / "results"
-    records.clear_runs(results_dir)  # an earlier demo's runs (other backbones) must not join this leaderboard
-    classify_runs(
+    paths = classify_runs(
         ClassifyConfig(
             features_dir=config.workdir / "features",
             out_dir=results_dir,
@@ -201,6 +201,7 @@ def stage_two(config: DemoConfig, console) -> None:
         ),
         console,
     )
+    records.clear_runs(results_dir, keep=paths)  # an earlier demo's other runs must not join this leaderboard
 
 
 def _print_where_and_next(finished, data_dir: Path, results_dir: Path, total: float, timings: dict, console) -> None:

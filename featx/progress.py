@@ -27,9 +27,19 @@ def progress_bar(console: Console | None, unit: str = "img", transient: bool = F
 
     class RateColumn(ProgressColumn):
         def render(self, task) -> Text:
-            speed = task.finished_speed or task.speed
+            speed = rate(task)
             text = f"  -- {unit}/s" if speed is None else f"{speed:6.1f} {unit}/s"
             return Text(text, style="progress.data.speed")
+
+    class RemainingColumn(TimeRemainingColumn):
+        def render(self, task) -> Text:
+            speed = rate(task)
+            if task.finished or task.total is None or not speed:
+                return super().render(task)
+            seconds = int(max(0.0, task.total - task.completed) / speed)
+            minutes, seconds = divmod(seconds, 60)
+            hours, minutes = divmod(minutes, 60)
+            return Text(f"{hours:d}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
 
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -38,10 +48,19 @@ def progress_bar(console: Console | None, unit: str = "img", transient: bool = F
         RateColumn(),
         TimeElapsedColumn(),
         TextColumn("ETA"),
-        TimeRemainingColumn(),
+        RemainingColumn(),
         console=console,
         transient=transient,
     )
+
+
+def rate(task) -> float | None:
+    """Units per second: rich's recent speed once it has two samples, before that the average since the
+    start, so a rate and an ETA show from the first completed unit (rich alone waits for the second)."""
+    speed = task.finished_speed or task.speed
+    if speed is None and task.completed and task.elapsed:
+        speed = task.completed / task.elapsed
+    return speed
 
 
 def track(

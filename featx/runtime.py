@@ -25,6 +25,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from featx.config import usable_cores
+
 
 def import_tensorflow_quietly():
     """Import TensorFlow (and probe for GPUs) with fd 2 captured; return the module."""
@@ -71,6 +73,24 @@ def captured_stderr(console=None) -> Iterator[None]:
             if console_file is not None:
                 console.file.close()
                 console.file = console_file
+
+
+def limit_tensorflow_threads(threads: int) -> int:
+    """Give TensorFlow `threads` intra-op threads and one inter-op thread; returns the intra-op threads in effect.
+
+    TensorFlow's thread pools are process-wide and fixed once its runtime starts: when it has
+    already started in this process (stage one ran first, as in the demo), they stay as they
+    are and what they are is returned (its default: one per core).
+    """
+    tf = import_tensorflow_quietly()
+    threads = max(1, int(threads))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        # one op at a time: the heads' graph is a chain, and a second pool would double the threads in use
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # the runtime has started; its pools cannot change any more
+        pass
+    return tf.config.threading.get_intra_op_parallelism_threads() or usable_cores()
 
 
 class _Deferral:

@@ -11,7 +11,7 @@ featx.cli.main's.
 POINT is one of:
   xgboost   inside XGBoost's ctypes data-iterator callback (DataIter._next_wrapper)
   logreg    inside LogisticRegression.fit
-  dense     inside DenseHead's training loop
+  dense     inside DenseHead's training (the heads trainer's epoch loop)
   extract   inside the cache writer's write of a chunk
   report    inside the rendering of a report plot
   predict   inside the classifier's scoring of a batch
@@ -57,9 +57,9 @@ def _target(point: str):
 
         return LogisticRegression, "fit"
     if point == "dense":
-        from featx.classify.estimators import DenseHead
+        from featx.classify.estimators import _HeadsTrainer
 
-        return DenseHead, "_train"
+        return _HeadsTrainer, "train"
     if point == "extract":
         from featx.extract.store import CacheWriter
 

@@ -9,13 +9,13 @@ import joblib
 import numpy as np
 import pytest
 from sklearn.base import clone
-from sklearn.model_selection import GridSearchCV, ParameterGrid
+from sklearn.model_selection import ParameterGrid
 
 from featx.classify import evaluate
 from featx.classify import registry as classifiers
 from featx.classify.estimators import DenseHead, EarlyStoppingXGB
 from featx.classify.registry import CLASSIFIERS, build_classifier, get_classifier, make_search
-from featx.classify.scoring import AUCScorer
+from featx.classify.search import FoldSearch, with_threads
 from featx.errors import ClassifyError
 
 
@@ -40,7 +40,7 @@ def _embeddings(n_patients=80, rows=3, dim=24, signal=1.2, n_classes=2, seed=0, 
 def _search_auc(name, task, X, y, groups, n_classes):
     estimator, grid = build_classifier(name, task, n_classes, seed=0, quick=True)
     splits = evaluate.grouped_splits(y, groups, 3, seed=0)
-    search = make_search(name, estimator, grid, splits, AUCScorer(task), n_jobs=1, seed=0)
+    search = make_search(name, estimator, grid, splits, task, n_jobs=1, seed=0)
     search.fit(X, y)
     return search
 
@@ -89,23 +89,44 @@ def test_make_search_strategy_follows_the_registry_and_quick_grids_stay_exhausti
     small_splits = evaluate.grouped_splits(y, groups, 3, 0)
     for name, spec in CLASSIFIERS.items():
         estimator, grid = build_classifier(name, "binary", 2)
-        search = make_search(name, estimator, grid, big_splits, AUCScorer("binary"))
-        expected = "HalvingGridSearchCV" if spec.search == "halving" else "GridSearchCV"
-        assert type(search).__name__ == expected
+        search = make_search(name, estimator, grid, big_splits, "binary")
+        assert isinstance(search, FoldSearch) and search.strategy == spec.search
         assert classifiers.search_strategy(name, grid, n_rows) == spec.search
         # too few rows for halving's early rounds to rank anything: the exhaustive grid
-        assert isinstance(make_search(name, estimator, grid, small_splits, "roc_auc"), GridSearchCV)
+        assert make_search(name, estimator, grid, small_splits, "binary").strategy == "grid"
         assert classifiers.search_strategy(name, grid, len(y)) == "grid"
         estimator, grid = build_classifier(name, "binary", 2, quick=True)
-        assert isinstance(make_search(name, estimator, grid, big_splits, "roc_auc"), GridSearchCV)
+        assert make_search(name, estimator, grid, big_splits, "binary").strategy == "grid"
 
 
-def test_parallel_search_gives_each_fit_one_thread():
-    estimator, grid = build_classifier("xgboost", "binary", 2, n_jobs=2)
-    assert estimator.n_jobs == 2
-    _X, y, groups = _embeddings(n_patients=30)
-    search = make_search("xgboost", estimator, grid, evaluate.grouped_splits(y, groups, 3, 0), "roc_auc", n_jobs=2)
-    assert search.estimator.n_jobs == 1 and search.n_jobs == 2
+@pytest.mark.parametrize(
+    ("name", "n_jobs", "expected"),
+    [
+        ("logreg", 8, (5, 1)),  # no more parallel fits than folds: 5 x 1 thread
+        ("logreg", 16, (5, 3)),
+        ("xgboost", 2, (2, 1)),
+        ("xgboost", 1, (1, 1)),
+        ("dense", 8, (1, 8)),  # TensorFlow: one process, all its threads
+    ],
+)
+def test_cpu_split_never_runs_more_threads_than_cores(name, n_jobs, expected):
+    split = classifiers.cpu_split(name, n_jobs, n_folds=5)
+    assert (split.parallel_fits, split.threads) == expected
+    assert split.parallel_fits * split.threads <= n_jobs
+    estimator, grid = build_classifier(name, "binary", 2)
+    rows = np.arange(50)
+    search = make_search(name, estimator, grid, [(rows[10:], rows[:10])] * 5, "binary", n_jobs=n_jobs)
+    assert (search.n_jobs, search.threads) == expected
+
+
+def test_parallel_fits_give_each_fit_its_threads_and_leave_other_n_jobs_alone():
+    xgb = EarlyStoppingXGB(n_jobs=4)
+    assert with_threads(xgb, 1).n_jobs == 1
+    logreg, _ = build_classifier("logreg", "binary", 2)
+    assert with_threads(logreg, 3).get_params()["clf__n_jobs"] is None  # not a thread count: untouched
+    wrapped, _ = build_classifier("xgboost", "multilabel", 3, n_jobs=4)
+    threaded = with_threads(wrapped, 2)
+    assert threaded.get_params()["estimator__n_jobs"] == 2 and threaded.n_jobs is None
 
 
 # ---------------------------------------------------------------- signal and noise

@@ -6,6 +6,8 @@ import csv
 import io
 import json
 import os
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -20,6 +22,7 @@ from featx.classify import evaluate
 from featx.classify.scoring import predict_scores
 from featx.classify.stage import ClassifyConfig
 from featx.cli import main
+from featx.extract.store import read_header
 from featx.results.finish import classify_command, classify_runs
 
 RUN_FIELDS = [
@@ -686,6 +689,176 @@ def test_parallel_jobs_give_the_same_selection_threshold_and_test_scores(tmp_pat
     assert runs[1]["best_params"] == runs[2]["best_params"]
     assert runs[1]["threshold"]["value"] == runs[2]["threshold"]["value"]
     assert np.allclose(runs[1]["test_predictions"]["score"], runs[2]["test_predictions"]["score"])
+
+
+# ---------------------------------------------------------------- runs cached like embeddings
+
+
+@pytest.fixture
+def fits(monkeypatch):
+    """Every run stage two fits, as (cache stem, classifier), through a spy on select_model."""
+    from featx.classify import stage
+
+    seen = []
+    real = stage.fit_run
+
+    def spy(plan, config, features, *args, **kwargs):
+        seen.append((plan.backbone, plan.classifier))
+        return real(plan, config, features, *args, **kwargs)
+
+    monkeypatch.setattr(stage, "fit_run", spy)
+    return seen
+
+
+def test_unchanged_runs_are_reused_and_a_new_backbone_fits_only_its_runs(tmp_path, fits):
+    features, out = tmp_path / "features", tmp_path / "results"
+    write_signal_cache(features / "tiny.h5", backbone="tiny", seed=0, feature_seed=1)
+    config = config_for(features, out, classifiers=("logreg", "xgboost"))
+    classify_runs(config, quiet_console())
+    assert sorted(fits) == [("tiny", "logreg"), ("tiny", "xgboost")]
+    first = {p.name: p.read_bytes() for p in (out / "runs").glob("*.json")}
+
+    fits.clear()
+    console = quiet_console()
+    paths = classify_runs(config, console)  # nothing changed: nothing is fitted
+    assert fits == []
+    assert sorted(p.name for p in paths) == sorted(first)
+    assert {p.name: p.read_bytes() for p in (out / "runs").glob("*.json")} == first
+    shown = console.file.getvalue()
+    assert "reused tiny__avg__logreg: inputs unchanged, CV AUC" in shown and "2 of 2 runs reused" in shown
+
+    write_signal_cache(features / "tinyb.h5", backbone="tinyb", seed=0, feature_seed=2)
+    fits.clear()
+    paths = classify_runs(config, quiet_console())  # one backbone more: only its runs
+    assert sorted(fits) == [("tinyb", "logreg"), ("tinyb", "xgboost")]
+    assert len(paths) == 4
+
+    fits.clear()
+    classify_runs(replace(config, force=True), quiet_console())  # --force fits everything again
+    assert len(fits) == 4
+
+
+def test_a_changed_input_refits_only_the_runs_it_touches(tmp_path, fits):
+    features, out = tmp_path / "features", tmp_path / "results"
+    write_signal_cache(features / "tiny.h5", backbone="tiny", seed=0, feature_seed=1)
+    write_signal_cache(features / "tinyb.h5", backbone="tinyb", seed=0, feature_seed=2)
+    config = config_for(features, out, classifiers=("logreg",))
+    classify_runs(config, quiet_console())
+    fits.clear()
+
+    write_signal_cache(features / "tinyb.h5", backbone="tinyb", seed=0, feature_seed=5)  # re-extracted: new content
+    classify_runs(config, quiet_console())
+    assert fits == [("tinyb", "logreg")]
+
+    fits.clear()
+    classify_runs(replace(config, threshold_rule="sens@0.9"), quiet_console())  # a setting every run depends on
+    assert sorted(fits) == [("tiny", "logreg"), ("tinyb", "logreg")]
+
+    fits.clear()
+    classify_runs(replace(config, threshold_rule="sens@0.9", n_jobs=2), quiet_console())  # how fast is not what
+    assert fits == []
+
+
+def test_a_run_record_carries_the_key_of_its_inputs(tmp_path):
+    from featx.classify.stage import input_key
+
+    features = tmp_path / "features"
+    write_signal_cache(features / "tiny.h5")
+    [path] = classify_runs(config_for(features, tmp_path / "results"), quiet_console())
+    run = load_json(path)
+    assert run["input_key"] == input_key(run["inputs"])
+    assert run["inputs"]["cache_content_sha256"] == read_header(features / "tiny.h5").attrs["content_sha256"]
+    assert {"settings", "grid", "estimator", "versions", "pooling"} <= set(run["inputs"])
+    assert {"cv", "seed", "threshold_rule", "image_cv", "subgroups"} <= set(run["inputs"]["settings"])
+
+
+def test_a_record_without_an_input_key_is_fitted_again(tmp_path, fits):
+    features, out = tmp_path / "features", tmp_path / "results"
+    write_signal_cache(features / "tiny.h5")
+    config = config_for(features, out)
+    [path] = classify_runs(config, quiet_console())
+    record = load_json(path)
+    del record["input_key"]  # as written before runs were reused
+    path.write_text(json.dumps(record))
+    fits.clear()
+    classify_runs(config, quiet_console())
+    assert fits == [("tiny", "logreg")]
+
+
+def test_reused_runs_read_no_embeddings_and_hash_no_file(tmp_path, monkeypatch):
+    from featx.classify import stage
+    from featx.extract import store
+
+    features = tmp_path / "features"
+    write_signal_cache(features / "tiny.h5")
+    config = config_for(features, tmp_path / "results")
+    classify_runs(config, quiet_console())
+    reads = []
+    monkeypatch.setattr(store, "load", lambda *a, **k: reads.append(("load", a)))
+    monkeypatch.setattr(stage, "file_sha256", lambda path: reads.append(("sha256", path)))
+    monkeypatch.setattr(stage, "_check_finite", lambda *a: reads.append(("finite", a)))
+    classify_runs(config, quiet_console())  # the key comes from the content sha256 in the cache's header
+    assert reads == []
+
+
+# ---------------------------------------------------------------- progress and cores
+
+
+def test_one_bar_counts_every_fit_and_each_finished_run_gets_a_line(tmp_path):
+    features = tmp_path / "features"
+    write_signal_cache(features / "tiny.h5")
+    console = Console(file=io.StringIO(), width=200, color_system=None, force_terminal=False)
+    classify_runs(config_for(features, tmp_path / "results", classifiers=("logreg", "xgboost")), console)
+    shown = console.file.getvalue()
+    assert "fits/s" in shown  # the bar's unit is fits, not runs
+    assert re.search(r"fitted tiny__avg__logreg: CV AUC 0\.\d{3} ± 0\.\d{3}, test AUC 0\.\d{3}", shown)
+    assert "fitted tiny__avg__xgboost: CV AUC" in shown
+    assert re.search(r"CPU: \d+ of \d+ usable cores: logreg \d+ (parallel fits|fit) x \d+ BLAS thread", shown)
+
+
+def test_the_rate_and_eta_show_from_the_first_finished_unit():
+    from rich.progress import Progress
+
+    from featx.progress import rate
+
+    with Progress(auto_refresh=False) as progress:
+        task_id = progress.add_task("fits", total=10)
+        progress.advance(task_id, 1)
+        task = progress.tasks[0]
+        assert task.speed is None  # rich alone waits for a second sample
+        assert rate(task) is not None and rate(task) > 0
+
+
+def test_n_jobs_defaults_to_every_usable_core(tmp_path, monkeypatch):
+    from featx import config as featx_config
+
+    features, out = tmp_path / "features", tmp_path / "results"
+    write_signal_cache(features / "tiny.h5")
+    assert main(["classify", "--features", str(features), "--out", str(out), "--classifier", "logreg", "--quick"]) == 0
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert load_json(out / "runs" / "tiny__avg__logreg.json")["config"]["n_jobs"] == usable
+    if hasattr(os, "sched_getaffinity"):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+        assert featx_config.usable_cores() == 3
+
+
+def test_the_report_is_rewritten_only_when_a_run_changed(tmp_path):
+    features, out = tmp_path / "features", tmp_path / "results"
+    write_signal_cache(features / "tiny.h5", backbone="tiny", seed=0, feature_seed=1)
+    config = config_for(features, out)
+    classify_command(config, quiet_console())
+    report = out / "report.html"
+    written = report.stat().st_mtime_ns
+
+    console = quiet_console()
+    classify_command(config, console)  # every run reused
+    assert report.stat().st_mtime_ns == written
+    assert "No run changed" in console.file.getvalue() and "featx leaderboard" in console.file.getvalue()
+
+    write_signal_cache(features / "tinyb.h5", backbone="tinyb", seed=0, feature_seed=2)
+    classify_command(config, quiet_console())  # a new backbone's run: leaderboard and report from all runs
+    assert report.stat().st_mtime_ns > written
+    assert "tinyb__avg__logreg" in report.read_text() and "tiny__avg__logreg" in report.read_text()
 
 
 # ---------------------------------------------------------------- issue 8

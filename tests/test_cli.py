@@ -24,6 +24,7 @@ VERBS = [
     ["demo"],
     ["bench", "extract"],
     ["bench", "classify"],
+    ["bench", "compare"],
 ]
 
 

@@ -38,6 +38,13 @@ def test_quick_demo_end_to_end_with_a_predict_round_trip(tmp_path, capsys):
     predictions = predict_paths(results / "models" / "tiny__avg__xgboost.joblib", test_images)
     assert [p["p_opacity"] for p in predictions] == run["test_predictions"]["score"]
 
+    # a second demo reuses its runs (same caches, same settings) and drops runs that are not its own
+    own = sorted(p.stem for p in (results / "runs").glob("*.json"))
+    (results / "runs" / "other__avg__logreg.json").write_text(json.dumps({**run, "run_id": "other__avg__logreg"}))
+    assert main(["demo", "--quick", "--workdir", str(workdir)]) == 0
+    assert f"{len(own)} of {len(own)} runs reused" in capsys.readouterr().out
+    assert sorted(p.stem for p in (results / "runs").glob("*.json")) == own
+
 
 def test_second_run_reuses_the_data_and_data_only_generates_only_data(tmp_path):
     console = Console(record=True, width=200)

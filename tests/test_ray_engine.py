@@ -188,25 +188,25 @@ def test_classify_on_ray_gives_the_local_engine_s_selection_thresholds_and_test_
 ):
     from cachefactory import write_signal_cache
 
-    from featx.classify import stage
+    from featx.classify import search
     from featx.classify.stage import ClassifyConfig
     from featx.results.finish import classify_runs
 
     features = tmp_path / "features"
     write_signal_cache(features / "tiny.h5", backbone="tiny", seed=0, feature_seed=5)
     pids = tmp_path / "fold_pids"
-    fold_scores = stage._fold_scores
+    run_task = search._run_task
 
-    def recording_fold_scores(*args):  # pickled by value: notes whether a Ray worker fits the fold
+    def recording_run_task(*args):  # pickled by value: notes whether a Ray worker fits the fold's grid points
         import ray
         from ray._private.worker import WORKER_MODE
 
         in_ray_worker = ray.is_initialized() and ray.get_runtime_context().worker.mode == WORKER_MODE
         with open(pids, "a") as log:
             log.write(f"{os.getpid()}:{in_ray_worker}\n")
-        return fold_scores(*args)
+        return run_task(*args)
 
-    monkeypatch.setattr(stage, "_fold_scores", recording_fold_scores)
+    monkeypatch.setattr(search, "_run_task", recording_run_task)
     runs = {}
     for engine in ("local", "ray"):
         out = tmp_path / engine

@@ -1,9 +1,13 @@
 """The scikit-learn estimators featx adds to its classifier registry.
 
-- `EarlyStoppingXGB`: an XGBClassifier that stops on an inner stratified split, so the
+- `EarlyStoppingXGB`: XGBoost (native API) that stops on an inner stratified split, so the
   large tree caps in the grid cost nothing once the validation loss stops falling;
 - `DenseHead`: a small Keras head (0 hidden layers = the pooled softmax of Paterakis
   et al.; 256/1024 ReLU units with dropout = their Dense-1024 head).
+
+Each also has `candidate_probabilities(candidates, X_fit, y_fit, X_eval)`, the search's
+fast path: a fold's grid points fitted together (one binned matrix; heads side by side),
+each with the answer its own `fit` gives.
 
 Both follow scikit-learn's estimator contract (`__init__` stores arguments only, fitted
 state ends in `_`, `fit` returns self), so GridSearchCV, clone and joblib treat them like
@@ -17,9 +21,11 @@ or epoch once it arrives, so a Ctrl-C never lands inside XGBoost's native callba
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
+from contextlib import contextmanager
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, validate_data
 
 from featx.runtime import interrupt_pending, interrupts_deferred
@@ -28,10 +34,12 @@ from featx.runtime import interrupt_pending, interrupts_deferred
 
 
 class EarlyStoppingXGB(ClassifierMixin, BaseEstimator):
-    """XGBClassifier with early stopping on an inner stratified hold-out of the training rows.
+    """Gradient-boosted trees (XGBoost, hist) with early stopping on an inner stratified hold-out of the training rows.
 
-    `n_estimators` is a cap; the fitted booster keeps the trees up to the best validation
-    round (`best_iteration_`, `n_estimators_`). `scale_pos_weight="balanced"` is resolved at
+    Trained through XGBoost's native API (`xgboost.train` on a binned QuantileDMatrix), so a
+    grid search can bin a fold once for all its grid points (`candidate_probabilities`).
+    `n_estimators` is a cap; the fitted booster (`booster_`, an `xgboost.Booster`) keeps the
+    trees up to the best validation round (`best_iteration_`, `n_estimators_`). `scale_pos_weight="balanced"` is resolved at
     fit time: n_negative / n_positive for a binary task, balanced sample weights for multiclass.
     The inner split is by row (the estimator never sees patient ids); the outer CV stays
     patient-grouped, so only the stopping round, never the reported scores, can be optimistic.
@@ -76,9 +84,39 @@ class EarlyStoppingXGB(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y, sample_weight=None):
         """Fit on (X, y), stopping on the inner stratified hold-out; returns self."""
+        X, encoded, weights, scale_pos_weight = self._prepare(X, y, sample_weight)
+        return self._train(self._matrices(X, encoded, weights), scale_pos_weight)
+
+    def candidate_probabilities(self, candidates, X_fit, y_fit, X_eval) -> list[np.ndarray]:
+        """predict_proba of X_eval under each candidate (parameter dict) fitted on (X_fit, y_fit).
+
+        The search's fast path: candidates that bin and split the rows alike (same max_bin,
+        inner split, device, sample weights) share one binned QuantileDMatrix instead of
+        sketching the quantiles again for every grid point. Each candidate's booster is the
+        one `clone(self).set_params(**params).fit(X_fit, y_fit)` would train.
+        """
+        shared: dict[tuple, dict] = {}
+        probabilities = []
+        for params in candidates:
+            model = clone(self).set_params(**params)
+            X, encoded, weights, scale_pos_weight = model._prepare(X_fit, y_fit, None)
+            key = (
+                model.max_bin,
+                model.validation_fraction,
+                model.early_stopping_rounds,
+                model.random_state,
+                model.device,
+                weights is not None,  # only multiclass "balanced" makes weights here
+            )
+            if key not in shared:
+                shared[key] = model._matrices(X, encoded, weights)
+            probabilities.append(model._train(shared[key], scale_pos_weight).predict_proba(X_eval))
+        return probabilities
+
+    def _prepare(self, X, y, sample_weight):
+        """Validated X, encoded labels, sample weights and the resolved scale_pos_weight; sets classes_."""
         from sklearn.utils.class_weight import compute_sample_weight
         from sklearn.utils.multiclass import check_classification_targets
-        from xgboost import XGBClassifier
 
         X, y = validate_data(self, X, y, dtype=np.float32, ensure_all_finite="allow-nan")
         check_classification_targets(y)
@@ -102,50 +140,69 @@ class EarlyStoppingXGB(ClassifierMixin, BaseEstimator):
                 balanced = compute_sample_weight("balanced", encoded)
                 weights = balanced if weights is None else weights * balanced
                 scale_pos_weight = 1.0
+        return X, encoded, weights, float(scale_pos_weight)
+
+    def _matrices(self, X, encoded, weights) -> dict:
+        """The binned training matrix (and the inner validation matrix, binned alike) for xgboost.train."""
+        import xgboost
+
         train_rows, valid_rows = self._inner_split(encoded)
-        params = dict(
-            max_depth=self.max_depth,
-            learning_rate=self.learning_rate,
-            n_estimators=self.n_estimators,
-            subsample=self.subsample,
-            colsample_bytree=self.colsample_bytree,
-            min_child_weight=self.min_child_weight,
-            reg_lambda=self.reg_lambda,
-            max_bin=self.max_bin,
-            tree_method="hist",
-            device=self.device,
-            n_jobs=self.n_jobs,
-            random_state=self.random_state,
-            verbosity=0,
-        )
+        if valid_rows is None or not self.early_stopping_rounds:
+            train_rows, valid_rows = np.arange(len(encoded)), None
+
+        def rows(index):
+            return X[index], encoded[index], None if weights is None else weights[index]
+
+        X_train, y_train, w_train = rows(train_rows)
+        common = dict(max_bin=int(self.max_bin), nthread=int(self.n_jobs))
+        with interrupts_deferred():  # QuantileDMatrix reads numpy through XGBoost's ctypes data iterator
+            train = xgboost.QuantileDMatrix(X_train, y_train, weight=w_train, **common)
+            valid = None
+            if valid_rows is not None:
+                X_valid, y_valid, w_valid = rows(valid_rows)
+                valid = xgboost.QuantileDMatrix(X_valid, y_valid, weight=w_valid, ref=train, **common)
+        return {"train": train, "valid": valid}
+
+    def _train(self, matrices: dict, scale_pos_weight: float):
+        """Boost on the shared matrices, stopping on the validation loss; keeps the trees up to the best round."""
+        import xgboost
+
+        n_classes = len(self.classes_)
+        params = {
+            "max_depth": self.max_depth,
+            "eta": self.learning_rate,
+            "subsample": self.subsample,
+            "colsample_bytree": self.colsample_bytree,
+            "min_child_weight": self.min_child_weight,
+            "lambda": self.reg_lambda,
+            "max_bin": int(self.max_bin),
+            "tree_method": "hist",
+            "device": self.device,
+            "nthread": int(self.n_jobs),
+            "seed": int(self.random_state),
+            "verbosity": 0,
+        }
         if n_classes == 2:
             params.update(objective="binary:logistic", eval_metric="logloss", scale_pos_weight=scale_pos_weight)
         else:
             params.update(objective="multi:softprob", eval_metric="mlogloss", num_class=n_classes)
-        fit_kwargs = {}
-        if valid_rows is not None and self.early_stopping_rounds:
-            params["early_stopping_rounds"] = self.early_stopping_rounds
-            fit_kwargs["eval_set"] = [(X[valid_rows], encoded[valid_rows])]
-            if weights is not None:
-                fit_kwargs["sample_weight_eval_set"] = [weights[valid_rows]]
-        else:
-            train_rows = np.arange(len(encoded))
-        booster = XGBClassifier(**params, callbacks=[_stop_on_interrupt()])
-        # A KeyboardInterrupt raised inside XGBoost's ctypes data-iterator callback corrupts the heap: Ctrl-C is
-        # deferred, stops the boosting at the next round, and is raised when fit returns.
+        valid = matrices["valid"]
+        # A KeyboardInterrupt raised inside XGBoost's native callbacks corrupts the heap: Ctrl-C is deferred,
+        # stops the boosting at the next round, and is raised when training returns.
         with interrupts_deferred():
-            booster.fit(
-                X[train_rows],
-                encoded[train_rows],
-                sample_weight=None if weights is None else weights[train_rows],
-                verbose=False,
-                **fit_kwargs,
+            booster = xgboost.train(
+                params,
+                matrices["train"],
+                num_boost_round=int(self.n_estimators),
+                evals=[(valid, "validation")] if valid is not None else (),
+                early_stopping_rounds=int(self.early_stopping_rounds) if valid is not None else None,
+                verbose_eval=False,
+                callbacks=[_stop_on_interrupt()],
             )
-        booster.set_params(callbacks=None)  # bundles carry no featx callback
-        self.booster_ = booster
-        best = getattr(booster, "best_iteration", None)
+        best = getattr(booster, "best_iteration", None) if valid is not None else None
         self.best_iteration_ = int(best) if best is not None else int(self.n_estimators) - 1
         self.n_estimators_ = self.best_iteration_ + 1
+        self.booster_ = booster[: self.n_estimators_]  # the trees up to the best round, the rest dropped
         self.scale_pos_weight_ = float(scale_pos_weight)
         return self
 
@@ -167,7 +224,11 @@ class EarlyStoppingXGB(ClassifierMixin, BaseEstimator):
         """(N, n_classes) class probabilities in classes_ order."""
         check_is_fitted(self, "booster_")
         X = validate_data(self, X, dtype=np.float32, reset=False, ensure_all_finite="allow-nan")
-        proba = self.booster_.predict_proba(X)
+        if hasattr(self.booster_, "predict_proba"):  # bundles of earlier featx builds hold an XGBClassifier
+            proba = self.booster_.predict_proba(X)
+        else:
+            proba = self.booster_.inplace_predict(X)  # P(positive) (N,) or softprob (N, K)
+        proba = np.asarray(proba, dtype=np.float64)
         if proba.ndim == 1:
             proba = np.column_stack([1.0 - proba, proba])
         return proba
@@ -234,16 +295,48 @@ class DenseHead(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y):
         """Standardise X and train the head (early stopping on an inner split where rows allow); returns self."""
+        data = self._prepare(X, y)
+        trainer = _trainer([self], data)
+        with interrupts_deferred():  # Ctrl-C ends the epoch loop after an epoch, then is raised
+            epochs = trainer.train(self, data)
+        self.model_ = trainer.standalone(0)
+        self.n_epochs_, self.best_epoch_ = epochs[0]
+        return self
+
+    def candidate_probabilities(self, candidates, X_fit, y_fit, X_eval) -> list[np.ndarray]:
+        """predict_proba of X_eval under each candidate (parameter dict) fitted on (X_fit, y_fit).
+
+        The search's fast path: the heads of candidates that share a training schedule (batch
+        size, epochs, patience, inner split, seed) are trained side by side in one compiled
+        epoch on one standardised matrix, each with its own loss, Adam and early stopping
+        (_HeadsTrainer). Each head starts from the weights, sees the batches and draws the
+        dropout masks its own `fit` would, so its predictions are those of
+        `clone(self).set_params(**params).fit(X_fit, y_fit)`.
+        """
+        models = [clone(self).set_params(**params) for params in candidates]
+        groups: dict[tuple, list[int]] = {}
+        for index, model in enumerate(models):
+            groups.setdefault(tuple(model.get_params()[key] for key in _SCHEDULE_PARAMS), []).append(index)
+        probabilities: list = [None] * len(models)
+        for members in groups.values():
+            group = [models[i] for i in members]
+            data = group[0]._prepare(X_fit, y_fit)
+            trainer = _trainer(group, data)
+            with interrupts_deferred():  # Ctrl-C ends the epoch loop after an epoch, then is raised
+                trainer.train(group[0], data)
+            X_eval = validate_data(group[0], X_eval, dtype=np.float32, reset=False)
+            Z_eval = (X_eval - group[0].mean_) / group[0].scale_
+            for i, proba in zip(members, trainer.predict_proba(Z_eval, group[0].multilabel_)):
+                probabilities[i] = proba
+        return probabilities
+
+    def _prepare(self, X, y) -> dict:
+        """Validated, standardised training data; sets classes_, multilabel_, mean_, scale_, n_features_in_."""
         from sklearn.utils.multiclass import check_classification_targets, type_of_target
-
-        from featx.runtime import import_tensorflow_quietly
-
-        import_tensorflow_quietly()
 
         X, y = validate_data(self, X, y, dtype=np.float32, multi_output=True, y_numeric=False)
         check_classification_targets(y)
-        target_type = type_of_target(y)
-        self.multilabel_ = target_type == "multilabel-indicator"
+        self.multilabel_ = type_of_target(y) == "multilabel-indicator"
         if self.multilabel_:
             y = np.asarray(y)
             self.classes_ = np.arange(y.shape[1])
@@ -259,110 +352,38 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         self.mean_ = X.mean(axis=0)
         scale = X.std(axis=0)
         self.scale_ = np.where(scale > 1e-12, scale, 1.0).astype(np.float32)
-        Z = (X - self.mean_) / self.scale_
-        n_outputs = len(self.classes_)
+        return {"Z": (X - self.mean_) / self.scale_, "targets": targets, "strata": strata}
 
-        import keras
-
-        python_state, numpy_state = random.getstate(), np.random.get_state()
-        keras.utils.set_random_seed(int(self.random_state))  # only the TF seed matters; globals restored below
-        try:
-            model = self._build(keras, Z.shape[1], n_outputs)
-            train_rows, valid_rows = self._inner_split(len(Z), strata)
-            with interrupts_deferred():  # Ctrl-C ends the epoch loop at a step boundary, then is raised
-                history = self._train(model, Z, targets, train_rows, valid_rows)
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
-        self.model_ = model
-        self.n_epochs_ = len(history)
-        self.best_epoch_ = int(np.argmin(history)) + 1 if valid_rows is not None and history else self.n_epochs_
-        return self
-
-    def _train(self, model, Z, targets, train_rows, valid_rows) -> list[float]:
-        """Adam with mini-batches; early stopping on the validation loss, best weights restored.
-
-        A compiled train step and our own epoch loop instead of keras.Model.fit: fit's per-epoch
-        machinery (data adapters, callbacks, a validation pass through evaluate) dominated the
-        cost of these small heads, several times over on small inputs.
-        """
-        import keras
-        import tensorflow as tf
-
-        multilabel = self.multilabel_
-        loss_fn = keras.losses.BinaryCrossentropy() if multilabel else keras.losses.SparseCategoricalCrossentropy()
-        optimizer = keras.optimizers.Adam(learning_rate=float(self.learning_rate))
-        optimizer.build(model.trainable_variables)
-        data = tf.constant(Z)
-        labels = tf.constant(targets)
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)], reduce_retracing=True)
-        def train_step(rows):
-            x, t = tf.gather(data, rows), tf.gather(labels, rows)
-            with tf.GradientTape() as tape:
-                loss = loss_fn(t, model(x, training=True))
-                if model.losses:
-                    loss = loss + tf.add_n(model.losses)
-            gradients = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-            return loss
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)], reduce_retracing=True)
-        def validation_loss(rows):
-            return loss_fn(tf.gather(labels, rows), model(tf.gather(data, rows), training=False))
-
-        rng = np.random.default_rng(int(self.random_state))
-        # at least ~8 steps per epoch, so small training sets are not starved of updates
-        batch_size = max(1, min(int(self.batch_size), max(16, len(train_rows) // 8)))
-        valid = None if valid_rows is None else tf.constant(valid_rows.astype(np.int32))
-        history: list[float] = []
-        best_loss, best_weights, waited = np.inf, None, 0
-        for _ in range(int(self.max_epochs)):
-            order = rng.permutation(train_rows).astype(np.int32)
-            epoch_loss = 0.0
-            for start in range(0, len(order), batch_size):
-                epoch_loss = float(train_step(tf.constant(order[start : start + batch_size])))
-                if interrupt_pending():
-                    return history
-            if valid is None:
-                history.append(epoch_loss)
-                continue
-            loss = float(validation_loss(valid))
-            history.append(loss)
-            if loss < best_loss - 1e-4:
-                best_loss, best_weights, waited = loss, model.get_weights(), 0
-            else:
-                waited += 1
-                if waited >= int(self.patience):
-                    break
-        if best_weights is not None:
-            model.set_weights(best_weights)
-        return history
-
-    def _build(self, keras, n_features: int, n_outputs: int):
+    def _head(self, keras, inputs, n_outputs: int):
+        """This head's layers on `inputs`: its output tensor and its layers (for its variables)."""
         seed = int(self.random_state)
         regularizer = keras.regularizers.L2(self.l2) if self.l2 else None
-        inputs = keras.Input(shape=(n_features,), dtype="float32")
-        x = inputs
+        layers = []
         if self.dropout:
-            x = keras.layers.Dropout(self.dropout, seed=seed)(x)
+            layers.append(keras.layers.Dropout(self.dropout, seed=seed))
         if self.hidden_units:
-            x = keras.layers.Dense(
-                int(self.hidden_units),
-                activation="relu",
-                kernel_initializer=keras.initializers.HeNormal(seed=seed + 1),
-                kernel_regularizer=regularizer,
-            )(x)
+            layers.append(
+                keras.layers.Dense(
+                    int(self.hidden_units),
+                    activation="relu",
+                    kernel_initializer=keras.initializers.HeNormal(seed=seed + 1),
+                    kernel_regularizer=regularizer,
+                )
+            )
             if self.dropout:
-                x = keras.layers.Dropout(self.dropout, seed=seed + 2)(x)
-        activation = "sigmoid" if self.multilabel_ else "softmax"
-        outputs = keras.layers.Dense(
-            n_outputs,
-            activation=activation,
-            kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 3),
-            kernel_regularizer=regularizer,
-        )(x)
-        return keras.Model(inputs, outputs)
+                layers.append(keras.layers.Dropout(self.dropout, seed=seed + 2))
+        layers.append(
+            keras.layers.Dense(
+                n_outputs,
+                activation="sigmoid" if self.multilabel_ else "softmax",
+                kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 3),
+                kernel_regularizer=regularizer,
+            )
+        )
+        x = inputs
+        for layer in layers:
+            x = layer(x)
+        return x, layers
 
     def _inner_split(self, n_rows: int, strata):
         from sklearn.model_selection import train_test_split
@@ -431,3 +452,216 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             model = keras.models.model_from_json(saved["config"])
             model.set_weights(saved["weights"])
             self.model_ = model
+
+
+# What a DenseHead's training schedule is made of: heads agreeing on these can be trained side by side.
+_SCHEDULE_PARAMS = ("batch_size", "max_epochs", "patience", "validation_fraction", "random_state")
+# Compiled trainers kept for reuse (each holds its heads' models, Adams and traced functions)
+_TRAINERS: OrderedDict[tuple, _HeadsTrainer] = OrderedDict()
+_MAX_TRAINERS = 4  # a 12-head trainer on 2,048-wide embeddings holds ~200 MB (weights, Adam, initial values)
+
+
+def _trainer(heads: list[DenseHead], data: dict) -> _HeadsTrainer:
+    """The compiled trainer for these heads on data of this shape: built and traced once, then reused.
+
+    Tracing a head's train step costs far more than training it on a small fold, and the
+    search trains the same heads on every fold; a reused trainer is reset to the exact
+    initial state a fresh build has (weights, dropout seeds, Adam), so reuse changes nothing.
+    """
+    first = heads[0]
+    key = (
+        tuple((h.hidden_units, float(h.dropout), float(h.learning_rate), float(h.l2)) for h in heads),
+        int(first.random_state),
+        data["Z"].shape[1],
+        len(first.classes_),
+        bool(first.multilabel_),
+    )
+    trainer = _TRAINERS.pop(key, None)
+    if trainer is None:
+        trainer = _HeadsTrainer(heads, data["Z"].shape[1], len(first.classes_), bool(first.multilabel_))
+    _TRAINERS[key] = trainer
+    while len(_TRAINERS) > _MAX_TRAINERS:
+        _TRAINERS.popitem(last=False)
+    return trainer
+
+
+class _HeadsTrainer:
+    """DenseHeads sharing one training schedule, trained side by side by one compiled epoch function.
+
+    Each head is its own Keras model on a shared input, with its own layers (seeded as in its
+    own `fit`), loss, Adam, early stopping and best weights. One epoch call runs every batch
+    (a graph loop) and updates every head still training on the same batch; a head that has
+    stopped is skipped inside the step (`tf.cond`), so it costs nothing more. Each head
+    therefore starts from the weights, sees the batches and draws the dropout masks its own
+    `fit` would. The data are arguments of the compiled functions, so one trace serves every
+    fold; `reset` puts weights, dropout seeds and Adam back to their initial values first.
+    """
+
+    def __init__(self, heads: list[DenseHead], n_features: int, n_outputs: int, multilabel: bool):
+        from featx.runtime import import_tensorflow_quietly
+
+        tf = import_tensorflow_quietly()
+        import keras
+
+        first = heads[0]
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        keras.utils.set_random_seed(int(first.random_state))  # only the TF seed matters; globals restored below
+        try:
+            self.models = []
+            for head in heads:
+                head.multilabel_ = multilabel
+                inputs = keras.Input(shape=(n_features,), dtype="float32")
+                output, _ = head._head(keras, inputs, n_outputs)
+                self.models.append(keras.Model(inputs, output))
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+        self.optimizers = []
+        for head, model in zip(heads, self.models):
+            optimizer = keras.optimizers.Adam(learning_rate=float(head.learning_rate))
+            optimizer.build(model.trainable_variables)
+            self.optimizers.append(optimizer)
+        self.initial = [[np.array(v.numpy()) for v in model.variables] for model in self.models]
+        self.initial_optimizer = [[np.array(v.numpy()) for v in opt.variables] for opt in self.optimizers]
+        self.training = tf.Variable([True] * len(heads), trainable=False)
+        self.multilabel = multilabel
+        self._compile(tf, keras, n_features, multilabel)
+
+    def _compile(self, tf, keras, n_features: int, multilabel: bool) -> None:
+        loss_fn = keras.losses.BinaryCrossentropy() if multilabel else keras.losses.SparseCategoricalCrossentropy()
+        models, optimizers, training = self.models, self.optimizers, self.training
+        label_spec = tf.TensorSpec([None, None], tf.float32) if multilabel else tf.TensorSpec([None], tf.int32)
+        data_spec = tf.TensorSpec([None, n_features], tf.float32)
+        rows_spec = tf.TensorSpec([None], tf.int32)
+
+        def head_step(model, optimizer, x, t):
+            def step():
+                with tf.GradientTape() as tape:
+                    loss = loss_fn(t, model(x, training=True))
+                    if model.losses:
+                        loss = loss + tf.add_n(model.losses)
+                gradients = tape.gradient(loss, model.trainable_variables)
+                optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+                return tf.cast(loss, tf.float32)
+
+            return step
+
+        @tf.function(input_signature=[data_spec, label_spec, rows_spec, tf.TensorSpec([], tf.int32)])
+        def train_epoch(data, labels, order, batch_size):
+            # the whole epoch in one call (a graph loop over its batches): Python's per-step call overhead
+            # cost more than these small heads' arithmetic
+            losses = tf.zeros([len(models)], tf.float32)
+            for start in tf.range(0, tf.shape(order)[0], batch_size):
+                rows = order[start : start + batch_size]
+                x, t = tf.gather(data, rows), tf.gather(labels, rows)
+                losses = tf.stack(
+                    [
+                        tf.cond(training[k], head_step(models[k], optimizers[k], x, t), lambda: tf.constant(0.0))
+                        for k in range(len(models))
+                    ]
+                )
+            return losses
+
+        @tf.function(input_signature=[data_spec, label_spec, rows_spec])
+        def validation_losses(data, labels, rows):
+            x, t = tf.gather(data, rows), tf.gather(labels, rows)
+            return tf.stack([tf.cast(loss_fn(t, model(x, training=False)), tf.float32) for model in models])
+
+        self.train_epoch, self.validation_losses = train_epoch, validation_losses
+
+    def reset(self) -> None:
+        """Back to the state a fresh build has: initial weights and dropout seed states, zeroed Adam."""
+        for model, values in zip(self.models, self.initial):
+            for variable, value in zip(model.variables, values):
+                variable.assign(value)
+        for optimizer, values in zip(self.optimizers, self.initial_optimizer):
+            for variable, value in zip(optimizer.variables, values):
+                variable.assign(value)
+        self.training.assign([True] * len(self.models))
+
+    def train(self, first: DenseHead, data: dict) -> list[tuple[int, int]]:
+        """Adam with mini-batches; early stopping per head on its validation loss, best weights restored.
+
+        A compiled epoch and our own loop instead of keras.Model.fit: fit's per-epoch machinery (data
+        adapters, callbacks, a validation pass through evaluate) dominated the cost of these small heads.
+        Returns (epochs run, best epoch) per head.
+        """
+        import tensorflow as tf
+
+        self.reset()
+        Z, targets = data["Z"], data["targets"]
+        train_rows, valid_rows = first._inner_split(len(Z), data["strata"])
+        n_heads = len(self.models)
+        rng = np.random.default_rng(int(first.random_state))
+        # at least ~8 steps per epoch, so small training sets are not starved of updates
+        batch_size = tf.constant(max(1, min(int(first.batch_size), max(16, len(train_rows) // 8))), tf.int32)
+        features = tf.constant(Z)
+        labels = tf.constant(targets.astype(np.float32) if self.multilabel else targets.astype(np.int32))
+        valid = None if valid_rows is None else tf.constant(valid_rows.astype(np.int32))
+        history: list[list[float]] = [[] for _ in range(n_heads)]
+        best_loss, best_weights = [np.inf] * n_heads, [None] * n_heads
+        waited, active = [0] * n_heads, [True] * n_heads
+        with _quiet_retracing():
+            for _ in range(int(first.max_epochs)):
+                order = tf.constant(rng.permutation(train_rows).astype(np.int32))
+                losses = self.train_epoch(features, labels, order, batch_size)
+                if interrupt_pending():
+                    break
+                if valid is None:
+                    for k, loss in enumerate(np.asarray(losses)):
+                        history[k].append(float(loss))
+                    continue
+                epoch_losses = np.asarray(self.validation_losses(features, labels, valid))
+                for k in range(n_heads):
+                    if not active[k]:
+                        continue
+                    loss = float(epoch_losses[k])
+                    history[k].append(loss)
+                    if loss < best_loss[k] - 1e-4:
+                        best_loss[k], best_weights[k], waited[k] = loss, self.models[k].get_weights(), 0
+                    else:
+                        waited[k] += 1
+                        active[k] = waited[k] < int(first.patience)
+                if not any(active):
+                    break
+                self.training.assign(active)
+        for model, weights in zip(self.models, best_weights):
+            if weights is not None:
+                model.set_weights(weights)
+        return [(len(h), int(np.argmin(h)) + 1 if valid_rows is not None and h else len(h)) for h in history]
+
+    def standalone(self, k: int):
+        """A copy of head k's model that later uses of this trainer do not touch (a fitted DenseHead's model_)."""
+        import keras
+
+        model = keras.models.clone_model(self.models[k])
+        model.set_weights(self.models[k].get_weights())
+        return model
+
+    def predict_proba(self, Z: np.ndarray, multilabel: bool) -> list[np.ndarray]:
+        """Every head's probabilities of standardised rows Z, in the order of the heads (as DenseHead's)."""
+        probabilities = []
+        for model in self.models:
+            chunks = [
+                np.asarray(model(Z[start : start + 8192], training=False), dtype=np.float64)
+                for start in range(0, len(Z), 8192)
+            ]
+            proba = np.concatenate(chunks) if chunks else np.zeros((0, model.output_shape[-1]))
+            if not multilabel:
+                proba = proba / proba.sum(axis=1, keepdims=True)
+            probabilities.append(proba)
+        return probabilities
+
+
+@contextmanager
+def _quiet_retracing():
+    """TensorFlow warns when tf.functions are traced often; a new trainer's first calls are expected traces."""
+    import logging
+
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -29,6 +29,7 @@ import numpy as np
 from featx.classify.estimators import DenseHead, EarlyStoppingXGB
 from featx.classify.evaluate import TASKS
 from featx.errors import ClassifyError, one_of_message
+from featx.runtime import limit_tensorflow_threads
 
 SEARCHES = ("grid", "halving")
 
@@ -81,20 +82,39 @@ class ClassifierSpec:
     search : {"grid", "halving"}, default="grid"
         Exhaustive GridSearchCV, or successive halving over training rows where make_search allows it.
     search_options : dict, default={}
-        Extra HalvingGridSearchCV arguments (``factor``, ...), used only for halving searches.
+        Halving's ``factor`` (default 3), used only for halving searches.
+    candidate_probabilities : callable or None, default=None
+        ``f(estimator, candidates, X_fit, y_fit, X_eval) -> [predict_proba per candidate]``: fits the
+        grid points of one fold together, sharing work (None: one clone per grid point).
+    share_key : callable or None, default=None
+        ``f(params) -> hashable``: grid points with equal keys are fitted in one task.
+    parallel_fits : bool, default=True
+        How cpu_split spends the cores: parallel fits of one thread (or a few) each, or one fit at
+        a time using every thread (TensorFlow, whose start-up per worker process costs seconds).
+    threads_label : str, default="BLAS"
+        Whose threads a fit uses ("BLAS", "XGBoost", "TensorFlow"), for the screen.
+    set_threads : callable or None, default=None
+        ``f(threads) -> threads in effect``, called in this process before its searches, for a
+        library whose thread pools are process-wide (TensorFlow).
     """
 
     name: str
     description: str
     build: Callable[..., tuple]  # (task, n_classes, seed, n_jobs, quick) -> (estimator, param_grid)
     search: str = "grid"  # "grid" | "halving" (successive halving on training rows)
-    search_options: dict = field(default_factory=dict)  # extra HalvingGridSearchCV arguments
+    search_options: dict = field(default_factory=dict)  # halving's options: {"factor": int}
+    candidate_probabilities: Callable | None = None  # fits a fold's grid points together (search.FoldSearch)
+    share_key: Callable | None = None  # which grid points share that work (None: all of a fold)
+    parallel_fits: bool = True  # CPU split: parallel fits (processes), or one fit on every thread
+    threads_label: str = "BLAS"  # whose threads a fit uses, for the screen
+    set_threads: Callable[[int], int] | None = None  # process-wide thread setting (TensorFlow); -> threads in effect
 
 
 def _one_vs_rest(estimator, grid: dict, n_jobs: int):
     from sklearn.multiclass import OneVsRestClassifier
 
-    return OneVsRestClassifier(estimator, n_jobs=1), {f"estimator__{key}": values for key, values in grid.items()}
+    # n_jobs None: the labels are fitted one after another; the search decides the parallel fits and threads
+    return OneVsRestClassifier(estimator, n_jobs=None), {f"estimator__{key}": values for key, values in grid.items()}
 
 
 def _build_logreg(task, n_classes, seed=0, n_jobs=1, quick=False):
@@ -117,6 +137,53 @@ def _build_logreg(task, n_classes, seed=0, n_jobs=1, quick=False):
     if task == "multilabel":
         return _one_vs_rest(model, grid, n_jobs)
     return model, grid
+
+
+def logreg_path_probabilities(estimator, candidates, X_fit, y_fit, X_eval) -> list[np.ndarray]:
+    """Each logreg candidate's predict_proba of X_eval, fitted along the regularisation path.
+
+    The scaler is fitted once per fold; for each class weight the C values are fitted from the
+    strongest regularisation up, each lbfgs run warm-started from the previous solution (a nearby
+    optimum: few iterations). Other grids (or the multilabel wrapper) fit one clone per candidate.
+    """
+    from sklearn.base import clone
+    from sklearn.pipeline import Pipeline
+
+    from featx.classify.search import each_candidate_probabilities
+
+    varied = set().union(*candidates) if candidates else set()
+    if not isinstance(estimator, Pipeline) or not varied <= {"clf__C", "clf__class_weight"}:
+        return each_candidate_probabilities(estimator, candidates, X_fit, y_fit, X_eval)
+    scaler = clone(estimator.named_steps["scale"]).fit(X_fit)
+    Z_fit, Z_eval = scaler.transform(X_fit), scaler.transform(X_eval)
+    base = estimator.named_steps["clf"]
+    settings = [
+        (params.get("clf__class_weight", base.class_weight), params.get("clf__C", base.C)) for params in candidates
+    ]
+    probabilities: list = [None] * len(candidates)
+    model, model_weight = None, object()
+    for index in sorted(range(len(candidates)), key=lambda i: (repr(settings[i][0]), settings[i][1])):
+        class_weight, C = settings[index]
+        if model is None or class_weight != model_weight:
+            model, model_weight = clone(base).set_params(class_weight=class_weight, warm_start=True), class_weight
+        probabilities[index] = model.set_params(C=C).fit(Z_fit, y_fit).predict_proba(Z_eval)
+    return probabilities
+
+
+def own_candidate_probabilities(estimator, candidates, X_fit, y_fit, X_eval) -> list[np.ndarray]:
+    """The estimator's own `candidate_probabilities` fast path (EarlyStoppingXGB, DenseHead) where it has one;
+    a clone per candidate otherwise (e.g. inside the multilabel OneVsRestClassifier)."""
+    from featx.classify.search import each_candidate_probabilities
+
+    method = getattr(estimator, "candidate_probabilities", None)
+    if method is None:
+        return each_candidate_probabilities(estimator, candidates, X_fit, y_fit, X_eval)
+    return method(candidates, X_fit, y_fit, X_eval)
+
+
+def _logreg_share_key(params: dict):
+    """One regularisation path per class weight: the unit of work a fold's logreg candidates share."""
+    return repr(params.get("clf__class_weight", params.get("estimator__clf__class_weight")))
 
 
 def _build_xgboost(task, n_classes, seed=0, n_jobs=1, quick=False):
@@ -156,6 +223,8 @@ CLASSIFIERS: dict[str, ClassifierSpec] = {
             "StandardScaler + logistic regression (lbfgs), grid over C and class_weight",
             _build_logreg,
             search="grid",
+            candidate_probabilities=logreg_path_probabilities,
+            share_key=_logreg_share_key,
         ),
         ClassifierSpec(
             "xgboost",
@@ -165,12 +234,18 @@ CLASSIFIERS: dict[str, ClassifierSpec] = {
             search="halving",
             # 16 candidates: 16 -> 4 -> 1 keeps one full-data round of 5 fits instead of two (factor 3)
             search_options={"factor": 4},
+            candidate_probabilities=own_candidate_probabilities,
+            threads_label="XGBoost",
         ),
         ClassifierSpec(
             "dense",
             "Keras dense head: pooled softmax (0 hidden) or 256/1024 ReLU units with dropout, Adam, early stopping",
             _build_dense,
             search="halving",
+            candidate_probabilities=own_candidate_probabilities,
+            parallel_fits=False,
+            threads_label="TensorFlow",
+            set_threads=limit_tensorflow_threads,
         ),
     )
 }
@@ -251,64 +326,131 @@ def grid_size(grid: dict) -> int:
 HALVING_MIN_ROWS = 2000
 
 
-def make_search(spec_name, estimator, grid, cv_splits, scoring, n_jobs=1, seed=0):
-    """The CV search `featx classify` runs for this classifier: GridSearchCV or successive halving.
+def make_search(spec_name, estimator, grid, cv_splits, task="binary", n_jobs=1, seed=0):
+    """The CV search `featx classify` runs for this classifier: a FoldSearch, exhaustive or by halving.
 
-    Halving's early rounds score candidates on random subsets of both sides of each fold
-    (scikit-learn subsamples train and test rows alike); the last round uses the full folds,
-    and subsets never mix patients across a fold. Below HALVING_MIN_ROWS training rows those
-    subsets are too small to rank candidates, so small datasets, like small grids (quick runs),
-    get the exhaustive grid (see search_strategy).
+    Halving's early rounds score candidates on random subsets of both sides of each fold;
+    the last round fits the full folds, and subsets never mix patients across a fold. Below
+    HALVING_MIN_ROWS training rows those subsets are too small to rank candidates, so small
+    datasets, like small grids (quick runs), get the exhaustive grid (see search_strategy).
+    The grid points of a fold are fitted together by the spec's candidate_probabilities.
 
     Parameters
     ----------
     spec_name : str
         A key of CLASSIFIERS.
     estimator : scikit-learn classifier
-        From build_classifier. With n_jobs != 1, a clone whose ``n_jobs`` parameters are 1 is searched.
+        From build_classifier.
     grid : dict[str, list]
         From build_classifier.
     cv_splits : iterable of (train_rows, test_rows)
         The patient-grouped folds of evaluate.grouped_splits.
-    scoring : callable or str
-        The scorer; featx uses ``featx.classify.scoring.AUCScorer(task)``.
+    task : {"binary", "multiclass", "multilabel"}, default="binary"
+        Which AUC scores a candidate (scoring's rules).
     n_jobs : int, default=1
-        Fits run in parallel.
+        Cores the search may use, split by cpu_split between parallel fits and threads per fit.
     seed : int, default=0
-        random_state of successive halving's subsampling.
+        Seed of successive halving's subsampling.
 
     Returns
     -------
-    GridSearchCV or HalvingGridSearchCV
+    featx.classify.search.FoldSearch
         Unfitted; ``fit(X, y)`` refits the best candidate on all rows.
     """
-    from sklearn.base import clone
-    from sklearn.model_selection import GridSearchCV
+    from featx.classify.search import FoldSearch
 
     spec = get_classifier(spec_name)
     cv_splits = list(cv_splits)
-    if n_jobs != 1:
-        # parallel fits: one thread each, or 2 processes x 2 threads fight over 2 cores
-        estimator = clone(estimator).set_params(
-            **{
-                key: 1
-                for key, value in estimator.get_params().items()
-                if (key == "n_jobs" or key.endswith("__n_jobs")) and value not in (None, 1)
-            }
-        )
-    common = dict(scoring=scoring, cv=cv_splits, n_jobs=n_jobs, refit=True)
     n_rows = sum(len(test_rows) for _, test_rows in cv_splits)
-    if search_strategy(spec_name, grid, n_rows) == "halving":
-        # early rounds fit on random subsets of each fold's training rows; a subset that lost a
-        # class cannot be fitted and ranks last instead of aborting (all fits failing still raises)
-        common["error_score"] = np.nan
-        from sklearn.experimental import enable_halving_search_cv  # noqa: F401
-        from sklearn.model_selection import HalvingGridSearchCV
+    split = cpu_split(spec_name, n_jobs, len(cv_splits))
+    return FoldSearch(
+        estimator,
+        grid,
+        cv_splits,
+        task=task,
+        strategy=search_strategy(spec_name, grid, n_rows),
+        factor=int(spec.search_options.get("factor", 3)),
+        candidate_probabilities=spec.candidate_probabilities,
+        share_key=spec.share_key,
+        n_jobs=split.parallel_fits,
+        threads=split.threads,
+        random_state=seed,
+    )
 
-        options = {"factor": 3, "min_resources": "exhaust", "aggressive_elimination": False}
-        options.update(spec.search_options)
-        return HalvingGridSearchCV(estimator, grid, resource="n_samples", random_state=seed, **options, **common)
-    return GridSearchCV(estimator, grid, error_score="raise", **common)
+
+def planned_fits(spec_name, grid, n_rows, n_folds, n_classes=2) -> int:
+    """The fits make_search's search will make on `n_rows` training rows: grid points x folds per round, + refit.
+
+    Parameters
+    ----------
+    spec_name : str
+        A key of CLASSIFIERS.
+    grid : dict[str, list]
+        The parameter grid to search.
+    n_rows : int
+        Training rows.
+    n_folds : int
+        CV folds.
+    n_classes : int, default=2
+        Distinct label values (2 for binary and multilabel): halving's smallest round has at least
+        n_folds * 2 * n_classes rows.
+
+    Returns
+    -------
+    int
+    """
+    from featx.classify.search import count_fits, search_rounds
+
+    spec = get_classifier(spec_name)
+    strategy = search_strategy(spec_name, grid, n_rows)
+    factor = int(spec.search_options.get("factor", 3))
+    return count_fits(search_rounds(strategy, grid_size(grid), n_rows, factor, n_folds, n_classes), n_folds)
+
+
+@dataclass(frozen=True)
+class CpuSplit:
+    """How a search spends its cores: parallel fits x library threads per fit (never more than the cores)."""
+
+    parallel_fits: int
+    threads: int
+    threads_label: str
+
+    def describe(self) -> str:
+        fits = "fit" if self.parallel_fits == 1 else "parallel fits"
+        threads = "thread" if self.threads == 1 else "threads"
+        return f"{self.parallel_fits} {fits} x {self.threads} {self.threads_label} {threads}"
+
+
+def cpu_split(spec_name, n_jobs, n_folds) -> CpuSplit:
+    """Split `n_jobs` cores between parallel fits and each fit's own threads, so fits x threads <= n_jobs.
+
+    Parameters
+    ----------
+    spec_name : str
+        A key of CLASSIFIERS.
+    n_jobs : int
+        Cores to use (featx classify: the usable cores unless --n-jobs says otherwise); -1 with a
+        cluster engine: one fit per fold in flight, one thread each.
+    n_folds : int
+        CV folds: a round's tasks are at least one per fold, so more parallel fits than folds
+        would idle.
+
+    Returns
+    -------
+    CpuSplit
+        parallel_fits = min(n_jobs, n_folds) and threads = n_jobs // parallel_fits for classifiers
+        that fit in parallel processes (logreg: BLAS threads, xgboost: nthread); 1 fit x n_jobs
+        threads for the dense head (TensorFlow: a worker process would start TensorFlow again and
+        retrace its train step, and its matrix products use threads well).
+    """
+    spec = get_classifier(spec_name)
+    if int(n_jobs) == -1:  # a cluster engine: every fold of a round in flight, one thread each
+        return CpuSplit(max(1, int(n_folds)) if spec.parallel_fits else 1, 1, spec.threads_label)
+    n_jobs = max(1, int(n_jobs))
+    if not spec.parallel_fits:
+        return CpuSplit(1, n_jobs, spec.threads_label)
+    parallel = max(1, min(n_jobs, int(n_folds)))
+    return CpuSplit(parallel, max(1, n_jobs // parallel), spec.threads_label)
 
 
 def search_strategy(spec_name, grid, n_rows=None) -> str:

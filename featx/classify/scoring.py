@@ -24,7 +24,11 @@ def predict_scores(estimator, X: np.ndarray, task: str) -> np.ndarray:
     scikit-learn convention for multi-output); that becomes the (N, K) matrix of
     P(label present).
     """
-    proba = estimator.predict_proba(X)
+    return scores_from_probabilities(estimator.predict_proba(X), task)
+
+
+def scores_from_probabilities(proba, task: str) -> np.ndarray:
+    """predict_scores' rule applied to a predict_proba output (the search scores held-out rows with it)."""
     if isinstance(proba, list):
         proba = np.column_stack([p[:, -1] for p in proba])
     proba = np.asarray(proba, dtype=np.float64)

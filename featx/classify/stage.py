@@ -9,32 +9,45 @@ results stage's writer, featx.results.records.RunWriter) as a FittedRun.
 Everything the user can get wrong is checked before the first fit, from the caches'
 headers and row metadata, so a bad cache or flag costs seconds, not a half-finished
 grid. Each cache is hashed once per command and each pooling loaded once.
+
+Runs are cached like embeddings: a run whose inputs (run_inputs: the cache's content sha256,
+pooling, classifier, estimator settings, grid, search, folds, seed, threshold rule, every
+other setting that shapes the run record, library versions) are unchanged since the sink
+saved it is not fitted again (`sink.reusable`), unless `force`; its cache is then not even
+read beyond its header.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import time
-import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from joblib import Parallel, delayed
 
 from featx.classify import audit, efficiency, evaluate
 from featx.classify import registry as classifiers
 from featx.classify import subgroups as subgroup_auc
-from featx.classify.scoring import AUCScorer, predict_scores, task_for
+from featx.classify.scoring import predict_scores, task_for
+from featx.config import usable_cores
 from featx.engines import LOCAL, EngineConfig, check_engine, fit_backend
 from featx.errors import CacheError, ClassifyError, one_of_message
 from featx.extract import store
 from featx.extract.backbones import POOLINGS
 from featx.files import file_sha256
+from featx.runtime import library_versions
 
 TRAIN_SPLITS = ("train", "val")
 HOLDOUT_FRACTION = 0.2
+# Part of every run's input key: bump it when how a run is fitted changes in a way its other inputs do not show.
+INPUT_KEY_VERSION = 1
+# ClassifyConfig fields that name which runs to do or how fast, not what a run's record holds: not input-key parts
+NOT_INPUTS = ("features_dir", "out_dir", "backbones", "classifiers", "poolings", "n_jobs", "force", "engine")
 
 
 @dataclass(frozen=True)
@@ -46,7 +59,7 @@ class ClassifyConfig:
     poolings: tuple[str, ...] | None = None  # None: every pooling each cache holds
     cv: int = 5
     seed: int = 0
-    n_jobs: int = 1
+    n_jobs: int | None = None  # cores for the fits; None: every usable core (config.usable_cores)
     threshold_rule: str = "youden"
     val_as_test: bool = False
     quick: bool = False
@@ -58,6 +71,7 @@ class ClassifyConfig:
     subgroups: tuple[str, ...] = ()  # metadata columns (or age_band) to report test AUCs per value of
     age_bands: tuple[float, ...] = subgroup_auc.DEFAULT_AGE_BANDS
     subgroup_min: int = subgroup_auc.DEFAULT_MIN_COUNT  # positives and negatives a subgroup needs for its AUC
+    force: bool = False  # fit every run, even one whose inputs are unchanged since it was saved
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,10 @@ class RunPlan:
     backbone: str
     pooling: str
     classifier: str
+    # what planning learnt from the cache's rows: the task, its classes and the training rows
+    task: str = field(default="binary", compare=False)
+    n_classes: int = field(default=2, compare=False)
+    n_train_rows: int = field(default=0, compare=False)
 
     @property
     def run_id(self) -> str:
@@ -96,7 +114,7 @@ class FittedRun:
     task: str
     classes: list[str]
     data: dict  # row and patient counts, class counts, test source, dropped failures
-    search: Any  # the fitted GridSearchCV / HalvingGridSearchCV
+    search: Any  # the fitted search.FoldSearch
     threshold: dict | None  # chosen on out-of-fold training scores (binary); None otherwise
     test_metrics: dict
     test_ids: list[str]
@@ -108,6 +126,9 @@ class FittedRun:
     test_meta: dict[str, list[str]] = field(default_factory=dict)  # manifest metadata of the test rows
     subgroups: dict | None = None  # classify.subgroups.subgroup_analysis, when config.subgroups asks for it
 
+    input_key: str = ""  # sha256 of `inputs`: a later command reuses the run while it is unchanged
+    inputs: dict = field(default_factory=dict)  # run_inputs(...)
+
     @property
     def estimator(self):
         return self.search.best_estimator_
@@ -117,10 +138,25 @@ class FittedRun:
         return self.threshold["value"] if self.threshold else None
 
 
+@dataclass(frozen=True)
+class ReusableRun:
+    """A run the sink already holds with the same input key: it is not fitted again."""
+
+    path: Path
+    cv_auc: float | None
+    test_auc: float | None
+
+
 class RunSink(Protocol):
-    """Where finished runs go: `prepare` gets the plans after planning and before the first fit."""
+    """Where finished runs go: `prepare` gets the plans after planning and before the first fit.
+
+    `reusable(plan, input_key)` answers whether the sink holds that run fitted from the same
+    inputs (then it is not fitted again); `save` stores a fitted run and returns where.
+    """
 
     def prepare(self, plans: Sequence[RunPlan]) -> None: ...
+
+    def reusable(self, plan: RunPlan, input_key: str) -> ReusableRun | None: ...
 
     def save(self, run: FittedRun) -> Path: ...
 
@@ -285,9 +321,9 @@ def _check_finite(path: Path, pooling: str) -> None:
 def plan_runs(config: ClassifyConfig) -> list[RunPlan]:
     """Validate every input before any fit; the runs to do, grouped by cache and pooling.
 
-    Reads each cache's header and row metadata, and streams each planned pooling once to check that every
-    embedding is finite (no embedding matrix is held and no file is hashed here). Raises a FeatxError on
-    the first problem.
+    Reads each cache's header and row metadata, verifying each cache once (no embedding matrix is
+    held and no file is hashed here). Raises a FeatxError on the first problem. The embeddings'
+    finiteness is checked by check_embeddings, for the runs that will be fitted.
     """
     _check_options(config)
     # verify: every chunk's checksum and the content sha256, so a damaged cache stops here with the fix
@@ -299,16 +335,108 @@ def plan_runs(config: ClassifyConfig) -> list[RunPlan]:
         rows_meta = store.read_rows(header.path)
         rows = split_rows(rows_meta, config)
         _check_classes(rows_meta, rows.test, "test")
+        classes = [str(c) for c in rows_meta.classes]
+        task = task_for(rows_meta.y, classes)
         if config.subgroups:
-            task = task_for(rows_meta.y, list(rows_meta.classes))
             subgroup_auc.check_subgroups(config.subgroups, list(rows_meta.meta), task, header.path)
         groups = np.asarray(rows_meta.patient_id).astype(str)[rows.train]
         evaluate.grouped_splits(rows_meta.y[rows.train], groups, config.cv, config.seed, classes=rows_meta.classes)
+        facts = dict(task=task, n_classes=len(classes), n_train_rows=len(rows.train))
         for pooling in poolings:
-            _check_finite(header.path, pooling)
             for classifier in config.classifiers:
-                plans.append(RunPlan(header.path, header.backbone, pooling, classifier))
+                plans.append(RunPlan(header.path, header.backbone, pooling, classifier, **facts))
     return plans
+
+
+def check_embeddings(plans: Sequence[RunPlan]) -> None:
+    """Every embedding the plans will read is finite: one chunked pass per (cache, pooling); FeatxError otherwise."""
+    for cache, pooling in dict.fromkeys((plan.cache, plan.pooling) for plan in plans):
+        _check_finite(cache, pooling)
+
+
+# ---------------------------------------------------------------- run inputs (what decides reuse)
+
+
+def cache_content_hash(path: Path) -> str:
+    """The content hash a run is keyed on: the content sha256 the store recorded when the cache was finished
+    (read from its header: no pass over the file)."""
+    return str(store.read_header(path).attrs["content_sha256"])
+
+
+def _describe(value):
+    """Estimator parameters and settings as plain JSON: nested estimators by class path, other objects by type."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_describe(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _describe(item) for key, item in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "get_params"):
+        return f"{type(value).__module__}.{type(value).__qualname__}"
+    return type(value).__name__
+
+
+def run_inputs(plan: RunPlan, config: ClassifyConfig, content_hash: str) -> dict:
+    """Everything that decides a run's record, as plain JSON: the key of its reuse.
+
+    The cache's content, the pooling, the classifier with every estimator setting and its grid,
+    the search strategy, every ClassifyConfig setting but those in NOT_INPUTS (folds, seed,
+    threshold rule, split options, audits, curves, subgroups, ...), the input-key version and
+    the library versions. Thread and process counts are left out: they change how fast, not what.
+    """
+    spec = classifiers.get_classifier(plan.classifier)
+    estimator, grid = classifiers.build_classifier(
+        plan.classifier, plan.task, plan.n_classes, seed=config.seed, quick=config.quick
+    )
+    params = {
+        key: _describe(value)
+        for key, value in sorted(estimator.get_params(deep=True).items())
+        if not (key == "n_jobs" or key.endswith("__n_jobs"))
+    }
+    settings = {
+        item.name: _describe(getattr(config, item.name))
+        for item in dataclasses.fields(config)
+        if item.name not in NOT_INPUTS
+    }
+    return {
+        "input_key_version": INPUT_KEY_VERSION,
+        "cache_content_sha256": content_hash,
+        "pooling": plan.pooling,
+        "classifier": plan.classifier,
+        "task": plan.task,
+        "estimator": {"class": _describe(estimator), "params": params},
+        "grid": _describe(grid),
+        "search": {
+            "strategy": classifiers.search_strategy(plan.classifier, grid, plan.n_train_rows),
+            **_describe(spec.search_options),
+        },
+        "settings": settings,
+        "versions": library_versions(),
+    }
+
+
+def input_key(inputs: dict) -> str:
+    """sha256 of a run's inputs (canonical JSON)."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def planned_fits(plan: RunPlan, config: ClassifyConfig) -> int:
+    """The fits a run will make: grid points x folds over its search's rounds, the refit, and the fits of
+    the image-fold audit and the data-efficiency curve when the config asks for them."""
+    _, grid = classifiers.build_classifier(plan.classifier, plan.task, plan.n_classes, quick=config.quick)
+    n_values = plan.n_classes if plan.task == "multiclass" else 2  # distinct label values (0/1 for multilabel)
+    return classifiers.planned_fits(plan.classifier, grid, plan.n_train_rows, config.cv, n_values) + _analysis_fits(
+        config
+    )
+
+
+def _analysis_fits(config: ClassifyConfig) -> int:
+    """Fits of the chosen configuration after the search: the image-fold audit and the curve's subsamples."""
+    audit_fits = config.cv if config.image_cv else 0
+    curve_fits = sum(config.efficiency_seeds for fraction in config.train_fractions if fraction < 1.0)
+    return audit_fits + curve_fits
 
 
 # ---------------------------------------------------------------- one run
@@ -318,7 +446,7 @@ def plan_runs(config: ClassifyConfig) -> list[RunPlan]:
 class Selection:
     """Model selection on training rows only: the search, its OOF scores and threshold."""
 
-    search: object
+    search: Any
     splits: list
     oof_score: np.ndarray
     threshold: dict | None
@@ -326,51 +454,51 @@ class Selection:
     oof_s: float
 
 
-def _fold_scores(model, X, y, fit_rows, score_rows, task):
-    """Out-of-fold scores of one grouped fold: fit on its training side, score its held-out side."""
-    return predict_scores(model.fit(X[fit_rows], y[fit_rows]), X[score_rows], task)
-
-
 def select_model(
-    classifier: str, task: str, classes: Sequence[str], X_train, y_train, groups, config: ClassifyConfig
+    classifier: str,
+    task: str,
+    classes: Sequence[str],
+    X_train,
+    y_train,
+    groups,
+    config: ClassifyConfig,
+    on_fits: Callable[[int], object] | None = None,
 ) -> Selection:
-    """Grid search, refit and out-of-fold scores. Sees the training rows and nothing else."""
-    from sklearn.base import clone
+    """Grid search, refit and out-of-fold scores. Sees the training rows and nothing else.
 
+    The out-of-fold scores of the chosen candidate are the held-out predictions its search made
+    on the same patient-grouped folds (search.FoldSearch.oof_scores_), not five more fits.
+    `on_fits(n)` is called as fits finish (the progress bar). `featx bench classify` times this.
+    """
+    n_jobs = resolve_n_jobs(config.n_jobs, config.engine)
     splits = evaluate.grouped_splits(y_train, groups, config.cv, config.seed, classes=classes)
-    estimator, grid = classifiers.build_classifier(
-        classifier, task, len(classes), seed=config.seed, n_jobs=config.n_jobs, quick=config.quick
-    )
-    search = classifiers.make_search(
-        classifier, estimator, grid, splits, AUCScorer(task), n_jobs=config.n_jobs, seed=config.seed
-    )
+    estimator, grid = classifiers.build_classifier(classifier, task, len(classes), seed=config.seed, quick=config.quick)
+    search = classifiers.make_search(classifier, estimator, grid, splits, task, n_jobs=n_jobs, seed=config.seed)
+    spec = classifiers.get_classifier(classifier)
+    if spec.set_threads is not None:
+        spec.set_threads(search.threads)
     started = time.perf_counter()
-    with warnings.catch_warnings():
-        # NaN early-round scores of successive halving are expected (see AUCScorer); not news to the user.
-        warnings.filterwarnings("ignore", message="One or more of the test scores are non-finite")
-        search.fit(X_train, y_train)
+    search.fit(X_train, y_train, on_fits=on_fits)
     search_s = time.perf_counter() - started
-
-    started = time.perf_counter()
-    oof = np.zeros((len(y_train),) if task == "binary" else y_train.shape[:1] + (len(classes),), dtype=np.float64)
-    fold_scores = Parallel(n_jobs=config.n_jobs)(
-        delayed(_fold_scores)(clone(search.best_estimator_), X_train, y_train, fit_rows, score_rows, task)
-        for fit_rows, score_rows in splits
-    )
-    for (_, score_rows), scores in zip(splits, fold_scores):
-        oof[score_rows] = scores
-    oof_s = time.perf_counter() - started
-
+    oof = search.oof_scores_
     threshold = evaluate.choose_threshold(y_train, oof, rule=config.threshold_rule) if task == "binary" else None
-    return Selection(search, splits, oof, threshold, search_s, oof_s)
+    return Selection(search, splits, oof, threshold, search_s, 0.0)
 
 
 def fit_run(
-    plan: RunPlan, config: ClassifyConfig, features: store.FeatureSet, data_audit: dict | None = None
+    plan: RunPlan,
+    config: ClassifyConfig,
+    features: store.FeatureSet,
+    data_audit: dict | None = None,
+    *,
+    inputs: dict | None = None,
+    on_fits: Callable[[int], object] | None = None,
 ) -> FittedRun:
     """Select, refit and evaluate one backbone x pooling x classifier on a loaded FeatureSet.
 
     `data_audit` (classify.audit.data_audit of this cache and pooling) joins the run's audit as is.
+    `inputs` (run_inputs) travel with the run so the sink can record its input key. `on_fits(n)` is
+    called as fits finish: the search's, then the audit's and the curve's together.
     """
     started_total = time.perf_counter()
     rows = split_rows(features, config)
@@ -380,7 +508,7 @@ def fit_run(
     groups = np.asarray(features.patient_id).astype(str)
     X_train, y_train = features.X[rows.train], y[rows.train]
 
-    selection = select_model(plan.classifier, task, classes, X_train, y_train, groups[rows.train], config)
+    selection = select_model(plan.classifier, task, classes, X_train, y_train, groups[rows.train], config, on_fits)
     search = selection.search
 
     # The test rows are sliced out only now, after model selection is fixed.
@@ -393,6 +521,8 @@ def fit_run(
     run_audit, curve, extra_timings = _audit_and_curve(
         config, task, selection, X_train, y_train, groups[rows.train], X_test, y_test, test_metrics
     )
+    if on_fits is not None and _analysis_fits(config):
+        on_fits(_analysis_fits(config))
     if data_audit is not None:
         run_audit = {**data_audit, **run_audit}
     test_meta = {name: np.asarray(values).astype(str)[rows.test].tolist() for name, values in features.meta.items()}
@@ -407,7 +537,7 @@ def fit_run(
         "oof_s": selection.oof_s,
         "predict_s": predict_s,
         "total_s": time.perf_counter() - started_total,
-        "n_fits": len(search.cv_results_["params"]) * len(selection.splits) + 1,
+        "n_fits": int(search.n_fits_) + _analysis_fits(config),
         **extra_timings,
     }
     return FittedRun(
@@ -429,12 +559,21 @@ def fit_run(
         audit=run_audit,
         test_meta=test_meta,
         subgroups=subgroup_results,
+        input_key=input_key(inputs) if inputs else "",
+        inputs=inputs or {},
     )
 
 
 def _audit_and_curve(config, task, selection, X_train, y_train, groups, X_test, y_test, test_metrics):
-    """The split-level CV audit and the data-efficiency curve of the chosen configuration; their seconds."""
-    best = selection.search.best_estimator_
+    """The split-level CV audit and the data-efficiency curve of the chosen configuration; their seconds.
+
+    Their fits of the chosen configuration run with the search's CPU split: its parallel fits, its threads each.
+    """
+    from featx.classify.search import with_threads
+
+    search = selection.search
+    best = with_threads(search.best_estimator_, search.threads)  # unfitted: both analyses fit clones of it
+    n_jobs = search.n_jobs
     run_audit: dict = {"split_levels": None}
     timings = {}
     if config.image_cv:
@@ -448,7 +587,7 @@ def _audit_and_curve(config, task, selection, X_train, y_train, groups, X_test, 
             selection.oof_score,
             config.cv,
             config.seed,
-            config.n_jobs,
+            n_jobs,
         )
         timings["image_cv_s"] = run_audit["split_levels"]["seconds"]
     curve = None
@@ -465,7 +604,7 @@ def _audit_and_curve(config, task, selection, X_train, y_train, groups, X_test, 
             config.efficiency_seeds,
             seed=config.seed,
             run_auc=(test_metrics.get("auc") or {}).get("value"),
-            n_jobs=config.n_jobs,
+            n_jobs=n_jobs,
         )
         timings["efficiency_s"] = curve["seconds"]
     return run_audit, curve, timings
@@ -495,22 +634,105 @@ def _class_counts(y: np.ndarray, classes: list[str]) -> dict[str, int]:
 # ---------------------------------------------------------------- every run
 
 
+def resolve_n_jobs(n_jobs: int | None, engine: EngineConfig = LOCAL) -> int:
+    """Cores for stage two's fits: `n_jobs`; None (or joblib's -1) is every usable core of this machine.
+
+    With a cluster engine, -1 stays -1: every fold of a round in flight at once, one thread each
+    (registry.cpu_split), however many CPUs the cluster has.
+    """
+    if n_jobs is None or int(n_jobs) == -1:
+        return -1 if engine.name != "local" and n_jobs is not None else usable_cores()
+    if int(n_jobs) < 1:
+        raise ClassifyError(
+            f"The 'n_jobs' parameter must be a positive number of cores (or -1 for all of them). Got {n_jobs} instead."
+        )
+    return int(n_jobs)
+
+
+def describe_cpu_split(classifier_names: Sequence[str], n_jobs: int, cv: int) -> str:
+    """One line: the cores used and, per classifier, parallel fits x library threads per fit.
+
+    Starts the process-wide pools that need it (TensorFlow's), so the threads said are those in effect.
+    """
+    parts = []
+    for name in dict.fromkeys(classifier_names):
+        split = classifiers.cpu_split(name, n_jobs, cv)
+        spec = classifiers.get_classifier(name)
+        if spec.set_threads is not None:
+            split = replace(split, threads=spec.set_threads(split.threads))
+        parts.append(f"{name} {split.describe()}")
+    cores = "every fold of a round at once" if n_jobs == -1 else f"{n_jobs} of {usable_cores()} usable cores"
+    return f"{cores}: {'; '.join(parts)}"
+
+
+def _auc_text(value) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.3f}"
+
+
+def _run_line(plan: RunPlan, run: FittedRun) -> str:
+    test = run.test_metrics.get("auc") or {}
+    ci = ""
+    if test.get("ci_low") is not None and test.get("ci_high") is not None:
+        ci = f" [{test['ci_low']:.3f}, {test['ci_high']:.3f}]"
+    search = run.search
+    best = int(search.best_index_)
+    cv_mean = float(search.cv_results_["mean_test_score"][best])
+    cv_std = float(search.cv_results_["std_test_score"][best])
+    return (
+        f"[green]fitted[/green] {plan.run_id}: CV AUC {_auc_text(cv_mean)} ± {cv_std:.3f}, "
+        f"test AUC {_auc_text(test.get('value'))}{ci} ({run.timings['n_fits']} fits, {run.timings['total_s']:.1f} s)"
+    )
+
+
 def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Path]:
-    """Validate, then fit every planned run and hand each to `sink` as it finishes; returns what sink.save returned."""
+    """Validate, reuse the runs whose inputs are unchanged, fit the others; returns every run's path in plan order.
+
+    Each fitted run is handed to `sink.save` as it finishes and reported in a line with its CV
+    and test AUC; one progress bar counts the fits of every run to fit (grid points x folds over
+    each search's rounds, refits, audits and curves), with rate and ETA from the first finished task.
+    """
     from rich.console import Console
 
     from featx.progress import progress_bar
 
     console = console or Console()
+    config = replace(config, n_jobs=resolve_n_jobs(config.n_jobs, config.engine))
     plans = plan_runs(config)
     sink.prepare(plans)
-    written: list[Path] = []
+    content: dict[Path, str] = {}
+    paths: dict[RunPlan, Path] = {}
+    to_fit: list[tuple[RunPlan, dict]] = []
+    for plan in plans:
+        if plan.cache not in content:
+            content[plan.cache] = cache_content_hash(plan.cache)
+        inputs = run_inputs(plan, config, content[plan.cache])
+        reused = None if config.force else sink.reusable(plan, input_key(inputs))
+        if reused is None:
+            to_fit.append((plan, inputs))
+            continue
+        paths[plan] = reused.path
+        console.print(
+            f"[dim]reused[/dim] {plan.run_id}: inputs unchanged, CV AUC {_auc_text(reused.cv_auc)}, "
+            f"test AUC {_auc_text(reused.test_auc)}"
+        )
+    if paths:
+        console.print(
+            f"{len(paths)} of {len(plans)} runs reused (inputs unchanged since they were fitted; --force re-fits them); "
+            f"{len(to_fit)} to fit."
+        )
+    if not to_fit:
+        return [paths[plan] for plan in plans]
+
+    check_embeddings([plan for plan, _ in to_fit])
+    console.print(f"CPU: {describe_cpu_split([plan.classifier for plan, _ in to_fit], config.n_jobs, config.cv)}.")
     sha256: dict[Path, str] = {}
-    hashes: dict = {}  # image-file hashes of the exact-duplicate audit, shared by caches of the same rows
+    image_hashes: dict = {}  # image-file hashes of the exact-duplicate audit, shared by caches of the same rows
     loaded_key, features, data_audit = None, None, None
-    with fit_backend(config.engine, console), progress_bar(console, unit="runs") as progress:
-        bar = progress.add_task("classify", total=len(plans))
-        for plan in plans:
+    with fit_backend(config.engine, console), progress_bar(console, unit="fits") as progress:
+        planned = {plan: planned_fits(plan, config) for plan, _ in to_fit}
+        bar = progress.add_task(f"classify: {len(to_fit)} runs", total=sum(planned.values()))
+        done = 0
+        for plan, inputs in to_fit:
             progress.update(bar, description=f"{plan.backbone} / {plan.pooling} / {plan.classifier}")
             if loaded_key != (plan.cache, plan.pooling):  # plans are grouped by cache and pooling: load each once
                 features = None
@@ -526,10 +748,16 @@ def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Pa
                     )
                 progress.update(bar, description=f"{plan.backbone} / {plan.pooling}: duplicate audit")
                 data_audit = audit.data_audit(
-                    features, rows.train, rows.test, rows.test_source, config.near_duplicate_threshold, hashes
+                    features, rows.train, rows.test, rows.test_source, config.near_duplicate_threshold, image_hashes
                 )
                 progress.update(bar, description=f"{plan.backbone} / {plan.pooling} / {plan.classifier}")
-            written.append(sink.save(fit_run(plan, config, features, data_audit)))
-            progress.advance(bar)
-        progress.update(bar, description="classify: done")
-    return written
+            assert features is not None
+            run = fit_run(plan, config, features, data_audit, inputs=inputs, on_fits=lambda n: progress.advance(bar, n))
+            done += run.timings["n_fits"]
+            if run.timings["n_fits"] != planned[plan]:  # an estimate that missed: the total follows the facts
+                total = progress.tasks[0].total or 0
+                progress.update(bar, total=total + run.timings["n_fits"] - planned[plan], completed=done)
+            paths[plan] = sink.save(run)
+            progress.console.print(_run_line(plan, run))
+        progress.update(bar, description=f"classify: {len(to_fit)} runs fitted")
+    return [paths[plan] for plan in plans]

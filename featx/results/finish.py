@@ -6,7 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from featx.errors import FeatxError
+from featx.files import atomic_write_bytes
 from featx.results import leaderboard, records
+
+LEADERBOARD_NAMES = ("leaderboard.csv", "leaderboard.md")  # as leaderboard.write_leaderboard names them
+REPORT_NAME = "report.html"  # report.write_report's default
+# results/.finished: the runs fingerprint the leaderboard and report were last written from (this module's file)
+FINISHED_NAME = ".finished"
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,10 @@ class FinishedResults:
 
 def finish_results(results_dir, console, *, manifest=None, data_root=None, announce: bool = True) -> FinishedResults:
     """Write and print the leaderboard, then write the report; a failing report is said, never fatal.
+
+    When the leaderboard files and the report were written from exactly the run records there are
+    now (results/.finished holds their fingerprint: a second `featx classify` that reused every
+    run), the leaderboard is printed and nothing is rewritten.
 
     Parameters
     ----------
@@ -42,6 +52,17 @@ def finish_results(results_dir, console, *, manifest=None, data_root=None, annou
 
     results_dir = Path(results_dir)
     runs = records.load_runs(results_dir)
+    csv_path, md_path, report_path = (results_dir / name for name in (*LEADERBOARD_NAMES, REPORT_NAME))
+    if _up_to_date(results_dir, (csv_path, md_path, report_path)):
+        # nothing changed since they were written (every run reused): printing is enough
+        leaderboard.print_leaderboard(runs, console)
+        if announce:
+            console.print(
+                f"No run changed: {csv_path}, {md_path.name} and {report_path} are up to date "
+                f"(`featx report --results {results_dir}` rewrites the report)."
+            )
+        best = leaderboard.leaderboard_rows(runs)[0]["run_id"]
+        return FinishedResults(runs, csv_path, md_path, report_path, best)
     csv_path, md_path = leaderboard.write_leaderboard(results_dir, runs)
     leaderboard.print_leaderboard(runs, console, results_dir)  # warns when the folder holds several datasets
     if announce:
@@ -57,6 +78,7 @@ def finish_results(results_dir, console, *, manifest=None, data_root=None, annou
             f"retry with `featx report --results {results_dir}`.[/yellow]"
         )
     else:
+        atomic_write_bytes(results_dir / FINISHED_NAME, _runs_fingerprint(results_dir).encode())
         if announce:
             console.print(f"Report written to {report}.")
     rows = leaderboard.leaderboard_rows(runs)
@@ -65,18 +87,40 @@ def finish_results(results_dir, console, *, manifest=None, data_root=None, annou
     return FinishedResults(runs, csv_path, md_path, report, best, len(leaderboard.datasets(rows)))
 
 
+def _runs_fingerprint(results_dir: Path) -> str:
+    """sha256 of every run record's name, size and mtime: it moves when a run is written, replaced or removed."""
+    import hashlib
+
+    entries = sorted(
+        f"{path.name}:{info.st_size}:{info.st_mtime_ns}"
+        for path in (results_dir / records.RUNS_DIR).glob("*.json")
+        for info in (path.stat(),)
+    )
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()
+
+
+def _up_to_date(results_dir: Path, outputs) -> bool:
+    """True when the outputs exist and were written from exactly the runs there are now."""
+    try:
+        written = (results_dir / FINISHED_NAME).read_text(encoding="utf-8").strip()
+        return all(Path(output).is_file() for output in outputs) and written == _runs_fingerprint(results_dir)
+    except OSError:
+        return False
+
+
 def classify_runs(config, console=None) -> list[Path]:
-    """Stage two into config.out_dir: every planned run fitted and written as a run JSON and a model bundle."""
+    """Stage two into config.out_dir: every planned run as a run JSON and a model bundle, fitted unless a run
+    with the same inputs is already there (records.RunWriter.reusable)."""
     from featx.classify.stage import run_classify
 
     return run_classify(config, records.RunWriter(config.out_dir), console)
 
 
 def classify_command(config, console) -> None:
-    """`featx classify`: the runs, then the leaderboard, then the report."""
-    written = classify_runs(config, console)
+    """`featx classify`: the runs, then the leaderboard and the report from every run in the folder."""
+    paths = classify_runs(config, console)
     out_dir = Path(config.out_dir)
     console.print(
-        f"Wrote {len(written)} run(s) to {out_dir / records.RUNS_DIR} and their models to {out_dir / records.MODELS_DIR}."
+        f"{len(paths)} run(s) in {out_dir / records.RUNS_DIR}, their models in {out_dir / records.MODELS_DIR}."
     )
     finish_results(out_dir, console)

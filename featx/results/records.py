@@ -25,7 +25,7 @@ from featx.jsonvalues import jsonable
 from featx.runtime import interrupts_deferred, library_versions
 
 if TYPE_CHECKING:
-    from featx.classify.stage import FittedRun, RunPlan
+    from featx.classify.stage import FittedRun, ReusableRun, RunPlan
 
 RUN_FORMAT = 1
 BUNDLE_FORMAT = 1
@@ -130,7 +130,7 @@ def run_record(run: FittedRun, bundle_sha256: str | None = None) -> dict:
         "versions": library_versions(),
         "data": run.data,
         "grid": getattr(search, "param_grid", None) or getattr(search, "param_distributions", None),
-        "search": type(search).__name__,
+        "search": getattr(search, "strategy", type(search).__name__),
         "cv_results": {key: cv_results[key] for key in CV_RESULT_KEYS if key in cv_results},
         "best_params": search.best_params_,
         "cv_auc_mean": float(cv_results["mean_test_score"][best]),
@@ -149,6 +149,8 @@ def run_record(run: FittedRun, bundle_sha256: str | None = None) -> dict:
         "timings": run.timings,
         "bundle_sha256": bundle_sha256,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "input_key": run.input_key,
+        "inputs": run.inputs,
     }
 
 
@@ -210,6 +212,31 @@ class RunWriter:
         for plan in plans:
             _check_not_another_cache(run_path(self.results_dir, plan.run_id), Path(plan.cache))
 
+    def reusable(self, plan: RunPlan, input_key: str) -> ReusableRun | None:
+        """The run already in this folder when it was fitted from the same inputs (its record's input_key
+        equals `input_key` and its bundle is there), else None: then it is fitted again.
+
+        A record that is unreadable, of another format or without an input key (written before
+        runs were reused) is never reused.
+        """
+        from featx.classify.stage import ReusableRun
+
+        path = run_path(self.results_dir, plan.run_id)
+        if not input_key or not bundle_path(self.results_dir, plan.run_id).is_file():
+            return None
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        if not isinstance(record, dict) or record.get("format", 1) != RUN_FORMAT:
+            return None
+        if record.get("input_key") != input_key or any(key not in record for key in RUN_REQUIRED_KEYS):
+            return None
+        test_auc = (record.get("test") or {}).get("auc") or {}
+        return ReusableRun(
+            path, record.get("cv_auc_mean"), test_auc.get("value") if isinstance(test_auc, dict) else None
+        )
+
     def save(self, run: FittedRun) -> Path:
         """Write the bundle, then the run JSON (each atomically); returns the JSON path.
 
@@ -249,11 +276,17 @@ def _check_not_another_cache(record: Path, cache: Path) -> None:
         )
 
 
-def clear_runs(results_dir) -> None:
-    """Delete every run record and bundle in a results folder (the demo owns its results folder)."""
+def clear_runs(results_dir, keep=()) -> None:
+    """Delete the run records and bundles of a results folder, except the runs whose record paths are in `keep`.
+
+    The demo owns its results folder: after its stage two it keeps the runs of this demo (fitted
+    or reused) and drops the others.
+    """
+    kept = {Path(path).stem for path in keep}
     for folder, pattern in ((RUNS_DIR, "*.json"), (MODELS_DIR, "*.joblib")):
         for path in (Path(results_dir) / folder).glob(pattern):
-            path.unlink()
+            if path.stem not in kept:
+                path.unlink()
 
 
 # ---------------------------------------------------------------- reading

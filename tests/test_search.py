@@ -1,0 +1,175 @@
+"""classify/search.py: FoldSearch finds what scikit-learn's searches find, counts its fits, and its fast paths
+(logreg's regularisation path, XGBoost's shared binned matrix, stacked dense heads) give each candidate's answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+
+from featx.classify import evaluate
+from featx.classify.estimators import DenseHead, EarlyStoppingXGB
+from featx.classify.registry import build_classifier, logreg_path_probabilities, make_search, planned_fits
+from featx.classify.scoring import AUCScorer, predict_scores
+from featx.classify.search import FoldSearch, Round, count_fits, each_candidate_probabilities, search_rounds
+
+
+def _data(n_patients=90, rows=3, dim=12, signal=0.8, seed=0):
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(n_patients), rows)
+    y = (np.arange(n_patients) % 2)[groups]
+    X = rng.normal(size=(len(groups), dim)).astype(np.float32)
+    X[:, :3] += signal * y[:, None]
+    return X, y, groups
+
+
+def test_halving_rounds_follow_scikit_learn_and_end_on_the_full_folds():
+    assert search_rounds("grid", 14, 5215) == [Round(14, 5215, 5215)]
+    # scikit-learn's rounds (min_resources="exhaust"): 5215 // 16 = 325 rows, then x4; the last on all rows
+    assert search_rounds("halving", 16, 5215, factor=4) == [
+        Round(16, 325, 5215),
+        Round(4, 1300, 5215),
+        Round(1, 5215, 5215),
+    ]
+    assert search_rounds("halving", 12, 5215, factor=3) == [
+        Round(12, 579, 5215),
+        Round(4, 1737, 5215),
+        Round(2, 5215, 5215),
+    ]
+    assert count_fits(search_rounds("halving", 12, 5215), n_folds=5) == (12 + 4 + 2) * 5 + 1
+
+
+def test_the_grid_search_finds_what_grid_search_cv_finds():
+    X, y, groups = _data()
+    splits = evaluate.grouped_splits(y, groups, 3, seed=0)
+    estimator = LogisticRegression(max_iter=1000)
+    grid = {"C": [0.001, 0.01, 0.1, 1.0], "class_weight": [None, "balanced"]}
+    ours = FoldSearch(estimator, grid, splits, task="binary").fit(X, y)
+    theirs = GridSearchCV(estimator, grid, cv=splits, scoring=AUCScorer("binary")).fit(X, y)
+    assert ours.best_params_ == theirs.best_params_
+    assert np.allclose(ours.cv_results_["mean_test_score"], theirs.cv_results_["mean_test_score"])
+    assert list(ours.cv_results_["rank_test_score"]) == list(theirs.cv_results_["rank_test_score"])
+    assert np.allclose(ours.predict_proba(X), theirs.predict_proba(X))
+
+
+def test_halving_fits_the_rows_and_keeps_the_candidates_scikit_learns_halving_does():
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+    from sklearn.model_selection import HalvingGridSearchCV
+
+    X, y, groups = _data(n_patients=200, dim=8, signal=0.3, seed=7)
+    splits = evaluate.grouped_splits(y, groups, 5, seed=0)
+    estimator = LogisticRegression(max_iter=1000)
+    grid = {"C": [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0], "class_weight": [None, "balanced"]}
+    ours = FoldSearch(estimator, grid, splits, strategy="halving", factor=3, random_state=0).fit(X, y)
+    theirs = HalvingGridSearchCV(
+        estimator, grid, cv=splits, scoring=AUCScorer("binary"), factor=3, min_resources="exhaust", random_state=0
+    ).fit(X, y)
+    assert ours.n_candidates_ == theirs.n_candidates_
+    assert ours.n_resources_[:-1] == theirs.n_resources_[:-1] and ours.n_resources_[-1] == len(y)
+    for round_ in range(len(ours.n_candidates_)):
+        mine = [i for i, r in enumerate(ours.cv_results_["iter"]) if r == round_]
+        sk = [i for i, r in enumerate(theirs.cv_results_["iter"]) if r == round_]
+        assert [ours.cv_results_["params"][i] for i in mine] == [theirs.cv_results_["params"][i] for i in sk]
+        if round_ < len(ours.n_candidates_) - 1:  # the last round differs only in fitting every row
+            assert np.allclose(ours.cv_results_["mean_test_score"][mine], theirs.cv_results_["mean_test_score"][sk])
+
+
+def test_out_of_fold_scores_are_the_best_candidate_refitted_on_each_fold():
+    X, y, groups = _data(seed=1)
+    splits = evaluate.grouped_splits(y, groups, 3, seed=0)
+    estimator, grid = build_classifier("xgboost", "binary", 2, quick=True)
+    search = make_search("xgboost", estimator, grid, splits, "binary").fit(X, y)
+    expected = np.zeros(len(y))
+    for fit_rows, eval_rows in splits:
+        model = clone(estimator).set_params(**search.best_params_).fit(X[fit_rows], y[fit_rows])
+        expected[eval_rows] = predict_scores(model, X[eval_rows], "binary")
+    assert np.allclose(search.oof_scores_, expected)
+
+
+@pytest.mark.parametrize(("strategy", "n_candidates"), [("grid", 6), ("halving", 6)])
+def test_progress_counts_every_fit_the_plan_announced(strategy, n_candidates):
+    X, y, groups = _data(n_patients=150, seed=2)
+    splits = evaluate.grouped_splits(y, groups, 3, seed=0)
+    grid = {"C": list(np.logspace(-3, 1, n_candidates))}
+    search = FoldSearch(LogisticRegression(), grid, splits, strategy=strategy, factor=2)
+    ticks = []
+    search.fit(X, y, on_fits=ticks.append)
+    assert len(ticks) > 2  # a tick per task, not one per search
+    assert sum(ticks) == search.planned_fits(len(y)) == search.n_fits_
+    assert search.cv_results_["n_resources"][-1] == len(y)  # the last round fits the full folds
+    assert np.count_nonzero(search.oof_scores_) == len(y)
+
+
+def test_the_answer_does_not_depend_on_parallel_processes():
+    X, y, groups = _data(seed=3)
+    splits = evaluate.grouped_splits(y, groups, 3, seed=0)
+    estimator, grid = build_classifier("logreg", "binary", 2)
+    one = make_search("logreg", estimator, grid, splits, "binary", n_jobs=1).fit(X, y)
+    two = make_search("logreg", estimator, grid, splits, "binary", n_jobs=2).fit(X, y)
+    assert two.n_jobs == 2
+    assert one.best_params_ == two.best_params_
+    assert np.array_equal(one.cv_results_["mean_test_score"], two.cv_results_["mean_test_score"])
+    assert np.array_equal(one.oof_scores_, two.oof_scores_)
+
+
+def test_a_planned_fit_count_matches_the_search_featx_runs():
+    rows = np.arange(3000)
+    splits = [(np.setdiff1d(rows, part), part) for part in np.array_split(rows, 5)]
+    for name in ("logreg", "xgboost", "dense"):
+        estimator, grid = build_classifier(name, "binary", 2)
+        search = make_search(name, estimator, grid, splits, "binary")
+        assert planned_fits(name, grid, len(rows), 5) == search.planned_fits(len(rows))
+
+
+# ---------------------------------------------------------------- the fast paths give each candidate's answer
+
+
+def test_the_logreg_path_gives_each_candidates_answer():
+    X, y, _ = _data(n_patients=120, dim=40, seed=4)
+    estimator, grid = build_classifier("logreg", "binary", 2)
+    candidates = [{"clf__C": c, "clf__class_weight": w} for c in grid["clf__C"] for w in grid["clf__class_weight"]]
+    fit_rows, eval_rows = np.arange(0, 270), np.arange(270, len(y))
+    path = logreg_path_probabilities(estimator, candidates, X[fit_rows], y[fit_rows], X[eval_rows])
+    each = each_candidate_probabilities(estimator, candidates, X[fit_rows], y[fit_rows], X[eval_rows])
+    for warm, cold in zip(path, each):  # warm-started lbfgs stops within tol of the same optimum
+        assert np.abs(warm - cold).max() < 2e-3
+
+
+def test_the_shared_binned_matrix_gives_each_xgboost_candidates_booster():
+    X, y, _ = _data(n_patients=100, seed=5)
+    candidates = [
+        {"max_depth": d, "learning_rate": r, "scale_pos_weight": w}
+        for d in (2, 4)
+        for r in (0.1, 0.3)
+        for w in (1.0, "balanced")
+    ]
+    estimator = EarlyStoppingXGB(n_estimators=60)
+    shared = estimator.candidate_probabilities(candidates, X[:200], y[:200], X[200:])
+    each = each_candidate_probabilities(estimator, candidates, X[:200], y[:200], X[200:])
+    for a, b in zip(shared, each):
+        assert np.array_equal(a, b)
+
+
+def test_stacked_dense_heads_give_each_heads_own_fit():
+    X, y, _ = _data(n_patients=80, dim=10, seed=6)
+    candidates = [{"hidden_units": h, "dropout": d, "learning_rate": r} for h, d, r in ((0, 0.2, 1e-2), (8, 0.5, 3e-3))]
+    estimator = DenseHead(max_epochs=6, patience=2, random_state=3)
+    stacked = estimator.candidate_probabilities(candidates, X[:180], y[:180], X[180:])
+    each = each_candidate_probabilities(estimator, candidates, X[:180], y[:180], X[180:])
+    for a, b in zip(stacked, each):
+        assert np.allclose(a, b, atol=1e-6)
+
+
+def test_a_reused_dense_trainer_gives_a_fresh_trainers_answer():
+    from featx.classify import estimators
+
+    X, y, _ = _data(n_patients=60, dim=10, seed=8)
+    head = DenseHead(hidden_units=8, max_epochs=5, patience=2, random_state=1)
+    estimators._TRAINERS.clear()
+    fresh = clone(head).fit(X[:150], y[:150]).predict_proba(X[150:])
+    clone(head).fit(X[30:], y[30:])  # the same trainer trained on other rows in between
+    assert len(estimators._TRAINERS) == 1
+    reused = clone(head).fit(X[:150], y[:150]).predict_proba(X[150:])
+    assert np.array_equal(fresh, reused)
