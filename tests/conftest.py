@@ -70,3 +70,9 @@ def ray_cluster():
     yield cluster
     left = cluster.stop()
     assert not left, f"Ray processes still running after ray.shutdown(): {left}"
+
+
+@pytest.fixture(autouse=True)
+def _not_under_make(monkeypatch):
+    """`make test` exports FEATX_VIA_MAKE=1; tests see a plain `featx` unless they run make themselves."""
+    monkeypatch.delenv("FEATX_VIA_MAKE", raising=False)
