@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -43,8 +44,10 @@ def test_both_ways_run_on_the_same_split_and_count_their_forward_passes(tmp_path
     for way in ("featx", "seeds"):
         auc = result[way].auc
         assert 0.0 <= auc["ci_low"] <= auc["value"] <= auc["ci_high"] <= 1.0
-    shown = console.file.getvalue()
+    shown = " ".join(console.file.getvalue().split())
     assert "backbone forward passes" in shown and "test AUC [95% CI, DeLong]" in shown
+    n_valid = int(re.search(r"(\d+) validation images", result["seeds"].note).group(1))
+    assert 0 < n_valid < n_train  # the seeds' way validates on held-out training patients every epoch
 
 
 def test_more_images_than_the_folder_holds_is_one_sentence(tmp_path):
