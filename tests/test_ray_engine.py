@@ -238,6 +238,69 @@ def test_classify_on_ray_gives_the_local_engine_s_selection_thresholds_and_test_
     assert len(runs["local"]["tiny__avg__logreg.json"]["cv_results"]["params"]) == 14  # the full logreg grid
 
 
+def test_classify_on_ray_with_the_cli_s_default_n_jobs_runs_on_a_cluster_with_fewer_cpus_than_folds(
+    ray_cluster, tmp_path, capsys
+):
+    from cachefactory import write_signal_cache
+
+    features = tmp_path / "features"
+    write_signal_cache(features / "tiny.h5", backbone="tiny", seed=0, feature_seed=5)
+    args = ["classify", "--features", str(features), "--out", str(tmp_path / "out"), "--classifier", "logreg"]
+    # --engine ray defaults to -1 cores: a fit per fold in flight, capped at the cluster's 2 CPUs (Ray's pool
+    # refuses more actors than CPUs: it raised "Tried to start a pool with 3 processes" here)
+    assert main([*args, "--cv", "3", "--quick", "--engine", "ray", "--ray-address", ray_cluster.address]) == 0
+    out = capsys.readouterr().out
+    assert "logreg 2 parallel fits x 1 BLAS thread" in out and "0 GPU(s) in the cluster: logreg no GPU" in out
+
+
+def test_on_a_cluster_with_gpus_xgboost_fits_reserve_a_share_of_one_and_fall_back_to_cpu_without_cuda(
+    ray_cluster, tmp_path, monkeypatch
+):
+    """The session's Ray has no GPU (tests hide CUDA): it is reported with one, and the GPU request is noted
+    and left out when the actors start (nothing here could grant it); the rest of the remote args go through."""
+    from cachefactory import write_signal_cache
+    from ray.util.joblib.ray_backend import RayBackend
+
+    from featx.classify import search
+    from featx.classify.stage import ClassifyConfig
+    from featx.results.finish import classify_runs
+
+    features = tmp_path / "features"
+    write_signal_cache(features / "tiny.h5", backbone="tiny", seed=0, feature_seed=5)
+    alive_nodes, configure, run_task = ray_engine._alive_nodes, RayBackend.configure, search._run_task
+    monkeypatch.setattr(ray_engine, "_alive_nodes", lambda ray: [{**node, "GPU": 1.0} for node in alive_nodes(ray)])
+    asked, envs = [], tmp_path / "envs"
+
+    def noting_configure(self, n_jobs=1, *args, **kwargs):
+        asked.append((n_jobs, self.ray_remote_args))
+        self.ray_remote_args = {k: v for k, v in (self.ray_remote_args or {}).items() if k != "num_gpus"} or None
+        return configure(self, n_jobs, *args, **kwargs)
+
+    def noting_run_task(*args):  # pickled by value: what the fit's process was started with
+        with open(envs, "a") as log:
+            log.write(f"{os.environ.get('TF_FORCE_GPU_ALLOW_GROWTH')}\n")
+        return run_task(*args)
+
+    monkeypatch.setattr(RayBackend, "configure", noting_configure)
+    monkeypatch.setattr(search, "_run_task", noting_run_task)
+    runs, console = {}, quiet()
+    for engine, n_jobs in (("local", 2), ("ray", -1)):
+        out = tmp_path / engine
+        envs.unlink(missing_ok=True)
+        config = ClassifyConfig(
+            features_dir=features, out_dir=out, classifiers=("xgboost",), cv=3, n_jobs=n_jobs, quick=True,
+            engine=EngineConfig(engine),
+        )  # fmt: skip
+        classify_runs(config, console if engine == "ray" else quiet())
+        runs[engine] = json.loads((out / "runs" / "tiny__avg__xgboost.json").read_text())
+    # the search's fits: 2 folds in flight on 1 GPU; the audit's image-fold fits then ask for no GPU
+    assert [(n_jobs, (args or {}).get("num_gpus")) for n_jobs, args in asked] == [(2, 0.5), (2, None)]
+    assert set(envs.read_text().split()) == {"true"}  # every search fit ran in an actor started with the GPU env
+    assert "1 GPU(s) in the cluster: xgboost 0.5 GPU per fit (2 in flight on 1 GPU(s))" in console.file.getvalue()
+    for key in ("best_params", "cv_auc_mean", "threshold", "test", "test_predictions"):
+        assert runs["local"][key] == runs["ray"][key], key  # no CUDA in the actors: XGBoost fell back to cpu
+
+
 # ---------------------------------------------------------------- predict
 
 

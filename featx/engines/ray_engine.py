@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from featx.engines import EngineConfig, import_ray
+from featx.engines import EngineConfig, FitCluster, import_ray
 from featx.engines import range_rows as engine_range_rows
 from featx.engines.work import EmbedRequest, ModelRecipe, Rows, embed_batches, merge_rows, row_ranges
 from featx.errors import FeatxError, short_reason
@@ -271,15 +271,21 @@ def _ordered_rows(dataset, ranges: list[tuple[int, int]]) -> Generator[Rows, Non
 
 
 @contextmanager
-def joblib_on_ray(config: EngineConfig, console=None):
-    """joblib's Parallel (scikit-learn's searches, featx's out-of-fold fits) runs its tasks on Ray for the block."""
+def joblib_on_ray(config: EngineConfig, console=None) -> Iterator[FitCluster]:
+    """joblib's Parallel (scikit-learn's searches, featx's out-of-fold fits) runs its tasks on Ray for the block.
+
+    Yields the cluster's FitCluster: its whole GPUs (a fractional GPU share must fit on one GPU).
+    """
     import joblib
 
     from featx.runtime import captured_stderr
 
-    with captured_stderr(console), ray_session(config.address):
+    with captured_stderr(console), ray_session(config.address) as ray:
         from ray.util.joblib import register_ray
 
         register_ray()
+        nodes = _alive_nodes(ray)
+        cpus = int(sum(node.get("CPU", 0) for node in nodes))
+        gpus = sum(math.floor(node.get("GPU", 0)) for node in nodes)  # whole GPUs: a fit's share lies on one
         with joblib.parallel_config(backend="ray"):
-            yield
+            yield FitCluster("ray", cpus, gpus)
