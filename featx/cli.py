@@ -10,6 +10,7 @@ Exit codes: 0 success, 2 bad input (one sentence, no traceback), 1 internal fail
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -314,6 +315,12 @@ def _add_extract(sub) -> None:
         help="leave out the raw-pixel floor (the 'pixels' backbone, added by default so every leaderboard has it)",
     )
     _add_engine_options(p)
+    p.add_argument(
+        "--ray-shards",
+        action="store_true",
+        help="--engine ray: actors write each range to a shard file beside the caches (the --out folder must be "
+        "shared storage they can write), read back in order by this process; for wide poolings such as flatten",
+    )
     p.set_defaults(handler=_cmd_extract)
 
 
@@ -337,7 +344,7 @@ def _cmd_extract(args):
         seed=args.seed,
         workers=args.workers,
         limit=args.limit,
-        engine=_engine_config(args),
+        engine=dataclasses.replace(_engine_config(args), shards=args.ray_shards),
     )
     extract_command(config, console=_console())
 

@@ -170,3 +170,42 @@ def test_xgboost_s_device_is_decided_where_the_fit_runs(monkeypatch):
     labels = np.stack([y, 1 - y, y], axis=1)
     registry.CLASSIFIERS["xgboost"].candidate_probabilities(wrapped, [{}], X, labels, X)
     assert wrapped.get_params()["estimator__device"] == "cpu"
+
+
+# ---------------------------------------------------------------- shard files (--ray-shards)
+
+
+def test_a_shard_reads_back_the_rows_written_and_a_shard_of_another_plan_is_never_used(tmp_path):
+    from featx.engines.shards import ShardStore
+
+    rows = merge_rows(
+        list(embed_batches(fake_batches(8, 4, failed={5}), {"a": lambda x: {"p": x[:, 0, 0, :]}}, {"a": 2}))
+    )
+    shards = ShardStore(tmp_path / "a.ray-shards", "plan 1")
+    shards.prepare()
+    shards.write(rows)
+    back = shards.read(0, 8)
+    assert (back.start, back.errors, back.sha256) == (rows.start, rows.errors, rows.sha256)
+    assert back.ok.tolist() == rows.ok.tolist() and back.embeddings["a"][0] == 2
+    assert back.embeddings["a"][1]["p"].tobytes() == rows.embeddings["a"][1]["p"].tobytes()
+    assert shards.covers(0, 8, {"a": 2}) and shards.covers(0, 8, {"a": 4}) and not shards.covers(0, 8, {"a": 0})
+    assert not list(shards.folder.glob("*.partial"))
+    ShardStore(shards.folder, "plan 2").prepare()  # other weights, size or rows: the old shards go
+    assert not shards.covers(0, 8, {"a": 2})
+
+
+def test_a_shard_half_merged_before_a_kill_gives_each_backbone_only_the_rows_its_cache_lacks():
+    from featx.engines.shards import trimmed
+
+    forwards = {key: (lambda x: {"p": x[:, 0, 0, :]}) for key in ("a", "b")}
+    rows = merge_rows(list(embed_batches(fake_batches(8, 4), forwards, {"a": 0, "b": 0})))
+    # the featx process wrote rows 0..8 to a's cache, then was killed before b's: a needs none of them now
+    resumed = trimmed(rows, {"a": 8, "b": 0})
+    assert resumed.part("a") is None and resumed.part("b")[0] == 0 and len(resumed) == 8
+    half = trimmed(rows, {"a": 4, "b": 6})
+    assert (half.start, half.part("a")[0], half.part("b")[0], len(half.part("b")[1]["p"])) == (4, 4, 6, 2)
+
+
+def test_ray_shards_without_the_ray_engine_are_refused_in_one_sentence():
+    with pytest.raises(FeatxError, match=r"^--ray-shards needs --engine ray: only Ray actors write range shards\.$"):
+        check_engine(EngineConfig("local", shards=True))

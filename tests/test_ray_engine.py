@@ -31,7 +31,7 @@ TIME_DEPENDENT = ("created_utc", "content_sha256")
 RAY = EngineConfig("ray", range_rows=2 * BATCH)
 
 
-def config(manifest: Path, out: Path, engine: EngineConfig = LOCAL, data_root=None) -> ExtractConfig:
+def config(manifest: Path, out: Path, engine: EngineConfig = LOCAL, data_root=None, poolings=("avg", "max")):
     return ExtractConfig(
         backbones=("tiny",),
         manifest=manifest,
@@ -39,7 +39,7 @@ def config(manifest: Path, out: Path, engine: EngineConfig = LOCAL, data_root=No
         out_dir=out,
         weights="random",
         seed=3,
-        poolings=("avg", "max"),
+        poolings=poolings,
         batch_size=BATCH,
         workers=1,
         engine=engine,
@@ -69,7 +69,7 @@ def assert_bit_identical(want: Path, got: Path, data_root: str | None = None) ->
     if data_root is not None:  # the data root, and the command that rebuilds the cache, name it differently
         assert got_attrs.pop("data_root") == data_root and data_root in got_attrs.pop("extract_args")
         want_attrs.pop("data_root"), want_attrs.pop("extract_args")
-    assert sorted(want_data) == sorted(got_data) and "embeddings/max" in want_data
+    assert sorted(want_data) == sorted(got_data) and len([name for name in want_data if "embeddings/" in name]) == 2
     for name, a in want_data.items():
         b = got_data[name]
         assert a.dtype == b.dtype and a.shape == b.shape, name
@@ -178,6 +178,68 @@ def test_a_killed_ray_driver_resumes_with_the_same_command(ray_cluster, tree, lo
     assert main(args) == 0  # the same command, in this process (which holds the session's Ray)
     assert not partial.exists() and not store.lock_path(store.cache_path(out, "tiny")).exists()
     assert_bit_identical(local_cache, store.cache_path(out, "tiny"))
+
+
+# ---------------------------------------------------------------- shards (--ray-shards)
+
+WIDE = ("avg", "flatten")
+SHARDS = EngineConfig("ray", range_rows=2 * BATCH, shards=True)
+
+
+@pytest.fixture(scope="module")
+def local_wide_cache(tree, tmp_path_factory) -> Path:
+    return run_extract(config(tree, tmp_path_factory.mktemp("local_wide"), poolings=WIDE))[0].path
+
+
+def test_ray_shards_give_the_local_engine_s_cache_and_are_removed_after_the_merge(
+    ray_cluster, tree, local_wide_cache, tmp_path
+):
+    console = quiet()
+    summary = run_extract(config(tree, tmp_path, SHARDS, poolings=WIDE), console)[0]
+    assert summary.status == "built" and summary.failures == 4
+    assert_bit_identical(local_wide_cache, summary.path)
+    said = " ".join(console.file.getvalue().split())  # the long path may wrap
+    assert f"shards in {tmp_path / 'tiny.ray-shards'} (0 already written)" in said
+    assert not (tmp_path / "tiny.ray-shards").exists()
+
+
+def test_a_resumed_sharded_run_submits_only_the_ranges_without_a_shard(
+    ray_cluster, tree, local_wide_cache, tmp_path, monkeypatch
+):
+    from featx.engines.shards import ShardStore
+
+    folder = tmp_path / "tiny.ray-shards"
+    from_shards, submitted = ray_engine._rows_from_shards, []
+
+    def killed_after_the_first_range(dataset, ranges, submit, shards, first_rows):
+        rows = from_shards(dataset, ranges, submit, shards, first_rows)
+        yield next(rows)  # the first range goes into the cache
+        deadline = time.monotonic() + 120  # the actors write the others meanwhile
+        while time.monotonic() < deadline and not all(shards.path(*r).exists() for r in ranges[1:]):
+            time.sleep(0.05)
+        raise KeyboardInterrupt  # the featx process stops here, as if killed: the shards stay
+
+    monkeypatch.setattr(ray_engine, "_rows_from_shards", killed_after_the_first_range)
+    with pytest.raises(KeyboardInterrupt):
+        run_extract(config(tree, tmp_path, SHARDS, poolings=WIDE), quiet())
+    ranges = [(lo, min(lo + 2 * BATCH, 104)) for lo in range(0, 104, 2 * BATCH)]
+    store_ = ShardStore(folder, "")
+    assert all(store_.path(*r).exists() for r in ranges) and n_done_of(store.partial_path(tmp_path / "tiny.h5")) == 16
+    for r in (ranges[2], ranges[4]):  # as if these had not been written when the run stopped
+        store_.remove(*r)
+
+    dataset = ray_engine._dataset
+    monkeypatch.setattr(ray_engine, "_rows_from_shards", from_shards)
+    monkeypatch.setattr(
+        ray_engine, "_dataset", lambda request, submit, *a: submitted.extend(submit) or dataset(request, submit, *a)
+    )
+    console = quiet()
+    summary = run_extract(config(tree, tmp_path, SHARDS, poolings=WIDE), console)[0]
+    assert submitted == [ranges[2], ranges[4]]  # not range 0 (in the cache), nor the ranges with a shard
+    assert "(4 already written)" in " ".join(console.file.getvalue().split())
+    assert summary.status == "resumed"
+    assert_bit_identical(local_wide_cache, summary.path)
+    assert not folder.exists()
 
 
 # ---------------------------------------------------------------- stage two

@@ -34,6 +34,7 @@ class EngineConfig:
     actors: int | None = None  # Ray: None = one per GPU, or as many as the cluster's CPUs allow
     cpus_per_actor: float | None = None  # Ray: None = a GPU node's CPUs per GPU (less one per node), else 1
     range_rows: int | None = None  # Ray: rows per work item (a multiple of the batch size); None = 32 batches
+    shards: bool = False  # Ray, stage one: actors write range shards beside the caches (engines/shards.py)
 
 
 LOCAL = EngineConfig()
@@ -44,6 +45,8 @@ def check_engine(config: EngineConfig, batch_size: int | None = None) -> EngineC
     settings that cannot work (with `batch_size`, a range that is not a whole number of batches)."""
     if config.name not in ENGINES:
         raise FeatxError(one_of_message("engine", config.name, ENGINES))
+    if config.shards and config.name != "ray":
+        raise FeatxError("--ray-shards needs --engine ray: only Ray actors write range shards.")
     if config.name == "ray":
         import_ray()
         for what, value in (("--ray-actors", config.actors), ("--ray-cpus-per-actor", config.cpus_per_actor)):
