@@ -494,7 +494,11 @@ def _add_predict(sub) -> None:
     )
     p.add_argument("--model", type=Path, required=True, help="results/models/<run>.joblib (trusted source only)")
     p.add_argument("inputs", nargs="+", help="image files, folders or a manifest CSV")
-    p.add_argument("--data-root", type=Path, default=None, help="root for manifest paths")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="root for manifest paths: a folder, or a URL (file://, s3://, gs://, ...) read through fsspec",
+    )
     p.add_argument("-o", "--out", type=Path, default=None, help="CSV (or JSON with --json) to write; default stdout")
     p.add_argument("--json", action="store_true", help="write JSON instead of CSV")
     p.add_argument("--batch-size", type=_positive_int, default=32)

@@ -366,7 +366,9 @@ def test_on_a_cluster_with_gpus_xgboost_fits_reserve_a_share_of_one_and_fall_bac
 # ---------------------------------------------------------------- predict
 
 
-def test_predict_on_ray_writes_the_local_engine_s_csv(ray_cluster, tree, local_cache, tmp_path):
+def test_predict_on_ray_writes_the_local_engine_s_csv_from_a_folder_or_a_url_data_root(
+    ray_cluster, tree, local_cache, tmp_path
+):
     from featx.classify.stage import ClassifyConfig
     from featx.results.finish import classify_runs
     from featx.results.predict import predict_command
@@ -377,9 +379,11 @@ def test_predict_on_ray_writes_the_local_engine_s_csv(ray_cluster, tree, local_c
     classify_runs(config, quiet())
     bundle = tmp_path / "models" / "tiny__avg__logreg.joblib"
     written = {}
-    for engine in (LOCAL, EngineConfig("ray", actors=1, range_rows=2 * BATCH)):
-        written[engine.name] = tmp_path / f"{engine.name}.csv"
-        predict_command(bundle, [str(tree)], None, written[engine.name], False, BATCH, quiet(), engine=engine)
-    local, ray = written["local"].read_text(), written["ray"].read_text()
-    assert local == ray
+    ray = EngineConfig("ray", actors=1, range_rows=2 * BATCH)
+    url = f"file://{tree.parent}"  # the actors read the manifest's images through fsspec
+    for name, engine, data_root in (("local", LOCAL, None), ("ray", ray, None), ("ray_url", ray, url)):
+        written[name] = tmp_path / f"{name}.csv"
+        predict_command(bundle, [str(tree)], data_root, written[name], False, BATCH, quiet(), engine=engine)
+    local = written["local"].read_text()
+    assert local == written["ray"].read_text() == written["ray_url"].read_text()
     assert len(local.splitlines()) == 1 + 104 and local.count("not an image file") == 1  # every row, errors kept
