@@ -130,8 +130,8 @@ def _manifest_paths(csv_path: Path, data_root) -> list:
     from featx.data.storage import is_url, open_data_root
 
     if is_url(data_root):  # paths inside the data root's filesystem, read through it by whoever decodes
-        root = open_data_root(data_root)
-        return [root.resolve(rel) for rel in read_path_column(csv_path)]
+        opened = open_data_root(data_root)
+        return [opened.resolve(rel) for rel in read_path_column(csv_path)]
     root = Path(data_root) if data_root is not None else csv_path.parent
     return [resolve_path(root, rel) for rel in read_path_column(csv_path)]
 
