@@ -18,6 +18,7 @@ import pytest
 from imagetree import make_tree
 from raycluster import alive, command_line
 from rich.console import Console
+from tinyextract import tiny_config
 
 from featx.cli import main
 from featx.engines import LOCAL, EngineConfig, ray_engine
@@ -32,12 +33,10 @@ RAY = EngineConfig("ray", range_rows=2 * BATCH)
 
 
 def config(manifest: Path, out: Path, engine: EngineConfig = LOCAL, data_root=None) -> ExtractConfig:
-    return ExtractConfig(
-        backbones=("tiny",),
-        manifest=manifest,
+    return tiny_config(
+        manifest,
+        out,
         data_root=manifest.parent if data_root is None else data_root,
-        out_dir=out,
-        weights="random",
         seed=3,
         poolings=("avg", "max"),
         batch_size=BATCH,
