@@ -14,7 +14,7 @@ import h5py
 import pytest
 from imagetree import make_tree
 from rich.console import Console
-from tinyextract import tiny_args, tiny_config
+from tinyextract import n_done_of, tiny_args, tiny_config
 
 from featx.extract import store
 from featx.extract.stage import ExtractConfig, run_extract
@@ -29,15 +29,6 @@ def extract_args(manifest: Path, out: Path) -> list[str]:
 
 def config(manifest: Path, out: Path) -> ExtractConfig:
     return tiny_config(manifest, out, seed=4, poolings=("avg", "max"), batch_size=BATCH, workers=1)
-
-
-def n_done_of(partial: Path) -> int | None:
-    """n_done of a .partial another process is writing (read without HDF5's file lock), None if unreadable yet."""
-    try:
-        with h5py.File(partial, "r", locking=False) as handle:
-            return int(handle.attrs["n_done"])
-    except (OSError, KeyError):
-        return None
 
 
 def kill_mid_run(manifest: Path, out: Path, timeout: float = 180.0) -> int:

@@ -1,11 +1,14 @@
-"""Stage one with the `tiny` backbone and random weights: the ExtractConfig and the `featx extract` arguments tests share.
+"""Stage one with the `tiny` backbone and random weights: the ExtractConfig and the `featx extract` arguments tests share,
+and the progress of a cache another process is writing.
 
-Both read the manifest's paths relative to its own folder unless given another data root.
+The config and the arguments read the manifest's paths relative to its own folder unless given another data root.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import h5py
 
 from featx.extract.stage import ExtractConfig
 
@@ -32,3 +35,12 @@ def tiny_args(manifest, out, *extra: str, data_root=None, weights: str = "random
         weights,
         *extra,
     ]
+
+
+def n_done_of(partial: Path) -> int | None:
+    """n_done of a .partial another process is writing (read without HDF5's file lock), None if unreadable yet."""
+    try:
+        with h5py.File(partial, "r", locking=False) as handle:
+            return int(handle.attrs["n_done"])
+    except (OSError, KeyError):
+        return None
