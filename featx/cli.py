@@ -86,6 +86,65 @@ def _engine_config(args):
     )
 
 
+# ---------------------------------------------------------------- option groups shared by several verbs
+
+
+def _add_subcommands(sub, name: str, help: str, metavar: str, builders) -> None:
+    """A verb with actions (`featx manifest scan`, `featx bench extract`): each builder adds one; alone it prints help."""
+    parser = sub.add_parser(name, help=help)
+    actions = parser.add_subparsers(dest=f"{name}_command", metavar=metavar)
+    for add_action in builders:
+        add_action(actions)
+    parser.set_defaults(handler=lambda args: parser.print_help() or 2)
+
+
+def _add_manifest_out(p) -> None:
+    p.add_argument("-o", "--out", type=Path, required=True, help="manifest CSV to write")
+
+
+def _add_holdout_options(p, when: str = "") -> None:
+    """--test-fraction and --seed of the patient hold-out (featx.data.holdout)."""
+    p.add_argument(
+        "--test-fraction", type=float, default=0.2, help=f"share of patients held out as test{when} (default 0.2)"
+    )
+    p.add_argument("--seed", type=int, default=0, help=f"seed of the patient hold-out{when} (default 0)")
+
+
+def _add_labeller_options(p) -> None:
+    """--labels and --uncertain of the CheXpert labeller's observations (CheXpert, MIMIC-CXR-JPG)."""
+    p.add_argument(
+        "--labels",
+        default="all",
+        help="observations to label: all (the 14, default), competition (Atelectasis, Cardiomegaly, Consolidation, "
+        "Edema, Pleural Effusion) or a comma list; one label gives a binary manifest (label vs negative)",
+    )
+    p.add_argument(
+        "--uncertain",
+        default="zeros",
+        help="uncertain (-1) labels: zeros (U-Zeros, default), ones (U-Ones), ignore (U-Ignore: the image is left "
+        "out), published (U-Ones for Atelectasis and Edema, U-Zeros for the rest), or per label, e.g. "
+        "'Edema=ones,zeros'",
+    )
+
+
+def _add_batch_size(p, default: int = 32) -> None:
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=default, help=f"images per forward pass (default {default})"
+    )
+
+
+def _add_results_dir(p) -> None:
+    p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default results/)")
+
+
+def _add_synthetic_embeddings(p) -> None:
+    """The classifiers and the Kermany-sized synthetic embeddings of `featx bench classify` and `bench analyses`."""
+    p.add_argument("--classifier", default="logreg,xgboost,dense", help="comma-separated classifiers")
+    p.add_argument("--n-train", type=_positive_int, default=5216, help="training embeddings (default 5216)")
+    p.add_argument("--n-test", type=_positive_int, default=624, help="test embeddings (default 624)")
+    p.add_argument("--dim", type=_positive_int, default=2048, help="embedding width (default 2048)")
+
+
 # ---------------------------------------------------------------- verbs: each parser builder beside its handler
 
 
@@ -101,15 +160,20 @@ def _cmd_backbones(args):
 
 
 def _add_manifest(sub) -> None:
-    pm = sub.add_parser("manifest", help="build and check image manifests (CSV); dataset adapters")
-    msub = pm.add_subparsers(dest="manifest_command", metavar="ACTION")
-    _add_manifest_scan(msub)
-    _add_manifest_check(msub)
-    _add_manifest_nih(msub)
-    _add_manifest_rsna(msub)
-    _add_manifest_chexpert(msub)
-    _add_manifest_mimic(msub)
-    pm.set_defaults(handler=lambda args: pm.print_help() or 2)
+    _add_subcommands(
+        sub,
+        "manifest",
+        "build and check image manifests (CSV); dataset adapters",
+        "ACTION",
+        (
+            _add_manifest_scan,
+            _add_manifest_check,
+            _add_manifest_nih,
+            _add_manifest_rsna,
+            _add_manifest_chexpert,
+            _add_manifest_mimic,
+        ),
+    )
 
 
 def _adapter_parser(msub, name: str):
@@ -127,15 +191,14 @@ def _adapter_parser(msub, name: str):
 def _add_manifest_scan(msub) -> None:
     p = msub.add_parser("scan", help="scan a folder (split/label/file or label/file) into a manifest CSV")
     p.add_argument("root", type=Path, help="data root to scan")
-    p.add_argument("-o", "--out", type=Path, required=True, help="manifest CSV to write")
+    _add_manifest_out(p)
     p.add_argument("--dataset", default="auto", help="patient-id parser: auto, kermany or generic (default auto)")
     p.add_argument(
         "--split-policy",
         default=None,
         help="for label/file trees: 'all-train' or 'patient-holdout' (patient-grouped stratified test split)",
     )
-    p.add_argument("--test-fraction", type=float, default=0.2, help="test share of patients for patient-holdout")
-    p.add_argument("--seed", type=int, default=0, help="seed for patient-holdout")
+    _add_holdout_options(p, when=" with --split-policy patient-holdout")
     p.set_defaults(handler=_cmd_manifest_scan)
 
 
@@ -175,7 +238,7 @@ def _add_manifest_nih(msub) -> None:
     p.add_argument("--train-list", type=Path, required=True, help="train_val_list.txt")
     p.add_argument("--test-list", type=Path, required=True, help="test_list.txt")
     p.add_argument("--images", type=Path, required=True, help="folder holding the PNG images (searched recursively)")
-    p.add_argument("-o", "--out", type=Path, required=True, help="manifest CSV to write")
+    _add_manifest_out(p)
     p.set_defaults(handler=_cmd_manifest_nih)
 
 
@@ -192,25 +255,14 @@ def _cmd_manifest_nih(args):
     )
 
 
-_UNCERTAIN_HELP = (
-    "uncertain (-1) labels: zeros (U-Zeros, default), ones (U-Ones), ignore (U-Ignore: the image is left out), "
-    "published (U-Ones for Atelectasis and Edema, U-Zeros for the rest), or per label, e.g. 'Edema=ones,zeros'"
-)
-_LABELS_HELP = (
-    "observations to label: all (the 14, default), competition (Atelectasis, Cardiomegaly, Consolidation, Edema, "
-    "Pleural Effusion) or a comma list; one label gives a binary manifest (label vs negative)"
-)
-
-
 def _add_manifest_rsna(msub) -> None:
     p = _adapter_parser(msub, "rsna")
     p.add_argument("--root", type=Path, required=True, help="the release folder (also the data root)")
-    p.add_argument("-o", "--out", type=Path, required=True, help="manifest CSV to write")
+    _add_manifest_out(p)
     p.add_argument(
         "--label", default="any-box", help="any-box (Lung Opacity vs negative, default) or class (the three-way class)"
     )
-    p.add_argument("--test-fraction", type=float, default=0.2, help="share of patients held out as test (default 0.2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the patient hold-out")
+    _add_holdout_options(p)
     p.set_defaults(handler=_cmd_manifest_rsna)
 
 
@@ -223,9 +275,8 @@ def _cmd_manifest_rsna(args):
 def _add_manifest_chexpert(msub) -> None:
     p = _adapter_parser(msub, "chexpert")
     p.add_argument("--root", type=Path, required=True, help="the CheXpert-v1.0(-small) folder (also the data root)")
-    p.add_argument("-o", "--out", type=Path, required=True, help="manifest CSV to write")
-    p.add_argument("--labels", default="all", help=_LABELS_HELP)
-    p.add_argument("--uncertain", default="zeros", help=_UNCERTAIN_HELP)
+    _add_manifest_out(p)
+    _add_labeller_options(p)
     p.add_argument("--view", default="all", help="frontal, lateral or all (default)")
     p.add_argument("--valid-split", default="test", help="split of valid.csv's images: test (default) or val")
     p.set_defaults(handler=_cmd_manifest_chexpert)
@@ -240,9 +291,8 @@ def _cmd_manifest_chexpert(args):
 def _add_manifest_mimic(msub) -> None:
     p = _adapter_parser(msub, "mimic")
     p.add_argument("--root", type=Path, required=True, help="the mimic-cxr-jpg/2.0.0 folder (also the data root)")
-    p.add_argument("-o", "--out", type=Path, required=True, help="manifest CSV to write")
-    p.add_argument("--labels", default="all", help=_LABELS_HELP)
-    p.add_argument("--uncertain", default="zeros", help=_UNCERTAIN_HELP)
+    _add_manifest_out(p)
+    _add_labeller_options(p)
     p.add_argument(
         "--view",
         default="all",
@@ -303,7 +353,7 @@ def _add_extract(sub) -> None:
         help=f"DICOM grey levels: one of {list(DICOM_WINDOWS)} (default {DEFAULT_WINDOW}: the file's VOI LUT or "
         "first WindowCenter/Width, else the stored bit range; minmax: each image's range; percentile: 0.5-99.5%%)",
     )
-    p.add_argument("--batch-size", type=_positive_int, default=32)
+    _add_batch_size(p)
     p.add_argument("--mixed-precision", action="store_true", help="float16 compute on a GPU")
     p.add_argument("--force", action="store_true", help="rebuild a cache whose settings differ")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights (recorded in the cache)")
@@ -454,7 +504,7 @@ def _cmd_classify(args):
 
 def _add_leaderboard(sub) -> None:
     p = sub.add_parser("leaderboard", help="print and write the backbone x classifier leaderboard")
-    p.add_argument("--results", type=Path, default=Path("results"))
+    _add_results_dir(p)
     p.set_defaults(handler=_cmd_leaderboard)
 
 
@@ -466,7 +516,7 @@ def _cmd_leaderboard(args):
 
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="write the self-contained HTML report with plots")
-    p.add_argument("--results", type=Path, default=Path("results"))
+    _add_results_dir(p)
     p.add_argument("-o", "--out", type=Path, default=None, help="HTML file (default results/report.html)")
     p.add_argument(
         "--data-root",
@@ -501,7 +551,7 @@ def _add_predict(sub) -> None:
     )
     p.add_argument("-o", "--out", type=Path, default=None, help="CSV (or JSON with --json) to write; default stdout")
     p.add_argument("--json", action="store_true", help="write JSON instead of CSV")
-    p.add_argument("--batch-size", type=_positive_int, default=32)
+    _add_batch_size(p)
     _add_engine_options(p)
     p.set_defaults(handler=_cmd_predict)
 
@@ -561,16 +611,13 @@ def _cmd_demo(args):
 
 
 def _add_bench(sub) -> None:
-    pb = sub.add_parser(
+    _add_subcommands(
+        sub,
         "bench",
-        help="benchmarks: extract throughput/memory, classify grid time, audits and curves, featx vs training on images",
+        "benchmarks: extract throughput/memory, classify grid time, audits and curves, featx vs training on images",
+        "WHAT",
+        (_add_bench_extract, _add_bench_classify, _add_bench_analyses, _add_bench_compare),
     )
-    bsub = pb.add_subparsers(dest="bench_command", metavar="WHAT")
-    _add_bench_extract(bsub)
-    _add_bench_classify(bsub)
-    _add_bench_analyses(bsub)
-    _add_bench_compare(bsub)
-    pb.set_defaults(handler=lambda args: pb.print_help() or 2)
 
 
 def _add_bench_extract(bsub) -> None:
@@ -581,7 +628,7 @@ def _add_bench_extract(bsub) -> None:
     p.add_argument("--backbone", default="resnet50", help="backbone (--engine ray: comma-separated backbones)")
     p.add_argument("--images", default="256,1024", help="comma-separated image counts to compare peak RSS")
     p.add_argument("--source-size", type=_positive_int, default=1500, help="generated JPEG side in pixels")
-    p.add_argument("--batch-size", type=_positive_int, default=32)
+    _add_batch_size(p)
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)")
     # --engine ray: the Ray engine against the local engine (featx/bench/engines.py)
     _add_engine_options(p)
@@ -626,10 +673,7 @@ def _cmd_bench_extract(args):
 
 def _add_bench_classify(bsub) -> None:
     p = bsub.add_parser("classify", help="time the default grids on Kermany-sized synthetic embeddings")
-    p.add_argument("--classifier", default="logreg,xgboost,dense")
-    p.add_argument("--n-train", type=_positive_int, default=5216)
-    p.add_argument("--n-test", type=_positive_int, default=624)
-    p.add_argument("--dim", type=_positive_int, default=2048)
+    _add_synthetic_embeddings(p)
     p.add_argument("--cv", type=_positive_int, default=5, help="patient-grouped folds (default 5)")
     p.add_argument(
         "--n-jobs",
@@ -660,12 +704,9 @@ def _add_bench_analyses(bsub) -> None:
     p = bsub.add_parser(
         "analyses", help="time the duplicate audits and the data-efficiency curve on Kermany-sized embeddings"
     )
-    p.add_argument("--classifier", default="logreg,xgboost,dense")
+    _add_synthetic_embeddings(p)
     p.add_argument("--train-fraction", default="0.01,0.1,0.3,1.0", help="fractions of the curve")
     p.add_argument("--efficiency-seeds", type=_positive_int, default=3)
-    p.add_argument("--n-train", type=_positive_int, default=5216)
-    p.add_argument("--n-test", type=_positive_int, default=624)
-    p.add_argument("--dim", type=_positive_int, default=2048)
     p.add_argument("--n-jobs", type=int, default=2)
     p.set_defaults(handler=_cmd_bench_analyses)
 
@@ -705,7 +746,7 @@ def _add_bench_compare(bsub) -> None:
     p.add_argument("--backbone", default=defaults.backbone, help="backbone (default resnet50)")
     p.add_argument("--weights", default=defaults.weights, help="random (default), imagenet, auto or PATH")
     p.add_argument("--epochs", type=_positive_int, default=defaults.epochs, help="seeds' way epochs (default 10)")
-    p.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size)
+    _add_batch_size(p, defaults.batch_size)
     p.add_argument("--seed", type=int, default=defaults.seed, help="image draw, patient split and weights seed")
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder to keep (default: a temp dir)")
     p.set_defaults(handler=_cmd_bench_compare)

@@ -19,6 +19,7 @@ POINT is one of:
 
 from __future__ import annotations
 
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -47,32 +48,23 @@ def _install(point: str, marker: Path) -> None:
     setattr(owner, name, paused)
 
 
+# POINT -> (module, class or None for a module-level function, attribute): imported only when asked for
+POINTS = {
+    "xgboost": ("xgboost.core", "DataIter", "_next_wrapper"),
+    "logreg": ("sklearn.linear_model", "LogisticRegression", "fit"),
+    "dense": ("featx.classify.estimators", "_HeadsTrainer", "train"),
+    "extract": ("featx.extract.store", "CacheWriter", "write"),
+    "report": ("featx.results.report", None, "_render"),
+    "predict": ("featx.results.predict", None, "class_probabilities"),
+}
+
+
 def _target(point: str):
-    if point == "xgboost":
-        from xgboost.core import DataIter
-
-        return DataIter, "_next_wrapper"
-    if point == "logreg":
-        from sklearn.linear_model import LogisticRegression
-
-        return LogisticRegression, "fit"
-    if point == "dense":
-        from featx.classify.estimators import _HeadsTrainer
-
-        return _HeadsTrainer, "train"
-    if point == "extract":
-        from featx.extract.store import CacheWriter
-
-        return CacheWriter, "write"
-    if point == "report":
-        from featx.results import report
-
-        return report, "_render"
-    if point == "predict":
-        from featx.results import predict
-
-        return predict, "class_probabilities"
-    raise SystemExit(f"unknown pause point {point!r}")
+    if point not in POINTS:
+        raise SystemExit(f"unknown pause point {point!r}")
+    module_name, class_name, name = POINTS[point]
+    owner = importlib.import_module(module_name)
+    return (getattr(owner, class_name) if class_name else owner), name
 
 
 if __name__ == "__main__":

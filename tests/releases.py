@@ -11,22 +11,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-CHEXPERT_OBSERVATIONS = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
+from featx.data.adapters.chexpert import CHEXPERT_LABELS
+
+# the 14 columns of the CheXpert labeller, in the release's order (the tests name the labels they check literally)
+CHEXPERT_OBSERVATIONS = CHEXPERT_LABELS
 # the labeller file of MIMIC-CXR-JPG orders the same observations alphabetically
 MIMIC_OBSERVATIONS = tuple(sorted(CHEXPERT_OBSERVATIONS))
 

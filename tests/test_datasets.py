@@ -395,6 +395,15 @@ def test_nih_missing_columns(tmp_path):
         nih_manifest_rows(entries, train, test, images)
 
 
+def test_nih_entries_that_are_not_text_are_one_sentence_not_a_traceback(tmp_path):
+    """Data_Entry_2017.csv is read like every release table (adapters.common.read_table); bytes that are not UTF-8
+    raised UnicodeDecodeError."""
+    entries, train, test, images = _nih(tmp_path)
+    entries.write_bytes(b"\xff\xfe\x00 not a CSV \x80")
+    with pytest.raises(ManifestError, match=r"'.*' is not a readable CSV file \(UnicodeDecodeError\)\.$"):
+        nih_manifest_rows(entries, train, test, images)
+
+
 def test_nih_unknown_finding_names_it_and_the_line(tmp_path):
     rows = list(NIH_ROWS)
     rows[2] = ("00000002_000.png", "Effusion|Pneumonitis", "0", "2")

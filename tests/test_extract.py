@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from imagetree import make_tree
 from rich.console import Console
+from tinyextract import tiny_args, tiny_config
 
 from featx.cli import main
 from featx.data import images
@@ -23,17 +24,7 @@ from featx.extract.stage import ExtractConfig, run_extract
 
 
 def config_for(tmp_path, manifest, **overrides) -> ExtractConfig:
-    settings = dict(
-        backbones=("tiny",),
-        manifest=manifest,
-        data_root=manifest.parent,
-        out_dir=tmp_path / "features",
-        weights="random",
-        poolings=("avg",),
-        batch_size=4,
-    )
-    settings.update(overrides)
-    return ExtractConfig(**settings)
+    return tiny_config(manifest, tmp_path / "features", **{"poolings": ("avg",), "batch_size": 4, **overrides})
 
 
 def quiet() -> Console:
@@ -186,23 +177,7 @@ def test_limit_takes_the_first_rows(tmp_path, tree):
 
 
 def test_auto_weights_fall_back_to_random_with_the_banner(tmp_path, tree, capsys):
-    code = main(
-        [
-            "extract",
-            "--backbone",
-            "tiny",
-            "--manifest",
-            str(tree),
-            "--data-root",
-            str(tree.parent),
-            "--out",
-            str(tmp_path / "features"),
-            "--weights",
-            "auto",
-            "--batch-size",
-            "8",
-        ]
-    )
+    code = main(tiny_args(tree, tmp_path / "features", "--batch-size", "8", weights="auto"))
     out = " ".join(capsys.readouterr().out.split())
     assert code == 0
     assert extract.RANDOM_BANNER in out and "random weights were used" in out
@@ -225,20 +200,7 @@ def test_a_model_that_cannot_be_built_leaves_nothing_behind(tmp_path, tree, monk
 
 
 def _extract_args(tmp_path, manifest, data_root=None, *extra):
-    return [
-        "extract",
-        "--backbone",
-        "tiny",
-        "--manifest",
-        str(manifest),
-        "--data-root",
-        str(data_root if data_root is not None else manifest.parent),
-        "--out",
-        str(tmp_path / "features"),
-        "--weights",
-        "random",
-        *extra,
-    ]
+    return tiny_args(manifest, tmp_path / "features", *extra, data_root=data_root)
 
 
 def test_the_cli_adds_the_pixel_floor_unless_told_not_to(tmp_path, capsys, offline):

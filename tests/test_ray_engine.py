@@ -18,11 +18,12 @@ import pytest
 from imagetree import make_tree
 from raycluster import alive, command_line
 from rich.console import Console
+from tinyextract import n_done_of, tiny_args, tiny_config
 
 from featx.cli import main
 from featx.engines import LOCAL, EngineConfig, ray_engine
 from featx.extract import store
-from featx.extract.stage import ExtractConfig, run_extract
+from featx.extract.stage import run_extract
 
 pytestmark = pytest.mark.ray
 
@@ -32,12 +33,10 @@ RAY = EngineConfig("ray", range_rows=2 * BATCH)
 
 
 def config(manifest: Path, out: Path, engine: EngineConfig = LOCAL, data_root=None, poolings=("avg", "max")):
-    return ExtractConfig(
-        backbones=("tiny",),
-        manifest=manifest,
+    return tiny_config(
+        manifest,
+        out,
         data_root=manifest.parent if data_root is None else data_root,
-        out_dir=out,
-        weights="random",
         seed=3,
         poolings=poolings,
         batch_size=BATCH,
@@ -146,22 +145,12 @@ def test_an_actor_killed_mid_range_is_replaced_and_the_cache_is_still_bit_identi
     assert_bit_identical(local_cache, summary.path)
 
 
-def n_done_of(partial: Path) -> int | None:
-    try:
-        with h5py.File(partial, "r", locking=False) as handle:
-            return int(handle.attrs["n_done"])
-    except (OSError, KeyError):
-        return None
-
-
 def test_a_killed_ray_driver_resumes_with_the_same_command(ray_cluster, tree, local_cache, tmp_path):
     out = tmp_path / "features"
-    args = [
-        "extract", "--backbone", "tiny", "--weights", "random", "--seed", "3", "--pooling", "avg,max",
-        "--batch-size", str(BATCH), "--workers", "1", "--manifest", str(tree), "--data-root", str(tree.parent),
-        "--out", str(out), "--engine", "ray", "--ray-address", ray_cluster.address, "--ray-range-rows", str(BATCH),
-        "--ray-actors", "1",
-    ]  # fmt: skip
+    args = tiny_args(
+        tree, out, "--seed", "3", "--pooling", "avg,max", "--batch-size", str(BATCH), "--workers", "1",
+        "--engine", "ray", "--ray-address", ray_cluster.address, "--ray-range-rows", str(BATCH), "--ray-actors", "1",
+    )  # fmt: skip
     partial = store.partial_path(store.cache_path(out, "tiny"))
     driver = subprocess.Popen([sys.executable, "-m", "featx.cli", *args], stdout=subprocess.DEVNULL)
     try:

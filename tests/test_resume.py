@@ -14,6 +14,7 @@ import h5py
 import pytest
 from imagetree import make_tree
 from rich.console import Console
+from tinyextract import n_done_of, tiny_args, tiny_config
 
 from featx.extract import store
 from featx.extract.stage import ExtractConfig, run_extract
@@ -23,50 +24,11 @@ BATCH = 2
 
 
 def extract_args(manifest: Path, out: Path) -> list[str]:
-    return [
-        "extract",
-        "--backbone",
-        "tiny",
-        "--manifest",
-        str(manifest),
-        "--data-root",
-        str(manifest.parent),
-        "--out",
-        str(out),
-        "--weights",
-        "random",
-        "--seed",
-        "4",
-        "--pooling",
-        "avg,max",
-        "--batch-size",
-        str(BATCH),
-        "--workers",
-        "1",
-    ]
+    return tiny_args(manifest, out, "--seed", "4", "--pooling", "avg,max", "--batch-size", str(BATCH), "--workers", "1")
 
 
 def config(manifest: Path, out: Path) -> ExtractConfig:
-    return ExtractConfig(
-        backbones=("tiny",),
-        manifest=manifest,
-        data_root=manifest.parent,
-        out_dir=out,
-        weights="random",
-        seed=4,
-        poolings=("avg", "max"),
-        batch_size=BATCH,
-        workers=1,
-    )
-
-
-def n_done_of(partial: Path) -> int | None:
-    """n_done of a .partial another process is writing (read without HDF5's file lock), None if unreadable yet."""
-    try:
-        with h5py.File(partial, "r", locking=False) as handle:
-            return int(handle.attrs["n_done"])
-    except (OSError, KeyError):
-        return None
+    return tiny_config(manifest, out, seed=4, poolings=("avg", "max"), batch_size=BATCH, workers=1)
 
 
 def kill_mid_run(manifest: Path, out: Path, timeout: float = 180.0) -> int:

@@ -8,6 +8,7 @@ import h5py
 import pytest
 from imagetree import make_tree
 from rich.console import Console
+from tinyextract import tiny_config
 
 from featx.data import images
 from featx.data.storage import is_url, open_data_root
@@ -30,16 +31,7 @@ def memory_tree(tmp_path):
 
 
 def config(manifest, data_root, out) -> ExtractConfig:
-    return ExtractConfig(
-        backbones=("tiny",),
-        manifest=manifest,
-        data_root=data_root,
-        out_dir=out,
-        weights="random",
-        seed=1,
-        batch_size=8,
-        workers=1,
-    )
+    return tiny_config(manifest, out, data_root=data_root, seed=1, batch_size=8, workers=1)
 
 
 def contents(path) -> tuple[dict, str]:

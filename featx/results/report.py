@@ -171,6 +171,39 @@ def _render(figure, random_weights: bool) -> bytes:
     return buffer.getvalue()
 
 
+def _diagonal_figure(width: float = 5.6, height: float = 5.0, label: str | None = None):
+    """(figure, axes) with the dashed y = x line: chance on a ROC plot, perfect calibration on a reliability diagram."""
+    figure = _figure(width, height)
+    ax = figure.subplots()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="#999999", linewidth=1, **({"label": label} if label else {}))
+    return figure, ax
+
+
+def _square_plot(
+    figure,
+    ax,
+    file_name: str,
+    caption: str,
+    random_weights: bool,
+    *,
+    labels: tuple[str, str],
+    title: str,
+    legend: str,
+    legend_size: int = 8,
+    unit_limits: bool = True,
+) -> _Plot:
+    """The finished _Plot of a _diagonal_figure: axis labels, title, legend, equal aspect (and [0, 1] limits)."""
+    if unit_limits:
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc=legend, fontsize=legend_size)
+    ax.set_aspect("equal")
+    return _Plot(file_name, caption, _render(figure, random_weights))
+
+
 def _group_key(run: dict, several_poolings: bool) -> str:
     features = features_name(run)
     return f"{features}/{run.get('pooling', '?')}" if several_poolings else features
@@ -252,25 +285,21 @@ def _roc_plot(group: str, runs: list[dict], random_weights: bool, where) -> _Plo
     lines = [(run, line) for run, line in lines if line is not None]
     if not lines:
         return None
-    figure = _figure(5.6, 5.0)
-    ax = figure.subplots()
-    ax.plot([0, 1], [0, 1], linestyle="--", color="#999999", linewidth=1)
+    figure, ax = _diagonal_figure()
     for index, (_run, (label, fpr, tpr, point)) in enumerate(lines):
         color = COLORS[index % len(COLORS)]
         ax.plot(fpr, tpr, color=color, linewidth=1.8, label=label)
         if point is not None:
             ax.plot(*point, marker="o", color=color, markersize=6, markeredgecolor="black")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("1 − specificity (false positive rate)")
-    ax.set_ylabel("sensitivity (true positive rate)")
-    ax.set_title(f"ROC — {group}{where.tag} (dots: chosen threshold)", fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_aspect("equal")
-    return _Plot(
+    return _square_plot(
+        figure,
+        ax,
         f"roc_{_safe_name(group)}{where.suffix}.png",
         f"ROC curves — {group}{where.tag}",
-        _render(figure, random_weights),
+        random_weights,
+        labels=("1 − specificity (false positive rate)", "sensitivity (true positive rate)"),
+        title=f"ROC — {group}{where.tag} (dots: chosen threshold)",
+        legend="lower right",
     )
 
 
@@ -283,24 +312,24 @@ def _per_class_roc_plot(run: dict, random_weights: bool) -> _Plot | None:
     truth, scores = _one_vs_rest(run, *data)
     classes = list(run.get("classes") or range(truth.shape[1]))
     per_class = (run.get("test") or {}).get("per_class_auc") or {}
-    figure = _figure(6.4, 5.4)
-    ax = figure.subplots()
-    ax.plot([0, 1], [0, 1], linestyle="--", color="#999999", linewidth=1)
+    figure, ax = _diagonal_figure(6.4, 5.4)
     for k, name in enumerate(classes):
         if not 0 < truth[:, k].sum() < len(truth):
             continue
         fpr, tpr, _ = roc_curve(truth[:, k], scores[:, k])
         auc = per_class.get(str(name)) or {}
         ax.plot(fpr, tpr, color=COLORS[k % len(COLORS)], linewidth=1.5, label=f"{name}: AUC {_auc_text(auc)}")
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title(f"Per-class ROC (one vs rest) — best run {run.get('run_id')}", fontsize=10)
-    ax.legend(loc="lower right", fontsize=7)
-    ax.set_aspect("equal")
-    return _Plot(
+    return _square_plot(
+        figure,
+        ax,
         f"roc_per_class_{_safe_name(str(run.get('run_id')))}.png",
         f"Per-class ROC — {run.get('run_id')}",
-        _render(figure, random_weights),
+        random_weights,
+        labels=("false positive rate", "true positive rate"),
+        title=f"Per-class ROC (one vs rest) — best run {run.get('run_id')}",
+        legend="lower right",
+        legend_size=7,
+        unit_limits=False,
     )
 
 
@@ -371,22 +400,18 @@ def _calibration_plot(group: str, runs: list[dict], random_weights: bool, where)
         lines.append((f"{run.get('classifier')}{kind}: Brier {brier:.3f}", prob_pred, prob_true))
     if not lines:
         return None
-    figure = _figure(5.6, 5.0)
-    ax = figure.subplots()
-    ax.plot([0, 1], [0, 1], linestyle="--", color="#999999", linewidth=1, label="perfectly calibrated")
+    figure, ax = _diagonal_figure(label="perfectly calibrated")
     for index, (label, x, y) in enumerate(lines):
         ax.plot(x, y, marker="o", markersize=4, color=COLORS[index % len(COLORS)], linewidth=1.6, label=label)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("mean predicted probability (equal-count bins)")
-    ax.set_ylabel("observed fraction positive")
-    ax.set_title(f"Calibration — {group}{where.tag}", fontsize=10)
-    ax.legend(loc="upper left", fontsize=8)
-    ax.set_aspect("equal")
-    return _Plot(
+    return _square_plot(
+        figure,
+        ax,
         f"calibration_{_safe_name(group)}{where.suffix}.png",
         f"Calibration — {group}{where.tag}",
-        _render(figure, random_weights),
+        random_weights,
+        labels=("mean predicted probability (equal-count bins)", "observed fraction positive"),
+        title=f"Calibration — {group}{where.tag}",
+        legend="upper left",
     )
 
 
@@ -475,19 +500,14 @@ def _subgroup_section(ranked: list[dict], plots: list[_Plot]) -> str:
             )
             missing = result.get("n_missing") or 0
             rows.append(
-                "<tr>"
-                + "".join(
-                    f"<td>{cell}</td>"
-                    for cell in (
-                        _e(run.get("run_id")),
-                        _e(attribute),
-                        _e(groups or "—"),
-                        _e(small or "—"),
-                        _e(missing),
-                        _e(_gap_text(result.get("largest_gap"))),
-                    )
+                _row(
+                    _e(run.get("run_id")),
+                    _e(attribute),
+                    _e(groups or "—"),
+                    _e(small or "—"),
+                    _e(missing),
+                    _e(_gap_text(result.get("largest_gap"))),
                 )
-                + "</tr>"
             )
     head = ("run", "attribute", "subgroups: test AUC [95% CI]", "too small", "no value", "largest gap")
     note = (
@@ -498,15 +518,7 @@ def _subgroup_section(ranked: list[dict], plots: list[_Plot]) -> str:
         "patient the intervals are too narrow, small subgroups most of all. The forest plots show each backbone's "
         "best run.</p>"
     )
-    return (
-        note
-        + _plots_html(plots, "")
-        + "<table class='small'><tr>"
-        + "".join(f"<th>{h}</th>" for h in head)
-        + "</tr>"
-        + "".join(rows)
-        + "</table>"
-    )
+    return note + _plots_html(plots, "") + _table(head, rows, "small")
 
 
 def print_subgroups(run: dict, console) -> None:
@@ -705,26 +717,21 @@ def _leaderboard_table(ranked: list[dict], rows_by_id: dict[str, dict]) -> str:
         flag_text = "" if flag is None else ("yes" if flag else "no")
         cv = f"{_fmt(run.get('cv_auc_mean'))} ± {_fmt(run.get('cv_auc_std'))}"
         lines.append(
-            "<tr>"
-            + "".join(
-                f"<td>{cell}</td>"
-                for cell in (
-                    rank,
-                    _e(features_name(run)),
-                    _e(run.get("pooling")),
-                    _e(run.get("classifier")),
-                    weights_cell,
-                    f"<b>{_e(_auc_text(_auc(run)))}</b>",
-                    _e(cv),
-                    _fmt(test.get("sensitivity")),
-                    _fmt(test.get("specificity")),
-                    _fmt(threshold.get("value")) if threshold else "—",
-                    _e((run.get("data") or {}).get("n_test", "")),
-                    flag_text,
-                    _e(format_params(run.get("best_params"))),
-                )
+            _row(
+                rank,
+                _e(features_name(run)),
+                _e(run.get("pooling")),
+                _e(run.get("classifier")),
+                weights_cell,
+                f"<b>{_e(_auc_text(_auc(run)))}</b>",
+                _e(cv),
+                _fmt(test.get("sensitivity")),
+                _fmt(test.get("specificity")),
+                _fmt(threshold.get("value")) if threshold else "—",
+                _e((run.get("data") or {}).get("n_test", "")),
+                flag_text,
+                _e(format_params(run.get("best_params"))),
             )
-            + "</tr>"
         )
     note = (
         "<p class='note'>Sorted by test ROC AUC with DeLong 95% confidence intervals, within this dataset only. "
@@ -734,7 +741,7 @@ def _leaderboard_table(ranked: list[dict], rows_by_id: dict[str, dict]) -> str:
         + (" “≈ best”: not significantly worse than this dataset's top run (paired DeLong test)." if rows_by_id else "")
         + "</p>"
     )
-    return "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(lines) + "</table>" + note
+    return _table(head, lines) + note
 
 
 def _provenance_section(ranked: list[dict]) -> str:
@@ -756,23 +763,18 @@ def _provenance_section(ranked: list[dict]) -> str:
             weights = f"random (seed {run.get('weights_seed')})"
         timings = run.get("timings") or {}
         run_rows.append(
-            "<tr>"
-            + "".join(
-                f"<td>{cell}</td>"
-                for cell in (
-                    _e(run.get("run_id")),
-                    _e(weights),
-                    _e(run.get("image_size")),
-                    _e(run.get("resize_mode")),
-                    f"<code class='hash'>{_e(str(run.get('feature_sha256', ''))[:12])}</code>",
-                    f"<code class='hash'>{_e(str(run.get('manifest_sha256', ''))[:12])}</code>",
-                    _e(", ".join(f"{k}={v}" for k, v in config.items())),
-                    f"<code>{_e(format_params(run.get('best_params')))}</code>",
-                    _fmt(timings.get("total_s"), 1),
-                    _e(run.get("created_utc", "")),
-                )
+            _row(
+                _e(run.get("run_id")),
+                _e(weights),
+                _e(run.get("image_size")),
+                _e(run.get("resize_mode")),
+                f"<code class='hash'>{_e(str(run.get('feature_sha256', ''))[:12])}</code>",
+                f"<code class='hash'>{_e(str(run.get('manifest_sha256', ''))[:12])}</code>",
+                _e(", ".join(f"{k}={v}" for k, v in config.items())),
+                f"<code>{_e(format_params(run.get('best_params')))}</code>",
+                _fmt(timings.get("total_s"), 1),
+                _e(run.get("created_utc", "")),
             )
-            + "</tr>"
         )
     head = (
         "run",
@@ -788,12 +790,9 @@ def _provenance_section(ranked: list[dict]) -> str:
     )
     return (
         "<h3>Software versions</h3><table><tr><th>package</th><th>version</th></tr>" + version_rows + "</table>"
-        "<h3>Runs</h3><table class='small'><tr>"
-        + "".join(f"<th>{h}</th>" for h in head)
-        + "</tr>"
-        + "".join(run_rows)
-        + "</table>"
-        "<p class='note'>Every number above is traceable to its run JSON in <code>runs/</code> "
+        "<h3>Runs</h3>"
+        + _table(head, run_rows, "small")
+        + "<p class='note'>Every number above is traceable to its run JSON in <code>runs/</code> "
         "(grid, CV results, out-of-fold threshold, test predictions) and its model bundle in <code>models/</code>.</p>"
     )
 
@@ -817,6 +816,17 @@ figure img{max-width:100%;border:1px solid #e4e4e4}
 figcaption{font-size:12px;color:#555}
 nav a{margin-right:14px}
 """
+
+
+def _row(*cells) -> str:
+    """One HTML table row of cells that are HTML already."""
+    return "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
+
+
+def _table(head, rows, css: str = "") -> str:
+    """An HTML table: the header cells `head` (HTML), then the `rows` (from _row)."""
+    opening = f"<table class='{css}'>" if css else "<table>"
+    return opening + "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>"
 
 
 def _img(plot: _Plot) -> str:
@@ -857,18 +867,13 @@ def _split_level_table(ranked: list[dict]) -> str:
         inflated = "" if math.isnan(inflation) else f"{inflation:+.3f}"
         shared = _num(image.get("validation_images_with_patient_in_training"))
         rows.append(
-            "<tr>"
-            + "".join(
-                f"<td>{cell}</td>"
-                for cell in (
-                    _e(_run_name(run)),
-                    f"{_fmt(patient.get('auc_mean'))} ± {_fmt(patient.get('auc_std'))}",
-                    f"{_fmt(image.get('auc_mean'))} ± {_fmt(image.get('auc_std'))}",
-                    f"<b>{inflated}</b>" if inflated else "n/a",
-                    "n/a" if math.isnan(shared) else f"{shared:.0%}",
-                )
+            _row(
+                _e(_run_name(run)),
+                f"{_fmt(patient.get('auc_mean'))} ± {_fmt(patient.get('auc_std'))}",
+                f"{_fmt(image.get('auc_mean'))} ± {_fmt(image.get('auc_std'))}",
+                f"<b>{inflated}</b>" if inflated else "n/a",
+                "n/a" if math.isnan(shared) else f"{shared:.0%}",
             )
-            + "</tr>"
         )
     if not rows:
         return (
@@ -880,11 +885,9 @@ def _split_level_table(ranked: list[dict]) -> str:
         ((run.get("audit") or {}).get("split_levels") or {}).get("folds") for run in ranked if run.get("audit")
     )
     return (
-        "<h3>Patient-level vs image-level cross-validation</h3><table><tr>"
-        + "".join(f"<th>{h}</th>" for h in head)
-        + "</tr>"
-        + "".join(rows)
-        + "</table><p class='note'>Each run's chosen configuration, cross-validated on its training rows with "
+        "<h3>Patient-level vs image-level cross-validation</h3>"
+        + _table(head, rows)
+        + "<p class='note'>Each run's chosen configuration, cross-validated on its training rows with "
         f"{_e(folds)} folds twice: patient-grouped (StratifiedGroupKFold, what featx does) and by image ignoring "
         "patients (StratifiedKFold, what a random image split does). Inflation is how much higher the image-level "
         "figure is: what a paper splitting images at random would have reported on top of the honest number.</p>"
@@ -1080,20 +1083,15 @@ def _audit_section(where, data_root) -> tuple[str, list[_Plot]]:
     for group, (run, audit) in audits.items():
         near = audit["near_duplicates"]
         near_rows.append(
-            "<tr>"
-            + "".join(
-                f"<td>{cell}</td>"
-                for cell in (
-                    _e(group),
-                    _e(f"{near.get('n_rows')} × {near.get('dim')}"),
-                    _fmt(near.get("threshold"), 3),
-                    _split_pair_text(near.get("split_pairs") or [], cross_only=True),
-                    f"<b>{_e(near.get('evaluated_with_duplicate_in_training'))}</b> of {_e(near.get('n_evaluated'))}",
-                    _split_pair_text(near.get("split_pairs") or []),
-                    _fmt(near.get("seconds"), 2),
-                )
+            _row(
+                _e(group),
+                _e(f"{near.get('n_rows')} × {near.get('dim')}"),
+                _fmt(near.get("threshold"), 3),
+                _split_pair_text(near.get("split_pairs") or [], cross_only=True),
+                f"<b>{_e(near.get('evaluated_with_duplicate_in_training'))}</b> of {_e(near.get('n_evaluated'))}",
+                _split_pair_text(near.get("split_pairs") or []),
+                _fmt(near.get("seconds"), 2),
             )
-            + "</tr>"
         )
         plot = _near_duplicate_plot(group, audit, data_root, _is_random(run), where)
         if plot is not None:
@@ -1140,12 +1138,9 @@ def _audit_section(where, data_root) -> tuple[str, list[_Plot]]:
         "seconds",
     )
     html_text = (
-        "<h3>Near-duplicate images</h3><table><tr>"
-        + "".join(f"<th>{h}</th>" for h in head)
-        + "</tr>"
-        + "".join(near_rows)
-        + "</table>"
-        "<p class='note'>Pairs of images whose embeddings have a cosine similarity at or above the threshold after "
+        "<h3>Near-duplicate images</h3>"
+        + _table(head, near_rows)
+        + "<p class='note'>Pairs of images whose embeddings have a cosine similarity at or above the threshold after "
         "mean-centring (centring removes the direction every chest X-ray shares), from each cache, over the rows the "
         "runs used; splits as the runs used them (held-out patients are <i>test</i>). Near duplicates within a "
         "patient are expected; across splits they let a model see a test image in training. The thumbnails are the "

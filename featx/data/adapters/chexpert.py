@@ -16,7 +16,15 @@ import re
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
-from featx.data.adapters.common import NEGATIVE, check_present, metadata_notes, read_table, sort_rows, write_and_check
+from featx.data.adapters.common import (
+    NEGATIVE,
+    check_present,
+    metadata_notes,
+    read_table,
+    release_folder,
+    sort_rows,
+    write_and_check,
+)
 from featx.errors import ManifestError, one_of_message
 
 CHEXPERT_LABELS = (
@@ -116,6 +124,25 @@ def resolve_labels(record: dict[str, str], labels, policies, where: str) -> tupl
     return (tuple(positives) or (NEGATIVE,)), []
 
 
+def labelling_notes(chosen: tuple[str, ...], policies: dict[str, str], labeller: str = "") -> list[str]:
+    """The notes naming the chosen labels and their uncertain-label policies (`labeller`: which label file)."""
+    kind = " (binary: the label vs 'negative')" if len(chosen) == 1 else " (multi-label; 'negative' = none of them)"
+    return [
+        f"labels{f' ({labeller} labeller)' if labeller else ''}: {', '.join(chosen)}{kind}",
+        "uncertain (-1): " + ", ".join(f"{label}={policy}" for label, policy in policies.items()),
+    ]
+
+
+def ignored_note(n_images: int, ignored: Counter, per_study: bool = False) -> str:
+    """The note on the images --uncertain ignore left out; `ignored` counts images (or studies) per label."""
+    of, unit = (" of studies", " studies") if per_study else ("", "")
+    return (
+        f"--uncertain ignore: left out {n_images:,} image(s){of} with an uncertain ignored label ("
+        + ", ".join(f"{label} {n:,}{unit}" for label, n in ignored.most_common())
+        + ")."
+    )
+
+
 def view_group(frontal_lateral: str) -> str:
     return (frontal_lateral or "").strip().lower()
 
@@ -130,9 +157,7 @@ def chexpert_manifest_rows(
     root, labels: str = "all", uncertain: str = "zeros", view: str = "all", valid_split: str = "test"
 ) -> tuple[list[dict], list[str]]:
     """(manifest rows, notes) for a CheXpert release folder; ManifestError for anything that does not fit."""
-    root = Path(root)
-    if not root.is_dir():
-        raise ManifestError(f"The CheXpert folder '{root}' is not a folder; pass --root the {RELEASE} folder.")
+    root = release_folder(root, "CheXpert", RELEASE)
     chosen = parse_labels(labels)
     policies = parse_uncertain(uncertain, chosen)
     if view not in VIEWS:
@@ -175,20 +200,11 @@ def chexpert_manifest_rows(
     if not rows:
         raise ManifestError(f"No CheXpert image under '{root}' is left after --view {view} and --uncertain.")
     check_present(root, [row["path"] for row in rows], "images listed in train.csv/valid.csv")
-    notes = [
-        f"labels: {', '.join(chosen)}"
-        + (" (binary: the label vs 'negative')" if len(chosen) == 1 else " (multi-label; 'negative' = none of them)"),
-        "uncertain (-1): " + ", ".join(f"{label}={policy}" for label, policy in policies.items()),
-        f"valid.csv is the {valid_split} split; train.csv is train.",
-    ]
+    notes = [*labelling_notes(chosen, policies), f"valid.csv is the {valid_split} split; train.csv is train."]
     if other_view:
         notes.append(f"--view {view}: left out {other_view:,} image(s) of the other view.")
     if n_ignored:
-        notes.append(
-            f"--uncertain ignore: left out {n_ignored:,} image(s) with an uncertain ignored label ("
-            + ", ".join(f"{label} {n:,}" for label, n in ignored.most_common())
-            + ")."
-        )
+        notes.append(ignored_note(n_ignored, ignored))
     notes += metadata_notes(rows, ("sex", "age", "frontal_lateral", "view"))
     return sort_rows(rows), notes
 

@@ -32,6 +32,14 @@ def first(names: Iterable) -> str:
     return ", ".join(repr(str(n)) for n in names[:SHOWN]) + (", ..." if len(names) > SHOWN else "")
 
 
+def release_folder(root, what: str, release: str) -> Path:
+    """root as a Path; ManifestError naming what to pass when it is not a folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ManifestError(f"The {what} folder '{root}' is not a folder; pass --root the {release} folder.")
+    return root
+
+
 def release_file(root: Path, names: Sequence[str], what: str, release: str) -> Path:
     """The first of `names` under root (e.g. x.csv.gz, then x.csv); ManifestError naming what to pass when none exists."""
     for name in names:

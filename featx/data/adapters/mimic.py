@@ -14,13 +14,14 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from featx.data.adapters.chexpert import parse_labels, parse_uncertain, resolve_labels
+from featx.data.adapters.chexpert import ignored_note, labelling_notes, parse_labels, parse_uncertain, resolve_labels
 from featx.data.adapters.common import (
     check_present,
     first,
     metadata_notes,
     read_table,
     release_file,
+    release_folder,
     sort_rows,
     write_and_check,
 )
@@ -33,8 +34,10 @@ VIEW_GROUPS = {"frontal": ("PA", "AP"), "lateral": ("LATERAL", "LL")}
 RELEASE = "mimic-cxr-jpg/2.0.0"
 
 
-def _names(kind: str) -> tuple[str, str]:
-    return f"{PREFIX}{kind}.csv.gz", f"{PREFIX}{kind}.csv"
+def _release_table(root: Path, kind: str, what: str, required: tuple[str, ...]):
+    """The release's mimic-cxr-2.0.0-<kind>.csv.gz (or .csv) with the `required` columns."""
+    path = release_file(root, (f"{PREFIX}{kind}.csv.gz", f"{PREFIX}{kind}.csv"), what, RELEASE)
+    return read_table(path, required, f"MIMIC-CXR {what}")
 
 
 def parse_view(text: str) -> tuple[str, ...] | None:
@@ -58,30 +61,16 @@ def mimic_manifest_rows(
     root, labels: str = "all", uncertain: str = "zeros", view: str = "all", labeller: str = "chexpert"
 ) -> tuple[list[dict], list[str]]:
     """(manifest rows, notes) for a MIMIC-CXR-JPG release folder; ManifestError for anything that does not fit."""
-    root = Path(root)
-    if not root.is_dir():
-        raise ManifestError(f"The MIMIC-CXR-JPG folder '{root}' is not a folder; pass --root the {RELEASE} folder.")
+    root = release_folder(root, "MIMIC-CXR-JPG", RELEASE)
     chosen = parse_labels(labels)
     policies = parse_uncertain(uncertain, chosen)
     keep_views = parse_view(view)
     if labeller not in LABELLERS:
         raise ManifestError(one_of_message("labeller", labeller, LABELLERS))
 
-    metadata = read_table(
-        release_file(root, _names("metadata"), "metadata file", RELEASE),
-        ("dicom_id", "subject_id", "study_id", "ViewPosition"),
-        "MIMIC-CXR metadata file",
-    )
-    split_table = read_table(
-        release_file(root, _names("split"), "split file", RELEASE),
-        ("dicom_id", "study_id", "subject_id", "split"),
-        "MIMIC-CXR split file",
-    )
-    label_table = read_table(
-        release_file(root, _names(labeller), f"{labeller} label file", RELEASE),
-        ("subject_id", "study_id", *chosen),
-        f"MIMIC-CXR {labeller} label file",
-    )
+    metadata = _release_table(root, "metadata", "metadata file", ("dicom_id", "subject_id", "study_id", "ViewPosition"))
+    split_table = _release_table(root, "split", "split file", ("dicom_id", "study_id", "subject_id", "split"))
+    label_table = _release_table(root, labeller, f"{labeller} label file", ("subject_id", "study_id", *chosen))
 
     split_of = {}
     for line, record in split_table.records:
@@ -135,12 +124,7 @@ def mimic_manifest_rows(
     if not rows:
         raise ManifestError(f"No MIMIC-CXR image under '{root}' is left after --view {view} and the label filters.")
     check_present(root, [row["path"] for row in rows], "images listed in the metadata file")
-    notes = [
-        f"labels ({labeller} labeller): {', '.join(chosen)}"
-        + (" (binary: the label vs 'negative')" if len(chosen) == 1 else " (multi-label; 'negative' = none of them)"),
-        "uncertain (-1): " + ", ".join(f"{label}={policy}" for label, policy in policies.items()),
-        "official split: train, validate -> val, test.",
-    ]
+    notes = [*labelling_notes(chosen, policies, labeller), "official split: train, validate -> val, test."]
     if other_view:
         notes.append(
             f"--view {view}: left out {sum(other_view.values()):,} image(s) of other views ("
@@ -150,11 +134,7 @@ def mimic_manifest_rows(
     if unlabelled:
         notes.append(f"Left out {unlabelled:,} image(s) of studies the {labeller} label file does not list.")
     if dropped_ignored:
-        notes.append(
-            f"--uncertain ignore: left out {dropped_ignored:,} image(s) of studies with an uncertain ignored label ("
-            + ", ".join(f"{label} {n:,} studies" for label, n in ignored.most_common())
-            + ")."
-        )
+        notes.append(ignored_note(dropped_ignored, ignored, per_study=True))
     notes += metadata_notes(rows, ("view",))
     return sort_rows(rows), notes
 

@@ -8,12 +8,11 @@ found by name anywhere under --images (the release's images_0NN/images folders).
 
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from pathlib import Path
 
 from featx.data.adapters.common import first as _first
-from featx.data.adapters.common import metadata_notes
+from featx.data.adapters.common import metadata_notes, read_table
 from featx.data.dicom import parse_age
 from featx.data.manifest import LABEL_SEPARATOR, SPLITS, check_manifest, order_classes, write_manifest
 from featx.errors import ManifestError
@@ -61,42 +60,29 @@ def _nih_meta(record: dict) -> dict[str, str]:
 
 def _read_nih_entries(entries: Path) -> list[tuple[str, tuple[str, ...], str, dict[str, str]]]:
     """(image name, labels, patient id, metadata) per row of Data_Entry_2017.csv; ManifestError names line and column."""
-    with entries.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        header = [name.strip() for name in (reader.fieldnames or [])]
-        reader.fieldnames = header
-        missing = [name for name in NIH_COLUMNS if name not in header]
-        if missing:
+    table = read_table(entries, NIH_COLUMNS, "NIH entries file (Data_Entry_2017.csv)")
+    records = []
+    seen: dict[str, int] = {}
+    for line, record in table.records:
+        name = record["Image Index"]
+        if not name:
+            raise ManifestError(f"'{entries}' line {line}, column 'Image Index': is empty.")
+        if name in seen:
             raise ManifestError(
-                f"'{entries}' is missing the column(s) {missing}; Data_Entry_2017.csv needs {list(NIH_COLUMNS)}, "
-                f"found {header[:6]}{' ...' if len(header) > 6 else ''}."
+                f"'{entries}' line {line}, column 'Image Index': {name!r} is listed twice (first on line {seen[name]})."
             )
-        records = []
-        seen: dict[str, int] = {}
-        for record in reader:
-            line = reader.line_num
-            name = (record["Image Index"] or "").strip()
-            if not name:
-                raise ManifestError(f"'{entries}' line {line}, column 'Image Index': is empty.")
-            if name in seen:
-                raise ManifestError(
-                    f"'{entries}' line {line}, column 'Image Index': {name!r} is listed twice "
-                    f"(first on line {seen[name]})."
-                )
-            seen[name] = line
-            labels = tuple(part.strip() for part in (record["Finding Labels"] or "").split(LABEL_SEPARATOR))
-            unknown = [label for label in labels if label not in NIH_LABELS]
-            if unknown:
-                raise ManifestError(
-                    f"'{entries}' line {line}, column 'Finding Labels': unknown finding(s) {unknown}; "
-                    f"allowed are {list(NIH_LABELS)} joined by '|'."
-                )
-            patient = (record["Patient ID"] or "").strip()
-            if not patient:
-                raise ManifestError(f"'{entries}' line {line}, column 'Patient ID': is empty.")
-            records.append((name, labels, patient, _nih_meta(record)))
-    if not records:
-        raise ManifestError(f"'{entries}' has no rows.")
+        seen[name] = line
+        labels = tuple(part.strip() for part in record["Finding Labels"].split(LABEL_SEPARATOR))
+        unknown = [label for label in labels if label not in NIH_LABELS]
+        if unknown:
+            raise ManifestError(
+                f"'{entries}' line {line}, column 'Finding Labels': unknown finding(s) {unknown}; "
+                f"allowed are {list(NIH_LABELS)} joined by '|'."
+            )
+        patient = record["Patient ID"]
+        if not patient:
+            raise ManifestError(f"'{entries}' line {line}, column 'Patient ID': is empty.")
+        records.append((name, labels, patient, _nih_meta(record)))
     return records
 
 

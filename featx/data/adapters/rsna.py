@@ -21,6 +21,7 @@ from featx.data.adapters.common import (
     metadata_notes,
     read_table,
     release_file,
+    release_folder,
     sort_rows,
     write_and_check,
 )
@@ -74,9 +75,7 @@ def rsna_manifest_rows(
     """(manifest rows, notes) for the RSNA release folder; ManifestError for anything that does not fit."""
     from featx.data.dicom import DicomReadError, read_header
 
-    root = Path(root)
-    if not root.is_dir():
-        raise ManifestError(f"The RSNA folder '{root}' is not a folder; pass --root the {RELEASE} folder.")
+    root = release_folder(root, "RSNA", RELEASE)
     if label not in LABEL_MODES:
         raise ManifestError(one_of_message("label", label, LABEL_MODES))
     boxes = read_table(
