@@ -809,6 +809,7 @@ MAKE_VARIABLES: dict[str, dict[str, str]] = {
         "--ray-actors": "ray_actors=N",
         "--ray-cpus-per-actor": "ray_cpus_per_actor=N",
         "--ray-range-rows": "ray_range_rows=N",
+        "--ray-shards": "ray_shards=1",
     },
     "extract": {"--backbone": "backbone=NAME", "--out": "features=DIR", "--pooling": "pooling=..."},
     "classify": {"--backbone": "backbones=...", "--out": "results=DIR", "--pooling": "poolings=..."},
