@@ -43,6 +43,7 @@ FEATX  := $(BIN)/featx
 #: ray_actors=N             extract, predict: Ray actors, default one per GPU, else one per CPU (--ray-actors)
 #: ray_cpus_per_actor=N     extract, predict: CPU cores each Ray actor decodes with (--ray-cpus-per-actor)
 #: ray_range_rows=N         extract, predict: rows per Ray work item, a multiple of batch_size (--ray-range-rows)
+#: ray_shards=1             extract: Ray actors write range shards beside the caches, on shared storage (--ray-shards)
 #: model=PATH               predict: results/models/<run>.joblib (--model)
 #: images=PATHS             predict: image files, folders or a manifest CSV
 #: out=FILE                 predict: CSV to write, default the terminal (--out)
@@ -62,6 +63,7 @@ ray_address ?=
 ray_actors  ?=
 ray_cpus_per_actor ?=
 ray_range_rows ?=
+ray_shards  ?=
 n_jobs      ?=
 seed        ?=
 force       ?=
@@ -96,7 +98,7 @@ EXTRACT_OPTIONS = $(strip $(if $(image_size),--image-size $(image_size)) $(if $(
 	$(if $(dicom_window),--dicom-window $(dicom_window)) $(if $(call yes,$(mixed_precision)),--mixed-precision) \
 	$(if $(batch_size),--batch-size $(batch_size)) $(if $(workers),--workers $(workers)) $(if $(limit),--limit $(limit)) \
 	$(if $(seed),--seed $(seed)) $(if $(call yes,$(force)),--force) $(if $(call yes,$(no_pixels)),--no-pixels) \
-	$(ENGINE_OPTIONS) $(ACTOR_OPTIONS))
+	$(ENGINE_OPTIONS) $(ACTOR_OPTIONS) $(if $(call yes,$(ray_shards)),--ray-shards))
 PREDICT_OPTIONS = $(strip $(ENGINE_OPTIONS) $(ACTOR_OPTIONS))
 CLASSIFY_OPTIONS = $(strip $(if $(backbones),--backbone $(backbones)) $(if $(poolings),--pooling $(poolings)) \
 	$(if $(n_jobs),--n-jobs $(n_jobs)) $(if $(seed),--seed $(seed)) $(if $(threshold),--threshold-rule $(threshold)) \

@@ -10,6 +10,7 @@ Exit codes: 0 success, 2 bad input (one sentence, no traceback), 1 internal fail
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -364,6 +365,12 @@ def _add_extract(sub) -> None:
         help="leave out the raw-pixel floor (the 'pixels' backbone, added by default so every leaderboard has it)",
     )
     _add_engine_options(p)
+    p.add_argument(
+        "--ray-shards",
+        action="store_true",
+        help="--engine ray: actors write each range to a shard file beside the caches (the --out folder must be "
+        "shared storage they can write), read back in order by this process; for wide poolings such as flatten",
+    )
     p.set_defaults(handler=_cmd_extract)
 
 
@@ -387,7 +394,7 @@ def _cmd_extract(args):
         seed=args.seed,
         workers=args.workers,
         limit=args.limit,
-        engine=_engine_config(args),
+        engine=dataclasses.replace(_engine_config(args), shards=args.ray_shards),
     )
     extract_command(config, console=_console())
 
@@ -537,7 +544,11 @@ def _add_predict(sub) -> None:
     )
     p.add_argument("--model", type=Path, required=True, help="results/models/<run>.joblib (trusted source only)")
     p.add_argument("inputs", nargs="+", help="image files, folders or a manifest CSV")
-    p.add_argument("--data-root", type=Path, default=None, help="root for manifest paths")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="root for manifest paths: a folder, or a URL (file://, s3://, gs://, ...) read through fsspec",
+    )
     p.add_argument("-o", "--out", type=Path, default=None, help="CSV (or JSON with --json) to write; default stdout")
     p.add_argument("--json", action="store_true", help="write JSON instead of CSV")
     _add_batch_size(p)
@@ -798,6 +809,7 @@ MAKE_VARIABLES: dict[str, dict[str, str]] = {
         "--ray-actors": "ray_actors=N",
         "--ray-cpus-per-actor": "ray_cpus_per_actor=N",
         "--ray-range-rows": "ray_range_rows=N",
+        "--ray-shards": "ray_shards=1",
     },
     "extract": {"--backbone": "backbone=NAME", "--out": "features=DIR", "--pooling": "pooling=..."},
     "classify": {"--backbone": "backbones=...", "--out": "results=DIR", "--pooling": "poolings=..."},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from featx.cli import main
 from featx.data.images import Batch
-from featx.engines import EngineConfig, check_engine, get_engine, range_rows
+from featx.engines import EngineConfig, FitCluster, check_engine, get_engine, range_rows
 from featx.engines.local import LocalEngine
 from featx.engines.work import Rows, embed_batches, merge_rows, row_ranges
 from featx.errors import FeatxError
@@ -117,3 +118,94 @@ def test_actors_that_do_not_fit_the_cluster_are_refused_before_ray_waits_for_the
         actor_layout([{"CPU": 2.0}], EngineConfig("ray", actors=3))
     with pytest.raises(FeatxError, match="hold 14 such actor"):  # 7 actors of 13 cores per 96-core node
         actor_layout([{"CPU": 96.0, "GPU": 8.0}] * 2, EngineConfig("ray", cpus_per_actor=13))
+
+
+# ---------------------------------------------------------------- stage two: what the fits reserve
+
+
+@pytest.mark.parametrize(("gpus", "fits", "share"), [(1, 5, 0.2), (2, 5, 1 / 3), (4, 4, 1.0), (8, 5, 1.0), (0, 5, 0.0)])
+def test_a_round_s_fits_share_the_cluster_s_gpus_and_all_fit_at_once(gpus, fits, share):
+    cluster = FitCluster("ray", cpus=16, gpus=gpus)
+    assert cluster.gpu_share(True, fits) == pytest.approx(share)
+    if share:  # ceil(fits / gpus) fits on a GPU, so every fit of the round is placed at once
+        assert math.floor(1 / cluster.gpu_share(True, fits) + 1e-9) * gpus >= fits
+        assert cluster.remote_args(True, fits)["num_gpus"] == pytest.approx(share)
+    assert cluster.gpu_share(False, fits) == 0.0 and cluster.remote_args(False, fits) is None
+
+
+def test_the_registry_decides_which_classifiers_take_a_gpu_and_the_cluster_caps_parallel_fits():
+    from featx.classify import registry
+
+    assert {name for name, spec in registry.CLASSIFIERS.items() if spec.uses_gpu} == {"xgboost", "dense"}
+    gpu_cluster, cpu_cluster, small = FitCluster("ray", 64, 2), FitCluster("ray", 64, 0), FitCluster("ray", 2, 0)
+    # the dense head fits one fold at a time on CPUs, and every fold at once where the cluster has GPUs
+    assert registry.cpu_split("dense", -1, 5, cpu_cluster).parallel_fits == 1
+    assert registry.cpu_split("dense", -1, 5, gpu_cluster).parallel_fits == 5
+    assert registry.cpu_split("logreg", -1, 5, gpu_cluster).parallel_fits == 5
+    # Ray's pool refuses more actors than the cluster has CPUs
+    assert registry.cpu_split("xgboost", -1, 5, small).parallel_fits == 2
+    assert registry.cpu_split("logreg", 8, 5, small).parallel_fits == 5  # a core count is this machine's: unchanged
+
+
+def test_xgboost_s_device_is_decided_where_the_fit_runs(monkeypatch):
+    from featx.classify import registry
+    from featx.classify.estimators import EarlyStoppingXGB
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(80, 4)).astype(np.float32), np.repeat([0, 1], 40)
+    X[y == 1] += 1.0
+    candidates = [{"max_depth": 2, "n_estimators": 5}]
+    registry.xgboost_device.cache_clear()  # this process has no GPU (tests hide it): the probe says cpu
+    try:
+        built_on_a_gpu_driver = EarlyStoppingXGB(device="cuda")
+        got = registry.CLASSIFIERS["xgboost"].candidate_probabilities(built_on_a_gpu_driver, candidates, X, y, X)
+        assert built_on_a_gpu_driver.device == "cpu"
+    finally:
+        registry.xgboost_device.cache_clear()
+    want = registry.own_candidate_probabilities(EarlyStoppingXGB(device="cpu"), candidates, X, y, X)
+    assert np.array_equal(got[0], want[0])
+    wrapped, _ = registry.build_classifier("xgboost", "multilabel", 3)
+    monkeypatch.setattr(registry, "xgboost_device", lambda: "cpu")
+    wrapped.set_params(estimator__device="cuda")
+    labels = np.stack([y, 1 - y, y], axis=1)
+    registry.CLASSIFIERS["xgboost"].candidate_probabilities(wrapped, [{}], X, labels, X)
+    assert wrapped.get_params()["estimator__device"] == "cpu"
+
+
+# ---------------------------------------------------------------- shard files (--ray-shards)
+
+
+def test_a_shard_reads_back_the_rows_written_and_a_shard_of_another_plan_is_never_used(tmp_path):
+    from featx.engines.shards import ShardStore
+
+    rows = merge_rows(
+        list(embed_batches(fake_batches(8, 4, failed={5}), {"a": lambda x: {"p": x[:, 0, 0, :]}}, {"a": 2}))
+    )
+    shards = ShardStore(tmp_path / "a.ray-shards", "plan 1")
+    shards.prepare()
+    shards.write(rows)
+    back = shards.read(0, 8)
+    assert (back.start, back.errors, back.sha256) == (rows.start, rows.errors, rows.sha256)
+    assert back.ok.tolist() == rows.ok.tolist() and back.embeddings["a"][0] == 2
+    assert back.embeddings["a"][1]["p"].tobytes() == rows.embeddings["a"][1]["p"].tobytes()
+    assert shards.covers(0, 8, {"a": 2}) and shards.covers(0, 8, {"a": 4}) and not shards.covers(0, 8, {"a": 0})
+    assert not list(shards.folder.glob("*.partial"))
+    ShardStore(shards.folder, "plan 2").prepare()  # other weights, size or rows: the old shards go
+    assert not shards.covers(0, 8, {"a": 2})
+
+
+def test_a_shard_half_merged_before_a_kill_gives_each_backbone_only_the_rows_its_cache_lacks():
+    from featx.engines.shards import trimmed
+
+    forwards = {key: (lambda x: {"p": x[:, 0, 0, :]}) for key in ("a", "b")}
+    rows = merge_rows(list(embed_batches(fake_batches(8, 4), forwards, {"a": 0, "b": 0})))
+    # the featx process wrote rows 0..8 to a's cache, then was killed before b's: a needs none of them now
+    resumed = trimmed(rows, {"a": 8, "b": 0})
+    assert resumed.part("a") is None and resumed.part("b")[0] == 0 and len(resumed) == 8
+    half = trimmed(rows, {"a": 4, "b": 6})
+    assert (half.start, half.part("a")[0], half.part("b")[0], len(half.part("b")[1]["p"])) == (4, 4, 6, 2)
+
+
+def test_ray_shards_without_the_ray_engine_are_refused_in_one_sentence():
+    with pytest.raises(FeatxError, match=r"^--ray-shards needs --engine ray: only Ray actors write range shards\.$"):
+        check_engine(EngineConfig("local", shards=True))

@@ -299,3 +299,13 @@ def test_a_dense_bundle_predicts_without_tensorflow_start_up_noise(trained, tmp_
     assert done.stdout.startswith("path,")
     noise = [line for line in done.stderr.splitlines() if "absl" in line or "I0000" in line or "E0000" in line]
     assert noise == [], done.stderr
+
+
+def test_a_url_data_root_reads_the_manifest_s_images_through_fsspec_and_takes_only_manifests(trained, tmp_path):
+    data, manifest, bundle, _ = trained
+    local = predict_paths(bundle, [manifest], data)
+    url = predict_paths(bundle, [manifest], f"file://{data.resolve()}")
+    assert url == predict_paths(bundle, [manifest], data.resolve()) and len(url) == len(local)
+    image = next(data.rglob("*.png"))
+    with pytest.raises(FeatxError, match=r"^--data-root file://\S+ is a URL, which only manifest CSVs resolve against"):
+        predict_paths(bundle, [manifest, image], f"file://{data.resolve()}")

@@ -23,7 +23,7 @@ from tinyextract import n_done_of, tiny_args, tiny_config
 from featx.cli import main
 from featx.engines import LOCAL, EngineConfig, ray_engine
 from featx.extract import store
-from featx.extract.stage import ExtractConfig, run_extract
+from featx.extract.stage import run_extract
 
 pytestmark = pytest.mark.ray
 
@@ -32,13 +32,13 @@ TIME_DEPENDENT = ("created_utc", "content_sha256")
 RAY = EngineConfig("ray", range_rows=2 * BATCH)
 
 
-def config(manifest: Path, out: Path, engine: EngineConfig = LOCAL, data_root=None) -> ExtractConfig:
+def config(manifest: Path, out: Path, engine: EngineConfig = LOCAL, data_root=None, poolings=("avg", "max")):
     return tiny_config(
         manifest,
         out,
         data_root=manifest.parent if data_root is None else data_root,
         seed=3,
-        poolings=("avg", "max"),
+        poolings=poolings,
         batch_size=BATCH,
         workers=1,
         engine=engine,
@@ -68,7 +68,7 @@ def assert_bit_identical(want: Path, got: Path, data_root: str | None = None) ->
     if data_root is not None:  # the data root, and the command that rebuilds the cache, name it differently
         assert got_attrs.pop("data_root") == data_root and data_root in got_attrs.pop("extract_args")
         want_attrs.pop("data_root"), want_attrs.pop("extract_args")
-    assert sorted(want_data) == sorted(got_data) and "embeddings/max" in want_data
+    assert sorted(want_data) == sorted(got_data) and len([name for name in want_data if "embeddings/" in name]) == 2
     for name, a in want_data.items():
         b = got_data[name]
         assert a.dtype == b.dtype and a.shape == b.shape, name
@@ -169,6 +169,68 @@ def test_a_killed_ray_driver_resumes_with_the_same_command(ray_cluster, tree, lo
     assert_bit_identical(local_cache, store.cache_path(out, "tiny"))
 
 
+# ---------------------------------------------------------------- shards (--ray-shards)
+
+WIDE = ("avg", "flatten")
+SHARDS = EngineConfig("ray", range_rows=2 * BATCH, shards=True)
+
+
+@pytest.fixture(scope="module")
+def local_wide_cache(tree, tmp_path_factory) -> Path:
+    return run_extract(config(tree, tmp_path_factory.mktemp("local_wide"), poolings=WIDE))[0].path
+
+
+def test_ray_shards_give_the_local_engine_s_cache_and_are_removed_after_the_merge(
+    ray_cluster, tree, local_wide_cache, tmp_path
+):
+    console = quiet()
+    summary = run_extract(config(tree, tmp_path, SHARDS, poolings=WIDE), console)[0]
+    assert summary.status == "built" and summary.failures == 4
+    assert_bit_identical(local_wide_cache, summary.path)
+    said = " ".join(console.file.getvalue().split())  # the long path may wrap
+    assert f"shards in {tmp_path / 'tiny.ray-shards'} (0 already written)" in said
+    assert not (tmp_path / "tiny.ray-shards").exists()
+
+
+def test_a_resumed_sharded_run_submits_only_the_ranges_without_a_shard(
+    ray_cluster, tree, local_wide_cache, tmp_path, monkeypatch
+):
+    from featx.engines.shards import ShardStore
+
+    folder = tmp_path / "tiny.ray-shards"
+    from_shards, submitted = ray_engine._rows_from_shards, []
+
+    def killed_after_the_first_range(dataset, ranges, submit, shards, first_rows):
+        rows = from_shards(dataset, ranges, submit, shards, first_rows)
+        yield next(rows)  # the first range goes into the cache
+        deadline = time.monotonic() + 120  # the actors write the others meanwhile
+        while time.monotonic() < deadline and not all(shards.path(*r).exists() for r in ranges[1:]):
+            time.sleep(0.05)
+        raise KeyboardInterrupt  # the featx process stops here, as if killed: the shards stay
+
+    monkeypatch.setattr(ray_engine, "_rows_from_shards", killed_after_the_first_range)
+    with pytest.raises(KeyboardInterrupt):
+        run_extract(config(tree, tmp_path, SHARDS, poolings=WIDE), quiet())
+    ranges = [(lo, min(lo + 2 * BATCH, 104)) for lo in range(0, 104, 2 * BATCH)]
+    store_ = ShardStore(folder, "")
+    assert all(store_.path(*r).exists() for r in ranges) and n_done_of(store.partial_path(tmp_path / "tiny.h5")) == 16
+    for r in (ranges[2], ranges[4]):  # as if these had not been written when the run stopped
+        store_.remove(*r)
+
+    dataset = ray_engine._dataset
+    monkeypatch.setattr(ray_engine, "_rows_from_shards", from_shards)
+    monkeypatch.setattr(
+        ray_engine, "_dataset", lambda request, submit, *a: submitted.extend(submit) or dataset(request, submit, *a)
+    )
+    console = quiet()
+    summary = run_extract(config(tree, tmp_path, SHARDS, poolings=WIDE), console)[0]
+    assert submitted == [ranges[2], ranges[4]]  # not range 0 (in the cache), nor the ranges with a shard
+    assert "(4 already written)" in " ".join(console.file.getvalue().split())
+    assert summary.status == "resumed"
+    assert_bit_identical(local_wide_cache, summary.path)
+    assert not folder.exists()
+
+
 # ---------------------------------------------------------------- stage two
 
 
@@ -227,10 +289,75 @@ def test_classify_on_ray_gives_the_local_engine_s_selection_thresholds_and_test_
     assert len(runs["local"]["tiny__avg__logreg.json"]["cv_results"]["params"]) == 14  # the full logreg grid
 
 
+def test_classify_on_ray_with_the_cli_s_default_n_jobs_runs_on_a_cluster_with_fewer_cpus_than_folds(
+    ray_cluster, tmp_path, capsys
+):
+    from cachefactory import write_signal_cache
+
+    features = tmp_path / "features"
+    write_signal_cache(features / "tiny.h5", backbone="tiny", seed=0, feature_seed=5)
+    args = ["classify", "--features", str(features), "--out", str(tmp_path / "out"), "--classifier", "logreg"]
+    # --engine ray defaults to -1 cores: a fit per fold in flight, capped at the cluster's 2 CPUs (Ray's pool
+    # refuses more actors than CPUs: it raised "Tried to start a pool with 3 processes" here)
+    assert main([*args, "--cv", "3", "--quick", "--engine", "ray", "--ray-address", ray_cluster.address]) == 0
+    out = capsys.readouterr().out
+    assert "logreg 2 parallel fits x 1 BLAS thread" in out and "0 GPU(s) in the cluster: logreg no GPU" in out
+
+
+def test_on_a_cluster_with_gpus_xgboost_fits_reserve_a_share_of_one_and_fall_back_to_cpu_without_cuda(
+    ray_cluster, tmp_path, monkeypatch
+):
+    """The session's Ray has no GPU (tests hide CUDA): it is reported with one, and the GPU request is noted
+    and left out when the actors start (nothing here could grant it); the rest of the remote args go through."""
+    from cachefactory import write_signal_cache
+    from ray.util.joblib.ray_backend import RayBackend
+
+    from featx.classify import search
+    from featx.classify.stage import ClassifyConfig
+    from featx.results.finish import classify_runs
+
+    features = tmp_path / "features"
+    write_signal_cache(features / "tiny.h5", backbone="tiny", seed=0, feature_seed=5)
+    alive_nodes, configure, run_task = ray_engine._alive_nodes, RayBackend.configure, search._run_task
+    monkeypatch.setattr(ray_engine, "_alive_nodes", lambda ray: [{**node, "GPU": 1.0} for node in alive_nodes(ray)])
+    asked, envs = [], tmp_path / "envs"
+
+    def noting_configure(self, n_jobs=1, *args, **kwargs):
+        asked.append((n_jobs, self.ray_remote_args))
+        self.ray_remote_args = {k: v for k, v in (self.ray_remote_args or {}).items() if k != "num_gpus"} or None
+        return configure(self, n_jobs, *args, **kwargs)
+
+    def noting_run_task(*args):  # pickled by value: what the fit's process was started with
+        with open(envs, "a") as log:
+            log.write(f"{os.environ.get('TF_FORCE_GPU_ALLOW_GROWTH')}\n")
+        return run_task(*args)
+
+    monkeypatch.setattr(RayBackend, "configure", noting_configure)
+    monkeypatch.setattr(search, "_run_task", noting_run_task)
+    runs, console = {}, quiet()
+    for engine, n_jobs in (("local", 2), ("ray", -1)):
+        out = tmp_path / engine
+        envs.unlink(missing_ok=True)
+        config = ClassifyConfig(
+            features_dir=features, out_dir=out, classifiers=("xgboost",), cv=3, n_jobs=n_jobs, quick=True,
+            engine=EngineConfig(engine),
+        )  # fmt: skip
+        classify_runs(config, console if engine == "ray" else quiet())
+        runs[engine] = json.loads((out / "runs" / "tiny__avg__xgboost.json").read_text())
+    # the search's fits: 2 folds in flight on 1 GPU; the audit's image-fold fits then ask for no GPU
+    assert [(n_jobs, (args or {}).get("num_gpus")) for n_jobs, args in asked] == [(2, 0.5), (2, None)]
+    assert set(envs.read_text().split()) == {"true"}  # every search fit ran in an actor started with the GPU env
+    assert "1 GPU(s) in the cluster: xgboost 0.5 GPU per fit (2 in flight on 1 GPU(s))" in console.file.getvalue()
+    for key in ("best_params", "cv_auc_mean", "threshold", "test", "test_predictions"):
+        assert runs["local"][key] == runs["ray"][key], key  # no CUDA in the actors: XGBoost fell back to cpu
+
+
 # ---------------------------------------------------------------- predict
 
 
-def test_predict_on_ray_writes_the_local_engine_s_csv(ray_cluster, tree, local_cache, tmp_path):
+def test_predict_on_ray_writes_the_local_engine_s_csv_from_a_folder_or_a_url_data_root(
+    ray_cluster, tree, local_cache, tmp_path
+):
     from featx.classify.stage import ClassifyConfig
     from featx.results.finish import classify_runs
     from featx.results.predict import predict_command
@@ -241,9 +368,11 @@ def test_predict_on_ray_writes_the_local_engine_s_csv(ray_cluster, tree, local_c
     classify_runs(config, quiet())
     bundle = tmp_path / "models" / "tiny__avg__logreg.joblib"
     written = {}
-    for engine in (LOCAL, EngineConfig("ray", actors=1, range_rows=2 * BATCH)):
-        written[engine.name] = tmp_path / f"{engine.name}.csv"
-        predict_command(bundle, [str(tree)], None, written[engine.name], False, BATCH, quiet(), engine=engine)
-    local, ray = written["local"].read_text(), written["ray"].read_text()
-    assert local == ray
+    ray = EngineConfig("ray", actors=1, range_rows=2 * BATCH)
+    url = f"file://{tree.parent}"  # the actors read the manifest's images through fsspec
+    for name, engine, data_root in (("local", LOCAL, None), ("ray", ray, None), ("ray_url", ray, url)):
+        written[name] = tmp_path / f"{name}.csv"
+        predict_command(bundle, [str(tree)], data_root, written[name], False, BATCH, quiet(), engine=engine)
+    local = written["local"].read_text()
+    assert local == written["ray"].read_text() == written["ray_url"].read_text()
     assert len(local.splitlines()) == 1 + 104 and local.count("not an image file") == 1  # every row, errors kept

@@ -140,14 +140,14 @@ def decode_only(paths: list[Path], size: tuple[int, int], batch_size: int) -> di
     return {"images": count, "seconds": seconds, "rate": count / seconds}
 
 
-def full_extract(
-    backbone: str, manifest: Path, data_root: Path, out_dir: Path, batch_size: int, workers: int | None = None
-) -> dict:
-    """One run of the real extract path with random weights; rate as run_extract reports it."""
+def fresh_extract(backbone: str, manifest, data_root, out_dir: Path, batch_size: int, console=None, **options):
+    """`run_extract` of one backbone with random weights into an emptied `out_dir`; its ExtractSummary.
+
+    `options`: further ExtractConfig fields (workers, engine, image_size, limit, ...).
+    """
     from featx.extract.stage import ExtractConfig, run_extract
 
     shutil.rmtree(out_dir, ignore_errors=True)
-    baseline = rss_mib()
     config = ExtractConfig(
         backbones=(backbone,),
         manifest=manifest,
@@ -155,10 +155,17 @@ def full_extract(
         out_dir=out_dir,
         weights="random",
         batch_size=batch_size,
-        force=True,
-        workers=workers,
+        **options,
     )
-    summary = run_extract(config)[0]
+    return run_extract(config, console)[0]
+
+
+def full_extract(
+    backbone: str, manifest: Path, data_root: Path, out_dir: Path, batch_size: int, workers: int | None = None
+) -> dict:
+    """One run of the real extract path with random weights; rate as run_extract reports it."""
+    baseline = rss_mib()
+    summary = fresh_extract(backbone, manifest, data_root, out_dir, batch_size, force=True, workers=workers)
     return {
         "images": summary.rows,
         "failures": summary.failures,

@@ -28,6 +28,7 @@ import numpy as np
 # for joblib bundles pickled while the two classes lived in this module.
 from featx.classify.estimators import DenseHead, EarlyStoppingXGB
 from featx.classify.evaluate import TASKS
+from featx.engines import LOCAL_FITS
 from featx.errors import ClassifyError, one_of_message
 from featx.runtime import limit_tensorflow_threads
 
@@ -96,6 +97,10 @@ class ClassifierSpec:
     set_threads : callable or None, default=None
         ``f(threads) -> threads in effect``, called in this process before its searches, for a
         library whose thread pools are process-wide (TensorFlow).
+    uses_gpu : bool, default=False
+        Its fits run faster on a GPU: on a cluster engine with GPUs each of its parallel fits
+        reserves a share of one (featx.engines.FitCluster), and its candidate_probabilities picks
+        the device where the fit runs.
     """
 
     name: str
@@ -108,6 +113,7 @@ class ClassifierSpec:
     parallel_fits: bool = True  # CPU split: parallel fits (processes), or one fit on every thread
     threads_label: str = "BLAS"  # whose threads a fit uses, for the screen
     set_threads: Callable[[int], int] | None = None  # process-wide thread setting (TensorFlow); -> threads in effect
+    uses_gpu: bool = False  # a cluster engine with GPUs gives each of its fits a share of one
 
 
 def _one_vs_rest(estimator, grid: dict, n_jobs: int):
@@ -181,6 +187,19 @@ def own_candidate_probabilities(estimator, candidates, X_fit, y_fit, X_eval) -> 
     return method(candidates, X_fit, y_fit, X_eval)
 
 
+def xgboost_candidate_probabilities(estimator, candidates, X_fit, y_fit, X_eval) -> list[np.ndarray]:
+    """own_candidate_probabilities with XGBoost's device decided here, in the process that fits.
+
+    The estimator was built with the device of the featx process (xgboost_device()), but a Ray task
+    may run on a GPU node of a CPU-only driver, or on a CPU node of a GPU driver: each fit uses
+    'cuda' exactly where this process sees a GPU that answers, and 'cpu' elsewhere. The local
+    engine's worker processes see what the featx process sees, so their device is unchanged.
+    """
+    names = [key for key in estimator.get_params() if key == "device" or key.endswith("__device")]
+    estimator = estimator.set_params(**dict.fromkeys(names, xgboost_device()))
+    return own_candidate_probabilities(estimator, candidates, X_fit, y_fit, X_eval)
+
+
 def _logreg_share_key(params: dict):
     """One regularisation path per class weight: the unit of work a fold's logreg candidates share."""
     return repr(params.get("clf__class_weight", params.get("estimator__clf__class_weight")))
@@ -234,8 +253,9 @@ CLASSIFIERS: dict[str, ClassifierSpec] = {
             search="halving",
             # 16 candidates: 16 -> 4 -> 1 keeps one full-data round of 5 fits instead of two (factor 3)
             search_options={"factor": 4},
-            candidate_probabilities=own_candidate_probabilities,
+            candidate_probabilities=xgboost_candidate_probabilities,
             threads_label="XGBoost",
+            uses_gpu=True,
         ),
         ClassifierSpec(
             "dense",
@@ -246,6 +266,7 @@ CLASSIFIERS: dict[str, ClassifierSpec] = {
             parallel_fits=False,
             threads_label="TensorFlow",
             set_threads=limit_tensorflow_threads,
+            uses_gpu=True,  # TensorFlow sees the GPU Ray gives the task (CUDA_VISIBLE_DEVICES)
         ),
     )
 }
@@ -326,7 +347,7 @@ def grid_size(grid: dict) -> int:
 HALVING_MIN_ROWS = 2000
 
 
-def make_search(spec_name, estimator, grid, cv_splits, task="binary", n_jobs=1, seed=0):
+def make_search(spec_name, estimator, grid, cv_splits, task="binary", n_jobs=1, seed=0, cluster=LOCAL_FITS):
     """The CV search `featx classify` runs for this classifier: a FoldSearch, exhaustive or by halving.
 
     Halving's early rounds score candidates on random subsets of both sides of each fold;
@@ -351,6 +372,8 @@ def make_search(spec_name, estimator, grid, cv_splits, task="binary", n_jobs=1, 
         Cores the search may use, split by cpu_split between parallel fits and threads per fit.
     seed : int, default=0
         Seed of successive halving's subsampling.
+    cluster : featx.engines.FitCluster, default=LOCAL_FITS
+        What the parallel fits run on (cpu_split).
 
     Returns
     -------
@@ -362,7 +385,7 @@ def make_search(spec_name, estimator, grid, cv_splits, task="binary", n_jobs=1, 
     spec = get_classifier(spec_name)
     cv_splits = list(cv_splits)
     n_rows = sum(len(test_rows) for _, test_rows in cv_splits)
-    split = cpu_split(spec_name, n_jobs, len(cv_splits))
+    split = cpu_split(spec_name, n_jobs, len(cv_splits), cluster)
     return FoldSearch(
         estimator,
         grid,
@@ -421,7 +444,7 @@ class CpuSplit:
         return f"{self.parallel_fits} {fits} x {self.threads} {self.threads_label} {threads}"
 
 
-def cpu_split(spec_name, n_jobs, n_folds) -> CpuSplit:
+def cpu_split(spec_name, n_jobs, n_folds, cluster=LOCAL_FITS) -> CpuSplit:
     """Split `n_jobs` cores between parallel fits and each fit's own threads, so fits x threads <= n_jobs.
 
     Parameters
@@ -434,6 +457,10 @@ def cpu_split(spec_name, n_jobs, n_folds) -> CpuSplit:
     n_folds : int
         CV folds: a round's tasks are at least one per fold, so more parallel fits than folds
         would idle.
+    cluster : featx.engines.FitCluster, default=LOCAL_FITS
+        With n_jobs -1, the cluster's CPUs cap the parallel fits (Ray's pool has an actor per fit and
+        refuses more than the cluster's CPUs), and where it has GPUs a classifier that uses them fits
+        every fold at once, even the dense head, whose TensorFlow start-up per worker a GPU repays.
 
     Returns
     -------
@@ -445,7 +472,9 @@ def cpu_split(spec_name, n_jobs, n_folds) -> CpuSplit:
     """
     spec = get_classifier(spec_name)
     if int(n_jobs) == -1:  # a cluster engine: every fold of a round in flight, one thread each
-        return CpuSplit(max(1, int(n_folds)) if spec.parallel_fits else 1, 1, spec.threads_label)
+        parallel = spec.parallel_fits or (spec.uses_gpu and cluster.gpus > 0)
+        fits = max(1, min(int(n_folds), cluster.cpus or int(n_folds)))
+        return CpuSplit(fits if parallel else 1, 1, spec.threads_label)
     n_jobs = max(1, int(n_jobs))
     if not spec.parallel_fits:
         return CpuSplit(1, n_jobs, spec.threads_label)

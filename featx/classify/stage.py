@@ -35,7 +35,7 @@ from featx.classify import registry as classifiers
 from featx.classify import subgroups as subgroup_auc
 from featx.classify.scoring import predict_scores, task_for
 from featx.config import usable_cores
-from featx.engines import LOCAL, EngineConfig, check_engine, fit_backend
+from featx.engines import LOCAL, LOCAL_FITS, EngineConfig, FitCluster, check_engine, fit_backend
 from featx.errors import CacheError, ClassifyError, one_of_message
 from featx.extract import store
 from featx.extract.backbones import POOLINGS
@@ -463,22 +463,28 @@ def select_model(
     groups,
     config: ClassifyConfig,
     on_fits: Callable[[int], object] | None = None,
+    cluster: FitCluster = LOCAL_FITS,
 ) -> Selection:
     """Grid search, refit and out-of-fold scores. Sees the training rows and nothing else.
 
     The out-of-fold scores of the chosen candidate are the held-out predictions its search made
     on the same patient-grouped folds (search.FoldSearch.oof_scores_), not five more fits.
     `on_fits(n)` is called as fits finish (the progress bar). `featx bench classify` times this.
+    `cluster` (fit_backend's) is where the parallel fits run: a classifier that uses a GPU has each
+    of its fits reserve a share of one where the cluster has GPUs.
     """
     n_jobs = resolve_n_jobs(config.n_jobs, config.engine)
     splits = evaluate.grouped_splits(y_train, groups, config.cv, config.seed, classes=classes)
     estimator, grid = classifiers.build_classifier(classifier, task, len(classes), seed=config.seed, quick=config.quick)
-    search = classifiers.make_search(classifier, estimator, grid, splits, task, n_jobs=n_jobs, seed=config.seed)
+    search = classifiers.make_search(
+        classifier, estimator, grid, splits, task, n_jobs=n_jobs, seed=config.seed, cluster=cluster
+    )
     spec = classifiers.get_classifier(classifier)
     if spec.set_threads is not None:
         spec.set_threads(search.threads)
     started = time.perf_counter()
-    search.fit(X_train, y_train, on_fits=on_fits)
+    with cluster.tasks(spec.uses_gpu, search.n_jobs):
+        search.fit(X_train, y_train, on_fits=on_fits)
     search_s = time.perf_counter() - started
     oof = search.oof_scores_
     threshold = evaluate.choose_threshold(y_train, oof, rule=config.threshold_rule) if task == "binary" else None
@@ -493,12 +499,13 @@ def fit_run(
     *,
     inputs: dict | None = None,
     on_fits: Callable[[int], object] | None = None,
+    cluster: FitCluster = LOCAL_FITS,
 ) -> FittedRun:
     """Select, refit and evaluate one backbone x pooling x classifier on a loaded FeatureSet.
 
     `data_audit` (classify.audit.data_audit of this cache and pooling) joins the run's audit as is.
     `inputs` (run_inputs) travel with the run so the sink can record its input key. `on_fits(n)` is
-    called as fits finish: the search's, then the audit's and the curve's together.
+    called as fits finish: the search's, then the audit's and the curve's together. `cluster`: select_model's.
     """
     started_total = time.perf_counter()
     rows = split_rows(features, config)
@@ -508,7 +515,9 @@ def fit_run(
     groups = np.asarray(features.patient_id).astype(str)
     X_train, y_train = features.X[rows.train], y[rows.train]
 
-    selection = select_model(plan.classifier, task, classes, X_train, y_train, groups[rows.train], config, on_fits)
+    selection = select_model(
+        plan.classifier, task, classes, X_train, y_train, groups[rows.train], config, on_fits, cluster
+    )
     search = selection.search
 
     # The test rows are sliced out only now, after model selection is fixed.
@@ -649,20 +658,30 @@ def resolve_n_jobs(n_jobs: int | None, engine: EngineConfig = LOCAL) -> int:
     return int(n_jobs)
 
 
-def describe_cpu_split(classifier_names: Sequence[str], n_jobs: int, cv: int) -> str:
+def describe_cpu_split(classifier_names: Sequence[str], n_jobs: int, cv: int, cluster: FitCluster = LOCAL_FITS) -> str:
     """One line: the cores used and, per classifier, parallel fits x library threads per fit.
 
     Starts the process-wide pools that need it (TensorFlow's), so the threads said are those in effect.
     """
     parts = []
     for name in dict.fromkeys(classifier_names):
-        split = classifiers.cpu_split(name, n_jobs, cv)
+        split = classifiers.cpu_split(name, n_jobs, cv, cluster)
         spec = classifiers.get_classifier(name)
         if spec.set_threads is not None:
             split = replace(split, threads=spec.set_threads(split.threads))
         parts.append(f"{name} {split.describe()}")
     cores = "every fold of a round at once" if n_jobs == -1 else f"{n_jobs} of {usable_cores()} usable cores"
     return f"{cores}: {'; '.join(parts)}"
+
+
+def describe_gpu_shares(classifier_names: Sequence[str], n_jobs: int, cv: int, cluster: FitCluster) -> str:
+    """One line: what each classifier's parallel fits reserve of the cluster's GPUs."""
+    parts = []
+    for name in dict.fromkeys(classifier_names):
+        spec = classifiers.get_classifier(name)
+        split = classifiers.cpu_split(name, n_jobs, cv, cluster)
+        parts.append(cluster.describe(name, spec.uses_gpu, split.parallel_fits))
+    return f"{cluster.gpus} GPU(s) in the cluster: {'; '.join(parts)}"
 
 
 def _auc_text(value) -> str:
@@ -724,11 +743,14 @@ def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Pa
         return [paths[plan] for plan in plans]
 
     check_embeddings([plan for plan, _ in to_fit])
-    console.print(f"CPU: {describe_cpu_split([plan.classifier for plan, _ in to_fit], config.n_jobs, config.cv)}.")
     sha256: dict[Path, str] = {}
     image_hashes: dict = {}  # image-file hashes of the exact-duplicate audit, shared by caches of the same rows
     loaded_key, features, data_audit = None, None, None
-    with fit_backend(config.engine, console), progress_bar(console, unit="fits") as progress:
+    names = [plan.classifier for plan, _ in to_fit]
+    with fit_backend(config.engine, console) as cluster, progress_bar(console, unit="fits") as progress:
+        progress.console.print(f"CPU: {describe_cpu_split(names, config.n_jobs, config.cv, cluster)}.")
+        if cluster.engine != "local":
+            progress.console.print(f"Ray: {describe_gpu_shares(names, config.n_jobs, config.cv, cluster)}.")
         planned = {plan: planned_fits(plan, config) for plan, _ in to_fit}
         bar = progress.add_task(f"classify: {len(to_fit)} runs", total=sum(planned.values()))
         done = 0
@@ -752,7 +774,15 @@ def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Pa
                 )
                 progress.update(bar, description=f"{plan.backbone} / {plan.pooling} / {plan.classifier}")
             assert features is not None
-            run = fit_run(plan, config, features, data_audit, inputs=inputs, on_fits=lambda n: progress.advance(bar, n))
+            run = fit_run(
+                plan,
+                config,
+                features,
+                data_audit,
+                inputs=inputs,
+                on_fits=lambda n: progress.advance(bar, n),
+                cluster=cluster,
+            )
             done += run.timings["n_fits"]
             if run.timings["n_fits"] != planned[plan]:  # an estimate that missed: the total follows the facts
                 total = progress.tasks[0].total or 0

@@ -7,6 +7,10 @@ to the featx process in row order (Ray Data's preserve_order), which writes them
 one cache writer; a killed actor is restarted by Ray and its range retried, and since a
 range always holds the same rows in the same batches the retry gives the same bits.
 
+With `--ray-shards` the actors write each range to a shard file on storage the featx process
+shares (engines/shards.py) and send back only that it is written; the featx process reads the
+shards in row order into the same writer, and a resumed run submits only ranges without a shard.
+
 Ray's own output (start-up lines, C++ warnings, Ray Data's progress bars) is kept off the
 terminal; featx's progress bar is the only one. What Ray printed is shown if the run fails.
 """
@@ -23,8 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from featx.engines import EngineConfig, import_ray
+from featx.engines import EngineConfig, FitCluster, import_ray
 from featx.engines import range_rows as engine_range_rows
+from featx.engines.shards import ShardStore, fingerprint, trimmed
 from featx.engines.work import EmbedRequest, ModelRecipe, Rows, embed_batches, merge_rows, row_ranges
 from featx.errors import FeatxError, short_reason
 
@@ -156,6 +161,7 @@ class ActorSetup:
     first_rows: dict[str, int]
     threads: int  # decode threads and TensorFlow threads: the CPUs the actor reserved
     decode_options: dict = field(default_factory=dict)
+    shards: ShardStore | None = None  # where ranges are written (None: they go back through Ray)
 
 
 def _limit_tensorflow_threads(threads: int) -> None:
@@ -196,8 +202,16 @@ class RangeEmbedder:
     def __call__(self, batch: dict) -> dict:
         starts = np.asarray(batch["start"], dtype=np.int64)
         out = np.empty(len(starts), dtype=object)
+        stops = np.empty(len(starts), dtype=np.int64)
         for index, (start, paths) in enumerate(zip(starts.tolist(), batch["paths"])):
-            out[index] = self.embed_range(start, paths)
+            rows = self.embed_range(start, paths)
+            stops[index] = rows.stop
+            if self.setup.shards is None:
+                out[index] = rows
+            else:
+                self.setup.shards.write(rows)
+        if self.setup.shards is not None:  # only that the range is on disk comes back
+            return {"start": starts, "stop": stops}
         return {"start": starts, "rows": out}
 
 
@@ -221,18 +235,28 @@ class RayEngine:
             _quiet_ray_data()
             layout = actor_layout(_alive_nodes(ray), self.config)
             ranges = row_ranges(request.start, request.n_rows, range_rows)
+            shards, submit, note = None, ranges, ""
+            if request.shards is not None:
+                shards = ShardStore(request.shards, fingerprint(request, range_rows))
+                shards.prepare()
+                submit = [(lo, hi) for lo, hi in ranges if not shards.covers(lo, hi, request.first_rows)]
+                note = f"; shards in {shards.folder} ({len(ranges) - len(submit)} already written)"
             console.print(
-                f"Ray: {len(ranges)} range(s) of up to {range_rows} rows on {layout.describe()}; "
+                f"Ray: {len(ranges)} range(s) of up to {range_rows} rows on {layout.describe()}{note}; "
                 f"building {', '.join(request.recipes)} on each actor ..."
             )
-            rows = _ordered_rows(_dataset(request, ranges, layout), ranges)
+            dataset = _dataset(request, submit, layout, shards) if submit else None
+            if shards is None:
+                rows = _ordered_rows(dataset, ranges)
+            else:
+                rows = _rows_from_shards(dataset, ranges, submit, shards, request.first_rows)
             try:
                 yield rows
             finally:
                 rows.close()
 
 
-def _dataset(request: EmbedRequest, ranges: list[tuple[int, int]], layout: ActorLayout):
+def _dataset(request: EmbedRequest, ranges: list[tuple[int, int]], layout: ActorLayout, shards=None):
     """The Ray Data pipeline: one item per range, mapped by a fixed-size pool of RangeEmbedder actors."""
     import ray.data
 
@@ -244,6 +268,7 @@ def _dataset(request: EmbedRequest, ranges: list[tuple[int, int]], layout: Actor
         first_rows=dict(request.first_rows),
         threads=layout.decode_threads,
         decode_options=dict(request.decode_options),
+        shards=shards,
     )
     items = [{"start": lo, "paths": [str(path) for path in request.paths[lo:hi]]} for lo, hi in ranges]
     return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
@@ -267,19 +292,45 @@ def _ordered_rows(dataset, ranges: list[tuple[int, int]]) -> Generator[Rows, Non
         yield rows
 
 
+def _rows_from_shards(
+    dataset, ranges: list[tuple[int, int]], submitted: list[tuple[int, int]], shards: ShardStore, first_rows
+) -> Generator[Rows, None, None]:
+    """Every range's Rows read from its shard in row order, once written (now, or by an earlier run).
+
+    A shard is deleted once its rows are taken (the caller has written them: it asks for the next only
+    then), and the folder once every range is taken.
+    """
+    written = iter(dataset.iter_rows()) if dataset is not None else iter(())
+    pending = set(submitted)
+    for lo, hi in ranges:
+        if (lo, hi) in pending:
+            item = next(written)
+            if (int(item["start"]), int(item["stop"])) != (lo, hi):
+                raise RuntimeError(f"Ray wrote rows {item['start']}..{item['stop']} where {lo}..{hi} were due")
+        yield trimmed(shards.read(lo, hi), first_rows)
+        shards.remove(lo, hi)
+    shards.remove_all()
+
+
 # ---------------------------------------------------------------- stage two
 
 
 @contextmanager
-def joblib_on_ray(config: EngineConfig, console=None):
-    """joblib's Parallel (scikit-learn's searches, featx's out-of-fold fits) runs its tasks on Ray for the block."""
+def joblib_on_ray(config: EngineConfig, console=None) -> Iterator[FitCluster]:
+    """joblib's Parallel (scikit-learn's searches, featx's out-of-fold fits) runs its tasks on Ray for the block.
+
+    Yields the cluster's FitCluster: its whole GPUs (a fractional GPU share must fit on one GPU).
+    """
     import joblib
 
     from featx.runtime import captured_stderr
 
-    with captured_stderr(console), ray_session(config.address):
+    with captured_stderr(console), ray_session(config.address) as ray:
         from ray.util.joblib import register_ray
 
         register_ray()
+        nodes = _alive_nodes(ray)
+        cpus = int(sum(node.get("CPU", 0) for node in nodes))
+        gpus = sum(math.floor(node.get("GPU", 0)) for node in nodes)  # whole GPUs: a fit's share lies on one
         with joblib.parallel_config(backend="ray"):
-            yield
+            yield FitCluster("ray", cpus, gpus)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -64,6 +65,7 @@ class EmbedRequest:
     first_rows: Mapping[str, int]
     workers: int | None = None
     decode_options: Mapping[str, Any] = field(default_factory=dict)
+    shards: Path | None = None  # Ray: the folder actors write range shards to (engines/shards.py); None: none
 
     @property
     def start(self) -> int:

@@ -329,6 +329,7 @@ def _run_group(group, config, size, resize_mode, paths, rows: _Rows, console, de
     """Open every writer of the group, then write the rows the engine embeds (one shared decode for all)."""
     from featx.data import dicom
     from featx.engines import get_engine
+    from featx.engines.shards import shard_dir
     from featx.engines.work import EmbedRequest, ModelRecipe
 
     engine = get_engine(config.engine)
@@ -372,6 +373,9 @@ def _run_group(group, config, size, resize_mode, paths, rows: _Rows, console, de
                 first_rows={job.spec.name: job.writer.n_done for job in todo},
                 workers=config.workers,
                 decode_options={"dicom_window": dicom_window, **(decode_options or {})},
+                shards=shard_dir(group[0].path.parent, [job.spec.name for job in todo])
+                if config.engine.shards
+                else None,
             )
             with engine.open(request, console) as embedded, progress_bar(console, unit="img") as progress:
                 tasks = {

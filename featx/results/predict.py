@@ -125,19 +125,42 @@ def rebuild_backbone(bundle: dict, bundle_path):
 # ---------------------------------------------------------------- inputs
 
 
-def _manifest_paths(csv_path: Path, data_root) -> list[Path]:
+def _manifest_paths(csv_path: Path, data_root) -> list:
     from featx.data.manifest import read_path_column, resolve_path
+    from featx.data.storage import is_url, open_data_root
 
+    if is_url(data_root):  # paths inside the data root's filesystem, read through it by whoever decodes
+        opened = open_data_root(data_root)
+        return [opened.resolve(rel) for rel in read_path_column(csv_path)]
     root = Path(data_root) if data_root is not None else csv_path.parent
     return [resolve_path(root, rel) for rel in read_path_column(csv_path)]
 
 
-def collect_inputs(inputs, data_root=None) -> list[Path]:
-    """Image files as given, image files under folders (recursive, sorted), and the rows of manifest CSVs."""
+def _data_root_options(inputs, data_root) -> dict:
+    """What the decode needs to read the inputs: the filesystem of a URL data root (which only manifests use)."""
+    from featx.data.storage import is_url, open_data_root
+
+    if not is_url(data_root):
+        return {}
+    others = [str(item) for item in inputs if not (Path(item).suffix.lower() == ".csv" and Path(item).is_file())]
+    if others:
+        raise FeatxError(
+            f"--data-root {data_root} is a URL, which only manifest CSVs resolve against; got {others[0]!r}: "
+            "predict it in a separate command without --data-root."
+        )
+    return open_data_root(data_root).decode_options
+
+
+def collect_inputs(inputs, data_root=None) -> list:
+    """Image files as given, image files under folders (recursive, sorted), and the rows of manifest CSVs.
+
+    Manifest rows resolve against `data_root` (default: the CSV's folder); a URL data root (file://,
+    s3://, memory://, ...) gives paths inside its fsspec filesystem.
+    """
     from featx.data.manifest import IMAGE_SUFFIXES as suffixes
     from featx.data.manifest import is_image_file
 
-    paths: list[Path] = []
+    paths: list = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
@@ -218,7 +241,7 @@ def predict_paths(
         batch_size=batch_size,
         recipes={recipe.backbone: recipe},
         first_rows={recipe.backbone: 0},
-        decode_options={"dicom_window": window},
+        decode_options={"dicom_window": window, **_data_root_options(inputs, data_root)},
     )
     classes = [str(c) for c in bundle["classes"]]
     rows: list[dict] = []
