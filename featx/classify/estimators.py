@@ -271,7 +271,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         l2=0.0,
         batch_size=128,
         max_epochs=100,
-        patience=8,
+        patience=5,
         validation_fraction=0.15,
         random_state=0,
     ):
@@ -485,6 +485,53 @@ def _trainer(heads: list[DenseHead], data: dict) -> _HeadsTrainer:
     return trainer
 
 
+class _FusedAdam:
+    """Adam for one head as one fused kernel per variable (TensorFlow's ResourceApplyAdam).
+
+    The same update as keras.optimizers.Adam (defaults beta_1 0.9, beta_2 0.999, epsilon 1e-7:
+    m += (g - m)(1 - b1), v += (g^2 - v)(1 - b2), w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)),
+    but Keras's version is ~10 separate element-wise ops per variable per step: on these small heads
+    their dispatch and memory passes cost a third of an epoch (measured: a 12-head epoch on 250 rows
+    232 -> 141 ms, a 2 x Dense(1024) epoch on 3,546 rows 395 -> 304 ms).
+    """
+
+    BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7
+
+    def __init__(self, tf, variables, learning_rate: float):
+        self.tf = tf
+        self.variables = list(variables)
+        self.moments = [
+            (tf.Variable(tf.zeros_like(v), trainable=False), tf.Variable(tf.zeros_like(v), trainable=False))
+            for v in self.variables
+        ]
+        self.steps = tf.Variable(0.0, trainable=False)
+        self.learning_rate = learning_rate
+
+    def apply(self, gradients) -> None:
+        tf = self.tf
+        self.steps.assign_add(1.0)
+        beta_1_power, beta_2_power = tf.pow(self.BETA_1, self.steps), tf.pow(self.BETA_2, self.steps)
+        for variable, gradient, (m, v) in zip(self.variables, gradients, self.moments):
+            tf.raw_ops.ResourceApplyAdam(
+                var=variable.value.handle,
+                m=m.handle,
+                v=v.handle,
+                beta1_power=beta_1_power,
+                beta2_power=beta_2_power,
+                lr=tf.constant(self.learning_rate, tf.float32),
+                beta1=tf.constant(self.BETA_1, tf.float32),
+                beta2=tf.constant(self.BETA_2, tf.float32),
+                epsilon=tf.constant(self.EPSILON, tf.float32),
+                grad=gradient,
+            )
+
+    def reset(self) -> None:
+        self.steps.assign(0.0)
+        for m, v in self.moments:
+            m.assign(self.tf.zeros_like(m))
+            v.assign(self.tf.zeros_like(v))
+
+
 class _HeadsTrainer:
     """DenseHeads sharing one training schedule, trained side by side by one compiled epoch function.
 
@@ -516,32 +563,29 @@ class _HeadsTrainer:
         finally:
             random.setstate(python_state)
             np.random.set_state(numpy_state)
-        self.optimizers = []
-        for head, model in zip(heads, self.models):
-            optimizer = keras.optimizers.Adam(learning_rate=float(head.learning_rate))
-            optimizer.build(model.trainable_variables)
-            self.optimizers.append(optimizer)
+        self.adams = [
+            _FusedAdam(tf, model.trainable_variables, float(head.learning_rate))
+            for head, model in zip(heads, self.models)
+        ]
         self.initial = [[np.array(v.numpy()) for v in model.variables] for model in self.models]
-        self.initial_optimizer = [[np.array(v.numpy()) for v in opt.variables] for opt in self.optimizers]
         self.training = tf.Variable([True] * len(heads), trainable=False)
         self.multilabel = multilabel
         self._compile(tf, keras, n_features, multilabel)
 
     def _compile(self, tf, keras, n_features: int, multilabel: bool) -> None:
         loss_fn = keras.losses.BinaryCrossentropy() if multilabel else keras.losses.SparseCategoricalCrossentropy()
-        models, optimizers, training = self.models, self.optimizers, self.training
+        models, adams, training = self.models, self.adams, self.training
         label_spec = tf.TensorSpec([None, None], tf.float32) if multilabel else tf.TensorSpec([None], tf.int32)
         data_spec = tf.TensorSpec([None, n_features], tf.float32)
         rows_spec = tf.TensorSpec([None], tf.int32)
 
-        def head_step(model, optimizer, x, t):
+        def head_step(model, adam, x, t):
             def step():
                 with tf.GradientTape() as tape:
                     loss = loss_fn(t, model(x, training=True))
                     if model.losses:
                         loss = loss + tf.add_n(model.losses)
-                gradients = tape.gradient(loss, model.trainable_variables)
-                optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+                adam.apply(tape.gradient(loss, model.trainable_variables))
                 return tf.cast(loss, tf.float32)
 
             return step
@@ -556,7 +600,7 @@ class _HeadsTrainer:
                 x, t = tf.gather(data, rows), tf.gather(labels, rows)
                 losses = tf.stack(
                     [
-                        tf.cond(training[k], head_step(models[k], optimizers[k], x, t), lambda: tf.constant(0.0))
+                        tf.cond(training[k], head_step(models[k], adams[k], x, t), lambda: tf.constant(0.0))
                         for k in range(len(models))
                     ]
                 )
@@ -574,9 +618,8 @@ class _HeadsTrainer:
         for model, values in zip(self.models, self.initial):
             for variable, value in zip(model.variables, values):
                 variable.assign(value)
-        for optimizer, values in zip(self.optimizers, self.initial_optimizer):
-            for variable, value in zip(optimizer.variables, values):
-                variable.assign(value)
+        for adam in self.adams:
+            adam.reset()
         self.training.assign([True] * len(self.models))
 
     def train(self, first: DenseHead, data: dict) -> list[tuple[int, int]]:
