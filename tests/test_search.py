@@ -9,7 +9,7 @@ from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 
-from featx.classify import evaluate
+from featx.classify import estimators, evaluate
 from featx.classify.estimators import DenseHead, EarlyStoppingXGB
 from featx.classify.registry import build_classifier, logreg_path_probabilities, make_search, planned_fits
 from featx.classify.scoring import AUCScorer, predict_scores
@@ -157,14 +157,33 @@ def test_stacked_dense_heads_give_each_heads_own_fit():
     candidates = [{"hidden_units": h, "dropout": d, "learning_rate": r} for h, d, r in ((0, 0.2, 1e-2), (8, 0.5, 3e-3))]
     estimator = DenseHead(max_epochs=6, patience=2, random_state=3)
     stacked = estimator.candidate_probabilities(candidates, X[:180], y[:180], X[180:])
+    estimators._TRAINERS.clear()  # each fit below then builds its own one-head trainer
     each = each_candidate_probabilities(estimator, candidates, X[:180], y[:180], X[180:])
     for a, b in zip(stacked, each):
         assert np.allclose(a, b, atol=1e-6)
 
 
-def test_a_reused_dense_trainer_gives_a_fresh_trainers_answer():
-    from featx.classify import estimators
+def test_a_head_trained_in_a_larger_trainers_slot_gives_its_own_fit():
+    # the search's later rounds and the refit train subsets of the first round's heads in its trainer
+    X, y, _ = _data(n_patients=80, dim=10, seed=9)
+    grid = [{"hidden_units": h, "dropout": d, "learning_rate": 3e-3} for h in (0, 8) for d in (0.2, 0.5)]
+    estimator = DenseHead(max_epochs=8, patience=2, random_state=4)
+    estimators._TRAINERS.clear()
+    estimator.candidate_probabilities(grid, X[:180], y[:180], X[180:])
+    subset = estimator.candidate_probabilities([grid[3], grid[1]], X[20:], y[20:], X[:20])
+    refit = clone(estimator).set_params(**grid[2]).fit(X, y)
+    assert len(estimators._TRAINERS) == 1  # no trainer was built for the subset or the refit
+    estimators._TRAINERS.clear()
+    alone = [clone(estimator).set_params(**grid[i]).fit(X[20:], y[20:]).predict_proba(X[:20]) for i in (3, 1)]
+    for a, b in zip(subset, alone):
+        assert np.allclose(a, b, atol=1e-6)
+    assert len(estimators._TRAINERS) == 2  # fresh one-head trainers
+    fresh = clone(estimator).set_params(**grid[2]).fit(X, y)
+    assert (refit.n_epochs_, refit.best_epoch_) == (fresh.n_epochs_, fresh.best_epoch_)
+    assert np.allclose(refit.predict_proba(X), fresh.predict_proba(X), atol=1e-6)
 
+
+def test_a_reused_dense_trainer_gives_a_fresh_trainers_answer():
     X, y, _ = _data(n_patients=60, dim=10, seed=8)
     head = DenseHead(hidden_units=8, max_epochs=5, patience=2, random_state=1)
     estimators._TRAINERS.clear()

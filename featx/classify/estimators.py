@@ -296,10 +296,10 @@ class DenseHead(ClassifierMixin, BaseEstimator):
     def fit(self, X, y):
         """Standardise X and train the head (early stopping on an inner split where rows allow); returns self."""
         data = self._prepare(X, y)
-        trainer = _trainer([self], data)
+        trainer, slots = _trainer([self], data)
         with interrupts_deferred():  # Ctrl-C ends the epoch loop after an epoch, then is raised
-            epochs = trainer.train(self, data)
-        self.model_ = trainer.standalone(0)
+            epochs = trainer.train(self, data, slots)
+        self.model_ = trainer.standalone(slots[0])
         self.n_epochs_, self.best_epoch_ = epochs[0]
         return self
 
@@ -321,12 +321,12 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         for members in groups.values():
             group = [models[i] for i in members]
             data = group[0]._prepare(X_fit, y_fit)
-            trainer = _trainer(group, data)
+            trainer, slots = _trainer(group, data)
             with interrupts_deferred():  # Ctrl-C ends the epoch loop after an epoch, then is raised
-                trainer.train(group[0], data)
+                trainer.train(group[0], data, slots)
             X_eval = validate_data(group[0], X_eval, dtype=np.float32, reset=False)
             Z_eval = (X_eval - group[0].mean_) / group[0].scale_
-            for i, proba in zip(members, trainer.predict_proba(Z_eval, group[0].multilabel_)):
+            for i, proba in zip(members, trainer.predict_proba(Z_eval, group[0].multilabel_, slots)):
                 probabilities[i] = proba
         return probabilities
 
@@ -461,28 +461,52 @@ _TRAINERS: OrderedDict[tuple, _HeadsTrainer] = OrderedDict()
 _MAX_TRAINERS = 4  # a 12-head trainer on 2,048-wide embeddings holds ~200 MB (weights, Adam, initial values)
 
 
-def _trainer(heads: list[DenseHead], data: dict) -> _HeadsTrainer:
-    """The compiled trainer for these heads on data of this shape: built and traced once, then reused.
+def _trainer(heads: list[DenseHead], data: dict) -> tuple[_HeadsTrainer, list[int]]:
+    """A compiled trainer holding these heads on data of this shape, and the slot of each head in it.
 
-    Tracing a head's train step costs far more than training it on a small fold, and the
-    search trains the same heads on every fold; a reused trainer is reset to the exact
-    initial state a fresh build has (weights, dropout seeds, Adam), so reuse changes nothing.
+    Building and tracing a trainer costs more than training its heads on a small fold (~3 s for
+    12 heads), so trainers are kept: the search trains the same heads on every fold, and its later
+    rounds, the refit and the audits train subsets of its first round's heads, which the first
+    round's trainer hosts (its other heads sit idle, skipped inside the step). A head trained in
+    a slot starts from the weights, Adam state and dropout seeds a fresh build gives it, whatever
+    the other slots hold, so reuse changes no result.
     """
     first = heads[0]
-    key = (
-        tuple((h.hidden_units, float(h.dropout), float(h.learning_rate), float(h.l2)) for h in heads),
-        int(first.random_state),
-        data["Z"].shape[1],
-        len(first.classes_),
-        bool(first.multilabel_),
-    )
-    trainer = _TRAINERS.pop(key, None)
-    if trainer is None:
+    wanted = [_head_config(h) for h in heads]
+    shape = (int(first.random_state), data["Z"].shape[1], len(first.classes_), bool(first.multilabel_))
+    found = None
+    for key in _TRAINERS:  # the smallest kept trainer that hosts every wanted head
+        slots = _slots(key[0], wanted) if key[1:] == shape else None
+        if slots is not None and (found is None or len(key[0]) < len(found[0][0])):
+            found = (key, slots)
+    if found is None:
+        key, slots = (tuple(wanted), *shape), list(range(len(heads)))
         trainer = _HeadsTrainer(heads, data["Z"].shape[1], len(first.classes_), bool(first.multilabel_))
+    else:
+        key, slots = found
+        trainer = _TRAINERS.pop(key)
     _TRAINERS[key] = trainer
     while len(_TRAINERS) > _MAX_TRAINERS:
         _TRAINERS.popitem(last=False)
-    return trainer
+    return trainer, slots
+
+
+def _head_config(head: DenseHead) -> tuple:
+    """What makes two heads' layers and Adam the same (with the trainer's seed and shapes)."""
+    return (int(head.hidden_units), float(head.dropout), float(head.learning_rate), float(head.l2))
+
+
+def _slots(hosted: tuple, wanted: list[tuple]) -> list[int] | None:
+    """A distinct slot of `hosted` for each wanted head config, or None when one has none."""
+    free = list(range(len(hosted)))
+    slots = []
+    for config in wanted:
+        slot = next((i for i in free if hosted[i] == config), None)
+        if slot is None:
+            return None
+        free.remove(slot)
+        slots.append(slot)
+    return slots
 
 
 class _FusedAdam:
@@ -606,32 +630,41 @@ class _HeadsTrainer:
                 )
             return losses
 
+        def head_validation(model, x, t):
+            return lambda: tf.cast(loss_fn(t, model(x, training=False)), tf.float32)
+
         @tf.function(input_signature=[data_spec, label_spec, rows_spec])
         def validation_losses(data, labels, rows):
             x, t = tf.gather(data, rows), tf.gather(labels, rows)
-            return tf.stack([tf.cast(loss_fn(t, model(x, training=False)), tf.float32) for model in models])
+            return tf.stack(
+                [
+                    tf.cond(training[k], head_validation(models[k], x, t), lambda: tf.constant(0.0))
+                    for k in range(len(models))
+                ]
+            )
 
         self.train_epoch, self.validation_losses = train_epoch, validation_losses
 
-    def reset(self) -> None:
-        """Back to the state a fresh build has: initial weights and dropout seed states, zeroed Adam."""
-        for model, values in zip(self.models, self.initial):
-            for variable, value in zip(model.variables, values):
+    def reset(self, slots: list[int]) -> None:
+        """The heads in `slots` back to the state a fresh build has (initial weights and dropout seed
+        states, zeroed Adam) and training; the other heads idle."""
+        for k in slots:
+            for variable, value in zip(self.models[k].variables, self.initial[k]):
                 variable.assign(value)
-        for adam in self.adams:
-            adam.reset()
-        self.training.assign([True] * len(self.models))
+            self.adams[k].reset()
+        self.training.assign([k in slots for k in range(len(self.models))])
 
-    def train(self, first: DenseHead, data: dict) -> list[tuple[int, int]]:
+    def train(self, first: DenseHead, data: dict, slots: list[int]) -> list[tuple[int, int]]:
         """Adam with mini-batches; early stopping per head on its validation loss, best weights restored.
 
-        A compiled epoch and our own loop instead of keras.Model.fit: fit's per-epoch machinery (data
-        adapters, callbacks, a validation pass through evaluate) dominated the cost of these small heads.
-        Returns (epochs run, best epoch) per head.
+        Trains the heads in `slots` (the others idle). A compiled epoch and our own loop instead of
+        keras.Model.fit: fit's per-epoch machinery (data adapters, callbacks, a validation pass
+        through evaluate) dominated the cost of these small heads. Returns (epochs run, best epoch)
+        per head of `slots`.
         """
         import tensorflow as tf
 
-        self.reset()
+        self.reset(slots)
         Z, targets = data["Z"], data["targets"]
         train_rows, valid_rows = first._inner_split(len(Z), data["strata"])
         n_heads = len(self.models)
@@ -643,7 +676,7 @@ class _HeadsTrainer:
         valid = None if valid_rows is None else tf.constant(valid_rows.astype(np.int32))
         history: list[list[float]] = [[] for _ in range(n_heads)]
         best_loss, best_weights = [np.inf] * n_heads, [None] * n_heads
-        waited, active = [0] * n_heads, [True] * n_heads
+        waited, active = [0] * n_heads, [k in slots for k in range(n_heads)]
         with _quiet_retracing():
             for _ in range(int(first.max_epochs)):
                 order = tf.constant(rng.permutation(train_rows).astype(np.int32))
@@ -651,8 +684,8 @@ class _HeadsTrainer:
                 if interrupt_pending():
                     break
                 if valid is None:
-                    for k, loss in enumerate(np.asarray(losses)):
-                        history[k].append(float(loss))
+                    for k in slots:
+                        history[k].append(float(np.asarray(losses)[k]))
                     continue
                 epoch_losses = np.asarray(self.validation_losses(features, labels, valid))
                 for k in range(n_heads):
@@ -671,7 +704,10 @@ class _HeadsTrainer:
         for model, weights in zip(self.models, best_weights):
             if weights is not None:
                 model.set_weights(weights)
-        return [(len(h), int(np.argmin(h)) + 1 if valid_rows is not None and h else len(h)) for h in history]
+        return [
+            (len(h), int(np.argmin(h)) + 1 if valid_rows is not None and h else len(h))
+            for h in (history[k] for k in slots)
+        ]
 
     def standalone(self, k: int):
         """A copy of head k's model that later uses of this trainer do not touch (a fitted DenseHead's model_)."""
@@ -681,10 +717,10 @@ class _HeadsTrainer:
         model.set_weights(self.models[k].get_weights())
         return model
 
-    def predict_proba(self, Z: np.ndarray, multilabel: bool) -> list[np.ndarray]:
-        """Every head's probabilities of standardised rows Z, in the order of the heads (as DenseHead's)."""
+    def predict_proba(self, Z: np.ndarray, multilabel: bool, slots: list[int]) -> list[np.ndarray]:
+        """The probabilities of standardised rows Z under the heads in `slots`, in that order (as DenseHead's)."""
         probabilities = []
-        for model in self.models:
+        for model in (self.models[k] for k in slots):
             chunks = [
                 np.asarray(model(Z[start : start + 8192], training=False), dtype=np.float64)
                 for start in range(0, len(Z), 8192)
