@@ -114,6 +114,25 @@ def test_the_answer_does_not_depend_on_parallel_processes():
     assert np.array_equal(one.oof_scores_, two.oof_scores_)
 
 
+def test_a_lone_finalist_is_refitted_beside_the_last_rounds_folds(monkeypatch):
+    # with one candidate left the choice is made: the refit is one more parallel task, not a wait at the end
+    X, y, groups = _data(seed=4)
+    splits = evaluate.grouped_splits(y, groups, 3, seed=0)
+    estimator, grid = build_classifier("xgboost", "binary", 2, quick=True)
+    one = make_search("xgboost", estimator, grid, splits, "binary", n_jobs=1).fit(X, y)
+
+    def refused(self, X, y, sample_weight=None):
+        raise AssertionError("the refit ran in the featx process")
+
+    monkeypatch.setattr(EarlyStoppingXGB, "fit", refused)  # the worker processes keep the real fit
+    ticks = []
+    two = make_search("xgboost", estimator, grid, splits, "binary", n_jobs=2).fit(X, y, on_fits=ticks.append)
+    assert sum(ticks) == two.n_fits_
+    assert one.best_params_ == two.best_params_
+    assert np.array_equal(one.oof_scores_, two.oof_scores_)
+    assert np.array_equal(one.predict_proba(X), two.predict_proba(X))
+
+
 def test_a_planned_fit_count_matches_the_search_featx_runs():
     rows = np.arange(3000)
     splits = [(np.setdiff1d(rows, part), part) for part in np.array_split(rows, 5)]

@@ -132,6 +132,14 @@ def _run_task(tag, fitter, estimator, candidates, X, y, fit_rows, eval_rows, thr
     return tag, probabilities, time.perf_counter() - started
 
 
+def _run_refit(estimator, params, X, y, threads):
+    """The refit of the chosen candidate on every row, as a task beside the last round's folds."""
+    started = time.perf_counter()
+    with thread_limit(threads):
+        fitted = with_threads(estimator, threads).set_params(**params).fit(X, y)
+    return "refit", fitted, time.perf_counter() - started
+
+
 def _return_as() -> str:
     """Tasks as they finish (the progress bar moves per task) where the active joblib backend can say so;
     in submission order otherwise (joblib's multiprocessing and Ray backends)."""
@@ -272,6 +280,7 @@ class FoldSearch(ClassifierMixin, BaseEstimator):
         n_jobs, threads = (-1 if int(self.n_jobs) == -1 else max(1, int(self.n_jobs))), max(1, int(self.threads))
 
         entries: list[dict] = []  # one per (round, candidate)
+        refitted = None  # (estimator, seconds) when the refit ran beside the last round
         alive = list(range(len(candidates)))
         best_scores: list | None = None
         parallel_context = Parallel(n_jobs=n_jobs, return_as=_return_as()) if n_jobs != 1 else nullcontext()
@@ -298,15 +307,20 @@ class FoldSearch(ClassifierMixin, BaseEstimator):
                     )
                     for k, members in tasks
                 ]
-                outputs = (
-                    parallel(delayed(_run_task)(*call) for call in calls)
-                    if parallel is not None
-                    else (_run_task(*call) for call in calls)
-                )
+                jobs = [delayed(_run_task)(*call) for call in calls]
+                if last and len(alive) == 1 and parallel is not None:
+                    # the choice is made: the refit runs beside the folds (it would otherwise wait for the
+                    # round's last, lone task while the other workers idle)
+                    jobs.append(delayed(_run_refit)(self.estimator, candidates[alive[0]], X, y, threads))
+                outputs = parallel(jobs) if parallel is not None else (_run_task(*call) for call in calls)
                 fold_auc = {c: [np.nan] * len(folds) for c in alive}
                 fold_scores: dict[int, list] = {c: [None] * len(folds) for c in alive}
                 fit_time = dict.fromkeys(alive, 0.0)
-                for (k, members), probabilities, seconds in outputs:
+                for tag, probabilities, seconds in outputs:
+                    if tag == "refit":
+                        refitted = (probabilities, seconds)
+                        continue
+                    k, members = tag
                     eval_rows = fold_rows[k][1]
                     for c, proba in zip(members, probabilities):
                         fit_time[c] += seconds / len(members)
@@ -344,12 +358,15 @@ class FoldSearch(ClassifierMixin, BaseEstimator):
         assert best_scores is not None
         self.oof_scores_ = self._out_of_fold(best_scores, folds, len(y))
 
-        started = time.perf_counter()
-        refit_threads = threads * max(1, n_jobs)  # the refit runs here, alone: every thread the search had
-        with thread_limit(refit_threads):
-            refit = with_threads(self.estimator, refit_threads).set_params(**self.best_params_)
-            self.best_estimator_ = refit.fit(X, y)
-        self.refit_time_ = time.perf_counter() - started
+        if refitted is not None:
+            self.best_estimator_, self.refit_time_ = refitted
+        else:
+            started = time.perf_counter()
+            refit_threads = threads * max(1, n_jobs)  # the refit runs here, alone: every thread the search had
+            with thread_limit(refit_threads):
+                refit = with_threads(self.estimator, refit_threads).set_params(**self.best_params_)
+                self.best_estimator_ = refit.fit(X, y)
+            self.refit_time_ = time.perf_counter() - started
         if on_fits is not None:
             on_fits(1)
         self.n_candidates_ = [r.candidates for r in rounds]
