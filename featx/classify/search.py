@@ -310,8 +310,8 @@ class FoldSearch(ClassifierMixin, BaseEstimator):
                 jobs = [delayed(_run_task)(*call) for call in calls]
                 if last and len(alive) == 1 and parallel is not None:
                     # the choice is made: the refit runs beside the folds (it would otherwise wait for the
-                    # round's last, lone task while the other workers idle)
-                    jobs.append(delayed(_run_refit)(self.estimator, candidates[alive[0]], X, y, threads))
+                    # round's last, lone task while the other workers idle), first as the longest task
+                    jobs.insert(0, delayed(_run_refit)(self.estimator, candidates[alive[0]], X, y, threads))
                 outputs = parallel(jobs) if parallel is not None else (_run_task(*call) for call in calls)
                 fold_auc = {c: [np.nan] * len(folds) for c in alive}
                 fold_scores: dict[int, list] = {c: [None] * len(folds) for c in alive}
