@@ -273,7 +273,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         l2=0.0,
         batch_size=128,
         max_epochs=100,
-        patience=5,
+        patience=4,
         validation_fraction=0.15,
         random_state=0,
     ):
