@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from featx.bench.compare import CompareConfig, bench_compare_command
+from featx.bench.compare import CompareConfig, bench_compare_command, dense_grid_size
 from featx.errors import FeatxError
 
 
@@ -41,6 +41,8 @@ def test_both_ways_run_on_the_same_split_and_count_their_forward_passes(tmp_path
     assert result["featx"].forward_passes == 50  # each image once
     assert result["seeds"].forward_passes == 2 * n_train + n_test  # every training image every epoch, then the test
     assert result["forward_ratio"] == pytest.approx((2 * n_train + n_test) / 50)
+    # the seeds' way trains one head; featx's forward passes serve its whole dense grid
+    assert result["search_ratio"] == pytest.approx(dense_grid_size() * (2 * n_train + n_test) / 50)
     for way in ("featx", "seeds"):
         auc = result[way].auc
         assert 0.0 <= auc["ci_low"] <= auc["value"] <= auc["ci_high"] <= 1.0

@@ -80,7 +80,8 @@ def features(tmp_path) -> Path:
 def test_ctrl_c_during_a_fit_keeps_the_finished_runs(tmp_path, features, point, classifiers):
     first, interrupted = classifiers.split(",")
     args = ["classify", "--features", features, "--out", tmp_path / "results", "--classifier", classifiers]
-    code, _, err = interrupt_at(point, [*args, "--quick", "--cv", "2"], tmp_path)
+    # one process: the fits (a one-point grid's refit included) run where the pause point is installed
+    code, _, err = interrupt_at(point, [*args, "--quick", "--cv", "2", "--n-jobs", "1"], tmp_path)
     assert_interrupted(code, err)
     results = tmp_path / "results"
     [run] = load_runs(results)
