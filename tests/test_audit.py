@@ -163,3 +163,63 @@ def test_real_kermany_duplicate_across_a_bad_split_is_found_by_both_audits(tmp_p
     assert run["audit"]["split_levels"]["patient"]["auc_mean"] is not None
     document = (results / "report.html").read_text()
     assert "near_duplicates_pixels.png" in document and "Raw-pixel floor" in document
+
+
+def _clustered_with_duplicates(n=6000, dim=48, n_pairs=300, seed=3):
+    """Clustered embeddings (as real ones are) with planted near-duplicate pairs of varied closeness."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=3.0, size=(40, dim))
+    X = (centres[rng.integers(0, 40, size=n)] + rng.normal(size=(n, dim)) + 5.0).astype(np.float32)
+    sources = rng.choice(n, size=n_pairs, replace=False)
+    targets = rng.permutation(np.setdiff1d(np.arange(n), sources))[:n_pairs]
+    noise = rng.uniform(0.0, 0.12, size=(n_pairs, 1))  # cosine from 1.0 down to about 0.99
+    X[targets] = X[sources] + noise * rng.normal(size=(n_pairs, dim))
+    split = np.where(np.arange(n) < int(0.8 * n), "train", "test")
+    return X, split, split == "test"
+
+
+def test_the_index_finds_what_the_exact_search_finds_recall_measured():
+    X, split, evaluated = _clustered_with_duplicates()
+    n_train = int((~evaluated).sum())
+    order = np.argsort(evaluated, kind="stable")  # near_duplicates numbers rows training first
+    mean = audit._column_mean(X, order, 4096)
+    (exact_i, exact_j, _), (_, exact_best) = audit._exact_pairs(
+        audit._unit_block(X, order, mean), 0.99, n_train, 12, 1024
+    )
+    (i, j, sims), (_, best_sim), details = audit._index_pairs(X, order, mean, 0.99, n_train, 12, 4096)
+    truth = set(zip(exact_i.tolist(), exact_j.tolist()))
+    found = set(zip(i.tolist(), j.tolist()))
+    assert np.all(sims >= 0.99) and np.all(i < j) and len(found) == len(i)  # each pair once, none below
+    assert len(truth) >= 250 and found <= truth
+    recall = len(found) / len(truth)
+    assert recall >= 0.98, recall
+    assert details["cells"] == audit.index_cells(len(X)) > 1
+    assert best_sim[0] == pytest.approx(exact_best[0], abs=1e-5)  # the closest cross pair is found
+    # through the public function: the counts either way
+    counts = {}
+    for method in ("index", "exact"):
+        found_by = audit.near_duplicates(X, split, evaluated, threshold=0.99, method=method)
+        assert found_by["method"] == method
+        counts[method] = (
+            sum(entry["pairs"] for entry in found_by["split_pairs"]),
+            found_by["evaluated_with_duplicate_in_training"],
+        )
+    assert counts["exact"][0] == len(truth)
+    assert counts["index"][0] >= 0.98 * counts["exact"][0] and counts["index"][1] >= 0.98 * counts["exact"][1]
+
+
+def test_small_sets_take_the_exact_search_and_rows_read_in_place():
+    X, split, patients, evaluated = _planted()
+    auto = audit.near_duplicates(X, split, evaluated, patient_id=patients, threshold=0.99)
+    assert auto["method"] == "exact" and auto["index"] is None
+    # rows= audits those rows of a bigger matrix without the caller copying them
+    bigger = np.concatenate([np.zeros((5, X.shape[1]), np.float32), X])
+    rows = np.arange(5, 5 + len(X))
+    same = audit.near_duplicates(bigger, split, evaluated, patient_id=patients, threshold=0.99, rows=rows)
+    assert same["split_pairs"] == auto["split_pairs"]
+    assert [p["rows"] for p in same["top_pairs"]] == [p["rows"] for p in auto["top_pairs"]]
+    forced = audit.near_duplicates(X, split, evaluated, patient_id=patients, threshold=0.99, exact_max_rows=10)
+    assert forced["method"] == "index" and forced["split_pairs"] == auto["split_pairs"]
+    assert forced["top_pairs"][0]["rows"] == auto["top_pairs"][0]["rows"]
+    with pytest.raises(ClassifyError, match="method"):
+        audit.near_duplicates(X, split, evaluated, method="lsh")

@@ -4,8 +4,10 @@ Three checks, each stored in the run JSON (`audit`) and shown in the report:
 
 - near duplicates: pairs of images whose embeddings (mean-centred, so that the shared
   "it is a chest X-ray" direction does not make every pair similar) have a cosine similarity
-  of at least a threshold, found in blocks of rows (one (block, N) product at a time), counted
-  per split pair, with the evaluated images closest to a training image listed;
+  of at least a threshold, counted per split pair, with the evaluated images closest to a training
+  image listed. Up to EXACT_MAX_ROWS rows every pair is compared (one (block, N) product at a time);
+  above, faiss k-means cuts the rows into cells of about INDEX_CELL_ROWS and each cell is compared
+  with its INDEX_NPROBE nearest cells only (linear in the rows; recall measured in the tests);
 - exact duplicates: rows whose files have the same sha256, counted per split pair;
 - split levels: the run's chosen configuration cross-validated twice on the training rows,
   with patient-grouped folds (what featx does) and with plain image folds (what a random image
@@ -36,6 +38,13 @@ from featx.files import file_sha256
 NEAR_DUPLICATE_THRESHOLD = 0.99
 TOP_PAIRS = 12
 BLOCK_ROWS = 1024
+# Near duplicates: every pair up to this many audited rows (same pairs as ever); above it a faiss inverted-file
+# index (linear in the rows; measured recall in tests/test_audit.py).
+EXACT_MAX_ROWS = 10_000
+INDEX_CELL_ROWS = 500  # rows per inverted-file cell
+INDEX_NPROBE = 4  # cells each row is compared with (a near duplicate sits in its row's own cell or next door)
+INDEX_TRAIN_PER_CELL = 40  # k-means training rows per cell (faiss asks for 39)
+INDEX_KMEANS_ITERATIONS = 10
 MAX_HASH_BYTES = 4 * 1024**3  # above this, hashing every image in stage two would cost minutes: skipped, said why
 MEASURE = "cosine similarity of mean-centred embeddings"
 
@@ -57,54 +66,39 @@ def _split_pair(a: str, b: str) -> tuple[str, str]:
 
 # ---------------------------------------------------------------- near duplicates
 
+NEAR_METHODS = ("auto", "exact", "index")
 
-def near_duplicates(
-    X,
-    split: Sequence[str],
-    evaluated,
-    ids: Sequence[str] | None = None,
-    patient_id: Sequence[str] | None = None,
-    threshold: float = NEAR_DUPLICATE_THRESHOLD,
-    top: int = TOP_PAIRS,
-    block_rows: int = BLOCK_ROWS,
-) -> dict:
-    """Near-duplicate pairs among the rows of X, counted per split pair.
 
-    Parameters
-    ----------
-    X : (N, D) embeddings of the audited rows.
-    split : (N,) split name of each row.
-    evaluated : (N,) bool, True for the rows the run was tested on; the others trained it.
-    ids, patient_id : (N,) row ids and patient ids, for the listed pairs and the same-patient counts.
-    threshold : cosine similarity (after mean-centring) at or above which a pair is a near duplicate.
-    top : how many of the evaluated-vs-training pairs with the highest similarity to list,
-        above the threshold or not (so a clean audit still shows what "closest" looks like).
+def _faiss():
+    """The faiss module, or None where it is not installed (the exact search then runs at every size)."""
+    try:
+        import faiss
+    except ImportError:  # pragma: no cover - faiss-cpu is an install requirement
+        return None
+    return faiss
 
-    Returns
-    -------
-    dict
-        {measure, threshold, n_rows, dim, split_pairs [{splits, pairs, same_patient}],
-        n_evaluated, evaluated_with_duplicate_in_training, top_pairs [{rows, ids, splits, patients,
-        similarity, above_threshold}], seconds}
-    """
-    started = time.perf_counter()
-    evaluated = np.asarray(evaluated, dtype=bool)
-    # training rows first, evaluated rows last: a pair (i, j > i) crosses sides only when i trains and j is
-    # evaluated, so in every block the cross pairs are one contiguous slice (rows < n_train, columns >= n_train)
-    order = np.argsort(evaluated, kind="stable")
-    n_train = int(np.count_nonzero(~evaluated))
-    X = np.asarray(X, dtype=np.float32)[order]
-    n = len(X)
-    centred = X - X.mean(axis=0, dtype=np.float64).astype(np.float32)
-    norms = np.linalg.norm(centred, axis=1)
-    unit = centred / np.where(norms > 0, norms, np.inf)[:, None]  # a constant row is similar to nothing
-    names, split_code = np.unique(np.asarray(split).astype(str)[order], return_inverse=True)
-    patient_code = None
-    if patient_id is not None:
-        patient_code = np.unique(np.asarray(patient_id).astype(str)[order], return_inverse=True)[1]
-    pairs = np.zeros((len(names), len(names)), dtype=np.int64)
-    same_patient = np.zeros_like(pairs)
-    evaluated_hit = np.zeros(n, dtype=bool)
+
+def _unit_block(X, rows: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Rows of X, mean-centred and scaled to unit length, as a new float32 block (a constant row stays zero)."""
+    block = np.asarray(X[rows], dtype=np.float32)  # fancy indexing: a new array, scaled in place below
+    block -= mean
+    norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+    block /= np.where(norms > 0, norms, np.inf)[:, None]
+    return block
+
+
+def _column_mean(X, rows: np.ndarray, block_rows: int) -> np.ndarray:
+    total = np.zeros(X.shape[1], dtype=np.float64)
+    for start in range(0, len(rows), block_rows):
+        total += np.asarray(X[rows[start : start + block_rows]], dtype=np.float32).sum(axis=0, dtype=np.float64)
+    return (total / max(1, len(rows))).astype(np.float32)
+
+
+def _exact_pairs(unit: np.ndarray, threshold: float, n_train: int, top: int, block_rows: int):
+    """Every pair (i < j) at or above the threshold, one (block, N) product at a time, and the closest
+    training-vs-evaluated pairs: (i, j, similarity) arrays and (best_rows (k, 2), best_sim (k,))."""
+    n = len(unit)
+    found_i, found_j, found_s = [], [], []
     best_sim = np.empty(0, dtype=np.float32)
     best_rows = np.empty((0, 2), dtype=np.int64)
     for start in range(0, n, block_rows):
@@ -113,13 +107,9 @@ def near_duplicates(
         width = stop - start
         sims[:, :width][np.tril_indices(width)] = -np.inf
         i, j = np.nonzero(sims >= threshold)
-        i_rows, j_rows = i + start, j + start
-        low = np.minimum(split_code[i_rows], split_code[j_rows])
-        high = np.maximum(split_code[i_rows], split_code[j_rows])
-        np.add.at(pairs, (low, high), 1)
-        if patient_code is not None:
-            np.add.at(same_patient, (low, high), (patient_code[i_rows] == patient_code[j_rows]).astype(np.int64))
-        evaluated_hit[j_rows[(i_rows < n_train) & (j_rows >= n_train)]] = True
+        found_i.append(i + start)
+        found_j.append(j + start)
+        found_s.append(sims[i, j])
         # the closest training-vs-evaluated pairs of this block, whatever the threshold
         cross = sims[: max(0, min(stop, n_train) - start), max(0, n_train - start) :]
         k = min(top, cross.size)
@@ -130,6 +120,169 @@ def near_duplicates(
             best_rows = np.concatenate([best_rows, rows])
             keep = np.argsort(-best_sim, kind="stable")[:top]
             best_sim, best_rows = best_sim[keep], best_rows[keep]
+    pairs = (np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s))
+    return pairs, (best_rows, best_sim)
+
+
+def index_cells(n: int) -> int:
+    """Inverted-file cells of the approximate index: about INDEX_CELL_ROWS rows each, so a query scans
+    INDEX_NPROBE cells of a fixed size and the search grows linearly with the rows."""
+    return max(1, n // INDEX_CELL_ROWS)
+
+
+def _index_pairs(X, rows, mean, threshold: float, n_train: int, top: int, block_rows: int, seed: int = 0):
+    """The pairs and closest cross pairs of _exact_pairs, on an inverted file: faiss k-means splits the unit rows
+    into cells of about INDEX_CELL_ROWS rows, and each cell's rows are compared (one BLAS product per cell)
+    with the rows of its INDEX_NPROBE nearest cells only, itself included. A pair whose two rows sit in cells
+    that are not among each other's nearest is missed; near duplicates sit in one cell or next door.
+
+    Returns ((i, j, similarity), (best_rows, best_sim), details); rows are positions in `rows`.
+    """
+    faiss = _faiss()
+    assert faiss is not None
+    n, dim = len(rows), X.shape[1]
+    cells = index_cells(n)
+    unit = np.empty((n, dim), dtype=np.float32)  # the one float32 copy of the audited rows, unit length
+    for start in range(0, n, block_rows):
+        unit[start : start + block_rows] = _unit_block(X, rows[start : start + block_rows], mean)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, size=min(n, INDEX_TRAIN_PER_CELL * cells), replace=False))
+    kmeans = faiss.Kmeans(dim, cells, niter=INDEX_KMEANS_ITERATIONS, seed=seed, spherical=True)
+    kmeans.cp.min_points_per_centroid = 1  # a small forced index trains on fewer rows, quietly
+    kmeans.cp.max_points_per_centroid = INDEX_TRAIN_PER_CELL
+    kmeans.train(unit[sample])
+    centroids = faiss.IndexFlatIP(dim)
+    centroids.add(kmeans.centroids)
+    cell = np.empty(n, dtype=np.int64)
+    for start in range(0, n, block_rows):
+        cell[start : start + block_rows] = centroids.search(unit[start : start + block_rows], 1)[1][:, 0]
+    nprobe = min(cells, INDEX_NPROBE)
+    nearest = centroids.search(kmeans.centroids, nprobe)[1]  # (cells, nprobe): each cell's nearest, itself first
+    by_cell = np.argsort(cell, kind="stable")
+    bounds = np.searchsorted(cell[by_cell], np.arange(cells + 1))
+    members = [by_cell[bounds[c] : bounds[c + 1]] for c in range(cells)]
+    threshold32 = np.float32(threshold)
+    found_i, found_j, found_s = [], [], []
+    cand_sim, cand_rows = [], []
+    for c in range(cells):
+        own = members[c]
+        if not len(own):
+            continue
+        others = np.concatenate([members[b] for b in nearest[c] if b >= 0])
+        sims = unit[own] @ unit[others].T
+        i, j = np.nonzero(sims >= threshold32)
+        a, b = own[i], others[j]
+        keep = a != b
+        found_i.append(np.minimum(a, b)[keep])
+        found_j.append(np.maximum(a, b)[keep])
+        found_s.append(sims[i, j][keep])
+        evaluated_own, training_others = own >= n_train, others < n_train
+        if top and evaluated_own.any() and training_others.any():
+            cross = sims[np.ix_(evaluated_own, training_others)]
+            k = min(top, cross.size)
+            flat = np.argpartition(cross, cross.size - k, axis=None)[-k:]
+            cand_sim.append(cross.ravel()[flat])
+            cand_rows.append(
+                np.stack(
+                    [others[training_others][flat % cross.shape[1]], own[evaluated_own][flat // cross.shape[1]]], 1
+                )
+            )
+    del unit
+    i = np.concatenate(found_i) if found_i else np.empty(0, np.int64)
+    j = np.concatenate(found_j) if found_j else np.empty(0, np.int64)
+    s = np.concatenate(found_s) if found_s else np.empty(0, np.float32)
+    unique = np.unique(i * n + j, return_index=True)[1]  # a pair seen from both of its cells once
+    best_sim = np.concatenate(cand_sim) if cand_sim else np.empty(0, dtype=np.float32)
+    best_rows = np.concatenate(cand_rows) if cand_rows else np.empty((0, 2), dtype=np.int64)
+    if len(best_sim):
+        pair_key = best_rows[:, 0] * n + best_rows[:, 1]
+        first = np.unique(pair_key, return_index=True)[1]
+        best_sim, best_rows = best_sim[first], best_rows[first]
+        keep = np.lexsort((best_rows[:, 1], best_rows[:, 0], -best_sim))[:top]
+        best_sim, best_rows = best_sim[keep], best_rows[keep]
+    details = {"cells": int(cells), "probed_cells": int(nprobe), "trained_on_rows": int(len(sample))}
+    return (i[unique], j[unique], s[unique]), (best_rows.astype(np.int64), best_sim), details
+
+
+def near_duplicates(
+    X,
+    split: Sequence[str],
+    evaluated,
+    ids: Sequence[str] | None = None,
+    patient_id: Sequence[str] | None = None,
+    threshold: float = NEAR_DUPLICATE_THRESHOLD,
+    top: int = TOP_PAIRS,
+    block_rows: int = BLOCK_ROWS,
+    *,
+    rows=None,
+    method: str = "auto",
+    exact_max_rows: int = EXACT_MAX_ROWS,
+) -> dict:
+    """Near-duplicate pairs among the rows of X, counted per split pair.
+
+    Parameters
+    ----------
+    X : (M, D) embeddings; the audited rows are `rows` of it (every row when None).
+    split : (N,) split name of each audited row.
+    evaluated : (N,) bool, True for the rows the run was tested on; the others trained it.
+    ids, patient_id : (N,) row ids and patient ids, for the listed pairs and the same-patient counts.
+    threshold : cosine similarity (after mean-centring) at or above which a pair is a near duplicate.
+    top : how many of the evaluated-vs-training pairs with the highest similarity to list,
+        above the threshold or not (so a clean audit still shows what "closest" looks like).
+    rows : (N,) indices into X of the audited rows, read from X block by block (no copy of X[rows]).
+    method : "exact" (every pair, one (block, N) product at a time: quadratic), "index" (a faiss
+        inverted-file index: each row is compared with the rows of its INDEX_NPROBE nearest cells only,
+        linear in N) or "auto": exact up to `exact_max_rows` rows, the index above (exact everywhere
+        where faiss is not installed).
+
+    Returns
+    -------
+    dict
+        {measure, method, index (cells, probed_cells, trained_on_rows | None), threshold, n_rows, dim,
+        split_pairs [{splits, pairs, same_patient}], n_evaluated, evaluated_with_duplicate_in_training,
+        top_pairs [{rows, ids, splits, patients, similarity, above_threshold}], seconds}
+    """
+    if method not in NEAR_METHODS:
+        raise ClassifyError(f"The near-duplicate 'method' must be one of {list(NEAR_METHODS)}. Got {method!r} instead.")
+    started = time.perf_counter()
+    evaluated = np.asarray(evaluated, dtype=bool)
+    audited = np.arange(len(X)) if rows is None else np.asarray(rows, dtype=np.int64)
+    # training rows first, evaluated rows last: a pair (i, j > i) crosses sides only when i trains and j is
+    # evaluated, so in every block the cross pairs are one contiguous slice (rows < n_train, columns >= n_train)
+    order = np.argsort(evaluated, kind="stable")
+    n_train = int(np.count_nonzero(~evaluated))
+    n = len(audited)
+    dim = int(X.shape[1]) if np.ndim(X) == 2 else 0
+    ordered_rows = audited[order]
+    mean = _column_mean(X, ordered_rows, max(block_rows, 4096)) if n else np.zeros(dim, np.float32)
+    faiss_here = _faiss() is not None
+    use_index = method == "index" or (method == "auto" and n > exact_max_rows and faiss_here)
+    if use_index and not faiss_here:
+        raise ClassifyError("The near-duplicate 'method' 'index' needs faiss (pip install faiss-cpu).")
+    index_details = None
+    if use_index and n > 1:
+        (i_rows, j_rows, _), (best_rows, best_sim), index_details = _index_pairs(
+            X, ordered_rows, mean, threshold, n_train, top, max(block_rows, 4096)
+        )
+        how = "index"
+    else:
+        unit = _unit_block(X, ordered_rows, mean)  # the one float32 copy of the audited rows
+        (i_rows, j_rows, _), (best_rows, best_sim) = _exact_pairs(unit, threshold, n_train, top, block_rows)
+        del unit
+        how = "exact"
+    names, split_code = np.unique(np.asarray(split).astype(str)[order], return_inverse=True)
+    patient_code = None
+    if patient_id is not None:
+        patient_code = np.unique(np.asarray(patient_id).astype(str)[order], return_inverse=True)[1]
+    pairs = np.zeros((len(names), len(names)), dtype=np.int64)
+    same_patient = np.zeros_like(pairs)
+    low = np.minimum(split_code[i_rows], split_code[j_rows])
+    high = np.maximum(split_code[i_rows], split_code[j_rows])
+    np.add.at(pairs, (low, high), 1)
+    if patient_code is not None:
+        np.add.at(same_patient, (low, high), (patient_code[i_rows] == patient_code[j_rows]).astype(np.int64))
+    evaluated_hit = np.zeros(n, dtype=bool)
+    evaluated_hit[j_rows[(i_rows < n_train) & (j_rows >= n_train)]] = True
     best_rows = order[best_rows]  # back to the caller's row numbers; the training row is first
     split = np.asarray(split).astype(str)
     ids = np.asarray(ids if ids is not None else [str(i) for i in range(n)]).astype(str)
@@ -156,9 +309,11 @@ def near_duplicates(
         )
     return {
         "measure": MEASURE,
+        "method": how,
+        "index": index_details,
         "threshold": float(threshold),
         "n_rows": int(n),
-        "dim": int(X.shape[1]) if X.ndim == 2 else 0,
+        "dim": dim,
         "split_pairs": split_pairs,
         "n_evaluated": int(evaluated.sum()),
         "evaluated_with_duplicate_in_training": int(evaluated_hit.sum()),
@@ -258,7 +413,7 @@ def data_audit(
         split = np.where(evaluated, "test", split)
     ids = np.asarray(features.ids).astype(str)[rows]
     patients = np.asarray(features.patient_id).astype(str)[rows]
-    near = near_duplicates(features.X[rows], split, evaluated, ids, patients, threshold=threshold)
+    near = near_duplicates(features.X, split, evaluated, ids, patients, threshold=threshold, rows=rows)
     data_root = str(features.attrs.get("data_root", ""))
 
     started = time.perf_counter()
