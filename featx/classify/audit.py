@@ -254,7 +254,7 @@ def near_duplicates(
     n = len(audited)
     dim = int(X.shape[1]) if np.ndim(X) == 2 else 0
     ordered_rows = audited[order]
-    mean = _column_mean(X, ordered_rows, max(block_rows, 4096)) if n else np.zeros(dim, np.float32)
+    mean = _column_mean(X, ordered_rows, block_rows) if n else np.zeros(dim, np.float32)
     faiss_here = _faiss() is not None
     use_index = method == "index" or (method == "auto" and n > exact_max_rows and faiss_here)
     if use_index and not faiss_here:
@@ -267,7 +267,9 @@ def near_duplicates(
         how = "index"
     else:
         unit = _unit_block(X, ordered_rows, mean)  # the one float32 copy of the audited rows
-        (i_rows, j_rows, _), (best_rows, best_sim) = _exact_pairs(unit, threshold, n_train, top, block_rows)
+        # a block's (b, N) similarities stay within an eighth of the matrix: b <= D / 8 (at least 32 rows)
+        block = max(32, min(block_rows, dim // 8))
+        (i_rows, j_rows, _), (best_rows, best_sim) = _exact_pairs(unit, threshold, n_train, top, block)
         del unit
         how = "exact"
     names, split_code = np.unique(np.asarray(split).astype(str)[order], return_inverse=True)

@@ -279,6 +279,15 @@ def split_rows(features, config: ClassifyConfig) -> RowSplit:
     return RowSplit(train[keep], train[held], "held_out_patients", n_failed)
 
 
+def rows_of(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """X[rows]: a view where the rows are one increasing run (train or test rows of a manifest in split
+    order), a copy otherwise."""
+    rows = np.asarray(rows)
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and np.all(np.diff(rows) == 1):
+        return X[int(rows[0]) : int(rows[-1]) + 1]
+    return X[rows]
+
+
 def _as_indices(selection, n: int) -> np.ndarray:
     selection = np.asarray(selection)
     return np.flatnonzero(selection) if selection.dtype == bool and len(selection) == n else selection.astype(int)
@@ -513,7 +522,7 @@ def fit_run(
     task = task_for(features.y, classes)
     y = np.asarray(features.y)
     groups = np.asarray(features.patient_id).astype(str)
-    X_train, y_train = features.X[rows.train], y[rows.train]
+    X_train, y_train = rows_of(features.X, rows.train), y[rows.train]
 
     selection = select_model(
         plan.classifier, task, classes, X_train, y_train, groups[rows.train], config, on_fits, cluster
@@ -521,7 +530,7 @@ def fit_run(
     search = selection.search
 
     # The test rows are sliced out only now, after model selection is fixed.
-    X_test, y_test = features.X[rows.test], y[rows.test]
+    X_test, y_test = rows_of(features.X, rows.test), y[rows.test]
     started = time.perf_counter()
     test_score = predict_scores(search.best_estimator_, X_test, task)
     predict_s = time.perf_counter() - started
