@@ -37,6 +37,7 @@ FEATX  := $(BIN)/featx
 #: train_fraction=0.01,0.1  classify: data-efficiency curve over these shares of training patients (--train-fraction)
 #: efficiency_seeds=N       classify: patient subsamples per fraction, default 3 (--efficiency-seeds)
 #: no_image_cv=1            classify: skip the patient- vs image-level CV audit (--no-image-cv)
+#: image_cv_all=1           classify: that audit for every classifier, not only logreg's cheap fits (--image-cv-all)
 #: near_duplicate_threshold=0.99  classify: cosine at which two images are near duplicates (--near-duplicate-threshold)
 #: engine=ray               extract, classify, predict: run on a Ray cluster instead of this process (--engine)
 #: ray_address=auto         extract, classify, predict: the Ray cluster, auto or HOST:PORT (--ray-address)
@@ -84,6 +85,7 @@ no_pixels   ?=
 train_fraction ?=
 efficiency_seeds ?=
 no_image_cv ?=
+image_cv_all ?=
 near_duplicate_threshold ?=
 model       ?=
 images      ?=
@@ -106,6 +108,7 @@ CLASSIFY_OPTIONS = $(strip $(if $(backbones),--backbone $(backbones)) $(if $(poo
 	$(if $(subgroups),--subgroups $(subgroups)) $(if $(age_bands),--age-bands $(age_bands)) \
 	$(if $(subgroup_min),--subgroup-min $(subgroup_min)) $(if $(train_fraction),--train-fraction $(train_fraction)) \
 	$(if $(efficiency_seeds),--efficiency-seeds $(efficiency_seeds)) $(if $(call yes,$(no_image_cv)),--no-image-cv) \
+	$(if $(call yes,$(image_cv_all)),--image-cv-all) \
 	$(if $(near_duplicate_threshold),--near-duplicate-threshold $(near_duplicate_threshold)) $(if $(call yes,$(force)),--force) $(ENGINE_OPTIONS))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 # featx's error messages name these variables instead of the CLI flags they stand for (featx/config.py reads it).

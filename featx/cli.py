@@ -444,6 +444,11 @@ def _add_classify(sub) -> None:
         help="skip the audit that cross-validates each run's configuration on plain image folds (saves cv fits/run)",
     )
     p.add_argument(
+        "--image-cv-all",
+        action="store_true",
+        help="run that audit for every classifier's runs (default: only where fits are cheap, i.e. logreg's)",
+    )
+    p.add_argument(
         "--near-duplicate-threshold",
         type=float,
         default=None,
@@ -493,6 +498,7 @@ def _cmd_classify(args):
         train_fractions=efficiency.check_fractions(_csv_list(args.train_fraction)) if args.train_fraction else (),
         efficiency_seeds=args.efficiency_seeds,
         image_cv=not args.no_image_cv,
+        image_cv_all=args.image_cv_all,
         near_duplicate_threshold=audit.check_threshold(threshold),
         subgroups=_csv_list(args.subgroups) if args.subgroups else (),
         age_bands=parse_age_bands(args.age_bands),
@@ -801,6 +807,7 @@ MAKE_VARIABLES: dict[str, dict[str, str]] = {
         "--train-fraction": "train_fraction=...",
         "--efficiency-seeds": "efficiency_seeds=N",
         "--no-image-cv": "no_image_cv=1",
+        "--image-cv-all": "image_cv_all=1",
         "--near-duplicate-threshold": "near_duplicate_threshold=...",
         "--results": "results=DIR",
         "--model": "model=PATH",

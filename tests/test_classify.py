@@ -287,6 +287,11 @@ def test_every_run_carries_its_audit(binary_results):
         assert near["n_rows"] == run["data"]["n_train"] + run["data"]["n_test"] and near["threshold"] == 0.99
         assert near["n_evaluated"] == run["data"]["n_test"] and len(near["top_pairs"]) == 12
         assert exact["source"] == "cache" and exact["n_hashed"] == near["n_rows"] and exact["duplicate_groups"] == 0
+        assert near["method"] == "exact"  # small sets: every pair compared
+        if run["classifier"] != "logreg":  # the image-level CV audit runs by default where fits are cheap
+            assert levels is None and "--image-cv-all" in audit["split_levels_skipped"]
+            assert "image_cv_s" not in run["timings"]
+            continue
         assert levels["folds"] == 3 and len(levels["image"]["fold_auc"]) == 3
         assert levels["image"]["validation_images_with_patient_in_training"] > 0.5  # 2-3 images per patient
         assert run["timings"]["image_cv_s"] == levels["seconds"] and "efficiency_s" not in run["timings"]
@@ -924,3 +929,16 @@ def test_classify_into_a_folder_of_another_dataset_warns_and_ranks_apart(tmp_pat
     assert "manifest dddddddddddd, test rows" in out and "manifest aaaaaaaaaaaa, test rows" in out
     rows = list(csv.DictReader((results / "leaderboard.csv").open()))
     assert [r["rank"] for r in rows] == ["1", "1"] and len({r["dataset"] for r in rows}) == 2
+
+
+def test_image_level_cv_runs_where_cheap_unless_asked_for_everywhere():
+    from featx.classify.stage import describe_audits, image_cv_runs
+
+    default = ClassifyConfig(classifiers=("logreg", "xgboost", "dense"))
+    assert [image_cv_runs(default, name) for name in default.classifiers] == [True, False, False]
+    assert "for the logreg runs" in describe_audits(default)
+    everywhere = ClassifyConfig(image_cv_all=True)
+    assert all(image_cv_runs(everywhere, name) for name in everywhere.classifiers)
+    none = ClassifyConfig(image_cv=False, image_cv_all=True)
+    assert not any(image_cv_runs(none, name) for name in none.classifiers) and "--no-image-cv" in describe_audits(none)
+    assert "for no run" in describe_audits(ClassifyConfig(classifiers=("xgboost",)))

@@ -101,6 +101,9 @@ class ClassifierSpec:
         Its fits run faster on a GPU: on a cluster engine with GPUs each of its parallel fits
         reserves a share of one (featx.engines.FitCluster), and its candidate_probabilities picks
         the device where the fit runs.
+    cheap_audit : bool, default=False
+        Its chosen configuration is cheap to fit `cv` more times: the image-level CV audit runs for
+        its runs by default (for the other classifiers only with --image-cv-all).
     """
 
     name: str
@@ -114,6 +117,7 @@ class ClassifierSpec:
     threads_label: str = "BLAS"  # whose threads a fit uses, for the screen
     set_threads: Callable[[int], int] | None = None  # process-wide thread setting (TensorFlow); -> threads in effect
     uses_gpu: bool = False  # a cluster engine with GPUs gives each of its fits a share of one
+    cheap_audit: bool = False  # the image-level CV audit runs for its runs by default
 
 
 def _one_vs_rest(estimator, grid: dict, n_jobs: int):
@@ -243,6 +247,7 @@ CLASSIFIERS: dict[str, ClassifierSpec] = {
             search="grid",
             candidate_probabilities=logreg_path_probabilities,
             share_key=_logreg_share_key,
+            cheap_audit=True,
         ),
         ClassifierSpec(
             "xgboost",

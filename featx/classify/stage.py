@@ -67,6 +67,7 @@ class ClassifyConfig:
     train_fractions: tuple[float, ...] = ()  # data-efficiency curve: shares of training patients; () = no curve
     efficiency_seeds: int = efficiency.DEFAULT_SEEDS
     image_cv: bool = True  # audit: also cross-validate the chosen configuration on plain image folds
+    image_cv_all: bool = False  # ... for every classifier, not only those whose fits are cheap (registry cheap_audit)
     near_duplicate_threshold: float = audit.NEAR_DUPLICATE_THRESHOLD
     subgroups: tuple[str, ...] = ()  # metadata columns (or age_band) to report test AUCs per value of
     age_bands: tuple[float, ...] = subgroup_auc.DEFAULT_AGE_BANDS
@@ -437,13 +438,34 @@ def planned_fits(plan: RunPlan, config: ClassifyConfig) -> int:
     _, grid = classifiers.build_classifier(plan.classifier, plan.task, plan.n_classes, quick=config.quick)
     n_values = plan.n_classes if plan.task == "multiclass" else 2  # distinct label values (0/1 for multilabel)
     return classifiers.planned_fits(plan.classifier, grid, plan.n_train_rows, config.cv, n_values) + _analysis_fits(
-        config
+        config, plan.classifier
     )
 
 
-def _analysis_fits(config: ClassifyConfig) -> int:
+def image_cv_runs(config: ClassifyConfig, classifier: str) -> bool:
+    """Whether a run of `classifier` gets the image-level CV audit: --image-cv (the default) for the classifiers
+    whose fits are cheap (registry cheap_audit: logreg), --image-cv-all for every one."""
+    return config.image_cv and (config.image_cv_all or classifiers.get_classifier(classifier).cheap_audit)
+
+
+def describe_audits(config: ClassifyConfig) -> str:
+    """One line: which audits this command runs, and where the image-level CV audit runs."""
+    near = "near and exact duplicates once per cache and pooling"
+    if not config.image_cv:
+        return f"Audits: {near}; no image-level CV (--no-image-cv)."
+    if config.image_cv_all:
+        return f"Audits: {near}; image-level CV for every run (--image-cv-all: {config.cv} more fits each)."
+    audited = [name for name in config.classifiers if image_cv_runs(config, name)]
+    where = f"for the {', '.join(audited)} runs" if audited else "for no run (no cheap classifier among them)"
+    return (
+        f"Audits: {near}; image-level CV {where} ({config.cv} fits each; --image-cv-all for every classifier, "
+        "--no-image-cv for none)."
+    )
+
+
+def _analysis_fits(config: ClassifyConfig, classifier: str) -> int:
     """Fits of the chosen configuration after the search: the image-fold audit and the curve's subsamples."""
-    audit_fits = config.cv if config.image_cv else 0
+    audit_fits = config.cv if image_cv_runs(config, classifier) else 0
     curve_fits = sum(config.efficiency_seeds for fraction in config.train_fractions if fraction < 1.0)
     return audit_fits + curve_fits
 
@@ -537,10 +559,10 @@ def fit_run(
     threshold_value = selection.threshold["value"] if selection.threshold else None
     test_metrics = evaluate.evaluate_test(task, y_test, test_score, classes, threshold_value)
     run_audit, curve, extra_timings = _audit_and_curve(
-        config, task, selection, X_train, y_train, groups[rows.train], X_test, y_test, test_metrics
+        config, plan.classifier, task, selection, X_train, y_train, groups[rows.train], X_test, y_test, test_metrics
     )
-    if on_fits is not None and _analysis_fits(config):
-        on_fits(_analysis_fits(config))
+    if on_fits is not None and _analysis_fits(config, plan.classifier):
+        on_fits(_analysis_fits(config, plan.classifier))
     if data_audit is not None:
         run_audit = {**data_audit, **run_audit}
     test_meta = {name: np.asarray(values).astype(str)[rows.test].tolist() for name, values in features.meta.items()}
@@ -555,7 +577,7 @@ def fit_run(
         "oof_s": selection.oof_s,
         "predict_s": predict_s,
         "total_s": time.perf_counter() - started_total,
-        "n_fits": int(search.n_fits_) + _analysis_fits(config),
+        "n_fits": int(search.n_fits_) + _analysis_fits(config, plan.classifier),
         **extra_timings,
     }
     return FittedRun(
@@ -582,7 +604,7 @@ def fit_run(
     )
 
 
-def _audit_and_curve(config, task, selection, X_train, y_train, groups, X_test, y_test, test_metrics):
+def _audit_and_curve(config, classifier, task, selection, X_train, y_train, groups, X_test, y_test, test_metrics):
     """The split-level CV audit and the data-efficiency curve of the chosen configuration; their seconds.
 
     Their fits of the chosen configuration run with the search's CPU split: its parallel fits, its threads each.
@@ -594,7 +616,13 @@ def _audit_and_curve(config, task, selection, X_train, y_train, groups, X_test, 
     n_jobs = search.n_jobs
     run_audit: dict = {"split_levels": None}
     timings = {}
-    if config.image_cv:
+    if config.image_cv and not image_cv_runs(config, classifier):
+        run_audit["split_levels_skipped"] = (
+            f"image-level CV runs by default for the classifiers whose fits are cheap "
+            f"({', '.join(n for n, spec in classifiers.CLASSIFIERS.items() if spec.cheap_audit)}); "
+            "--image-cv-all runs it for every classifier"
+        )
+    if image_cv_runs(config, classifier):
         run_audit["split_levels"] = audit.split_levels(
             best,
             task,
@@ -758,6 +786,7 @@ def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Pa
     names = [plan.classifier for plan, _ in to_fit]
     with fit_backend(config.engine, console) as cluster, progress_bar(console, unit="fits") as progress:
         progress.console.print(f"CPU: {describe_cpu_split(names, config.n_jobs, config.cv, cluster)}.")
+        progress.console.print(describe_audits(config))
         if cluster.engine != "local":
             progress.console.print(f"Ray: {describe_gpu_shares(names, config.n_jobs, config.cv, cluster)}.")
         planned = {plan: planned_fits(plan, config) for plan, _ in to_fit}

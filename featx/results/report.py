@@ -877,7 +877,8 @@ def _split_level_table(ranked: list[dict]) -> str:
         )
     if not rows:
         return (
-            "<p class='note'>No patient- vs image-level CV audit in these runs (classify ran with "
+            "<p class='note'>No patient- vs image-level CV audit in these runs (by default it runs for logreg's "
+            "runs only, <code>--image-cv-all</code> for every classifier; classify ran with "
             "<code>--no-image-cv</code>, or the runs predate it).</p>"
         )
     head = ("run", "CV AUC, patient folds", "CV AUC, image folds", "inflation", "val. images whose patient trained")
