@@ -622,7 +622,7 @@ def _add_bench(sub) -> None:
         "bench",
         "benchmarks: extract throughput/memory, classify grid time, audits and curves, featx vs training on images",
         "WHAT",
-        (_add_bench_extract, _add_bench_classify, _add_bench_analyses, _add_bench_compare),
+        (_add_bench_extract, _add_bench_classify, _add_bench_analyses, _add_bench_compare, _add_bench_scale),
     )
 
 
@@ -729,6 +729,41 @@ def _cmd_bench_analyses(args):
         dim=args.dim,
         n_jobs=args.n_jobs,
         console=_console(),
+    )
+
+
+def _add_bench_scale(bsub) -> None:
+    p = bsub.add_parser(
+        "scale",
+        help="stage two at the field's scale: synthetic caches of these row counts, seconds per phase and peak RSS",
+    )
+    p.add_argument("--rows", default="20000,100000", help="comma-separated row counts (e.g. 20000,100000,377000)")
+    p.add_argument("--dim", type=_positive_int, default=1024, help="embedding width (default 1024)")
+    p.add_argument("--labels", type=_positive_int, default=1, help="1: binary (default); K: a K-label task (NIH: 14)")
+    p.add_argument("--classifier", default="logreg", help="comma-separated classifiers (default logreg)")
+    p.add_argument("--n-jobs", type=_positive_int, default=None, help="cores for the fits (default: all usable)")
+    p.add_argument("--workdir", type=Path, default=None, help="scratch folder, kept (default: a temp dir, removed)")
+    p.set_defaults(handler=_cmd_bench_scale)
+
+
+def _cmd_bench_scale(args):
+    from featx.bench.scale import bench_scale_command
+    from featx.errors import FeatxError
+
+    try:
+        rows = tuple(_positive_int(n) for n in _csv_list(args.rows))
+    except argparse.ArgumentTypeError:
+        raise FeatxError(
+            f"--rows must be comma-separated positive row counts, e.g. 20000,100000. Got {args.rows!r}."
+        ) from None
+    bench_scale_command(
+        rows=rows,
+        dim=args.dim,
+        labels=args.labels,
+        classifiers=tuple(_csv_list(args.classifier)),
+        console=_console(),
+        workdir=args.workdir,
+        n_jobs=args.n_jobs,
     )
 
 

@@ -255,7 +255,7 @@ def near_duplicates(
     dim = int(X.shape[1]) if np.ndim(X) == 2 else 0
     ordered_rows = audited[order]
     mean = _column_mean(X, ordered_rows, block_rows) if n else np.zeros(dim, np.float32)
-    faiss_here = _faiss() is not None
+    faiss_here = (method == "exact" or (method == "auto" and n <= exact_max_rows)) or _faiss() is not None
     use_index = method == "index" or (method == "auto" and n > exact_max_rows and faiss_here)
     if use_index and not faiss_here:
         raise ClassifyError("The near-duplicate 'method' 'index' needs faiss (pip install faiss-cpu).")
