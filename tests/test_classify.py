@@ -942,3 +942,40 @@ def test_image_level_cv_runs_where_cheap_unless_asked_for_everywhere():
     none = ClassifyConfig(image_cv=False, image_cv_all=True)
     assert not any(image_cv_runs(none, name) for name in none.classifiers) and "--no-image-cv" in describe_audits(none)
     assert "for no run" in describe_audits(ClassifyConfig(classifiers=("xgboost",)))
+
+
+def test_above_a_row_count_the_search_runs_on_whole_patients_and_the_finalist_refits_on_every_row(
+    tmp_path, monkeypatch
+):
+    from featx.classify import registry
+    from featx.classify.stage import select_model
+
+    data = signal_dataset(n_train_patients=150, images_per_patient=(2, 3), n_test=10, dim=8, seed=4)
+    train = np.asarray(data["split"]) == "train"
+    X, y = np.asarray(data["X"], dtype=np.float32)[train], np.asarray(data["y"])[train]
+    groups = np.asarray(data["patient_id"]).astype(str)[train]
+    config = ClassifyConfig(cv=3, n_jobs=1, quick=True)
+    full = select_model("logreg", "binary", data["classes"], X, y, groups, config)
+    assert full.scheme["scheme"] == "full" and full.rows is None
+
+    monkeypatch.setattr(registry, "SUBSAMPLE_ABOVE_ROWS", 100)
+    monkeypatch.setattr(registry, "SUBSAMPLE_ROWS", 150)
+    sub = select_model("logreg", "binary", data["classes"], X, y, groups, config)
+    scheme = sub.scheme
+    assert scheme["scheme"] == "patient-subsample" and scheme["refit_rows"] == len(y)
+    assert 100 <= scheme["search_rows"] == len(sub.rows) <= 200 and scheme["search_patients"] < scheme["patients"]
+    searched = set(groups[sub.rows])
+    assert np.isin(groups, list(searched)).sum() == len(sub.rows)  # whole patients: every image of each
+    held = np.concatenate([rows for _, rows in sub.splits])
+    assert np.array_equal(np.sort(held), sub.rows) and np.array_equal(sub.search.oof_rows_, sub.rows)
+    # the finalist is refitted on every training row, not on the subsample
+    assert sub.search.best_estimator_.named_steps["scale"].n_samples_seen_ == len(y)
+    assert 0.0 < sub.threshold["value"] < 1.0
+    # the image-level CV audit draws its folds among the searched rows only
+    from featx.classify import audit
+
+    levels = audit.split_levels(
+        sub.search.best_estimator_, "binary", X, y, groups, sub.splits, sub.oof_score, 3, rows=sub.rows
+    )
+    assert levels["patient"]["auc_mean"] == pytest.approx(sub.search.best_score_)
+    assert levels["image"]["auc_mean"] is not None

@@ -467,13 +467,24 @@ def _level(method: str, aucs: list[float | None]) -> dict:
 
 
 def split_levels(
-    estimator, task: str, X, y, groups, grouped: Sequence, oof_score, n_splits: int, seed: int = 0, n_jobs: int = 1
+    estimator,
+    task: str,
+    X,
+    y,
+    groups,
+    grouped: Sequence,
+    oof_score,
+    n_splits: int,
+    seed: int = 0,
+    n_jobs: int = 1,
+    rows=None,
 ) -> dict:
     """CV AUC of the run's chosen configuration with patient-grouped folds and with plain image folds.
 
     The patient-level figure reuses the run's out-of-fold scores on its grouped folds (`grouped`,
     `oof_score`): no new fit. The image-level one fits `estimator`'s parameters once per plain
-    stratified image fold (same number of folds and seed).
+    stratified image fold (same number of folds and seed). `rows`: the rows the grouped folds hold out
+    when they cover a subsample (stage two's search scheme at scale); the image folds are drawn among them.
 
     Returns
     -------
@@ -488,7 +499,8 @@ def split_levels(
     groups = np.asarray(groups).astype(str)
     oof_score = np.asarray(oof_score)
     patient = _level("StratifiedGroupKFold (patients never cross folds)", _fold_aucs(task, y, oof_score, grouped))
-    folds = evaluate.image_splits(y, n_splits, seed)
+    subset = np.arange(len(y)) if rows is None else np.asarray(rows)
+    folds = [(subset[fit], subset[held]) for fit, held in evaluate.image_splits(y[subset], n_splits, seed)]
     scores = Parallel(n_jobs=n_jobs)(
         delayed(_fold_scores)(clone(estimator), X, y, fit_rows, score_rows, task) for fit_rows, score_rows in folds
     )

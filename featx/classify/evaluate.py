@@ -30,6 +30,9 @@ THRESHOLD_RULES = ("youden", "f1", "sens@<x>", "spec@<x>")
 # ---------------------------------------------------------------- tasks and AUC
 
 
+SUBSAMPLE_SEED_OFFSET = 1_000_003  # patient_subsample's draws differ from the hold-out's of the same seed
+
+
 def task_of(y) -> str:
     """'binary', 'multiclass' (1-D integer labels) or 'multilabel' ((N, K) 0/1 matrix)."""
     y = np.asarray(y)
@@ -208,6 +211,20 @@ def holdout_patients(y, groups, test_fraction: float = 0.2, seed: int = 0) -> tu
     test_patients = choose_test_patients(strata, test_fraction, seed)
     is_test = np.isin(groups, sorted(test_patients))
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
+
+
+def patient_subsample(y, groups, n_rows: int, seed: int = 0) -> np.ndarray:
+    """Sorted row indices of about `n_rows` rows made of whole patients, stratified like holdout_patients.
+
+    The patients are drawn by the hold-out algorithm (a seeded hash of each patient id, strata guarding the
+    edges) with a seed of their own (seed + SUBSAMPLE_SEED_OFFSET), so a cache whose test patients stage
+    two held out is subsampled independently of that hold-out.
+    """
+    y = np.asarray(y)
+    if n_rows >= len(y):
+        return np.arange(len(y))
+    share = min(0.999, max(1e-6, n_rows / len(y)))
+    return holdout_patients(y, groups, test_fraction=share, seed=seed + SUBSAMPLE_SEED_OFFSET)[1]
 
 
 def patient_strata(y, groups) -> dict[str, str]:

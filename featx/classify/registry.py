@@ -346,6 +346,20 @@ def grid_size(grid: dict) -> int:
     return size
 
 
+# Search scheme at scale: above SUBSAMPLE_ABOVE_ROWS training rows the CV search runs on a patient-stratified
+# subsample of SUBSAMPLE_ROWS rows (whole patients), and only the chosen candidate is refitted on every row.
+SUBSAMPLE_ABOVE_ROWS = 50_000
+SUBSAMPLE_ROWS = 25_000
+
+
+def search_scheme(n_rows: int) -> dict:
+    """How a search on `n_rows` training rows uses them: {"scheme": "full" | "patient-subsample", "search_rows",
+    "refit_rows"} (search_rows approximate for a subsample: whole patients are drawn)."""
+    if n_rows > SUBSAMPLE_ABOVE_ROWS:
+        return {"scheme": "patient-subsample", "search_rows": SUBSAMPLE_ROWS, "refit_rows": int(n_rows)}
+    return {"scheme": "full", "search_rows": int(n_rows), "refit_rows": int(n_rows)}
+
+
 # Successive halving's first round fits on about n_rows / factor**(rounds-1) rows per fold and
 # scores on a subsample of the fold's held-out rows too; below this many rows that ranking is noise.
 HALVING_MIN_ROWS = 2000

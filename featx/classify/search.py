@@ -212,7 +212,10 @@ class FoldSearch(ClassifierMixin, BaseEstimator):
     best_estimator_
         That candidate refitted on all rows.
     oof_scores_ : ndarray, (n_rows,) or (n_rows, K)
-        The best candidate's held-out scores on every row (scoring's probability-column rule).
+        The best candidate's held-out scores on every row the folds hold out (scoring's probability-column
+        rule; zero on rows no fold holds out, when the folds cover a subsample of X's rows).
+    oof_rows_ : ndarray
+        The rows the folds hold out (every row of X unless the folds were drawn on a subsample).
     refit_time_ : float
     n_candidates_, n_resources_ : list of int, per round
     n_fits_ : int
@@ -274,7 +277,10 @@ class FoldSearch(ClassifierMixin, BaseEstimator):
         X, y = np.asarray(X), np.asarray(y)
         folds = [(np.asarray(fit_rows), np.asarray(eval_rows)) for fit_rows, eval_rows in self.cv]
         candidates = self.candidates()
-        rounds = self.rounds(len(y), len(np.unique(y)))
+        # the rows the folds cross-validate: every row, or a subsample of them (stage two's search scheme at
+        # scale), while the refit below always fits every row of X
+        cv_rows = np.unique(np.concatenate([eval_rows for _, eval_rows in folds])) if folds else np.arange(len(y))
+        rounds = self.rounds(len(cv_rows), len(np.unique(y[cv_rows])))
         fitter = self.candidate_probabilities or each_candidate_probabilities
         share_key = self.share_key or share_everything
         n_jobs, threads = (-1 if int(self.n_jobs) == -1 else max(1, int(self.n_jobs))), max(1, int(self.threads))
@@ -357,6 +363,7 @@ class FoldSearch(ClassifierMixin, BaseEstimator):
             )
         assert best_scores is not None
         self.oof_scores_ = self._out_of_fold(best_scores, folds, len(y))
+        self.oof_rows_ = cv_rows
 
         if refitted is not None:
             self.best_estimator_, self.refit_time_ = refitted

@@ -126,6 +126,7 @@ class FittedRun:
     audit: dict | None = None  # classify.audit: data_audit of the cache + split_levels of this run
     test_meta: dict[str, list[str]] = field(default_factory=dict)  # manifest metadata of the test rows
     subgroups: dict | None = None  # classify.subgroups.subgroup_analysis, when config.subgroups asks for it
+    search_scheme: dict | None = None  # registry.search_scheme of the run, with the rows and patients searched
 
     input_key: str = ""  # sha256 of `inputs`: a later command reuses the run while it is unchanged
     inputs: dict = field(default_factory=dict)  # run_inputs(...)
@@ -410,6 +411,14 @@ def run_inputs(plan: RunPlan, config: ClassifyConfig, content_hash: str) -> dict
         for item in dataclasses.fields(config)
         if item.name not in NOT_INPUTS
     }
+    scheme = classifiers.search_scheme(plan.n_train_rows)
+    search_rows = scheme["search_rows"]
+    search = {
+        "strategy": classifiers.search_strategy(plan.classifier, grid, search_rows),
+        **_describe(spec.search_options),
+    }
+    if scheme["scheme"] != "full":  # only then: runs fitted before search schemes existed keep their keys
+        search["scheme"] = scheme
     return {
         "input_key_version": INPUT_KEY_VERSION,
         "cache_content_sha256": content_hash,
@@ -418,10 +427,7 @@ def run_inputs(plan: RunPlan, config: ClassifyConfig, content_hash: str) -> dict
         "task": plan.task,
         "estimator": {"class": _describe(estimator), "params": params},
         "grid": _describe(grid),
-        "search": {
-            "strategy": classifiers.search_strategy(plan.classifier, grid, plan.n_train_rows),
-            **_describe(spec.search_options),
-        },
+        "search": search,
         "settings": settings,
         "versions": library_versions(),
     }
@@ -437,7 +443,8 @@ def planned_fits(plan: RunPlan, config: ClassifyConfig) -> int:
     the image-fold audit and the data-efficiency curve when the config asks for them."""
     _, grid = classifiers.build_classifier(plan.classifier, plan.task, plan.n_classes, quick=config.quick)
     n_values = plan.n_classes if plan.task == "multiclass" else 2  # distinct label values (0/1 for multilabel)
-    return classifiers.planned_fits(plan.classifier, grid, plan.n_train_rows, config.cv, n_values) + _analysis_fits(
+    search_rows = classifiers.search_scheme(plan.n_train_rows)["search_rows"]
+    return classifiers.planned_fits(plan.classifier, grid, search_rows, config.cv, n_values) + _analysis_fits(
         config, plan.classifier
     )
 
@@ -483,6 +490,8 @@ class Selection:
     threshold: dict | None
     search_s: float
     oof_s: float
+    rows: np.ndarray | None = None  # the training rows the folds cross-validate; None: every row
+    scheme: dict | None = None  # registry.search_scheme, with the rows and patients actually searched
 
 
 def select_model(
@@ -505,7 +514,22 @@ def select_model(
     of its fits reserve a share of one where the cluster has GPUs.
     """
     n_jobs = resolve_n_jobs(config.n_jobs, config.engine)
-    splits = evaluate.grouped_splits(y_train, groups, config.cv, config.seed, classes=classes)
+    scheme = classifiers.search_scheme(len(y_train))
+    cv_rows = None
+    if scheme["scheme"] == "patient-subsample":
+        # the search's folds on a patient-stratified subsample (whole patients), in training-row numbers:
+        # fits read their rows from X_train, and the chosen candidate is refitted on every row
+        cv_rows = evaluate.patient_subsample(y_train, groups, scheme["search_rows"], config.seed)
+        local = evaluate.grouped_splits(y_train[cv_rows], groups[cv_rows], config.cv, config.seed, classes=classes)
+        splits = [(cv_rows[fit], cv_rows[held]) for fit, held in local]
+        scheme = {
+            **scheme,
+            "search_rows": len(cv_rows),
+            "search_patients": len(np.unique(np.asarray(groups)[cv_rows])),
+            "patients": len(np.unique(groups)),
+        }
+    else:
+        splits = evaluate.grouped_splits(y_train, groups, config.cv, config.seed, classes=classes)
     estimator, grid = classifiers.build_classifier(classifier, task, len(classes), seed=config.seed, quick=config.quick)
     search = classifiers.make_search(
         classifier, estimator, grid, splits, task, n_jobs=n_jobs, seed=config.seed, cluster=cluster
@@ -518,8 +542,11 @@ def select_model(
         search.fit(X_train, y_train, on_fits=on_fits)
     search_s = time.perf_counter() - started
     oof = search.oof_scores_
-    threshold = evaluate.choose_threshold(y_train, oof, rule=config.threshold_rule) if task == "binary" else None
-    return Selection(search, splits, oof, threshold, search_s, 0.0)
+    scored = slice(None) if cv_rows is None else cv_rows
+    threshold = None
+    if task == "binary":
+        threshold = evaluate.choose_threshold(y_train[scored], oof[scored], rule=config.threshold_rule)
+    return Selection(search, splits, oof, threshold, search_s, 0.0, cv_rows, scheme)
 
 
 def fit_run(
@@ -599,6 +626,7 @@ def fit_run(
         audit=run_audit,
         test_meta=test_meta,
         subgroups=subgroup_results,
+        search_scheme=selection.scheme,
         input_key=input_key(inputs) if inputs else "",
         inputs=inputs or {},
     )
@@ -634,6 +662,7 @@ def _audit_and_curve(config, classifier, task, selection, X_train, y_train, grou
             config.cv,
             config.seed,
             n_jobs,
+            rows=selection.rows,
         )
         timings["image_cv_s"] = run_audit["split_levels"]["seconds"]
     curve = None

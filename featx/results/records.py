@@ -146,6 +146,7 @@ def run_record(run: FittedRun, bundle_sha256: str | None = None) -> dict:
         "efficiency": run.efficiency,
         "audit": run.audit,
         "subgroups": run.subgroups,
+        "search_scheme": getattr(run, "search_scheme", None),  # optional (issue 16): how the search used the rows
         "timings": run.timings,
         "bundle_sha256": bundle_sha256,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
