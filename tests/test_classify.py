@@ -979,3 +979,16 @@ def test_above_a_row_count_the_search_runs_on_whole_patients_and_the_finalist_re
     )
     assert levels["patient"]["auc_mean"] == pytest.approx(sub.search.best_score_)
     assert levels["image"]["auc_mean"] is not None
+
+
+def test_the_plan_and_a_timing_probe_come_before_the_first_fit(tmp_path):
+    features = tmp_path / "features"
+    write_signal_cache(features / "tiny.h5", backbone="tiny", seed=0, feature_seed=1)
+    console = quiet_console()
+    classify_runs(config_for(features, tmp_path / "results", classifiers=("logreg", "xgboost")), console)
+    text = console.file.getvalue()
+    plan, estimate, first = text.index("Plan: 2 run(s)"), text.index("Estimated fitting time"), text.index("fitted ")
+    assert plan < estimate < first and "search full" in text and "Audits:" in text
+    run = load_json(next((tmp_path / "results" / "runs").glob("*logreg.json")))
+    assert f"logreg {run['timings']['n_fits']}" in text  # the plan's fits are the run's
+    assert run["search_scheme"]["scheme"] == "full" and run["search_scheme"]["search_rows"] == run["data"]["n_train"]

@@ -470,6 +470,76 @@ def describe_audits(config: ClassifyConfig) -> str:
     )
 
 
+PROBE_ROWS = 1000  # training rows of the timing probe's one fit per classifier
+
+
+def describe_plan(plans: Sequence[RunPlan], config: ClassifyConfig, planned: dict) -> str:
+    """One line, before any fit: the runs, the training rows of each cache and pooling, the fits per
+    classifier and how each search uses its rows (registry.search_scheme)."""
+    data = dict.fromkeys((Path(plan.cache).name, plan.pooling, plan.n_train_rows) for plan in plans)
+    rows = ", ".join(f"{name}/{pooling} {n:,}" for name, pooling, n in data)
+    per: dict[str, int] = {}
+    for plan in plans:
+        per[plan.classifier] = per.get(plan.classifier, 0) + planned[plan]
+    schemes = sorted({classifiers.search_scheme(plan.n_train_rows)["scheme"] for plan in plans})
+    subsample = ""
+    if "patient-subsample" in schemes:
+        subsample = (
+            f" (above {classifiers.SUBSAMPLE_ABOVE_ROWS:,} training rows: searched on ~{classifiers.SUBSAMPLE_ROWS:,} "
+            "rows of whole patients, the finalist refitted on every row)"
+        )
+    fits = ", ".join(f"{name} {n:,}" for name, n in per.items())
+    return (
+        f"Plan: {len(plans)} run(s) on {len(data)} cache/pooling(s) (training rows: {rows}); "
+        f"{sum(per.values()):,} fits ({fits}); search {' and '.join(schemes)}{subsample}."
+    )
+
+
+def timing_probe(
+    plans: Sequence[RunPlan], config: ClassifyConfig, X_train, y_train, planned: dict
+) -> tuple[float, float]:
+    """(estimated seconds of every planned fit, seconds the probe took): each classifier's first grid point fitted
+    on a quarter of PROBE_ROWS training rows and on all of them (a fixed cost per fit and a cost per row),
+    extrapolated to a fold's rows and divided by its parallel fits.
+
+    Rough by design: grid points that share work (a regularisation path, one binned matrix) cost less than
+    this counts, early stopping varies; it is there so the first screen says minutes or hours.
+    """
+    from sklearn.model_selection import ParameterGrid
+
+    from featx.classify.search import thread_limit, with_threads
+
+    started = time.perf_counter()
+    n = min(PROBE_ROWS, len(y_train))
+    per_fit: dict[str, tuple[float, float, int]] = {}
+    for plan in plans:
+        if plan.classifier in per_fit:
+            continue
+        estimator, grid = classifiers.build_classifier(plan.classifier, plan.task, plan.n_classes, seed=config.seed)
+        split = classifiers.cpu_split(plan.classifier, config.n_jobs or 1, config.cv)
+        model = with_threads(estimator, split.threads).set_params(**next(iter(ParameterGrid(grid))))
+        seconds = []
+        for size in (max(2, n // 4), n):  # two sizes: a fixed cost per fit and a cost per row
+            began = time.perf_counter()
+            try:
+                with thread_limit(split.threads):
+                    model.fit(X_train[:size], y_train[:size])
+            except Exception:  # a probe slice can hold one class: no estimate for this classifier
+                break
+            seconds.append(time.perf_counter() - began)
+        if len(seconds) == 2:
+            per_row = max(0.0, (seconds[1] - seconds[0]) / max(1, n - max(2, n // 4)))
+            fixed = max(0.0, seconds[0] - per_row * max(2, n // 4))
+            per_fit[plan.classifier] = (fixed, per_row, split.parallel_fits)
+    total = 0.0
+    for plan in plans:
+        if plan.classifier in per_fit:
+            fixed, per_row, parallel = per_fit[plan.classifier]
+            rows = classifiers.search_scheme(plan.n_train_rows)["search_rows"] * (config.cv - 1) / config.cv
+            total += (fixed + per_row * rows) * planned[plan] / parallel
+    return total, time.perf_counter() - started
+
+
 def _analysis_fits(config: ClassifyConfig, classifier: str) -> int:
     """Fits of the chosen configuration after the search: the image-fold audit and the curve's subsamples."""
     audit_fits = config.cv if image_cv_runs(config, classifier) else 0
@@ -750,6 +820,14 @@ def describe_gpu_shares(classifier_names: Sequence[str], n_jobs: int, cv: int, c
     return f"{cluster.gpus} GPU(s) in the cluster: {'; '.join(parts)}"
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _auc_text(value) -> str:
     return "n/a" if value is None or not np.isfinite(value) else f"{value:.3f}"
 
@@ -819,6 +897,7 @@ def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Pa
         if cluster.engine != "local":
             progress.console.print(f"Ray: {describe_gpu_shares(names, config.n_jobs, config.cv, cluster)}.")
         planned = {plan: planned_fits(plan, config) for plan, _ in to_fit}
+        progress.console.print(describe_plan([plan for plan, _ in to_fit], config, planned))
         bar = progress.add_task(f"classify: {len(to_fit)} runs", total=sum(planned.values()))
         done = 0
         for plan, inputs in to_fit:
@@ -830,6 +909,14 @@ def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Pa
                 features = store.load(plan.cache, plan.pooling, sha256=sha256[plan.cache])
                 loaded_key = (plan.cache, plan.pooling)
                 rows = split_rows(features, config)
+                if done == 0:  # the first matrix loaded: a timing probe on its training rows
+                    estimate, probe_s = timing_probe(
+                        [p for p, _ in to_fit], config, rows_of(features.X, rows.train), features.y[rows.train], planned
+                    )
+                    progress.console.print(
+                        f"Estimated fitting time: about {_duration(estimate)} (a timing probe: one fit per classifier "
+                        f"on {min(PROBE_ROWS, len(rows.train)):,} rows, {probe_s:.1f} s; rough)."
+                    )
                 if rows.test_source == "held_out_patients":
                     progress.console.print(
                         f"[yellow]{plan.cache.name} has no test rows: holding out {HOLDOUT_FRACTION:.0%} of its "
