@@ -299,3 +299,26 @@ def test_early_stopping_xgb_passes_the_scikit_learn_estimator_checks():
         )
     }
     assert not _failed_checks(EarlyStoppingXGB(n_estimators=30), expected)
+
+
+def test_multilabel_logreg_shares_the_scaling_and_the_path_across_labels_with_one_vs_rest_answers():
+    from featx.classify.registry import build_classifier, logreg_path_probabilities
+    from featx.classify.search import each_candidate_probabilities
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(240, 12)).astype(np.float32) + 3.0
+    Y = (X[:, :3] + rng.normal(scale=0.7, size=(240, 3)) > 3.0).astype(np.int8)
+    Y[:200, 2] = 0  # a label absent from every fit row: OneVsRest's constant predictor
+    estimator, _ = build_classifier("logreg", "multilabel", 3)
+    candidates = [
+        {"estimator__clf__C": C, "estimator__clf__class_weight": weight}
+        for weight in (None, "balanced")
+        for C in (1e-3, 1e-2, 1.0)
+    ]
+    fast = logreg_path_probabilities(estimator, candidates, X[:200], Y[:200], X[200:])
+    slow = each_candidate_probabilities(estimator, candidates, X[:200], Y[:200], X[200:])
+    assert len(fast) == len(slow) == len(candidates)
+    for mine, theirs in zip(fast, slow):
+        assert mine.shape == theirs.shape == (40, 3)
+        np.testing.assert_allclose(mine, theirs, atol=2e-3)  # warm starts land within lbfgs's tolerance
+        assert np.all(mine[:, 2] == 0.0)

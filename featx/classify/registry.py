@@ -153,18 +153,62 @@ def logreg_path_probabilities(estimator, candidates, X_fit, y_fit, X_eval) -> li
 
     The scaler is fitted once per fold; for each class weight the C values are fitted from the
     strongest regularisation up, each lbfgs run warm-started from the previous solution (a nearby
-    optimum: few iterations). Other grids (or the multilabel wrapper) fit one clone per candidate.
+    optimum: few iterations). A multi-label OneVsRest wrapper of that pipeline takes the same path per
+    label on one shared scaling (_one_vs_rest_path_probabilities); other grids fit one clone per candidate.
     """
-    from sklearn.base import clone
+    from sklearn.multiclass import OneVsRestClassifier
     from sklearn.pipeline import Pipeline
 
     from featx.classify.search import each_candidate_probabilities
 
     varied = set().union(*candidates) if candidates else set()
+    if (
+        isinstance(estimator, OneVsRestClassifier)
+        and isinstance(estimator.estimator, Pipeline)
+        and varied <= {"estimator__clf__C", "estimator__clf__class_weight"}
+        and np.ndim(y_fit) == 2
+    ):
+        return _one_vs_rest_path_probabilities(estimator.estimator, candidates, X_fit, y_fit, X_eval)
     if not isinstance(estimator, Pipeline) or not varied <= {"clf__C", "clf__class_weight"}:
         return each_candidate_probabilities(estimator, candidates, X_fit, y_fit, X_eval)
+    return _path_probabilities(estimator, candidates, X_fit, y_fit, X_eval)
+
+
+def _one_vs_rest_path_probabilities(pipeline, candidates, X_fit, Y_fit, X_eval) -> list[np.ndarray]:
+    """The multi-label fast path: what OneVsRestClassifier(pipeline) with each candidate's parameters gives,
+    with the scaling done once per fold for every label (OneVsRest fits the same scaler on the same rows
+    once per label) and each label's C values along one warm-started path. A label present or absent in
+    every fit row is predicted as that constant, as OneVsRest's constant predictor does."""
+    from sklearn.base import clone
+
+    scaler = clone(pipeline.named_steps["scale"]).fit(X_fit)
+    Z_fit, Z_eval = scaler.transform(X_fit), scaler.transform(X_eval)
+    local = [{key.removeprefix("estimator__"): value for key, value in params.items()} for params in candidates]
+    Y_fit = np.asarray(Y_fit)
+    out = [np.zeros((len(X_eval), Y_fit.shape[1]), dtype=np.float64) for _ in candidates]
+    for k in range(Y_fit.shape[1]):
+        label = Y_fit[:, k]
+        if np.unique(label).size < 2:
+            for proba in out:
+                proba[:, k] = float(label[0]) if len(label) else 0.0
+            continue
+        for proba, label_proba in zip(out, _path_on_scaled(pipeline, local, Z_fit, label, Z_eval)):
+            proba[:, k] = label_proba[:, 1]
+    return out
+
+
+def _path_probabilities(estimator, candidates, X_fit, y_fit, X_eval) -> list[np.ndarray]:
+    from sklearn.base import clone
+
     scaler = clone(estimator.named_steps["scale"]).fit(X_fit)
     Z_fit, Z_eval = scaler.transform(X_fit), scaler.transform(X_eval)
+    return _path_on_scaled(estimator, candidates, Z_fit, y_fit, Z_eval)
+
+
+def _path_on_scaled(estimator, candidates, Z_fit, y_fit, Z_eval) -> list[np.ndarray]:
+    """Each candidate's predict_proba of the scaled Z_eval, its C values fitted warm-started along the path."""
+    from sklearn.base import clone
+
     base = estimator.named_steps["clf"]
     settings = [
         (params.get("clf__class_weight", base.class_weight), params.get("clf__C", base.C)) for params in candidates
