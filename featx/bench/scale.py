@@ -108,18 +108,26 @@ def _peak_rss_mib() -> float:
 
 def _classify_in_child(config, out: Path) -> None:
     """The child: `featx classify` as the CLI runs it, then its peak memory and wall time into out/bench.json."""
+    import faiss  # noqa: F401  (imported here so the baseline holds what the audit imports)
+    import sklearn.linear_model  # noqa: F401
+    import xgboost  # noqa: F401
     from joblib.externals.loky import get_reusable_executor
     from rich.console import Console
 
+    from featx.bench.extract import rss_mib
+    from featx.classify import stage  # noqa: F401
     from featx.results.finish import classify_command
 
+    baseline = rss_mib()  # the interpreter and the libraries, before any data
     started = time.perf_counter()
     with open(os.devnull, "w") as quiet:
         classify_command(config, Console(file=quiet, width=160))
     wall = time.perf_counter() - started
     # a spawned child joins its children on exit: the idle fit workers would hold it for their 300 s timeout
     get_reusable_executor().shutdown(wait=True)
-    (out / "bench.json").write_text(json.dumps({"wall_s": wall, "peak_rss_mib": _peak_rss_mib()}))
+    (out / "bench.json").write_text(
+        json.dumps({"wall_s": wall, "peak_rss_mib": _peak_rss_mib(), "baseline_rss_mib": baseline})
+    )
 
 
 def classify_in_child(config) -> dict:
@@ -212,6 +220,9 @@ def bench_scale_command(
                 "peak_rss_mib": measured["peak_rss_mib"],
                 "matrix_mib": matrix_mib,
                 "rss_over_matrix": measured["peak_rss_mib"] / matrix_mib,
+                "baseline_rss_mib": measured["baseline_rss_mib"],
+                "rss_above_baseline_over_matrix": (measured["peak_rss_mib"] - measured["baseline_rss_mib"])
+                / matrix_mib,
                 "other_s": measured["wall_s"] - fitted - (found.get("near_duplicates_s") or 0.0),
                 "load": os.getloadavg()[0],
                 **found,
@@ -228,7 +239,8 @@ def bench_scale_command(
                 f"  {n_rows:,} rows: write {write_s:.1f} s; classify {measured['wall_s']:.1f} s "
                 f"(near duplicates {found['near_duplicates_s']:.1f} s, {found['near_method']}; exact "
                 f"{found['exact_duplicates_s']:.2f} s; {per}); peak RSS {measured['peak_rss_mib']:,.0f} MiB = "
-                f"{row['rss_over_matrix']:.2f}x the {matrix_mib:,.0f} MiB matrix; load {row['load']:.1f}"
+                f"{row['rss_over_matrix']:.2f}x the {matrix_mib:,.0f} MiB matrix ({row['baseline_rss_mib']:,.0f} MiB "
+                f"before any data: {row['rss_above_baseline_over_matrix']:.2f}x above it); load {row['load']:.1f}"
             )
             shutil.rmtree(features, ignore_errors=True)
     finally:
