@@ -38,6 +38,7 @@ FEATX  := $(BIN)/featx
 #: efficiency_seeds=N       classify: patient subsamples per fraction, default 3 (--efficiency-seeds)
 #: no_image_cv=1            classify: skip the patient- vs image-level CV audit (--no-image-cv)
 #: near_duplicate_threshold=0.99  classify: cosine at which two images are near duplicates (--near-duplicate-threshold)
+#: mlflow=1                 classify: log each run to MLflow in ./mlruns; or mlflow=URI for another store (--mlflow)
 #: engine=ray               extract, classify, predict: run on a Ray cluster instead of this process (--engine)
 #: ray_address=auto         extract, classify, predict: the Ray cluster, auto or HOST:PORT (--ray-address)
 #: ray_actors=N             extract, predict: Ray actors, default one per GPU, else one per CPU (--ray-actors)
@@ -85,6 +86,7 @@ train_fraction ?=
 efficiency_seeds ?=
 no_image_cv ?=
 near_duplicate_threshold ?=
+mlflow      ?=
 model       ?=
 images      ?=
 out         ?=
@@ -106,7 +108,8 @@ CLASSIFY_OPTIONS = $(strip $(if $(backbones),--backbone $(backbones)) $(if $(poo
 	$(if $(subgroups),--subgroups $(subgroups)) $(if $(age_bands),--age-bands $(age_bands)) \
 	$(if $(subgroup_min),--subgroup-min $(subgroup_min)) $(if $(train_fraction),--train-fraction $(train_fraction)) \
 	$(if $(efficiency_seeds),--efficiency-seeds $(efficiency_seeds)) $(if $(call yes,$(no_image_cv)),--no-image-cv) \
-	$(if $(near_duplicate_threshold),--near-duplicate-threshold $(near_duplicate_threshold)) $(if $(call yes,$(force)),--force) $(ENGINE_OPTIONS))
+	$(if $(near_duplicate_threshold),--near-duplicate-threshold $(near_duplicate_threshold)) $(if $(call yes,$(force)),--force) $(ENGINE_OPTIONS) \
+	$(if $(call yes,$(mlflow)),--mlflow,$(if $(mlflow),--mlflow $(mlflow))))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 # featx's error messages name these variables instead of the CLI flags they stand for (featx/config.py reads it).
 export FEATX_VIA_MAKE := 1
@@ -121,10 +124,10 @@ help:  ## list every target with its one-line description, then the variables
 $(BIN)/featx: setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,lint,dicom,ray]'
+	$(BIN)/pip install --quiet -e '.[test,lint,dicom,ray,parquet,mlflow]'
 	@touch $(BIN)/featx
 
-install: $(BIN)/featx  ## create .venv and install featx with its test, lint, dicom and ray extras
+install: $(BIN)/featx  ## create .venv and install featx with its test, lint, dicom, ray, parquet and mlflow extras
 
 lint: install  ## ruff check, ruff format --check and mypy (CI runs this before the tests)
 	$(BIN)/ruff check .

@@ -117,10 +117,19 @@ def classify_runs(config, console=None) -> list[Path]:
 
 
 def classify_command(config, console) -> None:
-    """`featx classify`: the runs, then the leaderboard and the report from every run in the folder."""
+    """`featx classify` (and featx.classify): the runs, then the leaderboard and the report from every run in
+    the folder; with config.mlflow, this command's runs logged to MLflow (results/tracking.py)."""
+    if config.mlflow:
+        from featx.results.tracking import import_mlflow
+
+        import_mlflow()  # a missing MLflow is said before the first fit
     paths = classify_runs(config, console)
     out_dir = Path(config.out_dir)
     console.print(
         f"{len(paths)} run(s) in {out_dir / records.RUNS_DIR}, their models in {out_dir / records.MODELS_DIR}."
     )
     finish_results(out_dir, console)
+    if config.mlflow:
+        from featx.results.tracking import log_runs
+
+        log_runs(out_dir, paths, config.mlflow, console)

@@ -335,6 +335,50 @@ def load_runs(results_dir) -> list[dict]:
     return runs
 
 
+def test_predictions(run: dict):
+    """A run record's stored test predictions as a pandas DataFrame, one row per test image.
+
+    Parameters
+    ----------
+    run : dict
+        A run record (load_runs).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``id``; ``y_true`` (0/1 for binary, the class index for multi-class) or one 0/1 column ``y_<class>``
+        per class (multi-label); ``score`` (P(positive class)) for binary, else ``p_<class>`` per class;
+        then the test rows' manifest metadata columns.
+
+    Raises
+    ------
+    ResultsError
+        When the record holds no test predictions.
+    """
+    import pandas as pd
+
+    stored = run.get("test_predictions") or {}
+    if not stored.get("ids"):
+        raise ResultsError(f"Run {run.get('run_id')!r} holds no test predictions; re-run featx classify to store them.")
+    classes = [str(c) for c in run.get("classes") or []]
+    frame = pd.DataFrame({"id": [str(i) for i in stored["ids"]]})
+    y_true = np.asarray(stored["y_true"])
+    if y_true.ndim == 2:
+        for k, name in enumerate(classes):
+            frame[f"y_{name}"] = y_true[:, k].astype(int)
+    else:
+        frame["y_true"] = y_true.astype(int)
+    score = np.asarray(stored["score"], dtype=float)
+    if score.ndim == 1:
+        frame["score"] = score
+    else:
+        for k, name in enumerate(classes):
+            frame[f"p_{name}"] = score[:, k]
+    for name, values in (stored.get("meta") or {}).items():
+        frame[name if name not in frame.columns else f"meta_{name}"] = [str(v) for v in values]
+    return frame
+
+
 def _alias_legacy_modules() -> None:
     """Let bundles written before the layout by stage find their estimator classes at the new module paths."""
     import importlib
