@@ -525,5 +525,10 @@ def _print_failures(summary: ExtractSummary, console) -> None:
 
 def extract_command(config: ExtractConfig, console) -> None:
     """`featx extract`: run stage one and print the summary table (with the random-weights banner when due)."""
+    from featx.config import featx_command
+
     summaries = run_extract(config, console=console)
     print_summary(summaries, console)
+    console.print(
+        f"Next: {featx_command()} classify --features {config.out_dir} --out results", soft_wrap=True, highlight=False
+    )

@@ -197,6 +197,7 @@ class RunWriter:
 
     def __init__(self, results_dir):
         self.results_dir = Path(results_dir)
+        self.saved: list[Path] = []  # the runs this writer wrote, in order (what an interrupted command kept)
 
     def prepare(self, plans: Sequence[RunPlan] = ()) -> None:
         """Before any fit: create runs/ and models/, prove them writable, and refuse to replace another cache's run.
@@ -257,6 +258,7 @@ class RunWriter:
             atomic_write(model_path, lambda f: joblib.dump(model, f))
             text = json.dumps(jsonable(run_record(run, file_sha256(model_path))), indent=2, allow_nan=False)
             atomic_write_bytes(path, text.encode())
+            self.saved.append(path)
         return path
 
 
