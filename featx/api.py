@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -63,7 +64,14 @@ def _console(verbose) -> Console:
 
     if isinstance(verbose, Console):
         return verbose
-    return Console() if verbose else Console(quiet=True)
+    if not verbose:
+        return Console(quiet=True)
+    console = Console()
+    if console.is_jupyter and importlib.util.find_spec("ipywidgets") is None:
+        # rich draws live bars in Jupyter as ipywidgets (pip install 'featx[notebook]'); without them it would only
+        # warn, so the bars and tables print as text when they finish
+        console = Console(force_jupyter=False)
+    return console
 
 
 def _names(value) -> tuple[str, ...]:

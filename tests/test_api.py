@@ -91,6 +91,21 @@ def test_errors_are_the_sentences_the_cli_prints(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"featx: error: {raised.value}"
 
 
+def test_progress_in_jupyter_without_ipywidgets_prints_as_text(monkeypatch):
+    import importlib.util
+
+    import rich.console
+
+    from featx.api import _console
+
+    monkeypatch.setattr(rich.console, "_is_jupyter", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: object())
+    assert _console(True).is_jupyter  # with ipywidgets: rich's live widgets
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
+    assert not _console(True).is_jupyter  # without: text, printed as the bars finish
+    assert _console(False).quiet
+
+
 def test_options_reach_the_config_dataclass(tmp_path, monkeypatch):
     """**options go straight into ClassifyConfig (strings coerced to the field's tuple); n_jobs -1 on Ray."""
     from featx.results import finish
