@@ -256,3 +256,16 @@ def test_extract_then_predict_images_paths_and_arrays(tmp_path):
     assert np.isclose(frame[positive][3], frame[positive][0], atol=1e-6)
     with pytest.raises(FeatxError, match="uint8"):
         model.predict([np.zeros((4, 4), dtype=float)])
+
+
+def test_a_multilabel_cache_exports_and_reads_back(tmp_path):
+    cache = write_signal_cache(tmp_path / "f" / "tiny.h5", multilabel=True, n_classes=3, n_train_patients=8, n_test=6)
+    features = featx.load_features(cache)
+    frame = features.to_pandas()
+    assert features.multilabel and all(
+        "|" in label or label in features.classes or label == "" for label in frame["label"]
+    )
+    read = pd.read_parquet(featx.export(cache))
+    assert list(read.columns) == list(frame.columns)
+    assert np.array_equal(np.stack(read["y"]), features.y) and np.array_equal(np.stack(read["embedding"]), features.X)
+    assert list(read["label"]) == list(frame["label"])
