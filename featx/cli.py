@@ -403,6 +403,15 @@ def _add_classify(sub) -> None:
     p = sub.add_parser("classify", help="stage two: grouped-CV grid search on cached embeddings; test AUC with CIs")
     p.add_argument("--features", type=Path, default=Path("features"), help="folder of <backbone>.h5 caches")
     p.add_argument("--out", type=Path, default=Path("results"), help="results folder (default results/)")
+    p.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="TRACKING_URI",
+        help="log each run to MLflow (needs pip install 'featx[mlflow]'): one MLflow run per featx run, an experiment "
+        "per dataset; default store ./mlruns (a local folder, no server), or a folder or tracking URI",
+    )
     p.add_argument("--backbone", default=None, help="comma-separated backbones (default: every cache found)")
     p.add_argument("--classifier", default="logreg,xgboost,dense", help="comma-separated classifiers")
     p.add_argument("--pooling", default=None, help="comma-separated poolings (default: every pooling cached)")
@@ -463,15 +472,6 @@ def _add_classify(sub) -> None:
         type=_positive_int,
         default=10,
         help="positives and negatives a subgroup needs for its AUC; smaller ones are listed as too small (default 10)",
-    )
-    p.add_argument(
-        "--mlflow",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="TRACKING_URI",
-        help="log each run to MLflow (needs pip install 'featx[mlflow]'): one MLflow run per featx run, an experiment "
-        "per dataset; default store ./mlruns (a local folder, no server), or a folder or tracking URI",
     )
     _add_engine_options(p, actors=False)
     p.set_defaults(handler=_cmd_classify)
