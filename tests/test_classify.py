@@ -992,3 +992,19 @@ def test_the_plan_and_a_timing_probe_come_before_the_first_fit(tmp_path):
     run = load_json(next((tmp_path / "results" / "runs").glob("*logreg.json")))
     assert f"logreg {run['timings']['n_fits']}" in text  # the plan's fits are the run's
     assert run["search_scheme"]["scheme"] == "full" and run["search_scheme"]["search_rows"] == run["data"]["n_train"]
+
+
+def test_a_moved_project_folder_keeps_its_runs(tmp_path, fits):
+    """Issue 19.1: moving the project (features and results together) must not make classify fit anything again."""
+    import shutil
+
+    project = tmp_path / "project"
+    write_signal_cache(project / "features" / "tiny.h5", backbone="tiny", seed=0, feature_seed=1)
+    classify_runs(config_for(project / "features", project / "results", classifiers=("logreg",)), quiet_console())
+    assert fits == [("tiny", "logreg")]
+    moved = tmp_path / "elsewhere" / "project"
+    shutil.move(str(project), moved)
+    fits.clear()
+    console = quiet_console()
+    classify_runs(config_for(moved / "features", moved / "results", classifiers=("logreg",)), console)
+    assert fits == [] and "1 of 1 runs reused" in console.file.getvalue()
