@@ -516,7 +516,9 @@ def timing_probe(
     for plan in plans:
         if plan.classifier in per_fit:
             continue
-        estimator, grid = classifiers.build_classifier(plan.classifier, plan.task, plan.n_classes, seed=config.seed)
+        estimator, grid = classifiers.build_classifier(
+            plan.classifier, plan.task, plan.n_classes, seed=config.seed, quick=config.quick
+        )
         split = classifiers.cpu_split(plan.classifier, config.n_jobs or 1, config.cv)
         model = with_threads(estimator, split.threads).set_params(**next(iter(ParameterGrid(grid))))
         seconds = []
