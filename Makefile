@@ -38,6 +38,11 @@ FEATX  := $(BIN)/featx
 #: efficiency_seeds=N       classify: patient subsamples per fraction, default 3 (--efficiency-seeds)
 #: no_image_cv=1            classify: skip the patient- vs image-level CV audit (--no-image-cv)
 #: near_duplicate_threshold=0.99  classify: cosine at which two images are near duplicates (--near-duplicate-threshold)
+#: external=NAME=DIR        classify: score every run on another manifest's caches in DIR (--external)
+#: external_split=test      classify: the external rows scored, test or all (--external-split)
+#: label_map=EXT=INT,...    classify: rename the external set's classes to the model's (--label-map)
+#: no_metadata_floor=1      classify: leave out the metadata-only floor (--no-metadata-floor)
+#: null_permutations=K      classify: label-permutation null, K refits per run (--null-permutations)
 #: engine=ray               extract, classify, predict: run on a Ray cluster instead of this process (--engine)
 #: ray_address=auto         extract, classify, predict: the Ray cluster, auto or HOST:PORT (--ray-address)
 #: ray_actors=N             extract, predict: Ray actors, default one per GPU, else one per CPU (--ray-actors)
@@ -85,6 +90,11 @@ train_fraction ?=
 efficiency_seeds ?=
 no_image_cv ?=
 near_duplicate_threshold ?=
+external    ?=
+external_split ?=
+label_map   ?=
+no_metadata_floor ?=
+null_permutations ?=
 model       ?=
 images      ?=
 out         ?=
@@ -106,7 +116,10 @@ CLASSIFY_OPTIONS = $(strip $(if $(backbones),--backbone $(backbones)) $(if $(poo
 	$(if $(subgroups),--subgroups $(subgroups)) $(if $(age_bands),--age-bands $(age_bands)) \
 	$(if $(subgroup_min),--subgroup-min $(subgroup_min)) $(if $(train_fraction),--train-fraction $(train_fraction)) \
 	$(if $(efficiency_seeds),--efficiency-seeds $(efficiency_seeds)) $(if $(call yes,$(no_image_cv)),--no-image-cv) \
-	$(if $(near_duplicate_threshold),--near-duplicate-threshold $(near_duplicate_threshold)) $(if $(call yes,$(force)),--force) $(ENGINE_OPTIONS))
+	$(if $(near_duplicate_threshold),--near-duplicate-threshold $(near_duplicate_threshold)) $(if $(call yes,$(force)),--force) \
+	$(if $(external),--external $(external)) $(if $(external_split),--external-split $(external_split)) \
+	$(if $(label_map),--label-map $(label_map)) $(if $(call yes,$(no_metadata_floor)),--no-metadata-floor) \
+	$(if $(null_permutations),--null-permutations $(null_permutations)) $(ENGINE_OPTIONS))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 # featx's error messages name these variables instead of the CLI flags they stand for (featx/config.py reads it).
 export FEATX_VIA_MAKE := 1

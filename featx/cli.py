@@ -464,12 +464,36 @@ def _add_classify(sub) -> None:
         default=10,
         help="positives and negatives a subgroup needs for its AUC; smaller ones are listed as too small (default 10)",
     )
+    p.add_argument(
+        "--external",
+        action="append",
+        default=None,
+        metavar="NAME=FEATURES_DIR",
+        help="score every run, without refitting, on another manifest's caches of the same backbones in "
+        "FEATURES_DIR (repeatable): external AUC with CI, difference to the internal test AUC, calibration",
+    )
+    p.add_argument("--external-split", default="test", help="external rows to score: test (default) or all")
+    p.add_argument(
+        "--label-map", default=None, help="external class names -> the model's, e.g. Pneumonia=PNEUMONIA,Normal=NORMAL"
+    )
+    p.add_argument(
+        "--no-metadata-floor",
+        action="store_true",
+        help="leave out the metadata-only floor (backbone 'metadata', built from the manifest's metadata columns)",
+    )
+    p.add_argument(
+        "--null-permutations",
+        type=int,
+        default=0,
+        help="label-permutation null: refit each run's chosen configuration K times on labels permuted between "
+        "patients; p-value of the real test AUC (default 0: off)",
+    )
     _add_engine_options(p, actors=False)
     p.set_defaults(handler=_cmd_classify)
 
 
 def _cmd_classify(args):
-    from featx.classify import audit, efficiency
+    from featx.classify import audit, efficiency, external
     from featx.classify.stage import ClassifyConfig
     from featx.classify.subgroups import parse_age_bands
     from featx.results.finish import classify_command
@@ -497,6 +521,11 @@ def _cmd_classify(args):
         subgroups=_csv_list(args.subgroups) if args.subgroups else (),
         age_bands=parse_age_bands(args.age_bands),
         subgroup_min=args.subgroup_min,
+        externals=external.externals_of(args.external or ()),
+        external_split=external.check_split(args.external_split),
+        label_map=external.parse_label_map(args.label_map) if args.label_map else (),
+        metadata_floor=not args.no_metadata_floor,
+        null_permutations=args.null_permutations,
         engine=_engine_config(args),
     )
     classify_command(config, console=_console())
@@ -802,6 +831,11 @@ MAKE_VARIABLES: dict[str, dict[str, str]] = {
         "--efficiency-seeds": "efficiency_seeds=N",
         "--no-image-cv": "no_image_cv=1",
         "--near-duplicate-threshold": "near_duplicate_threshold=...",
+        "--external": "external=NAME=DIR",
+        "--external-split": "external_split=...",
+        "--label-map": "label_map=...",
+        "--no-metadata-floor": "no_metadata_floor=1",
+        "--null-permutations": "null_permutations=K",
         "--results": "results=DIR",
         "--model": "model=PATH",
         "--engine": "engine=ray",

@@ -48,6 +48,8 @@ HOLDOUT_FRACTION = 0.2
 INPUT_KEY_VERSION = 1
 # ClassifyConfig fields that name which runs to do or how fast, not what a run's record holds: not input-key parts
 NOT_INPUTS = ("features_dir", "out_dir", "backbones", "classifiers", "poolings", "n_jobs", "force", "engine")
+# issue 17: which external sets score the saved models and whether the metadata floor runs (not what a run's fit holds)
+NOT_INPUTS += ("externals", "external_split", "label_map", "metadata_floor")
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,13 @@ class ClassifyConfig:
     age_bands: tuple[float, ...] = subgroup_auc.DEFAULT_AGE_BANDS
     subgroup_min: int = subgroup_auc.DEFAULT_MIN_COUNT  # positives and negatives a subgroup needs for its AUC
     force: bool = False  # fit every run, even one whose inputs are unchanged since it was saved
+    # issue 17 (classify/external.py, metadata_floor.py, null.py): external sets ((name, features folder), ...)
+    # scored by each saved model, their rows ("test" | "all"), external -> internal class names
+    externals: tuple[tuple[str, Path], ...] = ()
+    external_split: str = "test"
+    label_map: tuple[tuple[str, str], ...] = ()
+    metadata_floor: bool = True  # the `metadata` floor runs whenever the caches carry manifest metadata columns
+    null_permutations: int = 0  # label-permutation null: refits of the chosen configuration per run (0: none)
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,7 @@ class FittedRun:
     audit: dict | None = None  # classify.audit: data_audit of the cache + split_levels of this run
     test_meta: dict[str, list[str]] = field(default_factory=dict)  # manifest metadata of the test rows
     subgroups: dict | None = None  # classify.subgroups.subgroup_analysis, when config.subgroups asks for it
+    null: dict | None = None  # classify.null.permutation_null, when config.null_permutations > 0
 
     input_key: str = ""  # sha256 of `inputs`: a later command reuses the run while it is unchanged
     inputs: dict = field(default_factory=dict)  # run_inputs(...)
@@ -325,9 +335,17 @@ def plan_runs(config: ClassifyConfig) -> list[RunPlan]:
     held and no file is hashed here). Raises a FeatxError on the first problem. The embeddings'
     finiteness is checked by check_embeddings, for the runs that will be fitted.
     """
+    from featx.classify import external, metadata_floor, null
+
     _check_options(config)
+    null.check_permutations(config.null_permutations)
     # verify: every chunk's checksum and the content sha256, so a damaged cache stops here with the fix
-    headers = [store.read_header(path, verify=True) for path in _find_caches(config)]
+    image_config = metadata_floor.without_floor(config)
+    headers = [
+        store.read_header(path, verify=True)
+        for path in _find_caches(image_config)
+        if path.stem != metadata_floor.METADATA_FLOOR
+    ]
     _check_same_manifest(headers)
     plans = []
     for header in headers:
@@ -345,6 +363,8 @@ def plan_runs(config: ClassifyConfig) -> list[RunPlan]:
         for pooling in poolings:
             for classifier in config.classifiers:
                 plans.append(RunPlan(header.path, header.backbone, pooling, classifier, **facts))
+    plans += metadata_floor.floor_plans(config, headers, RunPlan)
+    external.check_externals(config, plans)
     return plans
 
 
@@ -433,10 +453,11 @@ def planned_fits(plan: RunPlan, config: ClassifyConfig) -> int:
 
 
 def _analysis_fits(config: ClassifyConfig) -> int:
-    """Fits of the chosen configuration after the search: the image-fold audit and the curve's subsamples."""
+    """Fits of the chosen configuration after the search: the image-fold audit, the curve's subsamples and the
+    label-permutation null's refits."""
     audit_fits = config.cv if config.image_cv else 0
     curve_fits = sum(config.efficiency_seeds for fraction in config.train_fractions if fraction < 1.0)
-    return audit_fits + curve_fits
+    return audit_fits + curve_fits + config.null_permutations
 
 
 # ---------------------------------------------------------------- one run
@@ -540,6 +561,22 @@ def fit_run(
         subgroup_results = subgroup_auc.subgroup_analysis(
             y_test, test_score, test_meta, config.subgroups, config.age_bands, config.subgroup_min
         )
+    null_result = None
+    if config.null_permutations:
+        from featx.classify.null import permutation_null
+
+        null_result = permutation_null(
+            search,
+            task,
+            X_train,
+            y_train,
+            groups[rows.train],
+            X_test,
+            y_test,
+            config.null_permutations,
+            seed=config.seed,
+            real_auc=(test_metrics.get("auc") or {}).get("value"),
+        )
     timings = {
         "search_s": selection.search_s,
         "refit_s": float(getattr(search, "refit_time_", 0.0) or 0.0),
@@ -548,6 +585,7 @@ def fit_run(
         "total_s": time.perf_counter() - started_total,
         "n_fits": int(search.n_fits_) + _analysis_fits(config),
         **extra_timings,
+        **({"null_s": null_result["seconds"]} if null_result else {}),
     }
     return FittedRun(
         plan=plan,
@@ -568,6 +606,7 @@ def fit_run(
         audit=run_audit,
         test_meta=test_meta,
         subgroups=subgroup_results,
+        null=null_result,
         input_key=input_key(inputs) if inputs else "",
         inputs=inputs or {},
     )

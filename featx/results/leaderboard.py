@@ -63,6 +63,12 @@ CSV_COLUMNS = (
     "n_train",
     "n_test",
     "test_source",
+    # issue 17 (results/validation.py): the first external set's AUC, the permutation null's p-value
+    "external_set",
+    "external_auc",
+    "external_auc_ci_low",
+    "external_auc_ci_high",
+    "null_p_value",
     "fit_s",
     "total_s",
     "best_params",
@@ -220,6 +226,12 @@ def leaderboard_rows(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def _validation_columns(run: dict) -> dict:
+    from featx.results.validation import leaderboard_columns
+
+    return leaderboard_columns(run)
+
+
 def _row(run: dict, dataset: str, rank: int, mark: tuple[float | None, bool | None]) -> dict:
     test = run.get("test") or {}
     auc = test.get("auc") or {}
@@ -260,6 +272,7 @@ def _row(run: dict, dataset: str, rank: int, mark: tuple[float | None, bool | No
         "n_train": data.get("n_train"),
         "n_test": data.get("n_test"),
         "test_source": data.get("test_source"),
+        **_validation_columns(run),
         "fit_s": sum(fit_parts) if all(v is not None for v in fit_parts) else _number(timings.get("search_s")),
         "total_s": _number(timings.get("total_s")),
         "best_params": run.get("best_params") or {},
@@ -327,7 +340,7 @@ def pixel_floor_sentence(runs: list[dict]) -> str:
 
     ordered = [run for run in sorted(runs, key=_sort_key) if not math.isnan(_test_auc(run))]
     floor = next((run for run in ordered if run["backbone"] == PIXEL_FLOOR), None)
-    best = next((run for run in ordered if run["backbone"] != PIXEL_FLOOR), None)
+    best = next((run for run in ordered if run["backbone"] not in (PIXEL_FLOOR, "metadata")), None)
     if floor is None:
         return (
             "No raw-pixel floor in these runs: extract the pixels backbone (featx extract adds it unless "
@@ -365,12 +378,23 @@ def split_level_sentence(runs: list[dict]) -> str | None:
 
 
 def dataset_sentences(runs: list[dict]) -> dict[str, list[str]]:
-    """Per dataset key, the lines its leaderboard carries: the raw-pixel floor, and the split level when audited."""
+    """Per dataset key, the lines its leaderboard carries: the raw-pixel floor, the metadata-only floor (with its
+    warning when it comes close to the image models) and the split level when audited."""
+    from featx.results.validation import metadata_floor_sentence
+
     by_dataset: dict[str, list[dict]] = {}
     for run in runs:
         by_dataset.setdefault(dataset_key(run), []).append(run)
     return {
-        key: [sentence for sentence in (pixel_floor_sentence(members), split_level_sentence(members)) if sentence]
+        key: [
+            sentence
+            for sentence in (
+                pixel_floor_sentence(members),
+                metadata_floor_sentence(members),
+                split_level_sentence(members),
+            )
+            if sentence
+        ]
         for key, members in by_dataset.items()
     }
 

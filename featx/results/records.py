@@ -146,6 +146,7 @@ def run_record(run: FittedRun, bundle_sha256: str | None = None) -> dict:
         "efficiency": run.efficiency,
         "audit": run.audit,
         "subgroups": run.subgroups,
+        "null": run.null,
         "timings": run.timings,
         "bundle_sha256": bundle_sha256,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -274,6 +275,33 @@ def _check_not_another_cache(record: Path, cache: Path) -> None:
             f"'{record}' holds a run fitted on '{recorded}', not on '{cache}', and a run of another feature file is "
             f"never overwritten; write to another folder with --out, or delete that run's files first."
         )
+
+
+def read_run(path) -> dict:
+    """One run record (results/runs/<run>.json); ResultsError when it is unreadable or not a run record."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ResultsError(f"Run record '{path}' cannot be read ({error}); re-run `featx classify --force`.") from None
+    if not isinstance(record, dict) or any(key not in record for key in RUN_REQUIRED_KEYS):
+        raise ResultsError(f"'{path}' is not a featx run record; re-run `featx classify --force`.")
+    return record
+
+
+def update_run(path, **sections) -> None:
+    """Set (or, with None, remove) optional top-level sections of a run record in place, atomically
+    (issue 17: "external", written after the run by results.validation.score_externals)."""
+    record = read_run(path)
+    for key, value in sections.items():
+        if key in RUN_REQUIRED_KEYS:
+            raise ValueError(f"update_run never rewrites the required key {key!r}")
+        if value is None:
+            record.pop(key, None)
+        else:
+            record[key] = value
+    text = json.dumps(jsonable(record), indent=2, allow_nan=False)
+    atomic_write_bytes(Path(path), text.encode())
 
 
 def clear_runs(results_dir, keep=()) -> None:
