@@ -82,7 +82,7 @@ def test_external_identical_to_internal_test_split_gives_the_same_auc(tmp_path):
     assert row["external_set"] == "same" and row["external_auc"] == pytest.approx(run["test"]["auc"]["value"])
     report = (tmp_path / "results" / "report.html").read_text()
     assert "<h2 id='external'>External validation</h2>" in report and "paired" in report
-    assert (tmp_path / "results" / "plots" / "external_calibration.png").is_file()
+    assert (tmp_path / "results" / "plots" / "external_calibration_tiny.png").is_file()
     # a later command without --external removes the stale section; old records (no key) still load
     classify_command(config_for(tmp_path), quiet_console())
     assert "external" not in run_records(tmp_path)["tiny__avg__logreg"]
@@ -290,3 +290,27 @@ def test_old_records_without_the_new_keys_load(tmp_path):
     html, plots = validation.external_section(runs)
     assert "No external validation" in html and plots == []
     assert "No permutation null" in validation.null_section(runs)
+
+
+# ---------------------------------------------------------------- the demo's second site
+
+
+def test_phantom_site_b_is_a_shifted_acquisition_of_other_patients(tmp_path):
+    from PIL import Image
+
+    from featx.data.manifest import read_manifest
+    from featx.data.synthetic import PhantomParams, existing_phantoms, generate_phantoms
+
+    a = read_manifest(generate_phantoms(tmp_path / "a", n_patients=8, image_size=64, seed=0))
+    b_path = generate_phantoms(tmp_path / "b", n_patients=8, image_size=64, seed=0, site="B")
+    b = read_manifest(b_path)
+    assert "site" not in a.meta and set(b.meta["site"]) == {"B"}
+    assert all(p.startswith("siteb-") for p in b.patient_ids) and not set(a.patient_ids) & set(b.patient_ids)
+    first_a = np.asarray(Image.open(tmp_path / "a" / a.paths[0]), dtype=float)
+    first_b = np.asarray(Image.open(tmp_path / "b" / b.paths[0]), dtype=float)
+    assert first_b.min() > first_a.min() + 10  # the lifted black level: lower contrast
+    corner = first_b[2:8, 64 - 8 : 64 - 2]
+    assert corner.max() > 200  # the burned-in marker
+    params = PhantomParams(8, (2, 5), 64, 0.74, 0.2, 0, site="B")
+    assert existing_phantoms(tmp_path / "b", params) == b_path
+    assert "site" not in PhantomParams(8, (2, 5), 64, 0.74, 0.2, 0).to_json()

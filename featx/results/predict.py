@@ -88,6 +88,11 @@ def backbone_recipe(bundle: dict, bundle_path) -> ModelRecipe:
     from featx.extract.backbones import get_backbone
 
     bundle_path = Path(bundle_path)
+    if bundle["backbone"] == "metadata":  # issue 17: classify/metadata_floor.py
+        raise BundleError(
+            f"Model bundle '{bundle_path}' is the metadata-only floor: it predicts from manifest metadata columns, "
+            "not from images; predict with the bundle of an image backbone's run."
+        )
     try:
         spec = get_backbone(bundle["backbone"])
     except BackboneError:

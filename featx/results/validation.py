@@ -239,7 +239,7 @@ def _fmt(value, digits: int = 3) -> str:
 
 def external_section(ranked: list[dict]) -> tuple[str, list[tuple[str, bytes]]]:
     """The report's "External validation" section and its plots [(file name, png)]: one row per run and
-    external set; the reliability plot of the best run with an external section."""
+    external set; a reliability plot (internal vs each external set) of each feature file's best run."""
     with_external = [run for run in ranked if run.get("external")]
     if not with_external:
         return (
@@ -310,21 +310,28 @@ def external_section(ranked: list[dict]) -> tuple[str, list[tuple[str, bytes]]]:
         "set would have chosen (same rule) is shown for comparison only. ECE: expected calibration error over 10 "
         "equal-width bins.</p>"
     )
-    plots: list[tuple[str, bytes]] = []
-    best = with_external[0]
-    png = _reliability_png(best, best["external"])
-    figure = ""
-    if png is not None:
-        import base64
+    import base64
 
-        name = "external_calibration.png"
+    from featx.results.leaderboard import features_name
+
+    plots: list[tuple[str, bytes]] = []
+    best_of_file: dict[str, dict] = {}
+    for run in with_external:  # ranked: the first run of each feature file is its best
+        best_of_file.setdefault(features_name(run), run)
+    figures = []
+    for features, run in best_of_file.items():
+        png = _reliability_png(run, run["external"])
+        if png is None:
+            continue
+        name = f"external_calibration_{''.join(c if c.isalnum() or c in '-_.' else '_' for c in features)}.png"
         plots.append((name, png))
-        figure = (
-            f"<div class='plots'><figure><img alt='calibration internal vs external' "
+        figures.append(
+            f"<figure><img alt='calibration internal vs external, {_e(run['run_id'])}' "
             f"src='data:image/png;base64,{base64.b64encode(png).decode('ascii')}'>"
-            f"<figcaption>Calibration of {_e(best['run_id'])}, internal test vs external — plots/{name}"
-            "</figcaption></figure></div>"
+            f"<figcaption>Calibration of {_e(run['run_id'])} (best of {_e(features)}), internal test vs external "
+            f"— plots/{_e(name)}</figcaption></figure>"
         )
+    figure = f"<div class='plots'>{''.join(figures)}</div>" if figures else ""
     return note + table + figure, plots
 
 
