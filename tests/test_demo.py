@@ -20,9 +20,12 @@ def test_quick_demo_end_to_end_with_a_predict_round_trip(tmp_path, capsys):
     assert "RANDOM-INIT WEIGHTS" in out and "featx predict --model" in out
     rows = list(csv.DictReader((results / "leaderboard.csv").open()))
     assert {r["classifier"] for r in rows} == {"logreg", "xgboost", "dense"}
-    assert {r["backbone"] for r in rows} == {"pixels", "tiny"}  # the raw-pixel floor is on every demo leaderboard
+    # the raw-pixel and metadata-only floors are on every demo leaderboard
+    assert {r["backbone"] for r in rows} == {"pixels", "tiny", "metadata"}
+    assert all(r["external_set"] == "site-B" and r["external_auc"] for r in rows)  # issue 17: site B, every run
     report = (results / "report.html").read_text()
     assert "RANDOM-INIT WEIGHTS" in report and report.count("data:image/png;base64,") >= 4
+    assert "<h2 id='external'>External validation</h2>" in report and "<h2 id='claim'>CLAIM checklist" in report
     assert "manifest check of" in report  # the demo passes its manifest to the report's data checks
     assert "Raw-pixel floor: pixels/avg/" in report and "CV AUC, image folds" in report
     assert "efficiency_test_auc.png" in report and "near_duplicates_pixels.png" in report  # thumbnails: images found
@@ -32,6 +35,7 @@ def test_quick_demo_end_to_end_with_a_predict_round_trip(tmp_path, capsys):
         assert [p["fraction"] for p in run["efficiency"]["points"]] == [0.1, 0.3, 1.0]
         assert run["audit"]["exact_duplicates"]["n_hashed"] == run["audit"]["near_duplicates"]["n_rows"]
         assert run["audit"]["split_levels"]["image"]["auc_mean"] is not None
+        assert run["external"]["site-B"]["auc"]["value"] is not None and len(run["null"]["aucs"]) == 2
 
     run = json.loads((results / "runs" / "tiny__avg__xgboost.json").read_text())
     test_images = [str(workdir / "data" / rel) for rel in run["test_predictions"]["ids"]]

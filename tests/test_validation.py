@@ -314,3 +314,11 @@ def test_phantom_site_b_is_a_shifted_acquisition_of_other_patients(tmp_path):
     params = PhantomParams(8, (2, 5), 64, 0.74, 0.2, 0, site="B")
     assert existing_phantoms(tmp_path / "b", params) == b_path
     assert "site" not in PhantomParams(8, (2, 5), 64, 0.74, 0.2, 0).to_json()
+
+
+def test_predict_refuses_a_metadata_floor_bundle_in_one_sentence(tmp_path):
+    from featx.errors import BundleError
+    from featx.results.predict import backbone_recipe
+
+    with pytest.raises(BundleError, match="metadata-only floor"):
+        backbone_recipe({"backbone": "metadata", "pooling": "avg", "image_size": [32, 32]}, tmp_path / "m.joblib")

@@ -41,9 +41,17 @@ def _join(values) -> str:
     return ", ".join(values) if values else "–"
 
 
+def _counts(counts) -> str:
+    return ", ".join(f"{name} {n}" for name, n in (counts or {}).items()) or "–"
+
+
+def _number(value) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"
+
+
 def checklist(ranked: list[dict]) -> list[tuple[str, str, str]]:
     """(item, what featx recorded, source) for the runs of a results folder, best run first."""
-    from featx.results.leaderboard import format_params
+    from featx.results.leaderboard import format_auc, format_params
 
     if not ranked:
         return []
@@ -71,8 +79,8 @@ def checklist(ranked: list[dict]) -> list[tuple[str, str, str]]:
         ("Data: manifest", f"sha256 {best.get('manifest_sha256')}", "run record manifest_sha256"),
         (
             "Data: images and classes",
-            f"task {best.get('task')}; classes {_join(classes)}; training {counts.get('train')}, test "
-            f"{counts.get('test')}",
+            f"task {best.get('task')}; classes {_join(classes)}; training {_counts(counts.get('train'))}; test "
+            f"{_counts(counts.get('test'))}",
             "run record data.class_counts",
         ),
         (
@@ -113,13 +121,14 @@ def checklist(ranked: list[dict]) -> list[tuple[str, str, str]]:
         ),
         (
             "Evaluation: metrics",
-            f"best test ROC AUC {auc.get('value')} [{auc.get('ci_low')}, {auc.get('ci_high')}] ({auc.get('method')}); "
+            f"best test ROC AUC {format_auc(auc.get('value'), auc.get('ci_low'), auc.get('ci_high'))} "
+            f"({auc.get('method')} 95% CI); "
             "sensitivity, specificity, PPV, NPV, PR AUC, Brier in the run records",
             "run record test",
         ),
         (
             "Evaluation: threshold",
-            f"{threshold.get('rule')} on out-of-fold predictions: {threshold.get('value')}",
+            f"{threshold.get('rule')} on out-of-fold predictions: {_number(threshold.get('value'))}",
             "run record threshold",
         ),
         (
