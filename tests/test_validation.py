@@ -322,3 +322,33 @@ def test_predict_refuses_a_metadata_floor_bundle_in_one_sentence(tmp_path):
 
     with pytest.raises(BundleError, match="metadata-only floor"):
         backbone_recipe({"backbone": "metadata", "pooling": "avg", "image_size": [32, 32]}, tmp_path / "m.joblib")
+
+
+@pytest.mark.parametrize(
+    "kind", [dict(n_classes=3), dict(multilabel=True, n_classes=3)], ids=["multiclass", "multilabel"]
+)
+def test_external_and_null_for_multiclass_and_multilabel_runs(tmp_path, kind):
+    from cachefactory import write_signal_cache
+
+    write_signal_cache(tmp_path / "features" / "tiny.h5", **kind)
+    write_signal_cache(tmp_path / "ext" / "tiny.h5", seed=4, feature_seed=5, **kind)
+    config = config_for(tmp_path, externals=(("b", tmp_path / "ext"),), external_split="all", null_permutations=2)
+    classify_command(config, quiet_console())
+    run = run_records(tmp_path)["tiny__avg__logreg"]
+    section = run["external"]["b"]
+    assert section["auc"]["value"] > 0.7 and section["difference"]["kind"] == "unpaired"
+    assert len(run["null"]["aucs"]) == 2
+
+
+def test_a_null_left_off_keeps_the_input_key_of_runs_fitted_before_it_existed(tmp_path):
+    from featx.classify.stage import input_key, plan_runs, run_inputs
+
+    write_dataset(tmp_path / "features" / "tiny.h5")
+    config = config_for(tmp_path)
+    plan = plan_runs(config)[0]
+    inputs = run_inputs(plan, config, "hash")
+    assert "null_permutations" not in inputs["settings"]
+    with_null = run_inputs(plan, config_for(tmp_path, null_permutations=3), "hash")
+    assert with_null["settings"]["null_permutations"] == 3 and input_key(with_null) != input_key(inputs)
+    externals = run_inputs(plan, config_for(tmp_path, externals=(("x", tmp_path),)), "hash")
+    assert input_key(externals) == input_key(inputs)  # an external set never refits a run

@@ -50,6 +50,8 @@ INPUT_KEY_VERSION = 1
 NOT_INPUTS = ("features_dir", "out_dir", "backbones", "classifiers", "poolings", "n_jobs", "force", "engine")
 # issue 17: which external sets score the saved models and whether the metadata floor runs (not what a run's fit holds)
 NOT_INPUTS += ("externals", "external_split", "label_map", "metadata_floor")
+# settings added after input keys existed: at these values they are left out of the key (old runs stay reusable)
+LATE_INPUT_DEFAULTS = {"null_permutations": 0}
 
 
 @dataclass(frozen=True)
@@ -418,7 +420,7 @@ def run_inputs(plan: RunPlan, config: ClassifyConfig, content_hash: str) -> dict
     settings = {
         item.name: _describe(getattr(config, item.name))
         for item in dataclasses.fields(config)
-        if item.name not in NOT_INPUTS
+        if item.name not in NOT_INPUTS and not _at_late_default(config, item.name)
     }
     return {
         "input_key_version": INPUT_KEY_VERSION,
@@ -435,6 +437,12 @@ def run_inputs(plan: RunPlan, config: ClassifyConfig, content_hash: str) -> dict
         "settings": settings,
         "versions": library_versions(),
     }
+
+
+def _at_late_default(config: ClassifyConfig, name: str) -> bool:
+    """A setting added after runs were first keyed, left at the default that means "as before": left out of the
+    key, so a run fitted before the setting existed is still reused."""
+    return name in LATE_INPUT_DEFAULTS and getattr(config, name) == LATE_INPUT_DEFAULTS[name]
 
 
 def input_key(inputs: dict) -> str:
