@@ -352,3 +352,23 @@ def test_a_null_left_off_keeps_the_input_key_of_runs_fitted_before_it_existed(tm
     assert with_null["settings"]["null_permutations"] == 3 and input_key(with_null) != input_key(inputs)
     externals = run_inputs(plan, config_for(tmp_path, externals=(("x", tmp_path),)), "hash")
     assert input_key(externals) == input_key(inputs)  # an external set never refits a run
+
+
+def test_the_python_api_takes_external_sets_as_a_mapping(tmp_path):
+    import featx
+
+    write_dataset(tmp_path / "features" / "tiny.h5")
+    shutil.copytree(tmp_path / "features", tmp_path / "same")
+    featx.classify(
+        tmp_path / "features",
+        out=tmp_path / "results",
+        classifiers="logreg",
+        verbose=False,
+        cv=3,
+        quick=True,
+        n_jobs=1,
+        image_cv=False,
+        externals={"same": str(tmp_path / "same")},
+        label_map="NORMAL=NORMAL",
+    )
+    assert run_records(tmp_path)["tiny__avg__logreg"]["external"]["same"]["difference"]["kind"] == "paired"

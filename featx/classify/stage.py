@@ -47,11 +47,15 @@ HOLDOUT_FRACTION = 0.2
 # Part of every run's input key: bump it when how a run is fitted changes in a way its other inputs do not show.
 INPUT_KEY_VERSION = 1
 # ClassifyConfig fields that name which runs to do or how fast, not what a run's record holds: not input-key parts
-NOT_INPUTS = ("features_dir", "out_dir", "backbones", "classifiers", "poolings", "n_jobs", "force", "engine")
+NOT_INPUTS = ("features_dir", "out_dir", "backbones", "classifiers", "poolings", "n_jobs", "force", "engine", "mlflow")
 # issue 17: which external sets score the saved models and whether the metadata floor runs (not what a run's fit holds)
 NOT_INPUTS += ("externals", "external_split", "label_map", "metadata_floor")
 # settings added after input keys existed: at these values they are left out of the key (old runs stay reusable)
 LATE_INPUT_DEFAULTS = {"null_permutations": 0}
+
+
+ExternalSets = tuple[tuple[str, Path], ...]  # ((name, features folder), ...)
+LabelMap = tuple[tuple[str, str], ...]  # ((external class, internal class), ...)
 
 
 @dataclass(frozen=True)
@@ -78,11 +82,14 @@ class ClassifyConfig:
     force: bool = False  # fit every run, even one whose inputs are unchanged since it was saved
     # issue 17 (classify/external.py, metadata_floor.py, null.py): external sets ((name, features folder), ...)
     # scored by each saved model, their rows ("test" | "all"), external -> internal class names
-    externals: tuple[tuple[str, Path], ...] = ()
+    # (the API may also pass {name: folder} / "NAME=DIR" and {ext: int} / "EXT=INT,...": external.externals_of and
+    # label_map_of read every form; the aliases keep featx.api from coercing them to a tuple of names)
+    externals: ExternalSets = ()
     external_split: str = "test"
-    label_map: tuple[tuple[str, str], ...] = ()
+    label_map: LabelMap = ()
     metadata_floor: bool = True  # the `metadata` floor runs whenever the caches carry manifest metadata columns
     null_permutations: int = 0  # label-permutation null: refits of the chosen configuration per run (0: none)
+    mlflow: str | None = None  # MLflow tracking URI the results stage logs each run to (results/tracking.py)
 
 
 @dataclass(frozen=True)

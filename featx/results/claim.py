@@ -42,7 +42,13 @@ def _join(values) -> str:
 
 
 def _counts(counts) -> str:
-    return ", ".join(f"{name} {n}" for name, n in (counts or {}).items()) or "–"
+    if isinstance(counts, dict):
+        return ", ".join(f"{name} {n}" for name, n in counts.items()) or "–"
+    return "–" if counts in (None, "", []) else str(counts)
+
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def _number(value) -> str:
@@ -56,11 +62,11 @@ def checklist(ranked: list[dict]) -> list[tuple[str, str, str]]:
     if not ranked:
         return []
     best = ranked[0]
-    data = best.get("data") or {}
-    config = best.get("config") or {}
-    versions = best.get("versions") or {}
+    data = _dict(best.get("data"))
+    config = _dict(best.get("config"))
+    versions = _dict(best.get("versions"))
     classes = best.get("classes") or []
-    counts = data.get("class_counts") or {}
+    counts = _dict(data.get("class_counts"))
     failures = sum(int((run.get("data") or {}).get("n_failed_images_dropped") or 0) for run in ranked[:1])
     backbones = Counter(run.get("backbone") for run in ranked)
     weights = _join(f"{run.get('backbone')}: {run.get('weights')}" for run in ranked)
@@ -68,8 +74,8 @@ def checklist(ranked: list[dict]) -> list[tuple[str, str, str]]:
     audited = [run for run in ranked if (run.get("audit") or {}).get("near_duplicates")]
     external = sorted({name for run in ranked for name in (run.get("external") or {})})
     nulls = [run for run in ranked if run.get("null")]
-    threshold = best.get("threshold") or {}
-    auc = (best.get("test") or {}).get("auc") or {}
+    threshold = _dict(best.get("threshold"))
+    auc = _dict(_dict(best.get("test")).get("auc"))
     split_text = (
         "manifest split column (train/val/test), patients kept on one side"
         if data.get("test_source") == "manifest"

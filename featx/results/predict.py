@@ -270,6 +270,27 @@ def predict_paths(
     return rows
 
 
+def predict_embeddings(bundle: dict, X: np.ndarray) -> list[dict]:
+    """One dict per embedding row: p_<class> per class and predicted_label, as predict_paths gives for images.
+
+    `X` must be made like the run's embeddings (same backbone, weights, size and pooling); its width is checked.
+    """
+    classes = [str(c) for c in bundle["classes"]]
+    X = np.asarray(X, dtype=np.float32)
+    width = getattr(bundle["estimator"], "n_features_in_", None)
+    if X.ndim != 2 or (width is not None and X.shape[1] != int(width)):
+        raise FeatxError(
+            f"The embeddings have shape {X.shape}, but {bundle['run_id']} takes (n, {width}) rows of "
+            f"{bundle['backbone']} / {bundle['pooling']} embeddings."
+        )
+    proba = class_probabilities(bundle["estimator"], X, bundle["task"])
+    labels = _labels(bundle, proba)
+    return [
+        {**{f"p_{c}": float(proba[i, k]) for k, c in enumerate(classes)}, "predicted_label": labels[i]}
+        for i in range(len(labels))
+    ]
+
+
 def _records(paths, start, ok, proba, labels, classes, reasons) -> list[dict]:
     records, done = [], 0
     for row, read in enumerate(ok, start=start):

@@ -315,6 +315,18 @@ def _roc_plot(group: str, runs: list[dict], random_weights: bool, where) -> _Plo
     )
 
 
+def run_roc_png(run: dict) -> bytes | None:
+    """One run's ROC curve alone as PNG bytes (the report's ROC plot; MLflow's roc.png artifact), None without
+    test predictions to draw."""
+    from types import SimpleNamespace
+
+    import matplotlib
+
+    with matplotlib.rc_context(LITERAL_TEXT):
+        plot = _roc_plot(str(run.get("run_id")), [run], _is_random(run), SimpleNamespace(suffix="", tag=""))
+    return None if plot is None else plot.png
+
+
 def _per_class_roc_plot(run: dict, random_weights: bool) -> _Plot | None:
     from sklearn.metrics import roc_curve
 

@@ -59,6 +59,9 @@ def score_externals(config, paths, console=None) -> int:
         model = records.load_bundle(records.bundle_path(Path(path).parent.parent, record["run_id"]))
         estimator, task, classes = model["estimator"], record["task"], [str(c) for c in record["classes"]]
         feature_path = Path(record.get("feature_path") or record["feature_file"])
+        here = Path(config.features_dir) / feature_path.name
+        if here.is_file():  # a moved project folder: the cache the run was just planned on (records.py reuses it)
+            feature_path = here
         predictions = record.get("test_predictions") or {}
         internal_y = np.asarray(predictions.get("y_true", []))
         internal_score = np.asarray(predictions.get("score", []), dtype=float)
