@@ -132,6 +132,29 @@ def _duplicate_paths_warning(paths: Sequence[str]) -> str | None:
     )
 
 
+def _unwindowed_dicom_warning(paths: Sequence, pending: Sequence[_Job], data_root) -> str | None:
+    """With `--dicom-window file`, how many DICOM rows have no window and so are scaled to the full range of
+    their stored bits (a 16-bit CT or RT dose whose values fill a sliver of it comes out almost flat), and what
+    to pass instead. Header-only reads of the DICOM rows of a local data root, and only when some cache is to
+    be written (`pending`; hits have nothing to warn about); None when every DICOM row has a window."""
+    from featx.data import dicom
+    from featx.data.manifest import RASTER_SUFFIXES
+
+    if not pending or pending[0].attrs["dicom_window"] != "file" or data_root.filesystem is not None:
+        return None
+    dicom_paths = [path for path in paths if dicom.is_dicom_path(path, RASTER_SUFFIXES)]
+    flat = [path for path in dicom_paths if dicom.window_source(path) == "stored bits"]
+    if not flat:
+        return None
+    return (
+        f"{len(flat)} of {len(dicom_paths)} DICOM rows have no window (no VOI LUT, no WindowCenter/WindowWidth; "
+        f"e.g. {Path(flat[0]).name}): with --dicom-window file they are scaled to the full range of their stored "
+        "bits, which can leave an image almost flat (a 16-bit CT or dose map filling a sliver of it); "
+        "--dicom-window minmax (each image's own range) or percentile (its 0.5th–99.5th percentiles) scales "
+        "each image to its content."
+    )
+
+
 def _extract_args(
     config: ExtractConfig, spec, info, size, poolings, manifest_path: Path, data_root: str, limit, dicom_window: str
 ):
@@ -310,6 +333,9 @@ def run_extract(config: ExtractConfig, console=None) -> list[ExtractSummary]:
             console.print(f"[green]{job.spec.name}[/]: cache hit, {job.path} {how} (nothing to do).", soft_wrap=True)
         else:
             pending.append(job)
+    unwindowed = _unwindowed_dicom_warning(paths, pending, data_root)
+    if unwindowed:
+        console.print(f"[yellow]warning[/]: {unwindowed}", soft_wrap=True)
 
     groups: dict[tuple, list[_Job]] = {}
     for job in pending:

@@ -308,16 +308,42 @@ def _records(paths, start, ok, proba, labels, classes, reasons) -> list[dict]:
     return records
 
 
+PROBABILITY_DECIMALS = 6  # the CSV's probabilities and threshold: 0.000002, not 1.5497207641601562e-06
+
+
+def _decimal(value: float) -> str:
+    return f"{value:.{PROBABILITY_DECIMALS}f}"
+
+
+def threshold_text(bundle: dict) -> str:
+    """The rule behind predicted_label, as the CSV's `threshold` column says it: binary, the cut on
+    p_<positive class> (label = positive class when p >= it); multi-label, the cut of each class in class
+    order joined by '|' (one number when they share it); multi-class, 'argmax' (the most probable class)."""
+    task = bundle["task"]
+    if task == "multiclass":
+        return "argmax"
+    if task == "binary":
+        value = _threshold_value(bundle["threshold"])
+        return _decimal(0.5 if value is None else value)
+    thresholds = bundle["threshold"]
+    if isinstance(thresholds, dict):
+        thresholds = thresholds.get("value")
+    values = np.atleast_1d(np.asarray(0.5 if thresholds is None else thresholds, dtype=float))
+    return "|".join(_decimal(v) for v in values)
+
+
 def _csv_text(rows: list[dict], bundle: dict) -> str:
+    """CSV columns: path, p_<class>..., predicted_label, threshold (threshold_text), error, model, weights."""
     buffer = io.StringIO()
-    columns = [*rows[0].keys(), "model", "weights"]
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    keys = list(rows[0].keys())
+    columns = [*keys[: keys.index("predicted_label") + 1], "threshold", *keys[keys.index("predicted_label") + 1 :]]
+    writer = csv.DictWriter(buffer, fieldnames=[*columns, "model", "weights"], lineterminator="\n")
     writer.writeheader()
     weights = "random-init" if bundle["weights"] == "random" else bundle["weights"]
+    threshold = threshold_text(bundle)
     for row in rows:
-        writer.writerow(
-            {**{k: ("" if v is None else v) for k, v in row.items()}, "model": bundle["run_id"], "weights": weights}
-        )
+        cells = {k: ("" if v is None else _decimal(v) if isinstance(v, float) else v) for k, v in row.items()}
+        writer.writerow({**cells, "threshold": threshold, "model": bundle["run_id"], "weights": weights})
     return buffer.getvalue()
 
 
