@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featx.errors import CacheError
 from featx.extract import store
 
 METADATA_FLOOR = "metadata"
@@ -212,7 +213,10 @@ def floor_plans(config, headers, plan_type) -> list:
     if not getattr(config, "metadata_floor", True) or not headers:
         return []
     source = headers[0]
-    path = build_floor_cache(config.features_dir, source.path)
+    try:
+        path = build_floor_cache(config.features_dir, source.path)
+    except (OSError, CacheError):  # a read-only features folder, or another command writing it: no floor this time
+        return []
     if path is None:
         return []
     from featx.classify.scoring import task_for
