@@ -330,7 +330,7 @@ def _run_group(group, config, size, resize_mode, paths, rows: _Rows, console, de
     from featx.data import dicom
     from featx.engines import get_engine
     from featx.engines.shards import shard_dir
-    from featx.engines.work import EmbedRequest, ModelRecipe
+    from featx.extract.work import EmbedRequest, ModelRecipe
 
     engine = get_engine(config.engine)
     versions = _versions()

@@ -20,9 +20,9 @@ import numpy as np
 
 from featx.classify.scoring import class_probabilities
 from featx.engines import LOCAL, EngineConfig
-from featx.engines.work import ModelRecipe
 from featx.errors import BackboneError, BundleError, FeatxError, WeightsError
 from featx.extract.backbones import RANDOM_BANNER
+from featx.extract.work import ModelRecipe
 from featx.files import atomic_write_bytes, missing_reason, walk_files
 from featx.results.records import load_bundle
 
@@ -225,7 +225,7 @@ def predict_paths(
 
     from featx.data.dicom import DEFAULT_WINDOW
     from featx.engines import get_engine
-    from featx.engines.work import EmbedRequest
+    from featx.extract.work import EmbedRequest
 
     bundle_path = Path(bundle_path)
     if bundle is None:
