@@ -40,6 +40,12 @@ class ModelRecipe:
         from featx.extract.forward import forward_step
 
         spec = backbones.get_backbone(self.backbone)
+        if spec.source == "onnx":
+            from featx.extract.onnx import onnx_forward
+
+            predict = onnx_forward(spec, self.weights, self.image_size, self.poolings)
+            predict(np.zeros((1, *self.image_size, 3), dtype=np.float32))
+            return predict
         model = backbones.create_backbone(
             spec, self.weights, self.image_size, self.poolings, mixed_precision=self.mixed_precision
         )
