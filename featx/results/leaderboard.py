@@ -368,7 +368,7 @@ def foundation_sentence(runs: list[dict]) -> str | None:
     """What the best foundation-model run (self-supervised ViT or medical foundation) adds over the best ImageNet
     CNN run and over the best floor run of one dataset, in one sentence; None without a foundation run."""
     ordered = [run for run in sorted(runs, key=_sort_key) if not math.isnan(_test_auc(run))]
-    best = {}
+    best: dict[str, dict] = {}
     for run in ordered:
         group = backbone_group(run)
         key = "foundation" if group in FOUNDATION_GROUPS else group
