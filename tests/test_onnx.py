@@ -14,10 +14,10 @@ from rich.console import Console
 pytest.importorskip("onnxruntime", reason="the featx[onnx] extra is not installed")
 pytest.importorskip("onnx", reason="the onnx package builds the test model")
 
-from featx.cli import main  # noqa: E402
-from featx.data.synthetic import generate_phantoms  # noqa: E402
-from featx.extract import backbones  # noqa: E402
-from featx.extract.stage import ExtractConfig, run_extract  # noqa: E402
+from featx.cli import main
+from featx.data.synthetic import generate_phantoms
+from featx.extract import backbones
+from featx.extract.stage import ExtractConfig, run_extract
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -69,8 +69,15 @@ def test_an_onnx_file_embeds_like_the_same_network_in_keras(tmp_path):
     spec = backbones.get_backbone(name)
     assert spec.group == "ONNX" and spec.channels == 8 and spec.native_size == 32 and spec.vector_output
     summary = run_extract(
-        ExtractConfig(backbones=(name,), manifest=manifest, data_root=manifest.parent, out_dir=tmp_path / "f",
-                      weights="pretrained", batch_size=4, workers=1),  # fmt: skip
+        ExtractConfig(
+            backbones=(name,),
+            manifest=manifest,
+            data_root=manifest.parent,
+            out_dir=tmp_path / "f",
+            weights="pretrained",
+            batch_size=4,
+            workers=1,
+        ),
         Console(file=io.StringIO()),
     )[0]
     assert summary.path.name == "onnx-tiny.h5"
