@@ -581,8 +581,9 @@ def _add_demo(sub) -> None:
     )
     p.add_argument(
         "--backbones",
-        default="pixels,mobilenetv3small,resnet50",
-        help="comma-separated backbones (default: the raw-pixel floor and two CNNs; --quick: pixels,tiny)",
+        default="pixels,mobilenetv3small,resnet50,tiny-vit",
+        help="comma-separated backbones (default: the raw-pixel floor, two CNNs and a tiny random ViT; --quick: "
+        "pixels,tiny,tiny-vit)",
     )
     p.add_argument("--classifiers", default="logreg,xgboost,dense")
     p.add_argument("--patients", type=_positive_int, default=120, help="synthetic patients (default 120)")
@@ -630,6 +631,14 @@ def _add_bench_extract(bsub) -> None:
     p.add_argument("--source-size", type=_positive_int, default=1500, help="generated JPEG side in pixels")
     _add_batch_size(p)
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    p.add_argument(
+        "--models",
+        nargs="?",
+        const="",
+        default=None,
+        help="compare forward img/s and peak RSS of NAME[@SIZE] models, each in a fresh process, batch size chosen "
+        "per model (default resnet50@224,dinov2-small@224,dinov2-base@224,rad-dino@518; --images: images each)",
+    )
     # --engine ray: the Ray engine against the local engine (featx/bench/engines.py)
     _add_engine_options(p)
     p.add_argument("--manifest", type=Path, default=None, help="--engine ray: real images instead of generated JPEGs")
@@ -642,6 +651,16 @@ def _add_bench_extract(bsub) -> None:
 
 
 def _cmd_bench_extract(args):
+    if args.models is not None:
+        from featx.bench.models import bench_models_command
+
+        bench_models_command(
+            _csv_list(args.models),
+            n_images=max(int(n) for n in _csv_list(args.images)),
+            batch_size=None,
+            console=_console(),
+        )
+        return
     if args.engine != "local":
         from featx.bench.engines import bench_engines_command
 

@@ -251,3 +251,25 @@ def test_an_unknown_source_is_refused_and_no_hub_module_is_imported_by_the_regis
         backbones.get_backbone("rad-dinoo")
     with pytest.raises(WeightsError, match="takes --weights pretrained"):
         backbones.resolve_weights("imagenett", 0, "rad-dino")
+
+
+@pytest.mark.ray
+def test_the_ray_engine_embeds_a_hub_preset_bit_identical_to_the_local_engine(ray_cluster, phantoms, tmp_path):
+    from featx.engines import EngineConfig
+
+    preset = hubfactory.keras_preset(tmp_path / "p")
+    local = extract(phantoms, tmp_path / "local", str(preset))
+    ray = extract(phantoms, tmp_path / "ray", str(preset), engine=EngineConfig("ray", range_rows=8))
+    want, got = read(local.path), read(ray.path)
+    for pooling in TOKENS:
+        assert want[0][pooling].tobytes() == got[0][pooling].tobytes(), pooling
+    assert want[1]["weights_sha256"] == got[1]["weights_sha256"] and want[1]["preprocess"] == got[1]["preprocess"]
+
+
+def test_the_model_bench_chooses_a_batch_that_keeps_long_token_sequences_in_memory():
+    from featx.bench.models import batch_for, parse_models
+
+    assert parse_models(["rad-dino@518", "resnet50"]) == [("rad-dino", 518), ("resnet50", None)]
+    assert batch_for(backbones.get_backbone("resnet50"), 224) == 32
+    small = batch_for(backbones.get_backbone("rad-dino"), 518)
+    assert 1 <= small < batch_for(backbones.get_backbone("rad-dino"), 224) <= 32 and small <= 4

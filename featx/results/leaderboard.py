@@ -384,7 +384,9 @@ def foundation_sentence(runs: list[dict]) -> str | None:
             parts.append(f"no {what.removeprefix('the ')} run to compare")
             continue
         gain = _test_auc(top) - _test_auc(other)
-        parts.append(f"{gain:+.3f} over {what} {_run_name(other)} ({_auc_ci_text(other)}{_paired_p(top, other)})")
+        parts.append(
+            f"{gain:+.3f} AUC against {what} {_run_name(other)} ({_auc_ci_text(other)}{_paired_p(top, other)})"
+        )
     return (
         f"Foundation models: the best, {_run_name(top)}{random_note} ({backbone_group(top)}, "
         f"{_auc_ci_text(top)}), is {' and '.join(parts)}."
