@@ -981,9 +981,8 @@ def _hub_model(spec: BackboneSpec, weights: WeightsInfo, size: tuple[int, int], 
         network.trainable = False
         inputs = keras.Input(shape=(*size, 3), dtype="float32", name="image_rgb")
         x = _hub_layers()[0](scale, offset, name="preprocess", dtype="float32")(inputs)
-        with warnings.catch_warnings():  # keras-hub backbones name their input "images"; a plain tensor is fine
-            warnings.filterwarnings("ignore", message="The structure of `inputs`")
-            features = network(x, training=False)
+        named = isinstance(network.input, dict)  # DINOv2/DINOv3 take {"images": x}; ViT and timm CNNs a tensor
+        features = network({"images": x} if named else x, training=False)
         if spec.tokens:
             token_pooling = _hub_layers()[1]
             outputs = {

@@ -177,9 +177,6 @@ def _plan(config: ExtractConfig):
     if not poolings:
         raise BackboneError(f"No pooling given; pass --pooling with some of {list(backbones.POOLINGS)}.")
     poolings = tuple(backbones.check_pooling(p) for p in poolings)
-    if not any(p in spec.poolings for spec in specs for p in poolings):
-        names_ = ", ".join(spec.name for spec in specs)
-        raise BackboneError(f"None of the poolings {list(poolings)} applies to {names_}; see `featx backbones`.")
     images.check_resize_mode(config.resize_mode)
     dicom.check_window(config.dicom_window)
     if int(config.batch_size) < 1:
