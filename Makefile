@@ -4,17 +4,20 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 FEATX  := $(BIN)/featx
 
-# Variables (`make help` lists them from the "#:" lines). Defaults point at the generated demo dataset so
-# `make extract && make classify` work out of the box; an empty variable leaves the CLI's default.
+# Variables (`make help` lists them from the "#:" lines); an empty variable leaves the CLI's default. Nothing but
+# `make demo` and `make data` touches the demo dataset: extract needs manifest= and data= (or local.mk), so a
+# forgotten manifest= can never write demo rows over a cache of your own images.
+# Values you set once: put lines such as `manifest = my.csv` and `data = /path/to/images` in local.mk (git-ignored).
+-include local.mk
 #: backbone=vgg16           extract: backbone name(s), comma-separated (--backbone)
 #: weights=auto             extract: imagenet, random, auto or a weights file (--weights)
-#: manifest=CSV             extract: manifest CSV, default demo/data/manifest.csv (--manifest)
-#: data=DIR                 extract: folder the manifest paths are relative to, default demo/data (--data-root)
+#: manifest=CSV             extract: manifest CSV of your images, required (or in local.mk) (--manifest)
+#: data=DIR                 extract: folder the manifest paths are relative to, required (or in local.mk) (--data-root)
 #: features=features        extract: output folder; classify: the folder of caches it reads (--out / --features)
 #: pooling=avg              extract: poolings, comma-separated (--pooling)
 #: image_size=N             extract: square input size, default the backbone's native (--image-size)
 #: resize_mode=stretch      extract: stretch, pad or crop (--resize-mode)
-#: dicom_window=voi        extract: DICOM grey levels: voi, minmax or percentile (--dicom-window)
+#: dicom_window=file        extract: DICOM grey levels: file (its window), minmax or percentile (--dicom-window)
 #: batch_size=32            extract: images per forward batch (--batch-size)
 #: mixed_precision=1        extract: float16 compute on a GPU (--mixed-precision)
 #: workers=N                extract: decode threads, default one per core (--workers)
@@ -38,6 +41,7 @@ FEATX  := $(BIN)/featx
 #: efficiency_seeds=N       classify: patient subsamples per fraction, default 3 (--efficiency-seeds)
 #: no_image_cv=1            classify: skip the patient- vs image-level CV audit (--no-image-cv)
 #: near_duplicate_threshold=0.99  classify: cosine at which two images are near duplicates (--near-duplicate-threshold)
+#: mlflow=1                 classify: log each run to MLflow in ./mlruns; or mlflow=URI for another store (--mlflow)
 #: engine=ray               extract, classify, predict: run on a Ray cluster instead of this process (--engine)
 #: ray_address=auto         extract, classify, predict: the Ray cluster, auto or HOST:PORT (--ray-address)
 #: ray_actors=N             extract, predict: Ray actors, default one per GPU, else one per CPU (--ray-actors)
@@ -49,8 +53,8 @@ FEATX  := $(BIN)/featx
 #: out=FILE                 predict: CSV to write, default the terminal (--out)
 backbone    ?= vgg16
 weights     ?= auto
-manifest    ?= demo/data/manifest.csv
-data        ?= demo/data
+manifest    ?=
+data        ?=
 features    ?= features
 results     ?= results
 pooling     ?= avg
@@ -85,6 +89,7 @@ train_fraction ?=
 efficiency_seeds ?=
 no_image_cv ?=
 near_duplicate_threshold ?=
+mlflow      ?=
 model       ?=
 images      ?=
 out         ?=
@@ -106,7 +111,8 @@ CLASSIFY_OPTIONS = $(strip $(if $(backbones),--backbone $(backbones)) $(if $(poo
 	$(if $(subgroups),--subgroups $(subgroups)) $(if $(age_bands),--age-bands $(age_bands)) \
 	$(if $(subgroup_min),--subgroup-min $(subgroup_min)) $(if $(train_fraction),--train-fraction $(train_fraction)) \
 	$(if $(efficiency_seeds),--efficiency-seeds $(efficiency_seeds)) $(if $(call yes,$(no_image_cv)),--no-image-cv) \
-	$(if $(near_duplicate_threshold),--near-duplicate-threshold $(near_duplicate_threshold)) $(if $(call yes,$(force)),--force) $(ENGINE_OPTIONS))
+	$(if $(near_duplicate_threshold),--near-duplicate-threshold $(near_duplicate_threshold)) $(if $(call yes,$(force)),--force) $(ENGINE_OPTIONS) \
+	$(if $(call yes,$(mlflow)),--mlflow,$(if $(mlflow),--mlflow $(mlflow))))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 # featx's error messages name these variables instead of the CLI flags they stand for (featx/config.py reads it).
 export FEATX_VIA_MAKE := 1
@@ -121,10 +127,10 @@ help:  ## list every target with its one-line description, then the variables
 $(BIN)/featx: setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,lint,dicom,ray,hub,onnx]'
+	$(BIN)/pip install --quiet -e '.[test,lint,dicom,ray,parquet,mlflow,hub,onnx]'
 	@touch $(BIN)/featx
 
-install: $(BIN)/featx  ## create .venv and install featx with its test, lint, dicom, ray, hub and onnx extras
+install: $(BIN)/featx  ## create .venv and install featx with its test, lint, dicom, ray, parquet, mlflow, hub and onnx extras
 
 lint: install  ## ruff check, ruff format --check and mypy (CI runs this before the tests)
 	$(BIN)/ruff check .
@@ -147,11 +153,12 @@ test-all: install  ## run every test
 demo: install  ## offline end-to-end demo: phantom data -> raw pixels + 2 backbones -> 3 classifiers -> leaderboard + report
 	$(FEATX) demo
 
-data: install  ## generate the phantom dataset only (demo/data), the default for extract/classify
+data: install  ## generate the phantom dataset only (demo/data): make extract manifest=demo/data/manifest.csv data=demo/data
 	$(FEATX) demo --data-only
 
 extract: install  ## stage one: make extract backbone=vgg16 [weights=... manifest=... data=... pooling=... force=1 engine=ray ray_address=auto ...]
-	@if [ "$(manifest)" = "demo/data/manifest.csv" ] && [ ! -f "$(manifest)" ]; then $(FEATX) demo --data-only; fi
+	@missing="$(if $(manifest),,manifest=CSV )$(if $(data),,data=DIR )"; if [ -n "$$missing" ]; then \
+	  echo "make extract: pass $${missing}(the manifest of your images and the folder its paths are relative to, or set them once in local.mk); nothing defaults to the demo data: for it run make data, then make extract manifest=demo/data/manifest.csv data=demo/data." >&2; exit 2; fi
 	$(FEATX) extract --backbone $(backbone) --weights $(weights) --manifest $(manifest) --data-root $(data) --out $(features) --pooling $(pooling) $(EXTRACT_OPTIONS)
 
 classify: install  ## stage two (unchanged runs reused): make classify [classifiers=... backbones=... cv=5 n_jobs=N force=1 poolings=... quick=1 engine=ray ...]
@@ -164,6 +171,8 @@ report: install  ## write results/report.html with plots
 	$(FEATX) report --results $(results)
 
 predict: install  ## predict new images: make predict model=results/models/<run>.joblib images=DIR [out=predictions.csv]
+	@missing="$(if $(model),,model=BUNDLE )$(if $(images),,images=PATHS )"; if [ -n "$$missing" ]; then \
+	  echo "make predict: pass $${missing}(a model bundle from results/models/ and image files, folders or a manifest CSV)." >&2; exit 2; fi
 	$(FEATX) predict --model $(model) $(images) $(if $(out),--out $(out)) $(if $(batch_size),--batch-size $(batch_size)) $(PREDICT_OPTIONS)
 
 bench: install  ## benchmarks: extract (bare forward vs full path, peak RSS), classify (default grids), analyses (audits, curve), compare (vs training on images)

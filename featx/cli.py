@@ -375,14 +375,15 @@ def _add_extract(sub) -> None:
 
 
 def _cmd_extract(args):
-    from featx.extract.stage import ExtractConfig, extract_command, with_pixel_floor
+    from featx.api import extract
 
-    backbones = tuple(b for group in args.backbone for b in _csv_list(group))
-    config = ExtractConfig(
-        backbones=backbones if args.no_pixels else with_pixel_floor(backbones),
-        manifest=args.manifest,
-        data_root=args.data_root,
-        out_dir=args.out,
+    extract(
+        args.manifest,
+        args.data_root,
+        [b for group in args.backbone for b in _csv_list(group)],
+        out=args.out,
+        pixels=not args.no_pixels,
+        verbose=_console(),
         weights=args.weights,
         poolings=_csv_list(args.pooling),
         image_size=args.image_size,
@@ -396,13 +397,21 @@ def _cmd_extract(args):
         limit=args.limit,
         engine=dataclasses.replace(_engine_config(args), shards=args.ray_shards),
     )
-    extract_command(config, console=_console())
 
 
 def _add_classify(sub) -> None:
     p = sub.add_parser("classify", help="stage two: grouped-CV grid search on cached embeddings; test AUC with CIs")
     p.add_argument("--features", type=Path, default=Path("features"), help="folder of <backbone>.h5 caches")
     p.add_argument("--out", type=Path, default=Path("results"), help="results folder (default results/)")
+    p.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="TRACKING_URI",
+        help="log each run to MLflow (needs pip install 'featx[mlflow]'): one MLflow run per featx run, an experiment "
+        "per dataset; default store ./mlruns (a local folder, no server), or a folder or tracking URI",
+    )
     p.add_argument("--backbone", default=None, help="comma-separated backbones (default: every cache found)")
     p.add_argument("--classifier", default="logreg,xgboost,dense", help="comma-separated classifiers")
     p.add_argument("--pooling", default=None, help="comma-separated poolings (default: every pooling cached)")
@@ -469,23 +478,24 @@ def _add_classify(sub) -> None:
 
 
 def _cmd_classify(args):
+    from featx.api import classify
     from featx.classify import audit, efficiency
-    from featx.classify.stage import ClassifyConfig
     from featx.classify.subgroups import parse_age_bands
-    from featx.results.finish import classify_command
 
     threshold = (
         audit.NEAR_DUPLICATE_THRESHOLD if args.near_duplicate_threshold is None else args.near_duplicate_threshold
     )
-    config = ClassifyConfig(
+    classify(
         features_dir=args.features,
-        out_dir=args.out,
+        out=args.out,
+        verbose=_console(),
+        mlflow=args.mlflow,
         backbones=_csv_list(args.backbone) if args.backbone else None,
         classifiers=_csv_list(args.classifier),
         poolings=_csv_list(args.pooling) if args.pooling else None,
         cv=args.cv,
         seed=args.seed,
-        n_jobs=args.n_jobs if args.n_jobs is not None else (-1 if args.engine == "ray" else None),
+        n_jobs=args.n_jobs,  # None: every usable core (with --engine ray, every CPU of the cluster: featx.api)
         threshold_rule=args.threshold_rule,
         val_as_test=args.val_as_test,
         quick=args.quick,
@@ -499,7 +509,25 @@ def _cmd_classify(args):
         subgroup_min=args.subgroup_min,
         engine=_engine_config(args),
     )
-    classify_command(config, console=_console())
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export", help="write one pooling of an embedding cache as Parquet (pandas, polars, DuckDB read it)"
+    )
+    p.add_argument("features", type=Path, help="a features/<backbone>.h5 cache")
+    p.add_argument("--format", default="parquet", help="parquet (default)")
+    p.add_argument("--pooling", default="avg", help="the pooling to export (default avg)")
+    p.add_argument(
+        "-o", "--out", type=Path, default=None, help="file to write (default <cache>.<pooling>.parquet beside it)"
+    )
+    p.set_defaults(handler=_cmd_export)
+
+
+def _cmd_export(args):
+    from featx.extract.export import export_command
+
+    export_command(args.features, args.out, args.format, args.pooling, console=_console())
 
 
 def _add_leaderboard(sub) -> None:
@@ -829,6 +857,7 @@ MAKE_VARIABLES: dict[str, dict[str, str]] = {
         "--ray-cpus-per-actor": "ray_cpus_per_actor=N",
         "--ray-range-rows": "ray_range_rows=N",
         "--ray-shards": "ray_shards=1",
+        "--mlflow": "mlflow=...",
     },
     "extract": {"--backbone": "backbone=NAME", "--out": "features=DIR", "--pooling": "pooling=..."},
     "classify": {"--backbone": "backbones=...", "--out": "results=DIR", "--pooling": "poolings=..."},
@@ -874,6 +903,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_fetch,
         _add_extract,
         _add_classify,
+        _add_export,
         _add_leaderboard,
         _add_report,
         _add_predict,

@@ -39,3 +39,20 @@ def default_workers() -> int:
 def via_make() -> bool:
     """True when the Makefile started featx (it exports FEATX_VIA_MAKE=1): errors then name make variables."""
     return os.environ.get("FEATX_VIA_MAKE") == "1"
+
+
+def featx_command() -> str:
+    """How to type featx in this shell: `featx` when it is on PATH, else the venv's script (`.venv/bin/featx`,
+    relative to the working folder where it can be) or `python -m featx`: printed `Next:` lines must run as shown."""
+    import shutil
+    import sys
+
+    if shutil.which("featx"):
+        return "featx"
+    script = Path(sys.executable).parent / "featx"
+    if script.is_file():
+        try:
+            return str(script.relative_to(Path.cwd()))
+        except ValueError:
+            return str(script)
+    return f"{Path(sys.executable).name} -m featx"

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from featx.config import featx_command
 from featx.data.synthetic import PhantomParams, existing_phantoms, generate_phantoms
 from featx.errors import CacheError, FeatxError, LockError
 from featx.extract.backbones import RANDOM_BANNER
@@ -141,8 +142,8 @@ def demo_command(config: DemoConfig, console) -> None:
     manifest = prepare_data(config, console)
     if config.data_only:
         console.print(
-            f"Data only: next, `featx extract --backbone vgg16 --weights auto --manifest {manifest} "
-            f"--data-root {manifest.parent}` (or `make extract`)."
+            f"Data only: next, `{featx_command()} extract --backbone vgg16 --weights auto --manifest {manifest} "
+            f"--data-root {manifest.parent}` (or `make extract manifest={manifest} data={manifest.parent}`)."
         )
         return
 
@@ -224,6 +225,7 @@ def _print_where_and_next(finished, data_dir: Path, results_dir: Path, total: fl
     example = sorted((data_dir / "test").rglob("*.png"))[:1]
     example_text = str(example[0]) if example else str(data_dir / "test")
     report = finished.report if finished.report is not None else "(not written; see the message above)"
+    featx = featx_command()
     console.print(
         f"\n[bold]Demo finished in {total:.0f} s[/] "
         f"({', '.join(f'{step} {seconds:.0f} s' for step, seconds in timings.items())}).\n"
@@ -231,9 +233,9 @@ def _print_where_and_next(finished, data_dir: Path, results_dir: Path, total: fl
         f"  report       {report}\n"
         f"  best model   {bundle}\n"
         "\nNext:\n"
-        f"  featx predict --model {bundle} {example_text}\n"
-        f"  featx predict --model {bundle} {data_dir / 'test'} --out predictions.csv\n"
-        "  real data: featx fetch kermany --dest data/kermany, then featx extract / featx classify (see README)\n"
+        f"  {featx} predict --model {bundle} {example_text}\n"
+        f"  {featx} predict --model {bundle} {data_dir / 'test'} --out predictions.csv\n"
+        f"  real data: {featx} fetch kermany --dest data/kermany, then {featx} extract / classify (see docs/datasets.md)\n"
         "  ImageNet weights: put Keras's *_notop.h5 files in ~/.keras/models (or run once with network) and "
         "re-run `featx demo`."
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import secrets
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,11 +61,32 @@ def walk_files(folder: Path) -> Iterator[Path]:
                 yield Path(current) / name
 
 
+def _create_temp(folder: Path, prefix: str) -> tuple[int, str]:
+    """A new file in folder opened for writing, mode 0o666 less the umask (what open() would give it).
+
+    tempfile.mkstemp creates its files 0600 whatever the umask, and os.replace keeps that mode, so
+    results written through it could not be read by the group a umask of 022 or 027 lets in.
+    The kernel applies the umask to the mode given here: no process-wide os.umask() call, safe in threads.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        temp = os.path.join(folder, f"{prefix}{secrets.token_hex(6)}")
+        try:
+            return os.open(temp, flags, 0o666), temp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary file name", str(folder))
+
+
 def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    """Write through a temporary file in the same folder, then rename: readers never see half a file.
+
+    The file gets the permissions the umask allows (0644 under umask 022, 0640 under 027), like any file
+    the user's tools write, not tempfile's 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    handle, temp = _create_temp(path.parent, f".{path.name}.")
     try:
         with os.fdopen(handle, "wb") as f:
             write(f)

@@ -924,3 +924,19 @@ def test_classify_into_a_folder_of_another_dataset_warns_and_ranks_apart(tmp_pat
     assert "manifest dddddddddddd, test rows" in out and "manifest aaaaaaaaaaaa, test rows" in out
     rows = list(csv.DictReader((results / "leaderboard.csv").open()))
     assert [r["rank"] for r in rows] == ["1", "1"] and len({r["dataset"] for r in rows}) == 2
+
+
+def test_a_moved_project_folder_keeps_its_runs(tmp_path, fits):
+    """Issue 19.1: moving the project (features and results together) must not make classify fit anything again."""
+    import shutil
+
+    project = tmp_path / "project"
+    write_signal_cache(project / "features" / "tiny.h5", backbone="tiny", seed=0, feature_seed=1)
+    classify_runs(config_for(project / "features", project / "results", classifiers=("logreg",)), quiet_console())
+    assert fits == [("tiny", "logreg")]
+    moved = tmp_path / "elsewhere" / "project"
+    shutil.move(str(project), moved)
+    fits.clear()
+    console = quiet_console()
+    classify_runs(config_for(moved / "features", moved / "results", classifiers=("logreg",)), console)
+    assert fits == [] and "1 of 1 runs reused" in console.file.getvalue()

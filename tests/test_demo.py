@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import stat
 
 from rich.console import Console
 
@@ -14,9 +16,20 @@ from featx.results.predict import predict_paths
 
 def test_quick_demo_end_to_end_with_a_predict_round_trip(tmp_path, capsys):
     workdir = tmp_path / "demo"
-    assert main(["demo", "--quick", "--workdir", str(workdir)]) == 0
+    old_umask = os.umask(0o027)  # a shared server's: results readable by the group, not by others
+    try:
+        assert main(["demo", "--quick", "--workdir", str(workdir)]) == 0
+    finally:
+        os.umask(old_umask)
     out = capsys.readouterr().out
     results = workdir / "results"
+    modes = {
+        p.relative_to(results).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in results.rglob("*") if p.is_file()
+    }
+    assert {"report.html", "leaderboard.csv", "leaderboard.md"} <= set(modes)
+    assert any(name.startswith("runs/") for name in modes) and any(name.startswith("models/") for name in modes)
+    assert any(name.startswith("plots/") for name in modes)
+    assert {name: oct(mode) for name, mode in modes.items() if mode != 0o640} == {}
     assert "RANDOM-INIT WEIGHTS" in out and "featx predict --model" in out
     rows = list(csv.DictReader((results / "leaderboard.csv").open()))
     assert {r["classifier"] for r in rows} == {"logreg", "xgboost", "dense"}

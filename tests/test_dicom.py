@@ -197,7 +197,8 @@ def test_unreadable_dicom_reasons(tmp_path):
     not_dicom.write_bytes(b"hello" * 40)
     empty = tmp_path / "empty.dcm"
     empty.write_bytes(b"")
-    no_pixels = write_dicom(tmp_path / "sr.dcm", _eight_bit(), pixel_data=False)
+    no_pixels = tmp_path / "sr.dcm"  # a structured report: no image, no pixels (an image without them: cut short)
+    no_pixels.write_bytes(Path(get_testdata_file("test-SR.dcm")).read_bytes())
     reasons = {}
     for path in (not_dicom, empty, no_pixels, tmp_path / "missing.dcm"):
         with pytest.raises(ImageReadError) as caught:
@@ -329,3 +330,125 @@ def test_dicom_from_a_kermany_image_embeds_like_the_8bit_image(tmp_path, kermany
         assert np.abs(X).sum() > 0
         for k, name in enumerate(names[1:], start=1):
             np.testing.assert_allclose(X[k], X[0], rtol=1e-5, atol=1e-5, err_msg=f"{pooling} {name}")
+
+
+# ---------------------------------------------------------------- issue 19: DICOM edges, read with pydicom's own files
+
+
+def _reason(path) -> str:
+    with pytest.raises(ImageReadError) as caught:
+        images.load_image(path, (8, 8))
+    return caught.value.reason
+
+
+@pytest.mark.parametrize(("name", "fraction"), [("MR_small_jp2klossless.dcm", 0.6), ("JPEG2000.dcm", 0.5)])
+def test_a_jpeg2000_file_cut_short_is_corrupt_or_truncated_not_a_report(tmp_path, name, fraction):
+    data = Path(get_testdata_file(name)).read_bytes()
+    cut = tmp_path / name
+    cut.write_bytes(data[: int(len(data) * fraction)])
+    reason = _reason(cut)
+    assert reason.startswith("corrupt or truncated DICOM file"), reason
+    assert "report" not in reason and "in file" not in reason  # the row names the file already
+    # a real report still reads as one
+    assert _reason(get_testdata_file("test-SR.dcm")).startswith("the DICOM file has no pixel data")
+
+
+def test_an_image_header_without_pixel_data_is_a_file_cut_short(tmp_path):
+    no_pixels = write_dicom(tmp_path / "sc.dcm", _eight_bit(), pixel_data=False)  # Secondary Capture *Image*
+    assert _reason(no_pixels) == (
+        "corrupt or truncated DICOM file: its header describes an image (Secondary Capture Image Storage) but the "
+        "pixel data is missing or cut short"
+    )
+
+
+def test_a_bad_header_value_names_the_element():
+    assert _reason(get_testdata_file("badVR.dcm")) == (
+        "bad DICOM header value: NumberOfFrames (0028,0008) is '1A', not an integer"
+    )
+
+
+def test_a_dataset_without_preamble_or_file_meta_is_read_when_it_parses(tmp_path):
+    source = get_testdata_file("CT_small.dcm")
+    for implicit, little in ((False, True), (True, True), (False, False)):
+        dataset = pydicom.dcmread(source)
+        if not little:  # pydicom writes the pixel bytes as they are: swap them for a big-endian file
+            pixels = dataset.pixel_array
+            dataset.PixelData = pixels.astype(pixels.dtype.newbyteorder(">")).tobytes()
+        dataset.preamble = None
+        del dataset.file_meta
+        bare = tmp_path / f"bare_{implicit}_{little}.dcm"
+        pydicom.dcmwrite(bare, dataset, enforce_file_format=False, implicit_vr=implicit, little_endian=little)
+        assert bare.read_bytes()[128:132] != b"DICM"
+        np.testing.assert_array_equal(dicom.read_pixels(bare, "minmax"), dicom.read_pixels(source, "minmax"))
+        assert dicom.read_header(bare)["patient_id"] == str(pydicom.dcmread(source).PatientID)
+    # bare datasets without pixels are DICOM without pixel data, not "not a DICOM file"
+    assert _reason(get_testdata_file("ExplVR_LitEndNoMeta.dcm")).startswith("the DICOM file has no pixel data")
+    # what does not parse as DICOM is still not DICOM
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"\0" * 300 + b"hello" * 40)
+    assert _reason(junk) == dicom.NOT_DICOM
+
+
+_READ_NOISY_FILES = """
+import sys
+from featx.data import images
+from featx.errors import ImageReadError
+for path in sys.argv[1:]:
+    try:
+        images.load_image(path, (8, 8))
+        print("ok")
+    except ImageReadError as error:
+        print(error.reason)
+"""
+
+
+def test_pydicom_warnings_stay_with_the_row_or_are_logged_once_never_per_file_on_stderr(tmp_path):
+    data = Path(get_testdata_file("MR_small_jp2klossless.dcm")).read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[: len(data) // 2])
+    padded = get_testdata_file("MR_small_padded.dcm")  # pydicom warns: excess padding removed
+    result = subprocess.run(
+        [sys.executable, "-c", _READ_NOISY_FILES, str(cut), padded, padded, str(cut)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    reasons = result.stdout.splitlines()
+    assert reasons[1:3] == ["ok", "ok"]
+    for reason in (reasons[0], reasons[3]):  # the warning is kept with the row's reason
+        assert reason.startswith("corrupt or truncated DICOM file") and "End of file reached" in reason
+    err = result.stderr
+    assert "UserWarning" not in err and "<no filename>" not in err and "End of file" not in err, err
+    assert err.count("excess padding") == 1 and "logged once" in err  # read twice, said once
+
+
+def test_extract_warns_once_with_a_count_when_the_file_window_falls_back_to_the_stored_bits(tmp_path):
+    from featx.extract.stage import ExtractConfig, run_extract
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for k in range(3):  # CT_small has no window: 16 stored bits for a narrow range of values
+        (data / f"ct_{k}.dcm").write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    write_dicom(data / "windowed.dcm", _eight_bit(32, 32), window=unit_window())
+    rows = [
+        {"path": name, "label": "ab"[k % 2], "split": "train", "patient_id": f"p{k}"}
+        for k, name in enumerate(["ct_0.dcm", "ct_1.dcm", "ct_2.dcm", "windowed.dcm"])
+    ]
+    manifest = write_manifest(rows, data / "manifest.csv")
+    config = ExtractConfig(
+        backbones=("tiny",), manifest=manifest, data_root=data, out_dir=tmp_path / "f", weights="random"
+    )
+    console = Console(file=io.StringIO(), width=400)
+    run_extract(config, console)
+    out = console.file.getvalue()
+    assert "warning: 3 of 4 DICOM rows have no window" in out
+    assert "--dicom-window minmax" in out and "percentile" in out
+    for window in ("minmax", "percentile"):
+        console = Console(file=io.StringIO(), width=400)
+        run_extract(ExtractConfig(**{**config.__dict__, "dicom_window": window, "out_dir": tmp_path / window}), console)
+        assert "have no window" not in console.file.getvalue()
+    console = Console(file=io.StringIO(), width=400)
+    run_extract(config, console)  # a cache hit: nothing is decoded, nothing to warn about
+    assert "have no window" not in console.file.getvalue()

@@ -304,3 +304,53 @@ def test_auc_and_ci_are_rounded_alike_so_the_point_stays_inside_its_interval():
     assert leaderboard.format_auc(0.9994, 0.9982, 1.0, sep="\n") == "0.999\n[0.998–1.000]"
     assert leaderboard.format_auc(0.8, None, None) == "0.800"
     assert leaderboard.format_auc(None) == "–"
+
+
+def _demo_like_runs():
+    """The demo's leaderboard: the pixel floor and two random-init CNNs, one of them with a long name, x 3 heads."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, size=N_TEST)
+    ids = [f"test/img_{i:04d}.png" for i in range(N_TEST)]
+    runs = []
+    for i, backbone in enumerate(("pixels", "resnet50", "mobilenetv3small")):
+        for j, classifier in enumerate(("xgboost", "logreg", "dense")):
+            weights = "none" if backbone == "pixels" else "random"
+            run = _run(f"{backbone}__avg__{classifier}", y, _scores(y, 2.5 + i + 0.3 * j, 10 * i + j), ids, weights)
+            run["cv_auc_std"] = 0.046
+            runs.append(run)
+    return runs
+
+
+@pytest.mark.parametrize("width", [80, 100, 120, 160])
+def test_terminal_table_keeps_every_cell_whole_on_one_line_at_narrow_widths(width):
+    runs = _demo_like_runs()
+    console = Console(file=io.StringIO(), width=width, color_system=None)
+    leaderboard.print_leaderboard(runs, console)
+    out = console.file.getvalue()
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= width
+    assert "…" not in out
+    note = next((line for line in lines if line.startswith("(at this width")), "")
+    for row in leaderboard.leaderboard_rows(runs):
+        whole = [
+            leaderboard.format_auc_ci(row),
+            leaderboard.format_cv(row).replace(" ± ", "±"),
+            leaderboard.weights_label(row),
+        ]
+        # one line holds the row: its backbone and classifier unwrapped, and every value whole
+        line = next((ln for ln in lines if all(text in ln for text in whole)), None)
+        assert line is not None, f"{row['run_id']}: {whole} not whole on one line at width {width}:\n{out}"
+        assert row["features"] in line and row["classifier"] in line, f"{row['run_id']} wrapped at width {width}"
+        for header, value in (("sens", row["sensitivity"]), ("spec", row["specificity"]), ("acc", row["accuracy"])):
+            assert header in note or leaderboard.fmt(value) in line, f"{header} neither shown whole nor named"
+        if row["not_worse_than_best"]:
+            assert leaderboard.BEST_MARK in line
+
+
+def test_a_very_narrow_terminal_stacks_the_run_cell_rather_than_cutting_a_value():
+    runs = _demo_like_runs()
+    console = Console(file=io.StringIO(), width=50, color_system=None)
+    leaderboard.print_leaderboard(runs, console)
+    out = console.file.getvalue()
+    for row in leaderboard.leaderboard_rows(runs):
+        assert leaderboard.format_auc_ci(row) in out

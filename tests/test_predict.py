@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import joblib
 import pytest
@@ -309,3 +310,31 @@ def test_a_url_data_root_reads_the_manifest_s_images_through_fsspec_and_takes_on
     image = next(data.rglob("*.png"))
     with pytest.raises(FeatxError, match=r"^--data-root file://\S+ is a URL, which only manifest CSVs resolve against"):
         predict_paths(bundle, [manifest, image], f"file://{data.resolve()}")
+
+
+def test_csv_rounds_probabilities_and_names_the_threshold_behind_each_label(trained, tmp_path):
+    """Issue 19: the CSV showed 1.5497207641601562e-06 and no threshold behind predicted_label."""
+    data, _, bundle, run = trained
+    images = sorted((data / "test").rglob("*.png"))[:6]
+    out = tmp_path / "preds.csv"
+    predict_command(bundle, [str(i) for i in images], None, out, False, 32, Console(quiet=True))
+    header = out.read_text().splitlines()[0]
+    assert header.split(",")[:5] == ["path", "p_normal", "p_opacity", "predicted_label", "threshold"]
+    rows = list(csv.DictReader(out.open()))
+    exact = {r["path"]: r for r in predict_paths(bundle, [str(i) for i in images])}
+    threshold = run["threshold"]["value"]
+    for row in rows:
+        for column in ("p_normal", "p_opacity", "threshold"):
+            assert re.fullmatch(r"[01]\.\d{6}", row[column]), f"{column}={row[column]!r}"
+        assert float(row["threshold"]) == pytest.approx(threshold, abs=5e-7)
+        assert float(row["p_opacity"]) == pytest.approx(exact[row["path"]]["p_opacity"], abs=5e-7)
+        assert row["predicted_label"] == ("opacity" if exact[row["path"]]["p_opacity"] >= threshold else "normal")
+
+
+def test_threshold_text_for_each_task():
+    from featx.results.predict import threshold_text
+
+    assert threshold_text({"task": "binary", "threshold": {"value": 0.25, "rule": "youden"}}) == "0.250000"
+    assert threshold_text({"task": "binary", "threshold": None}) == "0.500000"
+    assert threshold_text({"task": "multiclass", "threshold": None}) == "argmax"
+    assert threshold_text({"task": "multilabel", "threshold": [0.3, 0.6]}) == "0.300000|0.600000"

@@ -498,4 +498,152 @@ def test_best_params_and_counts_read_the_same_everywhere(binary_results, tmp_pat
     report_command(single, None, console)
     text = console.export_text()
     assert "(1 run;" in text and "1 runs" not in text
-    assert "(1 run, task binary)" in (single / "report.html").read_text()
+    assert "1 run (task binary)." in (single / "report.html").read_text()
+
+
+# ---------------------------------------------------------------- issue 19: a report that reads well
+
+
+def _floor_on_top_runs():
+    """pixels and tiny x 3 heads on one test set; pixels/logreg is the best run, pixels/xgboost close to it."""
+    runs = _binary_runs(backbones=("pixels", "tiny"))
+    for run in runs:
+        if run["backbone"] == "pixels":
+            run.update(weights="none", random_weights=False, weights_seed=-1)
+    top = next(r for r in runs if r["run_id"] == "pixels__avg__logreg")
+    y = np.asarray(top["test_predictions"]["y_true"])
+    score = 1 / (1 + np.exp(-(4.0 * (2 * y - 1) + np.random.default_rng(5).normal(scale=1.0, size=len(y)))))
+    top["test_predictions"]["score"] = score.tolist()
+    top["test"]["auc"] = evaluate.delong_ci(y, score)
+    return runs
+
+
+def test_best_line_says_when_the_pixel_floor_is_best_and_how_many_runs_tie_with_it(tmp_path):
+    from featx.results.leaderboard import leaderboard_rows
+
+    runs = _floor_on_top_runs()
+    results = tmp_path / "results"
+    _write_runs(results, runs)
+    rows = leaderboard_rows(runs)
+    assert rows[0]["run_id"] == "pixels__avg__logreg"
+    tied = sum(1 for row in rows[1:] if row["not_worse_than_best"])
+    assert 0 < tied < len(rows) - 1  # the data make some runs tie and some not
+    document = write_report(results).read_text()
+    best = re.search(r"<p>(\d+ runs \(task binary\)\. Best: .*?)</p>", document).group(1)
+    assert "<b>pixels__avg__logreg</b>" in best and "the raw-pixel floor" in best
+    assert f"{tied} other {'run is' if tied == 1 else 'runs are'} statistically tied with it" in best
+    # a backbone on top: no floor wording
+    for run in runs:
+        if run["backbone"] == "pixels":
+            run.update(backbone="resnet50", run_id=run["run_id"].replace("pixels", "resnet50"))
+            run["feature_file"] = "features/resnet50.h5"
+    other = tmp_path / "other"
+    _write_runs(other, runs)
+    best = re.search(r"<p>(\d+ runs \(task binary\)\. Best: .*?)</p>", write_report(other).read_text()).group(1)
+    assert "<b>resnet50__avg__logreg</b>" in best and "floor" not in best and "statistically tied" in best
+
+
+def test_leaderboard_keeps_cis_and_parameters_whole_and_the_floor_has_no_pooling(tmp_path):
+    runs = _floor_on_top_runs()
+    for run in runs:
+        run["best_params"] = {"clf__class_weight": "balanced", "clf__n_estimators": 1000, "clf__C": 0.1}
+    results = tmp_path / "results"
+    _write_runs(results, runs)
+    document = write_report(results).read_text()
+    table = document.split("<h2 id='leaderboard'>")[1].split("</table>")[0]
+    for run in runs:
+        auc = run["test"]["auc"]
+        ci = f"{auc['value']:.3f} [{auc['ci_low']:.3f}–{auc['ci_high']:.3f}]"
+        assert f"<b class='nowrap'>{ci}</b>" in table  # the point and its CI on one line
+    assert "<span class='nowrap'>class_weight=balanced</span>" in table
+    assert "<span class='nowrap'>n_estimators=1000</span>" in table
+    for row in re.findall(r"<tr>(.*?)</tr>", table):
+        cells = re.findall(r"<td>(.*?)</td>", row)
+        if cells and cells[1] == "pixels":
+            assert cells[2].endswith(">—</span>") and "avg" not in cells[2]
+        elif cells:
+            assert cells[2] == "avg"
+    assert "Pooling “—”: the raw-pixel floor pools nothing" in document
+
+
+def test_provenance_says_shared_settings_once_and_never_breaks_a_parameter(tmp_path):
+    runs = _floor_on_top_runs()
+    runs[0]["config"] = dict(runs[0]["config"], seed=7)  # one run differs in one key
+    runs[0]["best_params"] = {"clf__class_weight": "balanced"}
+    results = tmp_path / "results"
+    _write_runs(results, runs)
+    provenance = write_report(results).read_text().split("<h2 id='provenance'>")[1]
+    common = re.search(r"<p>Same for every run: (.*?)</p>", provenance).group(1)
+    assert "threshold_rule=youden" in common and "<b>image size</b>" in common and "<b>resize</b>" in common
+    assert "seed=" not in common
+    assert provenance.count("threshold_rule=youden") == 1  # not once per row
+    assert provenance.count("<span class='nowrap'>seed=7</span>") == 1
+    assert provenance.count("<span class='nowrap'>seed=0</span>") == len(runs) - 1
+    assert "<span class='nowrap'>class_weight=balanced</span>" in provenance
+    assert "<th>image size</th>" not in provenance and "<th>config</th>" in provenance
+
+
+def test_split_level_header_is_in_plain_words(binary_results, tmp_path):
+    for run_file in (binary_results / "runs").glob("*.json"):
+        run_file.write_text(json.dumps(_with_analyses(json.loads(run_file.read_text()), tmp_path, ["a", "b"])))
+    document = write_report(binary_results).read_text()
+    assert "val. images whose patient trained" not in document
+    assert "validation images whose patient also had images in training" in document
+
+
+def test_near_duplicate_thumbnails_group_each_pair_and_keep_file_names_whole(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from featx.results import report
+
+    names = [
+        ("train/person1234_bacteria_3123_left.jpeg", "test/person1234_bacteria_3124_right.jpeg"),
+        ("train/a.png", "test/b.png"),
+        ("train/IM-0115-0001.jpeg", "test/NORMAL2-IM-1427-0001.jpeg"),
+        ("train/c.png", "test/d.png"),
+    ]
+    for pair in names:
+        for rel in pair:
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((40, 40), 120, dtype=np.uint8)).save(tmp_path / rel)
+    audit = {
+        "data_root": str(tmp_path),
+        "near_duplicates": {
+            "top_pairs": [
+                {
+                    "ids": list(pair),
+                    "splits": ["train", "test"],
+                    "similarity": 0.99 - i / 100,
+                    "above_threshold": i == 0,
+                }
+                for i, pair in enumerate(names)
+            ]
+        },
+    }
+    _, figures = _drawn_texts(monkeypatch)
+    where = type("Where", (), {"suffix": "", "tag": ""})()
+    for random_weights in (False, True):
+        plot = report._near_duplicate_plot("pixels", audit, None, random_weights, where)
+        assert plot is not None
+    for figure in figures:
+        renderer = figure._get_renderer()
+        bounds = figure.bbox
+        labels = {}
+        for ax in figure.axes:
+            label = ax.xaxis.label
+            box = label.get_window_extent(renderer)
+            assert bounds.x0 - 0.5 <= box.x0 and box.x1 <= bounds.x1 + 0.5 and box.y0 >= bounds.y0 - 0.5
+            labels[label.get_text().replace("\n", "")] = ax
+        for pair in names:
+            for split, rel in zip(("train", "test"), pair):
+                name = rel.split("/")[1]
+                assert f"{split}{name}" in labels, f"{name} not whole under its image"
+        # each pair shares a panel; the gap inside a pair is narrower than the gap between pairs
+        first = [labels[f"train{names[0][0].split('/')[1]}"], labels[f"test{names[0][1].split('/')[1]}"]]
+        second_left = labels[f"train{names[1][0].split('/')[1]}"]
+        assert first[0].get_figure(root=False) is first[1].get_figure(root=False)
+        assert first[0].get_figure(root=False) is not second_left.get_figure(root=False)
+        inside = first[1].get_window_extent(renderer).x0 - first[0].get_window_extent(renderer).x1
+        between = second_left.get_window_extent(renderer).x0 - first[1].get_window_extent(renderer).x1
+        assert 0 <= inside < between
+        assert max(t.get_fontsize() for t in (first[0].xaxis.label, first[1].xaxis.label)) >= 8

@@ -47,7 +47,7 @@ HOLDOUT_FRACTION = 0.2
 # Part of every run's input key: bump it when how a run is fitted changes in a way its other inputs do not show.
 INPUT_KEY_VERSION = 1
 # ClassifyConfig fields that name which runs to do or how fast, not what a run's record holds: not input-key parts
-NOT_INPUTS = ("features_dir", "out_dir", "backbones", "classifiers", "poolings", "n_jobs", "force", "engine")
+NOT_INPUTS = ("features_dir", "out_dir", "backbones", "classifiers", "poolings", "n_jobs", "force", "engine", "mlflow")
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,7 @@ class ClassifyConfig:
     age_bands: tuple[float, ...] = subgroup_auc.DEFAULT_AGE_BANDS
     subgroup_min: int = subgroup_auc.DEFAULT_MIN_COUNT  # positives and negatives a subgroup needs for its AUC
     force: bool = False  # fit every run, even one whose inputs are unchanged since it was saved
+    mlflow: str | None = None  # MLflow tracking URI the results stage logs each run to (results/tracking.py)
 
 
 @dataclass(frozen=True)

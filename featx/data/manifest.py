@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from featx.config import featx_command
 from featx.data.dicom import DICOM_SUFFIXES, HEADER_META, DicomReadError, has_preamble, is_dicom_path, read_header
 from featx.data.holdout import holdout_patients
 from featx.errors import ManifestError, closest, one_of_message
@@ -878,7 +879,7 @@ def scan_command(root, out, dataset, split_policy, test_fraction, seed, console)
     for note in result.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
     console.print(f"Wrote {len(result.rows):,} rows to {written}", soft_wrap=True)
-    console.print(f"Next: featx manifest check {written} --data-root {root}", soft_wrap=True)
+    console.print(f"Next: {featx_command()} manifest check {written} --data-root {root}", soft_wrap=True)
 
 
 def check_command(manifest, data_root, verify_sha256, console) -> bool:
@@ -905,6 +906,12 @@ def check_command(manifest, data_root, verify_sha256, console) -> bool:
         )
     if report.ok:
         console.print("[green]No problems found.[/green]")
+        console.print(
+            f"Next: {featx_command()} extract --backbone resnet50 --manifest {manifest} --data-root {data_root} "
+            "--out features",
+            soft_wrap=True,
+            highlight=False,
+        )
         return True
     table = Table(title="Problems")
     table.add_column("problem", style="red")

@@ -37,7 +37,7 @@ from featx.errors import FeatxError, short_reason
 # resizes ~190 images/s of 1500x1500 chest-X-ray JPEGs (~340 KiB) and ~66 images/s of 2800x2800 ones
 # (~1.1 MiB, MIMIC-CXR-JPG's size), against a ResNet50 fp16 forward pass of a few thousand images/s on one
 # H100. So a GPU actor takes every core its node has per GPU (one core per node is left to Ray, the featx
-# process and the writer), and full-resolution archives are still decode-bound (README, "More than one machine").
+# process and the writer), and full-resolution archives are still decode-bound (docs/cluster.md).
 SPARE_CPUS_PER_NODE = 1
 
 

@@ -132,6 +132,29 @@ def _duplicate_paths_warning(paths: Sequence[str]) -> str | None:
     )
 
 
+def _unwindowed_dicom_warning(paths: Sequence, pending: Sequence[_Job], data_root) -> str | None:
+    """With `--dicom-window file`, how many DICOM rows have no window and so are scaled to the full range of
+    their stored bits (a 16-bit CT or RT dose whose values fill a sliver of it comes out almost flat), and what
+    to pass instead. Header-only reads of the DICOM rows of a local data root, and only when some cache is to
+    be written (`pending`; hits have nothing to warn about); None when every DICOM row has a window."""
+    from featx.data import dicom
+    from featx.data.manifest import RASTER_SUFFIXES
+
+    if not pending or pending[0].attrs["dicom_window"] != "file" or data_root.filesystem is not None:
+        return None
+    dicom_paths = [path for path in paths if dicom.is_dicom_path(path, RASTER_SUFFIXES)]
+    flat = [path for path in dicom_paths if dicom.window_source(path) == "stored bits"]
+    if not flat:
+        return None
+    return (
+        f"{len(flat)} of {len(dicom_paths)} DICOM rows have no window (no VOI LUT, no WindowCenter/WindowWidth; "
+        f"e.g. {Path(flat[0]).name}): with --dicom-window file they are scaled to the full range of their stored "
+        "bits, which can leave an image almost flat (a 16-bit CT or dose map filling a sliver of it); "
+        "--dicom-window minmax (each image's own range) or percentile (its 0.5th–99.5th percentiles) scales "
+        "each image to its content."
+    )
+
+
 def _extract_args(
     config: ExtractConfig, spec, info, size, poolings, manifest_path: Path, data_root: str, limit, dicom_window: str
 ):
@@ -298,17 +321,28 @@ def run_extract(config: ExtractConfig, console=None) -> list[ExtractSummary]:
         for note in job.notes:
             console.print(f"[yellow]{job.spec.name}[/]: {note}")
     pending = []
+    same_files = _FilesUnderRoot(paths, data_root, console)
     for job in jobs:
         started = time.perf_counter()
-        if store.check_cache(job.path, job.attrs, n_rows, force=config.force):
+        if store.check_cache(job.path, job.attrs, n_rows, force=config.force, files_match=same_files):
             failures = store.read_rows(job.path).failures
             if failures and not store.errors_csv_path(job.path).exists():
                 store.write_errors_csv(job.path, failures)
             job.seconds = time.perf_counter() - started
             job.summary = _summary(job, "hit", n_rows, failures)
-            console.print(f"[green]{job.spec.name}[/]: cache hit, {job.path} is up to date (nothing to do).")
+            cached_root = store.read_header(job.path).attrs.get("data_root")
+            how = (
+                "is up to date"
+                if cached_root == data_root.text
+                else f"was built under {cached_root!r} and every file under {data_root.text!r} has the cached "
+                "sha256, so it is reused as it is"
+            )
+            console.print(f"[green]{job.spec.name}[/]: cache hit, {job.path} {how} (nothing to do).", soft_wrap=True)
         else:
             pending.append(job)
+    unwindowed = _unwindowed_dicom_warning(paths, pending, data_root)
+    if unwindowed:
+        console.print(f"[yellow]warning[/]: {unwindowed}", soft_wrap=True)
 
     groups: dict[tuple, list[_Job]] = {}
     for job in pending:
@@ -318,6 +352,42 @@ def run_extract(config: ExtractConfig, console=None) -> list[ExtractSummary]:
         rows = _Rows(ids, labels, manifest.classes, split, patient_id, meta)
         _run_group(group, config, size, resize_mode, paths, rows, console, decode_options=data_root.decode_options)
     return [job.summary for job in jobs]
+
+
+class _FilesUnderRoot:
+    """Whether the manifest's files under this data root are byte for byte the ones a cache was built from.
+
+    Asked only when a cache differs from the request in its data root alone (the data folder moved); the
+    answer is computed once per run and shared by every backbone. Rows that could not be read when the
+    cache was built are not compared.
+    """
+
+    def __init__(self, paths: Sequence, data_root, console):
+        self.paths, self.data_root, self.console = paths, data_root, console
+        self._answer: bool | None = None
+
+    def __call__(self, ids: np.ndarray, digests: np.ndarray, ok: np.ndarray) -> bool:
+        if self._answer is None:
+            self._answer = len(ids) == len(self.paths) and self._all_equal(digests, ok)
+        return self._answer
+
+    def _all_equal(self, digests: np.ndarray, ok: np.ndarray) -> bool:
+        from featx.data.images import read_file
+        from featx.errors import ImageReadError
+        from featx.files import bytes_sha256
+        from featx.progress import track
+
+        filesystem = self.data_root.decode_options.get("filesystem")
+        rows = track(range(len(self.paths)), len(self.paths), "comparing file hashes", self.console)
+        for row in rows:
+            if not ok[row]:
+                continue
+            try:
+                if bytes_sha256(read_file(self.paths[row], filesystem)) != str(digests[row]):
+                    return False
+            except ImageReadError:
+                return False
+        return True
 
 
 @dataclass(frozen=True)
@@ -488,5 +558,10 @@ def _print_failures(summary: ExtractSummary, console) -> None:
 
 def extract_command(config: ExtractConfig, console) -> None:
     """`featx extract`: run stage one and print the summary table (with the random-weights banner when due)."""
+    from featx.config import featx_command
+
     summaries = run_extract(config, console=console)
     print_summary(summaries, console)
+    console.print(
+        f"Next: {featx_command()} classify --features {config.out_dir} --out results", soft_wrap=True, highlight=False
+    )

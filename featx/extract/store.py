@@ -30,7 +30,7 @@ import io
 import json
 import os
 import shlex
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -697,13 +697,24 @@ def write_errors_csv(path, failures: Sequence[tuple[str, str]]) -> Path | None:
     return target
 
 
-def check_cache(path, attrs: dict, n_rows: int, force: bool = False) -> bool:
+# Keys that say which images a cache holds: when one of them differs, --force would throw away another
+# dataset's embeddings, so the advice is another --out, never --force.
+DATA_KEYS = ("manifest_sha256", "data_root", "rows")
+# Answers whether the files under the requested data root are the cached ones: (ids, sha256, ok) -> bool.
+FilesMatch = Callable[[np.ndarray, np.ndarray, np.ndarray], bool]
+
+
+def check_cache(path, attrs: dict, n_rows: int, force: bool = False, files_match: FilesMatch | None = None) -> bool:
     """True when a complete, undamaged cache at `path` answers the request (a hit); no lock, no model.
 
     Reads the whole file once: every chunk passes its fletcher32 checksum and the content sha256 matches.
     StaleCacheError when its attributes differ; CacheError when it is unreadable, foreign, of another
     format, incomplete or damaged (each naming the command that fixes it). With force, any existing file
     is a miss.
+
+    When the data root is the only difference (the data folder moved) and `files_match(ids, sha256, ok)`
+    says the files under the requested root have the cached bytes, the cache is a hit as it is: nothing
+    in it changes, so neither does its content sha256 nor the identity of the runs fitted on it.
     """
     path = Path(path)
     attrs = {"format": FORMAT, **attrs}
@@ -714,17 +725,34 @@ def check_cache(path, attrs: dict, n_rows: int, force: bool = False) -> bool:
         n_cached = handle["ids"].shape[0]
         _check_finished(handle, path, cached)
         differ = differing_keys(cached, attrs, n_cached, n_rows)
+        if differ == ["data_root"] and files_match is not None:
+            rows = _read_rows(handle, path, cached)
+            if files_match(rows.ids, rows.image_sha256, rows.ok):
+                differ = []
         if differ:
-            details = ", ".join(
-                f"{key}: cached {_shown(cached, key, n_cached)} vs requested {_shown(attrs, key, n_rows)}"
-                for key in differ
-            )
-            raise StaleCacheError(
-                f"The embedding cache {str(path)!r} was made with different settings ({details}); "
-                "pass --force to rebuild it."
-            )
+            raise StaleCacheError(_stale_message(path, cached, attrs, differ, n_cached, n_rows))
         _verify_content(handle, path, cached)
     return True
+
+
+def _stale_message(path: Path, cached: dict, wanted: dict, differ: list[str], n_cached: int, n_wanted: int) -> str:
+    """Why a cache does not answer a request, and the fix that loses nothing."""
+    details = ", ".join(
+        f"{key}: cached {_shown(cached, key, n_cached)} vs requested {_shown(wanted, key, n_wanted)}" for key in differ
+    )
+    manifest = str(cached.get("manifest_sha256") or "")[:8] or "unknown"
+    built = str(cached.get("created_utc") or "").replace("T", " ")[:16]
+    what = f"a cache of {n_cached} rows from manifest {manifest}… under {str(cached.get('data_root') or '?')!r}"
+    what += f", built {built} UTC" if built else ""
+    if set(differ) & set(DATA_KEYS):
+        return (
+            f"The embedding cache {str(path)!r} holds other images than requested ({details}); to keep it, pass "
+            f"--out another folder for these images (--force would delete it: {what})."
+        )
+    return (
+        f"The embedding cache {str(path)!r} was made with different settings ({details}); pass --out another "
+        f"folder to keep both, or --force to replace it ({what})."
+    )
 
 
 def _shown(attrs: dict, key: str, n_rows: int) -> str:

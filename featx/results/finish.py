@@ -108,19 +108,45 @@ def _up_to_date(results_dir: Path, outputs) -> bool:
         return False
 
 
-def classify_runs(config, console=None) -> list[Path]:
+def classify_runs(config, console=None, writer: records.RunWriter | None = None) -> list[Path]:
     """Stage two into config.out_dir: every planned run as a run JSON and a model bundle, fitted unless a run
     with the same inputs is already there (records.RunWriter.reusable)."""
     from featx.classify.stage import run_classify
 
-    return run_classify(config, records.RunWriter(config.out_dir), console)
+    return run_classify(config, writer or records.RunWriter(config.out_dir), console)
 
 
 def classify_command(config, console) -> None:
-    """`featx classify`: the runs, then the leaderboard and the report from every run in the folder."""
-    paths = classify_runs(config, console)
+    """`featx classify` (and featx.classify): the runs, then the leaderboard and the report from every run in
+    the folder; with config.mlflow, this command's runs logged to MLflow (results/tracking.py)."""
+    from featx.config import featx_command
+
+    if config.mlflow:
+        from featx.results.tracking import import_mlflow
+
+        import_mlflow()  # a missing MLflow is said before the first fit
     out_dir = Path(config.out_dir)
+    writer = records.RunWriter(out_dir)
+    try:
+        paths = classify_runs(config, console, writer)
+    except KeyboardInterrupt:
+        console.print(
+            f"Interrupted: the {len(writer.saved)} run(s) fitted before it are kept in {out_dir / records.RUNS_DIR}; "
+            "run the same command to continue (kept runs are not fitted again).",
+            soft_wrap=True,
+        )
+        raise
     console.print(
         f"{len(paths)} run(s) in {out_dir / records.RUNS_DIR}, their models in {out_dir / records.MODELS_DIR}."
     )
-    finish_results(out_dir, console)
+    finished = finish_results(out_dir, console)
+    if config.mlflow:
+        from featx.results.tracking import log_runs
+
+        log_runs(out_dir, paths, config.mlflow, console)
+    console.print(
+        f"Next: {featx_command()} predict --model {records.bundle_path(out_dir, finished.best_run_id)} IMAGES "
+        "(files, folders or a manifest CSV)",
+        soft_wrap=True,
+        highlight=False,
+    )

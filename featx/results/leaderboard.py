@@ -529,50 +529,136 @@ def table_cells(row) -> list[str]:
     ]
 
 
-def _width_needed(cells: list[list[str]], indices: list[int]) -> int:
-    """Rough terminal width of a table of these columns (rich SIMPLE_HEAD box, padding 1)."""
-    widths = []
-    for i in indices:
-        header = TABLE_HEADERS[i] if i != 5 else "CV AUC ±sd"
-        widths.append(max([len(header)] + [len(line) for c in cells for line in c[i].splitlines() or [""]]) + 2)
-    return sum(widths)
+TERMINAL_CV_HEADER = "CV AUC ±sd"
 
 
-def _stacked_cells(cells: list[list[str]], shown: list[int]) -> tuple[list[list[str]], list[int]]:
-    """For a narrow terminal: backbone, pooling and classifier stacked in one cell, the ≈best mark on the AUC."""
-    backbone, pooling, classifier = (TABLE_HEADERS.index(h) for h in ("backbone", "pooling", "classifier"))
-    test, mark, rank = (TABLE_HEADERS.index(h) for h in ("test AUC [95% CI]", "≈ best", "#"))
-    stacked = []
-    for c in cells:
-        c = list(c)
-        parts = [c[backbone]] + ([c[pooling]] if pooling in shown else []) + [c[classifier]]
-        c[backbone] = "\n".join(parts)
-        if mark in shown and c[mark] and c[mark] != "n/a":
-            c[test] = f"{c[test]} {c[mark]}"
-        stacked.append(c)
-    keep = [i for i in shown if i not in (pooling, classifier, mark, rank)]
-    return stacked, keep
+@dataclass(frozen=True)
+class _TerminalLayout:
+    """Which columns a terminal table shows; `compact` merges backbone/pooling/classifier into one `run` cell."""
+
+    columns: tuple[str, ...]  # TABLE_HEADERS names, or "run" (compact)
+    compact: bool = False
+    stacked: bool = False  # last resort for a very narrow terminal: the run cell on several lines
 
 
-def terminal_columns(rows: list[dict], cells: list[list[str]], width: int) -> list[int]:
-    """Indices of the columns that fit the terminal, dropping the least needed first.
+def _terminal_cells(rows: list[dict]) -> list[dict[str, str]]:
+    """Each row's cell texts by column name, as the terminal shows them (CV with the compact ±)."""
+    several_poolings = len({r["pooling"] for r in rows}) > 1
+    out = []
+    for row in rows:
+        cells = dict(zip(TABLE_HEADERS, table_cells(row)))
+        cells["CV AUC (mean ± sd)"] = cells["CV AUC (mean ± sd)"].replace(" ± ", "±")
+        parts = [row["features"], *([row["pooling"]] if several_poolings else []), row["classifier"]]
+        cells["run"] = "/".join(parts)
+        cells["run (stacked)"] = "\n".join(parts)
+        mark = cells["≈ best"]
+        cells["test AUC (marked)"] = (
+            f"{cells['test AUC [95% CI]']} {mark}" if mark and mark != "n/a" else cells["test AUC [95% CI]"]
+        )
+        out.append(cells)
+    return out
 
-    A column with the same value on every row (one pooling, one kind of weights:
-    the banner above says which) goes first, then best params and fit time.
+
+def _terminal_header(name: str, rows: list[dict]) -> str:
+    if name == "CV AUC (mean ± sd)":
+        return TERMINAL_CV_HEADER
+    if name in ("run", "run (stacked)"):
+        several_poolings = len({r["pooling"] for r in rows}) > 1
+        return "backbone/pooling/classifier" if several_poolings else "backbone/classifier"
+    if name == "test AUC (marked)":
+        return f"test AUC [95% CI] {BEST_MARK}"
+    return name
+
+
+def _terminal_table(rows: list[dict], cells: list[dict[str, str]], layout: _TerminalLayout):
+    """The rich table of one dataset for `layout`: no cell wraps (but best params) and none is cut."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(
+        title="featx leaderboard (sorted by test ROC AUC)",
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        show_edge=False,
+        collapse_padding=True,  # two spaces between columns, not three
+    )
+    for name in layout.columns:
+        numeric = name in ("#", "sens", "spec", "acc", "fit s")
+        wrap = name == "best params"
+        table.add_column(
+            _terminal_header(name, rows), justify="right" if numeric else "left", overflow="fold", no_wrap=not wrap
+        )
+    for row, row_cells in zip(rows, cells):
+        texts = dict(row_cells)
+        if row["random_weights"]:
+            texts["weights"] = "[bold red]RANDOM-INIT[/bold red]"
+        table.add_row(*(texts[name] for name in layout.columns), style="red" if row["random_weights"] else None)
+    return table
+
+
+def _table_width(rows: list[dict], cells: list[dict[str, str]], layout: _TerminalLayout) -> int:
+    """The width _terminal_table(layout) takes with no cell wrapped: each column's widest line, two spaces
+    between columns (rich's measurement of the table, without rendering it once per layout tried)."""
+    from rich.cells import cell_len
+
+    def widest(name: str) -> int:
+        texts = [_terminal_header(name, rows), *(c[name] for c in cells)]
+        return max(cell_len(line) for text in texts for line in text.splitlines() or [""])
+
+    return sum(widest(name) for name in layout.columns) + 2 * (len(layout.columns) - 1)
+
+
+def terminal_layout(rows: list[dict], cells: list[dict[str, str]], console) -> _TerminalLayout:
+    """The widest layout whose table fits the console without wrapping or cutting any cell.
+
+    First every column, dropping what is least needed: a column with the same value on every
+    row (one pooling, one kind of weights: the banner says which), best params, fit time, the
+    ≈ best column when nothing is marked. Then the compact layout for narrow terminals (80
+    columns: logs, pipes): backbone, pooling and classifier in one `run` cell on one line, the
+    ≈ best mark after the test AUC, then dropping best params, fit time, acc, spec, sens, the
+    rank, CV AUC and weights in that order. Only when even that does not fit (names longer than
+    the terminal allows) the run cell is stacked on several lines.
     """
-    shown = list(range(len(TABLE_HEADERS)))
 
-    def needed(indices):
-        return _width_needed(cells, indices)
+    def fits(layout: _TerminalLayout) -> bool:
+        return _table_width(rows, cells, layout) <= console.width
 
-    for header in ("pooling", "weights"):
-        index = TABLE_HEADERS.index(header)
-        if len({c[index] for c in cells}) <= 1 and needed(shown) > width:
-            shown.remove(index)
-    for header in ("best params", "fit s", "≈ best" if not any(r.get("not_worse_than_best") for r in rows) else ""):
-        if header and needed(shown) > width:
-            shown.remove(TABLE_HEADERS.index(header))
-    return shown
+    columns = list(TABLE_HEADERS)
+    drops = [
+        *(h for h in ("pooling", "weights") if len({c[h] for c in cells}) <= 1),
+        "best params",
+        "fit s",
+        *(("≈ best",) if not any(r.get("not_worse_than_best") for r in rows) else ()),
+    ]
+    layout = _TerminalLayout(tuple(columns))
+    for name in [None, *drops]:
+        if name is not None:
+            columns.remove(name)
+            layout = _TerminalLayout(tuple(columns))
+        if fits(layout):
+            return layout
+
+    weights = ["weights"] if len({c["weights"] for c in cells}) > 1 else []
+    compact = ["#", "run", *weights, "test AUC (marked)", "CV AUC (mean ± sd)", "sens", "spec", "acc", "fit s"]
+    compact.append("best params")
+    for name in [None, "best params", "fit s", "acc", "spec", "sens", "#", "CV AUC (mean ± sd)", *weights]:
+        if name is not None:
+            compact.remove(name)
+        layout = _TerminalLayout(tuple(compact), compact=True)
+        if fits(layout):
+            return layout
+    return _TerminalLayout(tuple(c if c != "run" else "run (stacked)" for c in compact), compact=True, stacked=True)
+
+
+def _hidden_columns(layout: _TerminalLayout, cells: list[dict[str, str]]) -> list[str]:
+    """The TABLE_HEADERS a layout leaves out: not those merged into the run cell or the AUC, nor a column with
+    one value on every row (one pooling; one kind of weights, which the banner names)."""
+    shown = set(layout.columns)
+    if layout.compact:
+        shown |= {"backbone", "pooling", "classifier", "≈ best", "test AUC [95% CI]"}
+    shown |= {h for h in ("pooling", "weights") if len({c[h] for c in cells}) <= 1}
+    return [h for h in TABLE_HEADERS if h not in shown]
 
 
 def pivot(rows: list[dict]) -> tuple[list[str], list[str], dict[tuple[str, str], dict]]:
@@ -727,49 +813,23 @@ def print_leaderboard(runs: list[dict], console, results_dir=None) -> None:
 
 
 def _print_dataset(group: Dataset, console, sentences: Sequence[str] = ()) -> None:
-    from rich import box
     from rich.table import Table
 
     rows = group.rows
-    all_cells = [table_cells(row) for row in rows]
-    cv_index = TABLE_HEADERS.index("CV AUC (mean ± sd)")
-    for cells in all_cells:  # compact form for the terminal; csv/md keep the spaced one
-        cells[cv_index] = cells[cv_index].replace(" ± ", "±")
-    shown = terminal_columns(rows, all_cells, console.width)
-    merged: tuple[str, ...] = ()
-    if _width_needed(all_cells, shown) > console.width:
-        all_cells, shown = _stacked_cells(all_cells, shown)
-        merged = ("#", "pooling", "classifier", "≈ best")
+    cells = _terminal_cells(rows)
+    layout = terminal_layout(rows, cells, console)
     console.print(f"[bold]{group.heading}[/bold]")
-    table = Table(
-        title="featx leaderboard (sorted by test ROC AUC)", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False
-    )
-    for index in shown:
-        header = TABLE_HEADERS[index]
-        numeric = header in ("#", "sens", "spec", "acc", "fit s")
-        wrap = header == "best params"
-        if header == "CV AUC (mean ± sd)":
-            header = "CV AUC ±sd"
-        if header == "backbone" and merged:
-            header = "backbone\nclassifier"
-        table.add_column(header, justify="right" if numeric else "left", overflow="fold", no_wrap=not wrap)
-    weights_index = TABLE_HEADERS.index("weights")
-    for row, cells in zip(rows, all_cells):
-        style = "red" if row["random_weights"] else None
-        if row["random_weights"]:
-            cells[weights_index] = "[bold red]RANDOM-INIT[/bold red]"
-        table.add_row(*(cells[i] for i in shown), style=style)
-    console.print(table)
-    hidden = [h for i, h in enumerate(TABLE_HEADERS) if i not in shown and h not in merged]
+    console.print(_terminal_table(rows, cells, layout))
+    hidden = _hidden_columns(layout, cells)
     if hidden:
-        console.print(f"(narrow terminal: {', '.join(hidden)} are in leaderboard.csv / leaderboard.md)", style="dim")
+        console.print(f"(at this width {', '.join(hidden)} are in leaderboard.md and .csv)", style="dim")
 
     backbones, classifiers, best = pivot(rows)
     show_pooling = len({r["pooling"] for r in rows}) > 1
     grid = Table(title="test AUC: backbone × classifier" + (" (best pooling per cell)" if show_pooling else ""))
-    grid.add_column("backbone")
+    grid.add_column("backbone", overflow="fold")  # a narrow terminal wraps a long name at its spaces ...
     for classifier in classifiers:
-        grid.add_column(classifier, justify="right")
+        grid.add_column(classifier, justify="right", no_wrap=True)  # ... never an AUC
     for backbone in backbones:
         grid.add_row(
             _backbone_label(rows, backbone), *(pivot_cell(best.get((backbone, c)), show_pooling) for c in classifiers)

@@ -276,6 +276,27 @@ def predict_paths(
     return rows
 
 
+def predict_embeddings(bundle: dict, X: np.ndarray) -> list[dict]:
+    """One dict per embedding row: p_<class> per class and predicted_label, as predict_paths gives for images.
+
+    `X` must be made like the run's embeddings (same backbone, weights, size and pooling); its width is checked.
+    """
+    classes = [str(c) for c in bundle["classes"]]
+    X = np.asarray(X, dtype=np.float32)
+    width = getattr(bundle["estimator"], "n_features_in_", None)
+    if X.ndim != 2 or (width is not None and X.shape[1] != int(width)):
+        raise FeatxError(
+            f"The embeddings have shape {X.shape}, but {bundle['run_id']} takes (n, {width}) rows of "
+            f"{bundle['backbone']} / {bundle['pooling']} embeddings."
+        )
+    proba = class_probabilities(bundle["estimator"], X, bundle["task"])
+    labels = _labels(bundle, proba)
+    return [
+        {**{f"p_{c}": float(proba[i, k]) for k, c in enumerate(classes)}, "predicted_label": labels[i]}
+        for i in range(len(labels))
+    ]
+
+
 def _records(paths, start, ok, proba, labels, classes, reasons) -> list[dict]:
     records, done = [], 0
     for row, read in enumerate(ok, start=start):
@@ -293,16 +314,42 @@ def _records(paths, start, ok, proba, labels, classes, reasons) -> list[dict]:
     return records
 
 
+PROBABILITY_DECIMALS = 6  # the CSV's probabilities and threshold: 0.000002, not 1.5497207641601562e-06
+
+
+def _decimal(value: float) -> str:
+    return f"{value:.{PROBABILITY_DECIMALS}f}"
+
+
+def threshold_text(bundle: dict) -> str:
+    """The rule behind predicted_label, as the CSV's `threshold` column says it: binary, the cut on
+    p_<positive class> (label = positive class when p >= it); multi-label, the cut of each class in class
+    order joined by '|' (one number when they share it); multi-class, 'argmax' (the most probable class)."""
+    task = bundle["task"]
+    if task == "multiclass":
+        return "argmax"
+    if task == "binary":
+        value = _threshold_value(bundle["threshold"])
+        return _decimal(0.5 if value is None else value)
+    thresholds = bundle["threshold"]
+    if isinstance(thresholds, dict):
+        thresholds = thresholds.get("value")
+    values = np.atleast_1d(np.asarray(0.5 if thresholds is None else thresholds, dtype=float))
+    return "|".join(_decimal(v) for v in values)
+
+
 def _csv_text(rows: list[dict], bundle: dict) -> str:
+    """CSV columns: path, p_<class>..., predicted_label, threshold (threshold_text), error, model, weights."""
     buffer = io.StringIO()
-    columns = [*rows[0].keys(), "model", "weights"]
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    keys = list(rows[0].keys())
+    columns = [*keys[: keys.index("predicted_label") + 1], "threshold", *keys[keys.index("predicted_label") + 1 :]]
+    writer = csv.DictWriter(buffer, fieldnames=[*columns, "model", "weights"], lineterminator="\n")
     writer.writeheader()
     weights = "random-init" if bundle["weights"] == "random" else bundle["weights"]
+    threshold = threshold_text(bundle)
     for row in rows:
-        writer.writerow(
-            {**{k: ("" if v is None else v) for k, v in row.items()}, "model": bundle["run_id"], "weights": weights}
-        )
+        cells = {k: ("" if v is None else _decimal(v) if isinstance(v, float) else v) for k, v in row.items()}
+        writer.writerow({**cells, "threshold": threshold, "model": bundle["run_id"], "weights": weights})
     return buffer.getvalue()
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from featx import __version__
-from featx.errors import BundleError, ResultsError
+from featx.errors import BundleError, FeatxError, ResultsError
 from featx.extract.backbones import backbone_group_of
 from featx.files import atomic_write, atomic_write_bytes, check_writable_dir, file_sha256
 from featx.jsonvalues import jsonable
@@ -204,6 +204,7 @@ class RunWriter:
 
     def __init__(self, results_dir):
         self.results_dir = Path(results_dir)
+        self.saved: list[Path] = []  # the runs this writer wrote, in order (what an interrupted command kept)
 
     def prepare(self, plans: Sequence[RunPlan] = ()) -> None:
         """Before any fit: create runs/ and models/, prove them writable, and refuse to replace another cache's run.
@@ -264,6 +265,7 @@ class RunWriter:
             atomic_write(model_path, lambda f: joblib.dump(model, f))
             text = json.dumps(jsonable(run_record(run, file_sha256(model_path))), indent=2, allow_nan=False)
             atomic_write_bytes(path, text.encode())
+            self.saved.append(path)
         return path
 
 
@@ -276,11 +278,25 @@ def _check_not_another_cache(record: Path, cache: Path) -> None:
         recorded = existing.get("feature_path") or existing.get("feature_file")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         return  # not a run record: load_runs names it when the results are read
-    if recorded and Path(recorded).resolve() != cache.resolve():
+    if recorded and Path(recorded).resolve() != cache.resolve() and not _moved_here(existing, cache):
         raise ResultsError(
             f"'{record}' holds a run fitted on '{recorded}', not on '{cache}', and a run of another feature file is "
             f"never overwritten; write to another folder with --out, or delete that run's files first."
         )
+
+
+def _moved_here(record: dict, cache: Path) -> bool:
+    """True when `cache` is the very cache the run was fitted on, moved (a project folder moved as a whole):
+    its content sha256 is the one the run's inputs recorded."""
+    from featx.extract import store
+
+    fitted_on = (record.get("inputs") or {}).get("cache_content_sha256")
+    if not fitted_on:
+        return False
+    try:
+        return store.read_header(cache).attrs.get("content_sha256") == fitted_on
+    except FeatxError:
+        return False
 
 
 def clear_runs(results_dir, keep=()) -> None:
@@ -340,6 +356,50 @@ def load_runs(results_dir) -> list[dict]:
             )
         runs.append(run)
     return runs
+
+
+def test_predictions(run: dict):
+    """A run record's stored test predictions as a pandas DataFrame, one row per test image.
+
+    Parameters
+    ----------
+    run : dict
+        A run record (load_runs).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``id``; ``y_true`` (0/1 for binary, the class index for multi-class) or one 0/1 column ``y_<class>``
+        per class (multi-label); ``score`` (P(positive class)) for binary, else ``p_<class>`` per class;
+        then the test rows' manifest metadata columns.
+
+    Raises
+    ------
+    ResultsError
+        When the record holds no test predictions.
+    """
+    import pandas as pd
+
+    stored = run.get("test_predictions") or {}
+    if not stored.get("ids"):
+        raise ResultsError(f"Run {run.get('run_id')!r} holds no test predictions; re-run featx classify to store them.")
+    classes = [str(c) for c in run.get("classes") or []]
+    frame = pd.DataFrame({"id": [str(i) for i in stored["ids"]]})
+    y_true = np.asarray(stored["y_true"])
+    if y_true.ndim == 2:
+        for k, name in enumerate(classes):
+            frame[f"y_{name}"] = y_true[:, k].astype(int)
+    else:
+        frame["y_true"] = y_true.astype(int)
+    score = np.asarray(stored["score"], dtype=float)
+    if score.ndim == 1:
+        frame["score"] = score
+    else:
+        for k, name in enumerate(classes):
+            frame[f"p_{name}"] = score[:, k]
+    for name, values in (stored.get("meta") or {}).items():
+        frame[name if name not in frame.columns else f"meta_{name}"] = [str(v) for v in values]
+    return frame
 
 
 def _alias_legacy_modules() -> None:

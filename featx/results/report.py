@@ -32,7 +32,7 @@ import numpy as np
 from featx import __version__
 from featx.errors import CacheError
 from featx.extract import store
-from featx.extract.backbones import RANDOM_BANNER
+from featx.extract.backbones import PIXEL_FLOOR, PIXEL_SIZES, RANDOM_BANNER
 from featx.files import atomic_write_bytes
 from featx.results import records
 from featx.results.leaderboard import (
@@ -302,6 +302,18 @@ def _roc_plot(group: str, runs: list[dict], random_weights: bool, where) -> _Plo
         title=f"ROC — {group}{where.tag} (dots: chosen threshold)",
         legend="lower right",
     )
+
+
+def run_roc_png(run: dict) -> bytes | None:
+    """One run's ROC curve alone as PNG bytes (the report's ROC plot; MLflow's roc.png artifact), None without
+    test predictions to draw."""
+    from types import SimpleNamespace
+
+    import matplotlib
+
+    with matplotlib.rc_context(LITERAL_TEXT):
+        plot = _roc_plot(str(run.get("run_id")), [run], _is_random(run), SimpleNamespace(suffix="", tag=""))
+    return None if plot is None else plot.png
 
 
 def _per_class_roc_plot(run: dict, random_weights: bool) -> _Plot | None:
@@ -692,6 +704,29 @@ def _manifest_findings(manifest, data_root) -> list[str]:
 # ---------------------------------------------------------------- tables
 
 
+FLOOR_POOLING = (
+    "the raw-pixel floor pools nothing: its features are the grayscale image at "
+    + " and ".join(f"{size}×{size}" for size in PIXEL_SIZES)
+    + " pixels, flattened"
+)
+
+
+def _is_floor(run: dict) -> bool:
+    """A floor run (raw pixels; the metadata floor): its features are not a backbone's pooled feature map."""
+    return run.get("backbone") == PIXEL_FLOOR or run.get("backbone_group") == "floor"
+
+
+def _pooling_cell(run: dict) -> str:
+    """The pooling a leaderboard row names: “—” for a floor, whose stored pooling name ('avg') means nothing."""
+    return f"<span title='{_e(FLOOR_POOLING)}'>—</span>" if _is_floor(run) else _e(run.get("pooling"))
+
+
+def _params_html(params: dict | None) -> str:
+    """Best params (format_params) that a narrow cell wraps only between parameters, never inside one."""
+    text = format_params(params)
+    return ", ".join(f"<span class='nowrap'>{_e(part)}</span>" for part in text.split(", "))
+
+
 def _leaderboard_table(ranked: list[dict], rows_by_id: dict[str, dict]) -> str:
     head = (
         "#",
@@ -721,17 +756,17 @@ def _leaderboard_table(ranked: list[dict], rows_by_id: dict[str, dict]) -> str:
             _row(
                 rank,
                 _e(features_name(run)),
-                _e(run.get("pooling")),
+                _pooling_cell(run),
                 _e(run.get("classifier")),
                 weights_cell,
-                f"<b>{_e(_auc_text(_auc(run)))}</b>",
-                _e(cv),
+                f"<b class='nowrap'>{_e(_auc_text(_auc(run)))}</b>",
+                f"<span class='nowrap'>{_e(cv)}</span>",
                 _fmt(test.get("sensitivity")),
                 _fmt(test.get("specificity")),
                 _fmt(threshold.get("value")) if threshold else "—",
                 _e((run.get("data") or {}).get("n_test", "")),
                 flag_text,
-                _e(format_params(run.get("best_params"))),
+                _params_html(run.get("best_params")),
             )
         )
     note = (
@@ -740,6 +775,7 @@ def _leaderboard_table(ranked: list[dict], rows_by_id: dict[str, dict]) -> str:
         "cross-validation on train (mean ± sd over folds, best grid point). Sensitivity and specificity are at the "
         "threshold chosen on out-of-fold predictions."
         + (" “≈ best”: not significantly worse than this dataset's top run (paired DeLong test)." if rows_by_id else "")
+        + (f" Pooling “—”: {_e(FLOOR_POOLING)}." if any(_is_floor(run) for run in ranked) else "")
         + "</p>"
     )
     return _table(head, lines) + note
@@ -756,46 +792,73 @@ def _provenance_section(ranked: list[dict]) -> str:
         + "</td></tr>"
         for p, v in versions.items()
     )
-    run_rows = []
-    for run in ranked:
-        config = run.get("config") or {}
-        weights = str(run.get("weights", ""))
-        if _is_random(run):
-            weights = f"random (seed {run.get('weights_seed')})"
-        timings = run.get("timings") or {}
-        run_rows.append(
-            _row(
-                _e(run.get("run_id")),
-                _e(weights),
-                _e(run.get("image_size")),
-                _e(run.get("resize_mode")),
-                f"<code class='hash'>{_e(str(run.get('feature_sha256', ''))[:12])}</code>",
-                f"<code class='hash'>{_e(str(run.get('manifest_sha256', ''))[:12])}</code>",
-                _e(", ".join(f"{k}={v}" for k, v in config.items())),
-                f"<code>{_e(format_params(run.get('best_params')))}</code>",
-                _fmt(timings.get("total_s"), 1),
-                _e(run.get("created_utc", "")),
-            )
-        )
-    head = (
-        "run",
-        "weights",
-        "image size",
-        "resize",
-        "features sha256",
-        "manifest sha256",
-        "config",
-        "best params",
-        "time (s)",
-        "created (UTC)",
-    )
     return (
         "<h3>Software versions</h3><table><tr><th>package</th><th>version</th></tr>" + version_rows + "</table>"
         "<h3>Runs</h3>"
-        + _table(head, run_rows, "small")
+        + _provenance_runs(ranked)
         + "<p class='note'>Every number above is traceable to its run JSON in <code>runs/</code> "
         "(grid, CV results, out-of-fold threshold, test predictions) and its model bundle in <code>models/</code>.</p>"
     )
+
+
+def _settings_html(settings: dict) -> str:
+    """'cv=5, seed=0, ...' that a narrow cell wraps only between settings, never inside one."""
+    return ", ".join(f"<span class='nowrap'>{_e(key)}={_e(value)}</span>" for key, value in settings.items())
+
+
+def _provenance_runs(ranked: list[dict]) -> str:
+    """The runs' provenance table; what every run shares (a column with one value, a config key with one value)
+    is said once above it instead of in every row."""
+    columns: OrderedDict[str, list[str]] = OrderedDict(
+        (name, [])
+        for name in ("run", "weights", "image size", "resize", "features sha256", "manifest sha256", "config")
+    )
+    columns.update((name, []) for name in ("best params", "time (s)", "created (UTC)"))
+    configs = [run.get("config") or {} for run in ranked]
+    keys = list(OrderedDict.fromkeys(key for config in configs for key in config))
+    shared_config = {
+        key: configs[0][key]
+        for key in keys
+        if len(ranked) > 1 and all(key in config and config[key] == configs[0][key] for config in configs)
+    }
+    for run, config in zip(ranked, configs):
+        weights = str(run.get("weights", ""))
+        if _is_random(run):
+            weights = f"random (seed {run.get('weights_seed')})"
+        own = {key: value for key, value in config.items() if key not in shared_config}
+        values = (
+            _e(run.get("run_id")),
+            f"<span class='nowrap'>{_e(weights)}</span>",
+            _e(run.get("image_size")),
+            _e(run.get("resize_mode")),
+            f"<code class='hash'>{_e(str(run.get('feature_sha256', ''))[:12])}</code>",
+            f"<code class='hash'>{_e(str(run.get('manifest_sha256', ''))[:12])}</code>",
+            _settings_html(own) if own else "—",
+            _params_html(run.get("best_params")),
+            _fmt((run.get("timings") or {}).get("total_s"), 1),
+            f"<span class='nowrap'>{_e(run.get('created_utc', ''))}</span>",
+        )
+        for column, value in zip(columns.values(), values):
+            column.append(value)
+    per_run = ("run", "best params", "time (s)", "created (UTC)")
+    shared = [
+        (name, values[0])
+        for name, values in columns.items()
+        if name not in per_run and name != "config" and len(ranked) > 1 and len(set(values)) == 1
+    ]
+    if shared_config:
+        shared.append(("config", _settings_html(shared_config)))
+    shared_names = {name for name, _ in shared if name != "config"}
+    if all(value == "—" for value in columns["config"]):  # every key said once above: no config column
+        shared_names.add("config")
+    head = [name for name in columns if name not in shared_names]
+    rows = [_row(*(columns[name][i] for name in head)) for i in range(len(ranked))]
+    common = (
+        "<p>Same for every run: " + "; ".join(f"<b>{_e(name)}</b> {value}" for name, value in shared) + ".</p>"
+        if shared
+        else ""
+    )
+    return common + _table(head, rows, "small")
 
 
 CSS = """
@@ -809,6 +872,7 @@ table{border-collapse:collapse;margin:8px 0 4px 0;font-size:14px}
 th,td{border:1px solid #ccc;padding:4px 9px;text-align:left;vertical-align:top}
 th{background:#f2f2f2} tr:nth-child(even) td{background:#fafafa}
 table.small{font-size:12px} code{font-size:12px;word-break:break-all} code.hash{white-space:nowrap;word-break:normal}
+.nowrap{white-space:nowrap} code.params{word-break:normal}
 .note{color:#555;font-size:13px;margin-top:2px}
 .bad{color:#b00020;font-weight:bold}
 .floor{background:#eef4fb;border-left:4px solid #1f77b4;padding:6px 10px}
@@ -887,7 +951,13 @@ def _split_level_table(ranked: list[dict]) -> str:
             "<p class='note'>No patient- vs image-level CV audit in these runs (classify ran with "
             "<code>--no-image-cv</code>, or the runs predate it).</p>"
         )
-    head = ("run", "CV AUC, patient folds", "CV AUC, image folds", "inflation", "val. images whose patient trained")
+    head = (
+        "run",
+        "CV AUC, patient folds",
+        "CV AUC, image folds",
+        "inflation",
+        "image folds: validation images whose patient also had images in training",
+    )
     folds = next(
         ((run.get("audit") or {}).get("split_levels") or {}).get("folds") for run in ranked if run.get("audit")
     )
@@ -1024,10 +1094,67 @@ def _pair_images(pair: dict, roots: list[Path]):
     return images
 
 
+def _wrapped_name(name: str, width: int = 19, lines: int = 3) -> str:
+    """A file name on at most `lines` lines of `width` characters, broken after _ - . where it can be; a longer
+    one keeps its start and its end around '…' (the end tells files of one series apart)."""
+    if len(name) > width * lines:
+        keep = width * lines - 1
+        name = f"{name[: keep - keep // 2]}…{name[-(keep // 2) :]}"
+    pieces = [token[i : i + width] for token in re.findall(r"[^_.-]*[_.-]?", name) for i in range(0, len(token), width)]
+    out = [""]
+    for piece in pieces:
+        if out[-1] and len(out[-1]) + len(piece) > width:
+            out.append("")
+        out[-1] += piece
+    if len(out) > lines:  # breaking at separators took more lines than slicing: slice
+        out = [name[i : i + width] for i in range(0, len(name), width)]
+    return "\n".join(out)
+
+
+PAIR_WIDTH, PAIR_IMAGE, PAIR_TITLE, LABEL_LINE = 3.2, 1.45, 0.3, 0.15  # inches: one pair's panel
+
+
+def _near_duplicate_pair(panel, pair: dict, images, label_lines: int) -> None:
+    """One test–training pair in its own shaded panel: its cosine above, each image's split and file name below."""
+    panel.set_facecolor("#eef1f5")
+    above = bool(pair.get("above_threshold"))
+    panel.suptitle(
+        f"cos {pair['similarity']:.3f}" + (" (at or above the threshold)" if above else ""),
+        fontsize=9,
+        color="#b00020" if above else "#333333",
+        fontweight="bold" if above else "normal",
+        y=0.985,
+        va="top",
+    )
+    label_height = LABEL_LINE * label_lines + 0.1
+    height = PAIR_TITLE + PAIR_IMAGE + label_height
+    axes = panel.subplots(
+        1,
+        2,
+        gridspec_kw={
+            "left": 0.02,
+            "right": 0.98,
+            "wspace": 0.04,
+            "top": 1 - PAIR_TITLE / height,
+            "bottom": label_height / height,
+        },
+    )
+    for side, ax in enumerate(axes):
+        ax.imshow(images[side])
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.set_xlabel(f"{pair['splits'][side]}\n{_wrapped_name(Path(pair['ids'][side]).name)}", fontsize=8)
+
+
 def _near_duplicate_plot(
     group: str, audit: dict, data_root, random_weights: bool, where, n_pairs: int = 6
 ) -> _Plot | None:
-    """The closest evaluated-vs-training pairs as thumbnails, when the images can be found."""
+    """The closest evaluated-vs-training pairs as thumbnails, when the images can be found: each pair in its own
+    shaded panel (two images close together, wider gaps between pairs), file names whole under the images."""
+    from matplotlib.figure import Figure
+
     roots = [Path(root) for root in (data_root, audit.get("data_root")) if root]
     pairs = []
     for pair in (audit["near_duplicates"].get("top_pairs") or [])[:n_pairs]:
@@ -1039,28 +1166,24 @@ def _near_duplicate_plot(
         return None
     columns = min(3, len(pairs))
     rows = math.ceil(len(pairs) / columns)
-    figure = _figure(2.9 * columns, 1.85 * rows + 0.3)
-    axes = np.atleast_1d(figure.subplots(rows, 2 * columns)).reshape(rows, 2 * columns)
-    for ax in axes.ravel():
-        ax.axis("off")
+    label_lines = 1 + max(_wrapped_name(Path(i).name).count("\n") + 1 for pair, _ in pairs for i in pair["ids"])
+    pair_height = PAIR_TITLE + PAIR_IMAGE + LABEL_LINE * label_lines + 0.1
+    top = 0.55 if random_weights else 0.05  # room for _render's banner: a fixed layout, no layout engine
+    height = top + rows * pair_height + 0.12 * (rows - 1)
+    figure = Figure(figsize=(PAIR_WIDTH * columns, height), dpi=100)
+    # subfigures take their place from the grid's ratios only (not its margins or spacing): gaps are grid cells
+    gap = 0.12
+    grid = figure.add_gridspec(
+        2 * rows,
+        2 * columns - 1,
+        height_ratios=[top] + [pair_height, gap] * (rows - 1) + [pair_height],
+        width_ratios=[PAIR_WIDTH - gap * (columns - 1) / columns, gap] * (columns - 1)
+        + [PAIR_WIDTH - gap * (columns - 1) / columns],
+    )
     for index, (pair, images) in enumerate(pairs):
         row, column = divmod(index, columns)
-        for side in range(2):
-            ax = axes[row, 2 * column + side]
-            ax.imshow(images[side])
-            name = Path(pair["ids"][side]).name
-            ax.set_title(f"{pair['splits'][side]}: {name[:22]}", fontsize=6)
-        color = "#b00020" if pair.get("above_threshold") else "#444444"
-        axes[row, 2 * column].text(
-            1.02,
-            -0.08,
-            f"cos {pair['similarity']:.3f}",
-            transform=axes[row, 2 * column].transAxes,
-            ha="center",
-            va="top",
-            fontsize=7,
-            color=color,
-        )
+        panel = figure.add_subfigure(grid[1 + 2 * row, 2 * column])
+        _near_duplicate_pair(panel, pair, images, label_lines)
     return _Plot(
         f"near_duplicates_{_safe_name(group)}{where.suffix}.png",
         f"Closest test–training pairs — {group}{where.tag}",
@@ -1201,6 +1324,37 @@ def _dataset_plots(where: _DatasetRuns, random_weights: bool) -> dict[str, list[
     }
 
 
+def _best_line(where: _DatasetRuns, rows_by_id: dict[str, dict]) -> str:
+    """The report's top line for one dataset: its best run, whether that is the raw-pixel floor, and how many
+    runs are statistically tied with it (the leaderboard's ≈ best: paired DeLong p ≥ 0.05)."""
+    top = where.runs[0]
+    scope = f" on dataset {where.dataset.index}" if where.dataset.count > 1 else ""
+    text = f"Best{scope}: <b>{_e(top.get('run_id'))}</b>, test AUC {_e(_auc_text(_auc(top)))}"
+    if top.get("backbone") == PIXEL_FLOOR:
+        text += " — <b>the raw-pixel floor</b>: no backbone run scored above raw pixels"
+    elif _is_floor(top):
+        text += f" — <b>a floor ({_e(top.get('backbone'))})</b>: no backbone run scored above it"
+    if (rows_by_id.get(top["run_id"]) or {}).get("not_worse_than_best") is None:
+        return text + " (ties not tested: the paired DeLong test needs binary runs with test predictions)."
+    tied = [run for run in where.runs[1:] if (rows_by_id.get(run["run_id"]) or {}).get("not_worse_than_best")]
+    if len(where.runs) == 1:
+        return text + "."
+    if not tied:
+        return text + "; every other run scored significantly below it."
+    text += (
+        f"; {len(tied)} other {plural(len(tied), 'run')} {'is' if len(tied) == 1 else 'are'} statistically "
+        "tied with it (≈ best: paired DeLong p ≥ 0.05)"
+    )
+    if _is_floor(top):
+        backbone_runs = sum(1 for run in tied if not _is_floor(run))
+        text += (
+            f", {backbone_runs} of them {'a backbone run' if backbone_runs == 1 else 'backbone runs'}"
+            if backbone_runs
+            else ", none of them a backbone run"
+        )
+    return text + "."
+
+
 def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Path:
     """Write the self-contained HTML report (default results_dir/report.html) and results_dir/plots/*.png.
 
@@ -1252,12 +1406,8 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
         banner += f"<div class='warn'>⚠ {_e(several_datasets_warning(len(groups_of_runs)))}</div>"
     tasks = sorted({str(run.get("task")) for run in runs})
     nav = "".join(f"<a href='#{key}'>{_e(title)}</a>" for key, title in SECTIONS)
-    best_lines = []
-    for where in groups_of_runs:
-        top = where.runs[0]
-        scope = f" on dataset {where.dataset.index}" if where.dataset.count > 1 else ""
-        best_lines.append(f"Best{scope}: <b>{_e(top.get('run_id'))}</b>, test AUC {_e(_auc_text(_auc(top)))}")
-    best_line = "; ".join(best_lines) + f" ({len(runs)} {plural(len(runs), 'run')}, task {_e(', '.join(tasks))})."
+    best_lines = [_best_line(where, rows_by_id) for where in groups_of_runs]
+    best_line = f"{len(runs)} {plural(len(runs), 'run')} (task {_e(', '.join(tasks))}). " + " ".join(best_lines)
     created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
     def per_dataset(render) -> str:
