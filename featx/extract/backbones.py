@@ -981,8 +981,9 @@ def _hub_model(spec: BackboneSpec, weights: WeightsInfo, size: tuple[int, int], 
         network.trainable = False
         inputs = keras.Input(shape=(*size, 3), dtype="float32", name="image_rgb")
         x = _hub_layers()[0](scale, offset, name="preprocess", dtype="float32")(inputs)
-        named = isinstance(network.input, dict)  # DINOv2/DINOv3 take {"images": x}; ViT and timm CNNs a tensor
-        features = network({"images": x} if named else x, training=False)
+        # DINOv2 takes {"images": x}, DINOv3 {"pixel_values": x}; ViT and timm CNNs a tensor
+        named = network.input if isinstance(network.input, dict) else None
+        features = network({next(iter(named)): x} if named else x, training=False)
         if spec.tokens:
             token_pooling = _hub_layers()[1]
             outputs = {
