@@ -329,7 +329,13 @@ def _add_extract(sub) -> None:
     from featx.extract.backbones import POOLINGS  # the registry only: no TensorFlow at import time
 
     p = sub.add_parser("extract", help="stage one: embed every image once per backbone into features/<backbone>.h5")
-    p.add_argument("--backbone", action="append", required=True, help="backbone name(s); repeat or comma-separate")
+    p.add_argument(
+        "--backbone",
+        action="append",
+        required=True,
+        help="backbone name(s) (featx backbones), hf://org/repo, a keras-hub preset folder or onnx:FILE; repeat or "
+        "comma-separate",
+    )
     p.add_argument("--manifest", type=Path, required=True, help="manifest CSV")
     p.add_argument(
         "--data-root",
@@ -340,9 +346,15 @@ def _add_extract(sub) -> None:
     p.add_argument(
         "--weights",
         default="imagenet",
-        help="imagenet (Keras download/cache), random (seeded init, for tests), auto (imagenet if available) or PATH",
+        help="imagenet (Keras download/cache; keras-hub and ONNX backbones: their own checkpoint, also called "
+        "pretrained), random (seeded init, for tests), auto (imagenet/pretrained if available) or PATH",
     )
-    p.add_argument("--pooling", default="avg", help=f"comma-separated poolings from {list(POOLINGS)} (default avg)")
+    p.add_argument(
+        "--pooling",
+        default="avg",
+        help=f"comma-separated poolings from {list(POOLINGS)} (default avg; each backbone keeps those its output "
+        "supports: CNNs avg/max/gem/flatten, ViTs cls/mean/cls+mean/gem, a ViT asked only for CNN poolings cls+mean)",
+    )
     p.add_argument(
         "--image-size", type=_positive_int, default=None, help="square input size (default: backbone's native)"
     )

@@ -106,3 +106,29 @@ def test_onnx_mistakes_are_one_sentence(tmp_path, capsys):
     code = main(["extract", "--backbone", f"onnx:{tmp_path / 'missing.onnx'}", "--manifest", str(manifest),
                  "--data-root", str(manifest.parent), "--out", str(tmp_path / "f")])  # fmt: skip
     assert code == 2 and "missing.onnx' of --backbone onnx:" in capsys.readouterr().err
+
+
+def test_an_onnx_cache_classifies_and_its_bundle_predicts_the_test_scores(tmp_path):
+    from featx.classify.stage import ClassifyConfig
+    from featx.results.finish import classify_runs
+    from featx.results.predict import predict_paths
+
+    manifest = generate_phantoms(tmp_path / "data", n_patients=12, image_size=32, seed=3)
+    conv_model(tmp_path / "net.onnx")
+    name = f"onnx:{tmp_path / 'net.onnx'}"
+    quiet = Console(file=io.StringIO())
+    run_extract(
+        ExtractConfig(backbones=(name,), manifest=manifest, data_root=manifest.parent, out_dir=tmp_path / "f",
+                      weights="pretrained", batch_size=4, workers=1),
+        quiet,
+    )  # fmt: skip
+    classify_runs(
+        ClassifyConfig(features_dir=tmp_path / "f", out_dir=tmp_path / "r", classifiers=("logreg",), cv=2, quick=True),
+        quiet,
+    )
+    run = json.loads((tmp_path / "r" / "runs" / "onnx-net__avg__logreg.json").read_text())
+    assert run["backbone_group"] == "ONNX" and run["backbone"] == name
+    rows = predict_paths(tmp_path / "r" / "models" / "onnx-net__avg__logreg.joblib", [manifest], batch_size=4)
+    by_path = {r["path"]: r for r in rows}
+    expected = run["test_predictions"]
+    assert [by_path[str(manifest.parent / rel)]["p_opacity"] for rel in expected["ids"]] == expected["score"]
