@@ -140,10 +140,10 @@ help:  ## list every target with its one-line description, then the variables
 $(BIN)/featx: setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,lint,dicom,ray,parquet,mlflow]'
+	$(BIN)/pip install --quiet -e '.[test,lint,dicom,ray,parquet,mlflow,hub,onnx]'
 	@touch $(BIN)/featx
 
-install: $(BIN)/featx  ## create .venv and install featx with its test, lint, dicom, ray, parquet and mlflow extras
+install: $(BIN)/featx  ## create .venv and install featx with its test, lint, dicom, ray, parquet, mlflow, hub and onnx extras
 
 lint: install  ## ruff check, ruff format --check and mypy (CI runs this before the tests)
 	$(BIN)/ruff check .

@@ -329,7 +329,13 @@ def _add_extract(sub) -> None:
     from featx.extract.backbones import POOLINGS  # the registry only: no TensorFlow at import time
 
     p = sub.add_parser("extract", help="stage one: embed every image once per backbone into features/<backbone>.h5")
-    p.add_argument("--backbone", action="append", required=True, help="backbone name(s); repeat or comma-separate")
+    p.add_argument(
+        "--backbone",
+        action="append",
+        required=True,
+        help="backbone name(s) (featx backbones), hf://org/repo, a keras-hub preset folder or onnx:FILE; repeat or "
+        "comma-separate",
+    )
     p.add_argument("--manifest", type=Path, required=True, help="manifest CSV")
     p.add_argument(
         "--data-root",
@@ -340,9 +346,15 @@ def _add_extract(sub) -> None:
     p.add_argument(
         "--weights",
         default="imagenet",
-        help="imagenet (Keras download/cache), random (seeded init, for tests), auto (imagenet if available) or PATH",
+        help="imagenet (Keras download/cache; keras-hub and ONNX backbones: their own checkpoint, also called "
+        "pretrained), random (seeded init, for tests), auto (imagenet/pretrained if available) or PATH",
     )
-    p.add_argument("--pooling", default="avg", help=f"comma-separated poolings from {list(POOLINGS)} (default avg)")
+    p.add_argument(
+        "--pooling",
+        default="avg",
+        help=f"comma-separated poolings from {list(POOLINGS)} (default avg; each backbone keeps those its output "
+        "supports: CNNs avg/max/gem/flatten, ViTs cls/mean/cls+mean/gem, a ViT asked only for CNN poolings cls+mean)",
+    )
     p.add_argument(
         "--image-size", type=_positive_int, default=None, help="square input size (default: backbone's native)"
     )
@@ -638,8 +650,9 @@ def _add_demo(sub) -> None:
     )
     p.add_argument(
         "--backbones",
-        default="pixels,mobilenetv3small,resnet50",
-        help="comma-separated backbones (default: the raw-pixel floor and two CNNs; --quick: pixels,tiny)",
+        default="pixels,mobilenetv3small,resnet50,tiny-vit",
+        help="comma-separated backbones (default: the raw-pixel floor, two CNNs and a tiny random ViT; --quick: "
+        "pixels,tiny,tiny-vit)",
     )
     p.add_argument("--classifiers", default="logreg,xgboost,dense")
     p.add_argument("--patients", type=_positive_int, default=120, help="synthetic patients (default 120)")
@@ -687,6 +700,14 @@ def _add_bench_extract(bsub) -> None:
     p.add_argument("--source-size", type=_positive_int, default=1500, help="generated JPEG side in pixels")
     _add_batch_size(p)
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    p.add_argument(
+        "--models",
+        nargs="?",
+        const="",
+        default=None,
+        help="compare forward img/s and peak RSS of NAME[@SIZE] models, each in a fresh process, batch size chosen "
+        "per model (default resnet50@224,dinov2-small@224,dinov2-base@224,rad-dino@518; --images: images each)",
+    )
     # --engine ray: the Ray engine against the local engine (featx/bench/engines.py)
     _add_engine_options(p)
     p.add_argument("--manifest", type=Path, default=None, help="--engine ray: real images instead of generated JPEGs")
@@ -699,6 +720,16 @@ def _add_bench_extract(bsub) -> None:
 
 
 def _cmd_bench_extract(args):
+    if args.models is not None:
+        from featx.bench.models import bench_models_command
+
+        bench_models_command(
+            _csv_list(args.models),
+            n_images=max(int(n) for n in _csv_list(args.images)),
+            batch_size=None,
+            console=_console(),
+        )
+        return
     if args.engine != "local":
         from featx.bench.engines import bench_engines_command
 

@@ -17,12 +17,14 @@ from featx.data.synthetic import PhantomParams, existing_phantoms, generate_phan
 from featx.errors import CacheError, FeatxError, LockError
 from featx.extract.backbones import RANDOM_BANNER
 
-# pixels: the raw-pixel floor, so the demo's leaderboard shows what the CNN backbones add over it
-DEFAULT_BACKBONES = ("pixels", "mobilenetv3small", "resnet50")
+# pixels: the raw-pixel floor, so the demo's leaderboard shows what the CNN backbones add over it; tiny-vit: a
+# two-layer random ViT (keras-hub), so the token path (cls+mean pooling, the foundation-model sentence) runs offline
+DEFAULT_BACKBONES = ("pixels", "mobilenetv3small", "resnet50", "tiny-vit")
+TOKEN_BACKBONES = ("tiny-vit",)  # left out where keras-hub (the featx[hub] extra) is not installed
 DEFAULT_PATIENTS = 120
 DEFAULT_IMAGE_SIZE = 128
 # --quick shrinks whatever was left at its default to a seconds-long smoke run
-QUICK_BACKBONES = ("pixels", "tiny")
+QUICK_BACKBONES = ("pixels", "tiny", "tiny-vit")
 QUICK_PATIENTS = 16
 QUICK_IMAGE_SIZE = 32
 QUICK_CV = 3
@@ -58,18 +60,29 @@ class DemoConfig:
 
 
 def effective_config(config: DemoConfig) -> DemoConfig:
-    """--quick replaces the values still at their defaults with tiny ones; explicit values are kept."""
+    """--quick replaces the values still at their defaults with tiny ones; explicit values are kept.
+
+    The token backbones (tiny-vit) are left out where keras-hub is not installed.
+    """
     config = replace(
         config, workdir=Path(config.workdir), backbones=tuple(config.backbones), classifiers=tuple(config.classifiers)
     )
-    if not config.quick:
-        return config
-    return replace(
-        config,
-        backbones=QUICK_BACKBONES if config.backbones == DEFAULT_BACKBONES else config.backbones,
-        n_patients=QUICK_PATIENTS if config.n_patients == DEFAULT_PATIENTS else config.n_patients,
-        image_size=QUICK_IMAGE_SIZE if config.image_size == DEFAULT_IMAGE_SIZE else config.image_size,
-    )
+    if config.quick:
+        config = replace(
+            config,
+            backbones=QUICK_BACKBONES if config.backbones == DEFAULT_BACKBONES else config.backbones,
+            n_patients=QUICK_PATIENTS if config.n_patients == DEFAULT_PATIENTS else config.n_patients,
+            image_size=QUICK_IMAGE_SIZE if config.image_size == DEFAULT_IMAGE_SIZE else config.image_size,
+        )
+    if not _keras_hub_installed():
+        config = replace(config, backbones=tuple(b for b in config.backbones if b not in TOKEN_BACKBONES))
+    return config
+
+
+def _keras_hub_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("keras_hub") is not None
 
 
 def phantom_params(config: DemoConfig) -> PhantomParams:

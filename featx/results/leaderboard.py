@@ -27,7 +27,7 @@ import numpy as np
 from featx.errors import ResultsError
 from featx.extract.backbones import PIXEL_FLOOR, RANDOM_BANNER
 from featx.files import atomic_write_bytes
-from featx.results.records import load_runs
+from featx.results.records import backbone_group, load_runs
 
 ALPHA = 0.05
 BEST_MARK = "★"
@@ -38,6 +38,7 @@ CSV_COLUMNS = (
     "run_id",
     "features",
     "backbone",
+    "group",
     "pooling",
     "classifier",
     "task",
@@ -247,6 +248,7 @@ def _row(run: dict, dataset: str, rank: int, mark: tuple[float | None, bool | No
         "run_id": run["run_id"],
         "features": features_name(run),
         "backbone": run["backbone"],
+        "group": backbone_group(run),
         "pooling": run["pooling"],
         "classifier": run["classifier"],
         "task": run["task"],
@@ -362,6 +364,48 @@ def pixel_floor_sentence(runs: list[dict]) -> str:
     )
 
 
+FOUNDATION_GROUPS = ("self-supervised ViT", "medical foundation")
+
+
+def _paired_p(best: dict, other: dict) -> str:
+    from featx.classify import evaluate
+
+    if not (_comparable(best) and _comparable(other) and dataset_key(best) == dataset_key(other)):
+        return ""
+    y_true, best_score = _aligned(best)
+    p_value = float(evaluate.delong_paired_pvalue(y_true, best_score, _aligned(other)[1]))
+    return "" if math.isnan(p_value) else f", paired DeLong p = {p_value:.3g}"
+
+
+def foundation_sentence(runs: list[dict]) -> str | None:
+    """What the best foundation-model run (self-supervised ViT or medical foundation) adds over the best ImageNet
+    CNN run and over the best floor run of one dataset, in one sentence; None without a foundation run."""
+    ordered = [run for run in sorted(runs, key=_sort_key) if not math.isnan(_test_auc(run))]
+    best: dict[str, dict] = {}
+    for run in ordered:
+        group = backbone_group(run)
+        key = "foundation" if group in FOUNDATION_GROUPS else group
+        best.setdefault(key, run)
+    if "foundation" not in best:
+        return None
+    top = best["foundation"]
+    random_note = ", random-init" if run_is_random(top) else ""
+    parts = []
+    for key, what in (("ImageNet CNN", "the best ImageNet CNN"), ("floor", "the floor")):
+        other = best.get(key)
+        if other is None:
+            parts.append(f"no {what.removeprefix('the ')} run to compare")
+            continue
+        gain = _test_auc(top) - _test_auc(other)
+        parts.append(
+            f"{gain:+.3f} AUC against {what} {_run_name(other)} ({_auc_ci_text(other)}{_paired_p(top, other)})"
+        )
+    return (
+        f"Foundation models: the best, {_run_name(top)}{random_note} ({backbone_group(top)}, "
+        f"{_auc_ci_text(top)}), is {' and '.join(parts)}."
+    )
+
+
 def split_level_sentence(runs: list[dict]) -> str | None:
     """The top run's configuration under patient-grouped vs plain image CV, in one sentence (None without the audit)."""
     for run in sorted(runs, key=_sort_key):
@@ -391,6 +435,7 @@ def dataset_sentences(runs: list[dict]) -> dict[str, list[str]]:
             for sentence in (
                 pixel_floor_sentence(members),
                 metadata_floor_sentence(members),
+                foundation_sentence(members),
                 split_level_sentence(members),
             )
             if sentence

@@ -20,6 +20,7 @@ import numpy as np
 
 from featx import __version__
 from featx.errors import BundleError, FeatxError, ResultsError
+from featx.extract.backbones import backbone_group_of
 from featx.files import atomic_write, atomic_write_bytes, check_writable_dir, file_sha256
 from featx.jsonvalues import jsonable
 from featx.runtime import interrupts_deferred, library_versions
@@ -96,6 +97,7 @@ def run_record(run: FittedRun, bundle_sha256: str | None = None) -> dict:
         "format": RUN_FORMAT,
         "run_id": run.plan.run_id,
         "backbone": run.plan.backbone,
+        "backbone_group": backbone_group_of(run.plan.backbone, attrs),
         "pooling": run.plan.pooling,
         "classifier": run.plan.classifier,
         "task": run.task,
@@ -191,6 +193,11 @@ def bundle(run: FittedRun) -> dict:
         "feature_sha256": run.feature_sha256,
         "manifest_sha256": attrs.get("manifest_sha256"),
     }
+
+
+def backbone_group(record: dict) -> str:
+    """A run record's backbone group: its "backbone_group" key, else the rule for records written before it."""
+    return backbone_group_of(str(record.get("backbone", "")), {"backbone_group": record.get("backbone_group")})
 
 
 class RunWriter:

@@ -41,6 +41,7 @@ from featx.results.leaderboard import (
     features_name,
     format_auc,
     format_params,
+    foundation_sentence,
     leaderboard_rows,
     pixel_floor_sentence,
     plural,
@@ -937,6 +938,12 @@ def _pixel_floor_line(runs: list[dict]) -> str:
     )
 
 
+def _foundation_line(runs: list[dict]) -> str:
+    """One sentence: what the best foundation model adds over the best ImageNet CNN and the floor ('' without one)."""
+    sentence = foundation_sentence(runs)
+    return f"<p class='floor'>{_e(sentence)}</p>" if sentence else ""
+
+
 def _split_level_table(ranked: list[dict]) -> str:
     """Each run's chosen configuration under patient-grouped vs plain image cross-validation."""
     rows = []
@@ -1442,6 +1449,7 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
         + per_dataset(
             lambda where, panel: (
                 _pixel_floor_line(where.runs)
+                + _foundation_line(where.runs)
                 + _leaderboard_table(where.runs, rows_by_id)
                 + _split_level_table(where.runs)
             )
