@@ -273,3 +273,28 @@ def test_the_model_bench_chooses_a_batch_that_keeps_long_token_sequences_in_memo
     assert batch_for(backbones.get_backbone("resnet50"), 224) == 32
     small = batch_for(backbones.get_backbone("rad-dino"), 518)
     assert 1 <= small < batch_for(backbones.get_backbone("rad-dino"), 224) <= 32 and small <= 4
+
+
+def test_extract_cuts_a_long_token_batch_into_calls_that_fit_and_gives_the_same_rows():
+    """Issue 15.6: a ViT at 518 px is never run on a whole --batch-size batch at once (its attention maps would
+    not fit); a CNN's batch goes through whole."""
+    import numpy as np
+
+    from featx.extract.forward import forward_step
+
+    assert backbones.forward_batch_limit(backbones.get_backbone("resnet50"), 224) is None
+    assert backbones.forward_batch_limit(backbones.get_backbone("rad-dino"), 518) <= 4
+
+    import tensorflow as tf
+
+    class Model:  # each image minus its call's mean: the output says how the batch was cut
+        def __call__(self, batch, training=False):
+            return {"cls": batch[:, 0, 0, :] - tf.reduce_mean(batch[:, 0, 0, :], axis=0)}
+
+    images = np.random.default_rng(0).random((7, 4, 4, 3), dtype=np.float32)
+    pixels = images[:, 0, 0, :]
+    whole = forward_step(Model(), (4, 4), ["cls"])(images)["cls"]
+    assert np.allclose(whole, pixels - pixels.mean(axis=0), atol=1e-6)
+    cut = forward_step(Model(), (4, 4), ["cls"], max_batch=3)(images)["cls"]
+    want = np.concatenate([part - part.mean(axis=0) for part in (pixels[:3], pixels[3:6], pixels[6:])])
+    assert np.allclose(cut, want, atol=1e-6) and not np.allclose(cut, whole, atol=1e-3)

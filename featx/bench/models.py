@@ -19,9 +19,6 @@ import numpy as np
 
 RESULT_TAG = "FEATX_BENCH_MODEL "
 DEFAULT_MODELS = ("resnet50@224", "dinov2-small@224", "dinov2-base@224", "rad-dino@518")
-# Attention maps dominate a ViT's activations: heads x tokens^2 floats per layer and image. A batch keeps them
-# under this budget (the forward pass holds a few such maps at once), so 518 px (1,370 tokens) does not blow up.
-ATTENTION_BUDGET_MIB = 256
 MAX_BATCH = 32
 
 
@@ -39,14 +36,11 @@ def parse_models(text) -> list[tuple[str, int | None]]:
 
 
 def batch_for(spec, size: int) -> int:
-    """The batch size for a model: MAX_BATCH for CNNs; for token models, what keeps the attention maps in budget."""
-    if not spec.tokens:
-        return MAX_BATCH
-    heads = int(spec.hub_architecture()[1].get("num_heads", 12))
-    patches = (size // max(1, spec.downsample)) ** 2
-    tokens = patches + spec.prefix_tokens
-    per_image = heads * tokens * tokens * 4 / 2**20
-    return int(max(1, min(MAX_BATCH, ATTENTION_BUDGET_MIB // max(per_image, 1e-9))))
+    """The batch size for a model: MAX_BATCH for CNNs; for token models, extract's own limit (the attention
+    maps within budget: backbones.forward_batch_limit)."""
+    from featx.extract.backbones import forward_batch_limit
+
+    return forward_batch_limit(spec, (size, size)) or MAX_BATCH
 
 
 def measure(name: str, size: int | None, n_images: int, batch_size: int | None = None) -> dict:

@@ -70,6 +70,12 @@ _VALID3_S2 = (3, 2, 0)
 _VALID3_S1 = (3, 1, 0)
 _INCEPTION_STEM = (_VALID3_S2, _VALID3_S1, _VALID3_S2, _VALID3_S1, _VALID3_S2, _VALID3_S2, _VALID3_S2)
 
+# Attention maps dominate a ViT's activations: heads x tokens^2 floats per layer and image. A token model's
+# forward pass is cut into sub-batches that keep them under this budget (the pass holds a few such maps at
+# once), so 518 px (1,370 tokens) does not blow up memory whatever --batch-size says.
+ATTENTION_BUDGET_MIB = 256
+MAX_TOKEN_BATCH = 32
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -1210,3 +1216,16 @@ def print_backbones(console) -> None:
         "preset folder or onnx:FILE. Offline, pass --weights random (random-init features are for testing only).",
         highlight=False,
     )
+
+
+def forward_batch_limit(spec: BackboneSpec, image_size) -> int | None:
+    """Images per forward call for a token model (its attention maps within ATTENTION_BUDGET_MIB); None for a
+    CNN, whose batches go through whole as --batch-size cuts them."""
+    if not spec.tokens:
+        return None
+    heads = int(spec.hub_architecture()[1].get("num_heads", 12))
+    height, width = _pair(image_size)
+    patches = (height // max(1, spec.downsample)) * (width // max(1, spec.downsample))
+    tokens = patches + spec.prefix_tokens
+    per_image_mib = heads * tokens * tokens * 4 / 2**20
+    return int(max(1, min(MAX_TOKEN_BATCH, ATTENTION_BUDGET_MIB // max(per_image_mib, 1e-9))))

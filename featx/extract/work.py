@@ -49,7 +49,9 @@ class ModelRecipe:
         model = backbones.create_backbone(
             spec, self.weights, self.image_size, self.poolings, mixed_precision=self.mixed_precision
         )
-        predict = forward_step(model, self.image_size, self.poolings)
+        predict = forward_step(
+            model, self.image_size, self.poolings, max_batch=backbones.forward_batch_limit(spec, self.image_size)
+        )
         predict(np.zeros((1, *self.image_size, 3), dtype=np.float32))
         return predict
 
