@@ -247,7 +247,10 @@ def test_an_unknown_source_is_refused_and_no_hub_module_is_imported_by_the_regis
     code = "import sys, featx.extract.backbones, featx.cli; print(any(m in sys.modules for m in ('keras_hub', 'onnxruntime', 'tensorflow', 'huggingface_hub')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
-    with pytest.raises(Exception, match="or an hf://org/repo preset, a preset folder or onnx:FILE. Got"):
+    with pytest.raises(
+        Exception,
+        match="a keras-hub preset name \\(dinov2_small\\), an hf://org/repo preset, a preset folder or onnx:FILE. Got",
+    ):
         backbones.get_backbone("rad-dinoo")
     with pytest.raises(WeightsError, match="takes --weights pretrained"):
         backbones.resolve_weights("imagenett", 0, "rad-dino")
@@ -298,3 +301,21 @@ def test_extract_cuts_a_long_token_batch_into_calls_that_fit_and_gives_the_same_
     cut = forward_step(Model(), (4, 4), ["cls"], max_batch=3)(images)["cls"]
     want = np.concatenate([part - part.mean(axis=0) for part in (pixels[:3], pixels[3:6], pixels[6:])])
     assert np.allclose(cut, want, atol=1e-6) and not np.allclose(cut, whole, atol=1e-3)
+
+
+def test_a_keras_hub_preset_name_is_a_backbone_and_offline_says_what_to_download(monkeypatch):
+    """Issue 15.1: keras-hub's own preset names (its Kaggle presets) are accepted like hf:// URIs."""
+    from keras_hub.src.utils import preset_utils
+
+    assert hub.builtin_preset_handle("dinov2_small") == "kaggle://keras/dinov2/keras/dinov2_small/1"
+    assert hub.builtin_preset_handle("resnet5") is None and hub.builtin_preset_handle("no_such_preset") is None
+
+    def offline(uri, name):
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(preset_utils, "get_file", offline)
+    with pytest.raises(WeightsError) as error:
+        backbones.get_backbone("dinov2_small")
+    message = str(error.value)
+    assert "kaggle://keras/dinov2/keras/dinov2_small/1 could not be fetched" in message
+    assert "pass --backbone that folder" in message and len(message.splitlines()) == 1

@@ -546,11 +546,16 @@ def get_backbone(name) -> BackboneSpec:
 
         if hub.is_hub_source(name):
             return _preset_spec(name)
+        handle = hub.builtin_preset_handle(name)
+        if handle:
+            return _preset_spec(handle)
     try:
         return BACKBONES[name]
     except (KeyError, TypeError):
         message = one_of_message("backbone", name, BACKBONES)
-        alternatives = "] or an hf://org/repo preset, a preset folder or onnx:FILE. Got"
+        alternatives = (
+            "], a keras-hub preset name (dinov2_small), an hf://org/repo preset, a preset folder or onnx:FILE. Got"
+        )
         raise BackboneError(message.replace("]. Got", alternatives, 1)) from None
 
 

@@ -54,6 +54,25 @@ def is_hub_source(name) -> bool:
     return path.is_dir() and (path / CONFIG_FILE).is_file()
 
 
+def builtin_preset_handle(name: str) -> str | None:
+    """keras-hub's Kaggle handle for one of its built-in preset names ('dinov2_small' ->
+    'kaggle://keras/dinov2/keras/dinov2_small/1'); None for any other name.
+
+    Only names shaped like keras-hub's (lower case, underscores) import keras-hub, so a typo of a registry
+    name ('resnet5') stays a fast error."""
+    import re
+
+    if not re.fullmatch(r"[a-z0-9]+(?:_[a-z0-9.]+)+", name):
+        return None
+    try:
+        keras_hub = import_keras_hub()
+    except FeatxError:
+        return None
+    entry = keras_hub.models.Backbone.presets.get(name)
+    handle = entry.get("kaggle_handle") if isinstance(entry, dict) else None
+    return str(handle) if handle else None
+
+
 def import_keras_hub():
     """The keras_hub module; FeatxError naming the extra when it is missing."""
     from featx.runtime import import_tensorflow_quietly
