@@ -42,6 +42,11 @@ FEATX  := $(BIN)/featx
 #: no_image_cv=1            classify: skip the patient- vs image-level CV audit (--no-image-cv)
 #: image_cv_all=1           classify: that audit for every classifier, not only logreg's cheap fits (--image-cv-all)
 #: near_duplicate_threshold=0.99  classify: cosine at which two images are near duplicates (--near-duplicate-threshold)
+#: external=NAME=DIR        classify: score every run on another manifest's caches in DIR (--external)
+#: external_split=test      classify: the external rows scored, test or all (--external-split)
+#: label_map=EXT=INT,...    classify: rename the external set's classes to the model's (--label-map)
+#: no_metadata_floor=1      classify: leave out the metadata-only floor (--no-metadata-floor)
+#: null_permutations=K      classify: label-permutation null, K refits per run (--null-permutations)
 #: mlflow=1                 classify: log each run to MLflow in ./mlruns; or mlflow=URI for another store (--mlflow)
 #: engine=ray               extract, classify, predict: run on a Ray cluster instead of this process (--engine)
 #: ray_address=auto         extract, classify, predict: the Ray cluster, auto or HOST:PORT (--ray-address)
@@ -91,6 +96,11 @@ efficiency_seeds ?=
 no_image_cv ?=
 image_cv_all ?=
 near_duplicate_threshold ?=
+external    ?=
+external_split ?=
+label_map   ?=
+no_metadata_floor ?=
+null_permutations ?=
 mlflow      ?=
 model       ?=
 images      ?=
@@ -115,6 +125,9 @@ CLASSIFY_OPTIONS = $(strip $(if $(backbones),--backbone $(backbones)) $(if $(poo
 	$(if $(efficiency_seeds),--efficiency-seeds $(efficiency_seeds)) $(if $(call yes,$(no_image_cv)),--no-image-cv) \
 	$(if $(call yes,$(image_cv_all)),--image-cv-all) \
 	$(if $(near_duplicate_threshold),--near-duplicate-threshold $(near_duplicate_threshold)) $(if $(call yes,$(force)),--force) $(ENGINE_OPTIONS) \
+	$(if $(external),--external $(external)) $(if $(external_split),--external-split $(external_split)) \
+	$(if $(label_map),--label-map $(label_map)) $(if $(call yes,$(no_metadata_floor)),--no-metadata-floor) \
+	$(if $(null_permutations),--null-permutations $(null_permutations)) \
 	$(if $(call yes,$(mlflow)),--mlflow,$(if $(mlflow),--mlflow $(mlflow))))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 # featx's error messages name these variables instead of the CLI flags they stand for (featx/config.py reads it).
@@ -130,10 +143,10 @@ help:  ## list every target with its one-line description, then the variables
 $(BIN)/featx: setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,lint,dicom,ray,parquet,mlflow]'
+	$(BIN)/pip install --quiet -e '.[test,lint,dicom,ray,parquet,mlflow,hub,onnx]'
 	@touch $(BIN)/featx
 
-install: $(BIN)/featx  ## create .venv and install featx with its test, lint, dicom, ray, parquet and mlflow extras
+install: $(BIN)/featx  ## create .venv and install featx with its test, lint, dicom, ray, parquet, mlflow, hub and onnx extras
 
 lint: install  ## ruff check, ruff format --check and mypy (CI runs this before the tests)
 	$(BIN)/ruff check .

@@ -329,7 +329,13 @@ def _add_extract(sub) -> None:
     from featx.extract.backbones import POOLINGS  # the registry only: no TensorFlow at import time
 
     p = sub.add_parser("extract", help="stage one: embed every image once per backbone into features/<backbone>.h5")
-    p.add_argument("--backbone", action="append", required=True, help="backbone name(s); repeat or comma-separate")
+    p.add_argument(
+        "--backbone",
+        action="append",
+        required=True,
+        help="backbone name(s) (featx backbones), hf://org/repo, a keras-hub preset folder or onnx:FILE; repeat or "
+        "comma-separate",
+    )
     p.add_argument("--manifest", type=Path, required=True, help="manifest CSV")
     p.add_argument(
         "--data-root",
@@ -340,9 +346,15 @@ def _add_extract(sub) -> None:
     p.add_argument(
         "--weights",
         default="imagenet",
-        help="imagenet (Keras download/cache), random (seeded init, for tests), auto (imagenet if available) or PATH",
+        help="imagenet (Keras download/cache; keras-hub and ONNX backbones: their own checkpoint, also called "
+        "pretrained), random (seeded init, for tests), auto (imagenet/pretrained if available) or PATH",
     )
-    p.add_argument("--pooling", default="avg", help=f"comma-separated poolings from {list(POOLINGS)} (default avg)")
+    p.add_argument(
+        "--pooling",
+        default="avg",
+        help=f"comma-separated poolings from {list(POOLINGS)} (default avg; each backbone keeps those its output "
+        "supports: CNNs avg/max/gem/flatten, ViTs cls/mean/cls+mean/gem, a ViT asked only for CNN poolings cls+mean)",
+    )
     p.add_argument(
         "--image-size", type=_positive_int, default=None, help="square input size (default: backbone's native)"
     )
@@ -478,13 +490,37 @@ def _add_classify(sub) -> None:
         default=10,
         help="positives and negatives a subgroup needs for its AUC; smaller ones are listed as too small (default 10)",
     )
+    p.add_argument(
+        "--external",
+        action="append",
+        default=None,
+        metavar="NAME=FEATURES_DIR",
+        help="score every run, without refitting, on another manifest's caches of the same backbones in "
+        "FEATURES_DIR (repeatable): external AUC with CI, difference to the internal test AUC, calibration",
+    )
+    p.add_argument("--external-split", default="test", help="external rows to score: test (default) or all")
+    p.add_argument(
+        "--label-map", default=None, help="external class names -> the model's, e.g. Pneumonia=PNEUMONIA,Normal=NORMAL"
+    )
+    p.add_argument(
+        "--no-metadata-floor",
+        action="store_true",
+        help="leave out the metadata-only floor (backbone 'metadata', built from the manifest's metadata columns)",
+    )
+    p.add_argument(
+        "--null-permutations",
+        type=int,
+        default=0,
+        help="label-permutation null: refit each run's chosen configuration K times on labels permuted between "
+        "patients; p-value of the real test AUC (default 0: off)",
+    )
     _add_engine_options(p, actors=False)
     p.set_defaults(handler=_cmd_classify)
 
 
 def _cmd_classify(args):
     from featx.api import classify
-    from featx.classify import audit, efficiency
+    from featx.classify import audit, efficiency, external
     from featx.classify.subgroups import parse_age_bands
 
     threshold = (
@@ -513,6 +549,11 @@ def _cmd_classify(args):
         subgroups=_csv_list(args.subgroups) if args.subgroups else (),
         age_bands=parse_age_bands(args.age_bands),
         subgroup_min=args.subgroup_min,
+        externals=external.externals_of(args.external or ()),
+        external_split=external.check_split(args.external_split),
+        label_map=external.parse_label_map(args.label_map) if args.label_map else (),
+        metadata_floor=not args.no_metadata_floor,
+        null_permutations=args.null_permutations,
         engine=_engine_config(args),
     )
 
@@ -615,8 +656,9 @@ def _add_demo(sub) -> None:
     )
     p.add_argument(
         "--backbones",
-        default="pixels,mobilenetv3small,resnet50",
-        help="comma-separated backbones (default: the raw-pixel floor and two CNNs; --quick: pixels,tiny)",
+        default="pixels,mobilenetv3small,resnet50,tiny-vit",
+        help="comma-separated backbones (default: the raw-pixel floor, two CNNs and a tiny random ViT; --quick: "
+        "pixels,tiny,tiny-vit)",
     )
     p.add_argument("--classifiers", default="logreg,xgboost,dense")
     p.add_argument("--patients", type=_positive_int, default=120, help="synthetic patients (default 120)")
@@ -664,6 +706,14 @@ def _add_bench_extract(bsub) -> None:
     p.add_argument("--source-size", type=_positive_int, default=1500, help="generated JPEG side in pixels")
     _add_batch_size(p)
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    p.add_argument(
+        "--models",
+        nargs="?",
+        const="",
+        default=None,
+        help="compare forward img/s and peak RSS of NAME[@SIZE] models, each in a fresh process, batch size chosen "
+        "per model (default resnet50@224,dinov2-small@224,dinov2-base@224,rad-dino@518; --images: images each)",
+    )
     # --engine ray: the Ray engine against the local engine (featx/bench/engines.py)
     _add_engine_options(p)
     p.add_argument("--manifest", type=Path, default=None, help="--engine ray: real images instead of generated JPEGs")
@@ -676,6 +726,16 @@ def _add_bench_extract(bsub) -> None:
 
 
 def _cmd_bench_extract(args):
+    if args.models is not None:
+        from featx.bench.models import bench_models_command
+
+        bench_models_command(
+            _csv_list(args.models),
+            n_images=max(int(n) for n in _csv_list(args.images)),
+            batch_size=None,
+            console=_console(),
+        )
+        return
     if args.engine != "local":
         from featx.bench.engines import bench_engines_command
 
@@ -872,6 +932,11 @@ MAKE_VARIABLES: dict[str, dict[str, str]] = {
         "--no-image-cv": "no_image_cv=1",
         "--image-cv-all": "image_cv_all=1",
         "--near-duplicate-threshold": "near_duplicate_threshold=...",
+        "--external": "external=NAME=DIR",
+        "--external-split": "external_split=...",
+        "--label-map": "label_map=...",
+        "--no-metadata-floor": "no_metadata_floor=1",
+        "--null-permutations": "null_permutations=K",
         "--results": "results=DIR",
         "--model": "model=PATH",
         "--engine": "engine=ray",

@@ -542,7 +542,7 @@ def test_nan_embeddings_name_the_file_and_count(tmp_path, capsys):
     "args, fragments",
     [
         (("--classifier", "xgbost"), ("'classifier'", "did you mean 'xgboost'")),
-        (("--pooling", "mean"), ("'pooling'", "'avg'")),
+        (("--pooling", "averge"), ("'pooling'", "'avg'")),  # "mean" is a token pooling now (issue 15)
         (("--pooling", "max"), ("no 'max' embeddings",)),
         (("--backbone", "vgg16"), ("'backbone'", "'tiny'")),
         (("--threshold-rule", "sens95"), ("threshold_rule", "sens@0.95")),

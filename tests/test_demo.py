@@ -33,18 +33,23 @@ def test_quick_demo_end_to_end_with_a_predict_round_trip(tmp_path, capsys):
     assert "RANDOM-INIT WEIGHTS" in out and "featx predict --model" in out
     rows = list(csv.DictReader((results / "leaderboard.csv").open()))
     assert {r["classifier"] for r in rows} == {"logreg", "xgboost", "dense"}
-    assert {r["backbone"] for r in rows} == {"pixels", "tiny"}  # the raw-pixel floor is on every demo leaderboard
+    # the raw-pixel and metadata-only floors are on every demo leaderboard, beside the CNN and the token model
+    assert {r["backbone"] for r in rows} == {"pixels", "tiny", "tiny-vit", "metadata"}
+    assert all(r["external_set"] == "site-B" and r["external_auc"] for r in rows)  # issue 17: site B, every run
     report = (results / "report.html").read_text()
     assert "RANDOM-INIT WEIGHTS" in report and report.count("data:image/png;base64,") >= 4
+    assert "<h2 id='external'>External validation</h2>" in report and "<h2 id='claim'>CLAIM checklist" in report
     assert "manifest check of" in report  # the demo passes its manifest to the report's data checks
     assert "Raw-pixel floor: pixels/avg/" in report and "CV AUC, image folds" in report
-    assert "efficiency_test_auc.png" in report and "near_duplicates_pixels.png" in report  # thumbnails: images found
+    assert "Foundation models: the best, tiny-vit/cls+mean/" in report  # the token path, end to end
+    assert "efficiency_test_auc.png" in report and "near_duplicates_pixels" in report  # thumbnails: images found
     for run_file in (results / "runs").glob("*.json"):
         run = json.loads(run_file.read_text())
-        assert run["random_weights"] is (run["backbone"] == "tiny")
+        assert run["random_weights"] is (run["backbone"] in ("tiny", "tiny-vit"))
         assert [p["fraction"] for p in run["efficiency"]["points"]] == [0.1, 0.3, 1.0]
         assert run["audit"]["exact_duplicates"]["n_hashed"] == run["audit"]["near_duplicates"]["n_rows"]
         assert run["audit"]["split_levels"]["image"]["auc_mean"] is not None
+        assert run["external"]["site-B"]["auc"]["value"] is not None and len(run["null"]["aucs"]) == 2
 
     run = json.loads((results / "runs" / "tiny__avg__xgboost.json").read_text())
     test_images = [str(workdir / "data" / rel) for rel in run["test_predictions"]["ids"]]
@@ -73,10 +78,10 @@ def test_second_run_reuses_the_data_and_data_only_generates_only_data(tmp_path):
 
 def test_quick_shrinks_only_what_was_left_at_its_default():
     quick = effective_config(DemoConfig(quick=True))
-    assert (quick.backbones, quick.n_patients, quick.image_size) == (("pixels", "tiny"), 16, 32)
+    assert (quick.backbones, quick.n_patients, quick.image_size) == (("pixels", "tiny", "tiny-vit"), 16, 32)
     chosen = effective_config(DemoConfig(quick=True, backbones=("mobilenetv2",), n_patients=30, image_size=64))
     assert (chosen.backbones, chosen.n_patients, chosen.image_size) == (("mobilenetv2",), 30, 64)
-    assert effective_config(DemoConfig()).backbones == ("pixels", "mobilenetv3small", "resnet50")
+    assert effective_config(DemoConfig()).backbones == ("pixels", "mobilenetv3small", "resnet50", "tiny-vit")
 
 
 def test_imagenet_weights_that_cannot_be_had_stop_the_demo_with_one_sentence(tmp_path, capsys, offline):

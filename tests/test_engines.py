@@ -12,8 +12,9 @@ from featx.cli import main
 from featx.data.images import Batch
 from featx.engines import EngineConfig, FitCluster, check_engine, get_engine, range_rows
 from featx.engines.local import LocalEngine
-from featx.engines.work import Rows, embed_batches, merge_rows, row_ranges
+from featx.engines.work import Rows, merge_rows, row_ranges
 from featx.errors import FeatxError
+from featx.extract.work import embed_batches
 
 
 def test_ranges_lie_on_one_grid_and_a_resume_starts_where_rows_are_missing():

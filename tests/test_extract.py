@@ -266,7 +266,7 @@ def test_bad_input_is_one_sentence_and_exit_2(tmp_path, capsys, case, expected):
     elif case == "unknown_backbone":
         args[args.index("tiny")] = "tinny"
     elif case == "unknown_pooling":
-        args += ["--pooling", "avg,mean"]
+        args += ["--pooling", "avg,median"]  # mean is a token pooling
     elif case == "unknown_resize_mode":
         args += ["--resize-mode", "squash"]
     elif case == "image_size_too_small":

@@ -65,14 +65,25 @@ def test_shared_plumbing_imports_no_stage():
     assert violations == []
 
 
-def test_engines_run_data_and_extract_work_and_import_no_later_stage():
+def engine_violations() -> list[str]:
     violations = []
     for path in sources():
         if module_name(path).startswith("featx.engines"):
-            for imported in featx_imports(path):
-                if (stage_of(imported) or 0) > STAGES["extract"]:
-                    violations.append(f"{module_name(path)} imports {imported}")
-    assert violations == []
+            violations += [f"{module_name(path)} imports {m}" for m in featx_imports(path) if stage_of(m) is not None]
+    return violations
+
+
+def test_engines_run_the_units_they_are_handed_and_import_no_stage():
+    """The unit of work (build models from recipes, embed a range) is stage one's; engines only run it."""
+    assert engine_violations() == []
+
+
+def test_the_engine_rule_sees_an_engine_importing_a_stage(tmp_path, monkeypatch):
+    fake = tmp_path / "featx"
+    (fake / "engines").mkdir(parents=True)
+    (fake / "engines" / "bad.py").write_text("def f():\n    from featx.data.images import iter_batches\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
+    assert engine_violations() == ["featx.engines.bad imports featx.data.images"]
 
 
 def test_module_level_imports_have_no_cycles():

@@ -124,8 +124,8 @@ def ray_timeline(backbone, paths, engine, batch_size: int, image_size) -> dict:
     from rich.console import Console
 
     from featx.engines import get_engine
-    from featx.engines.work import EmbedRequest, ModelRecipe
     from featx.extract import backbones
+    from featx.extract.work import EmbedRequest, ModelRecipe
 
     spec = backbones.get_backbone(backbone)
     size = backbones.check_image_size(spec, image_size)

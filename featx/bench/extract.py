@@ -112,8 +112,9 @@ class BareForward:
 
         spec = backbones.get_backbone(backbone)
         size = backbones.check_image_size(spec, spec.native_size)
-        model = backbones.create_backbone(spec, backbones.resolve_weights("random", seed), size, ("avg",))
-        self._predict = forward_step(model, size, ("avg",))
+        pooling = backbones.poolings_for(spec, ("avg",))  # cls+mean for a ViT
+        model = backbones.create_backbone(spec, backbones.resolve_weights("random", seed, spec), size, pooling)
+        self._predict = forward_step(model, size, pooling)
         rng = np.random.default_rng(seed)
         self._batch = rng.uniform(0, 255, size=(batch_size, *size, 3)).astype(np.float32)
         self._predict(self._batch[:1])

@@ -48,6 +48,14 @@ HOLDOUT_FRACTION = 0.2
 INPUT_KEY_VERSION = 1
 # ClassifyConfig fields that name which runs to do or how fast, not what a run's record holds: not input-key parts
 NOT_INPUTS = ("features_dir", "out_dir", "backbones", "classifiers", "poolings", "n_jobs", "force", "engine", "mlflow")
+# issue 17: which external sets score the saved models and whether the metadata floor runs (not what a run's fit holds)
+NOT_INPUTS += ("externals", "external_split", "label_map", "metadata_floor")
+# settings added after input keys existed: at these values they are left out of the key (old runs stay reusable)
+LATE_INPUT_DEFAULTS = {"null_permutations": 0}
+
+
+ExternalSets = tuple[tuple[str, Path], ...]  # ((name, features folder), ...)
+LabelMap = tuple[tuple[str, str], ...]  # ((external class, internal class), ...)
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,15 @@ class ClassifyConfig:
     age_bands: tuple[float, ...] = subgroup_auc.DEFAULT_AGE_BANDS
     subgroup_min: int = subgroup_auc.DEFAULT_MIN_COUNT  # positives and negatives a subgroup needs for its AUC
     force: bool = False  # fit every run, even one whose inputs are unchanged since it was saved
+    # issue 17 (classify/external.py, metadata_floor.py, null.py): external sets ((name, features folder), ...)
+    # scored by each saved model, their rows ("test" | "all"), external -> internal class names
+    # (the API may also pass {name: folder} / "NAME=DIR" and {ext: int} / "EXT=INT,...": external.externals_of and
+    # label_map_of read every form; the aliases keep featx.api from coercing them to a tuple of names)
+    externals: ExternalSets = ()
+    external_split: str = "test"
+    label_map: LabelMap = ()
+    metadata_floor: bool = True  # the `metadata` floor runs whenever the caches carry manifest metadata columns
+    null_permutations: int = 0  # label-permutation null: refits of the chosen configuration per run (0: none)
     mlflow: str | None = None  # MLflow tracking URI the results stage logs each run to (results/tracking.py)
 
 
@@ -128,6 +145,7 @@ class FittedRun:
     test_meta: dict[str, list[str]] = field(default_factory=dict)  # manifest metadata of the test rows
     subgroups: dict | None = None  # classify.subgroups.subgroup_analysis, when config.subgroups asks for it
     search_scheme: dict | None = None  # registry.search_scheme of the run, with the rows and patients searched
+    null: dict | None = None  # classify.null.permutation_null, when config.null_permutations > 0
 
     input_key: str = ""  # sha256 of `inputs`: a later command reuses the run while it is unchanged
     inputs: dict = field(default_factory=dict)  # run_inputs(...)
@@ -337,9 +355,17 @@ def plan_runs(config: ClassifyConfig) -> list[RunPlan]:
     held and no file is hashed here). Raises a FeatxError on the first problem. The embeddings'
     finiteness is checked by check_embeddings, for the runs that will be fitted.
     """
+    from featx.classify import external, metadata_floor, null
+
     _check_options(config)
+    null.check_permutations(config.null_permutations)
     # verify: every chunk's checksum and the content sha256, so a damaged cache stops here with the fix
-    headers = [store.read_header(path, verify=True) for path in _find_caches(config)]
+    image_config = metadata_floor.without_floor(config)
+    headers = [
+        store.read_header(path, verify=True)
+        for path in _find_caches(image_config)
+        if path.stem != metadata_floor.METADATA_FLOOR
+    ]
     _check_same_manifest(headers)
     plans = []
     for header in headers:
@@ -357,6 +383,8 @@ def plan_runs(config: ClassifyConfig) -> list[RunPlan]:
         for pooling in poolings:
             for classifier in config.classifiers:
                 plans.append(RunPlan(header.path, header.backbone, pooling, classifier, **facts))
+    plans += metadata_floor.floor_plans(config, headers, RunPlan)
+    external.check_externals(config, plans)
     return plans
 
 
@@ -410,7 +438,7 @@ def run_inputs(plan: RunPlan, config: ClassifyConfig, content_hash: str) -> dict
     settings = {
         item.name: _describe(getattr(config, item.name))
         for item in dataclasses.fields(config)
-        if item.name not in NOT_INPUTS
+        if item.name not in NOT_INPUTS and not _at_late_default(config, item.name)
     }
     scheme = classifiers.search_scheme(plan.n_train_rows)
     search_rows = scheme["search_rows"]
@@ -432,6 +460,12 @@ def run_inputs(plan: RunPlan, config: ClassifyConfig, content_hash: str) -> dict
         "settings": settings,
         "versions": library_versions(),
     }
+
+
+def _at_late_default(config: ClassifyConfig, name: str) -> bool:
+    """A setting added after runs were first keyed, left at the default that means "as before": left out of the
+    key, so a run fitted before the setting existed is still reused."""
+    return name in LATE_INPUT_DEFAULTS and getattr(config, name) == LATE_INPUT_DEFAULTS[name]
 
 
 def input_key(inputs: dict) -> str:
@@ -544,10 +578,11 @@ def timing_probe(
 
 
 def _analysis_fits(config: ClassifyConfig, classifier: str) -> int:
-    """Fits of the chosen configuration after the search: the image-fold audit and the curve's subsamples."""
+    """Fits of the chosen configuration after the search: the image-fold audit, the curve's subsamples and the
+    label-permutation null's refits."""
     audit_fits = config.cv if image_cv_runs(config, classifier) else 0
     curve_fits = sum(config.efficiency_seeds for fraction in config.train_fractions if fraction < 1.0)
-    return audit_fits + curve_fits
+    return audit_fits + curve_fits + config.null_permutations
 
 
 # ---------------------------------------------------------------- one run
@@ -671,6 +706,22 @@ def fit_run(
         subgroup_results = subgroup_auc.subgroup_analysis(
             y_test, test_score, test_meta, config.subgroups, config.age_bands, config.subgroup_min
         )
+    null_result = None
+    if config.null_permutations:
+        from featx.classify.null import permutation_null
+
+        null_result = permutation_null(
+            search,
+            task,
+            X_train,
+            y_train,
+            groups[rows.train],
+            X_test,
+            y_test,
+            config.null_permutations,
+            seed=config.seed,
+            real_auc=(test_metrics.get("auc") or {}).get("value"),
+        )
     timings = {
         "search_s": selection.search_s,
         "refit_s": float(getattr(search, "refit_time_", 0.0) or 0.0),
@@ -679,6 +730,7 @@ def fit_run(
         "total_s": time.perf_counter() - started_total,
         "n_fits": int(search.n_fits_) + _analysis_fits(config, plan.classifier),
         **extra_timings,
+        **({"null_s": null_result["seconds"]} if null_result else {}),
     }
     return FittedRun(
         plan=plan,
@@ -700,6 +752,7 @@ def fit_run(
         test_meta=test_meta,
         subgroups=subgroup_results,
         search_scheme=selection.scheme,
+        null=null_result,
         input_key=input_key(inputs) if inputs else "",
         inputs=inputs or {},
     )

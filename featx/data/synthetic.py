@@ -8,6 +8,13 @@ scale), exposure (gain, gamma) and noise. The train/test split is by patient and
 stratified by class. Everything is drawn from one seed, so the same arguments give
 the same bytes.
 
+A second "site" (`site="B"`) is the demo's external test set: the same disease drawn on other
+patients (ids `siteb-0007`), acquired differently - lower contrast (a lifted black level and a
+flatter gamma), more detector noise, and a burned-in corner marker (a bright "R" block, as
+X-ray technologists place one) - so a model trained on site A shows an external drop. Site A's
+output is unchanged by the site option (its images, hashes and phantoms.json are those of
+version 2); site B's extra draws come after site A's in each image's stream.
+
 The manifest also carries metadata for the subgroup analysis: sex (per patient),
 view (PA or AP, per image) and age (per patient), drawn from their own random
 stream so the images and the split do not depend on them. The built-in subgroup
@@ -37,6 +44,7 @@ MANIFEST_FILE = "manifest.csv"
 GENERATOR_VERSION = 2
 META_COLUMNS = ("sex", "age", "view")
 OLD_AGE = 65  # positives with the fainter opacities are this old or older
+SITES = ("A", "B")  # A: the demo's own data; B: a shifted acquisition, the demo's external set
 
 
 @dataclass(frozen=True)
@@ -48,11 +56,15 @@ class PhantomParams:
     test_fraction: float
     seed: int
     generator_version: int = GENERATOR_VERSION
+    site: str = "A"
 
     def to_json(self) -> dict:
-        """The parameters as JSON-ready values (tuples as lists)."""
+        """The parameters as JSON-ready values (tuples as lists); `site` only when it is not A (so site A's
+        phantoms.json is what it was before sites existed)."""
         data = asdict(self)
         data["images_per_patient"] = list(self.images_per_patient)
+        if self.site == "A":
+            data.pop("site")
         return data
 
 
@@ -167,8 +179,9 @@ def render_phantom(
     anatomy: _Anatomy,
     opacities: list[_Opacity],
     rng: np.random.Generator,
+    site: str = "A",
 ) -> np.ndarray:
-    """One (size, size) uint8 radiograph; pose, exposure and noise are drawn from rng."""
+    """One (size, size) uint8 radiograph; pose, exposure and noise are drawn from rng (site B: then its shift)."""
     # pose: the patient's coordinates seen through a small rotation, shift and scale
     theta = np.deg2rad(rng.uniform(-4.0, 4.0))
     shift_u, shift_v = rng.uniform(-0.05, 0.05, size=2)
@@ -233,7 +246,30 @@ def render_phantom(
     gain = rng.uniform(0.92, 1.08)
     image = gain * np.clip(image, 0.0, 1.0) ** gamma
     image = image + rng.normal(0.0, rng.uniform(0.01, 0.03), size=image.shape)
+    if site == "B":
+        image = _site_b(image, rng)
     return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
+
+
+def _site_b(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Site B's acquisition: lower contrast (black level lifted, flatter gamma), more noise, a burned-in marker."""
+    size = image.shape[0]
+    image = 0.16 + 0.72 * np.clip(image, 0.0, 1.0) ** rng.uniform(1.15, 1.3)
+    image = image + rng.normal(0.0, rng.uniform(0.035, 0.05), size=image.shape)
+    # an "R" marker block in the top right corner: a bright square with a dark letter-ish cut
+    side = max(4, size // 10)
+    top, left = max(1, size // 32), size - side - max(1, size // 32)
+    block = np.ones((side, side))
+    stroke = max(1, side // 6)
+    low, high = side // 5, side - side // 5
+    block[low:high, side // 4 : side // 4 + stroke] = 0.2  # the R's stem
+    block[low : low + stroke, side // 4 : 3 * side // 4] = 0.2  # its top
+    block[side // 2 - stroke // 2 : side // 2 - stroke // 2 + stroke, side // 4 : 3 * side // 4] = 0.2  # its middle
+    for k in range(high - side // 2):  # its leg
+        column = min(side - 1, side // 4 + stroke + k * (side // 2) // max(1, high - side // 2))
+        block[side // 2 + k, column : column + stroke] = 0.2
+    image[top : top + side, left : left + side] = 0.95 * block
+    return image
 
 
 # ---------------------------------------------------------------- dataset
@@ -249,6 +285,8 @@ def _check_params(params: PhantomParams) -> None:
         raise FeatxError(
             f"images_per_patient must be (low, high) with 1 <= low <= high; got {params.images_per_patient}."
         )
+    if params.site not in SITES:
+        raise FeatxError(f"The phantom site must be one of {list(SITES)}; got {params.site!r}.")
     if params.image_size < 16:
         raise FeatxError(f"The phantom image size must be at least 16 pixels; got {params.image_size}.")
     if not 0.0 < params.positive_fraction < 1.0:
@@ -320,11 +358,13 @@ def generate_phantoms(
     positive_fraction: float = 0.74,
     test_fraction: float = 0.2,
     seed: int = 0,
+    site: str = "A",
 ) -> Path:
     """Write the phantom images under dest/<split>/<label>/ and dest/manifest.csv; return the manifest path.
 
     Image paths in the manifest are relative to dest; patient ids look like
-    ``phantom-0007``; the classes are "normal" and "opacity" (the positive class).
+    ``phantom-0007`` (site B: ``siteb-0007``); the classes are "normal" and "opacity" (the positive class).
+    Site B (the demo's external set) adds a `site` metadata column; site A's manifest has none.
     """
     params = PhantomParams(
         n_patients=int(n_patients),
@@ -333,6 +373,7 @@ def generate_phantoms(
         positive_fraction=float(positive_fraction),
         test_fraction=float(test_fraction),
         seed=int(seed),
+        site=str(site),
     )
     _check_params(params)
     dest = Path(dest)
@@ -345,7 +386,7 @@ def generate_phantoms(
     for index in range(params.n_patients):
         # one stream per patient: a patient's images do not depend on the others
         rng = np.random.default_rng([params.seed, 1, index])
-        patient_id = f"phantom-{index:04d}"
+        patient_id = f"{'phantom' if params.site == 'A' else 'site' + params.site.lower()}-{index:04d}"
         label = CLASSES[int(positive[index])]
         split = "test" if test[index] else "train"
         anatomy = _draw_anatomy(rng)
@@ -355,7 +396,7 @@ def generate_phantoms(
         folder = dest / split / label
         folder.mkdir(parents=True, exist_ok=True)
         for k in range(n_images):
-            data = _png_bytes(render_phantom(params.image_size, anatomy, opacities, rng))
+            data = _png_bytes(render_phantom(params.image_size, anatomy, opacities, rng, params.site))
             rel = f"{split}/{label}/{patient_id}_{k:02d}.png"
             (dest / rel).write_bytes(data)
             rows.append(
@@ -375,6 +416,8 @@ def generate_phantoms(
     for row in rows:
         index = int(row["patient_id"].split("-")[1])
         row.update(sex=sexes[index], age=str(ages[index]), view="PA" if meta_rngs[index].random() < 0.7 else "AP")
+        if params.site != "A":
+            row["site"] = params.site
     manifest = write_manifest(rows, dest / MANIFEST_FILE)
     (dest / PARAMS_FILE).write_text(json.dumps(params.to_json(), indent=2) + "\n")
     return manifest

@@ -1,13 +1,14 @@
 """Engines: where the same work units run, in this process (local, the default) or on a Ray cluster.
 
-Stage one and predict hand an engine an `EmbedRequest` (rows, decode settings, backbone
-recipes) and get back `Rows` in row order; the featx process keeps writing the cache
+Stage one and predict hand an engine a unit of work (`engines.work.Work`: stage one's
+`featx.extract.work.EmbedRequest` of rows, decode settings and backbone recipes) and get back
+`Rows` in row order; the featx process keeps writing the cache
 through featx.extract.store, so the lock, n_done, resume and the bit-identical rule do not
 depend on the engine. Stage two runs its independent fits through joblib; the Ray engine
 swaps joblib's backend (`fit_backend`), and the fits of classifiers that can use a GPU
 reserve a share of one where the cluster has GPUs (`FitCluster`).
 
-Engines import the data and extract stages (the work they run) and nothing later.
+Engines import no stage: they run whatever unit they are handed.
 Ray is an optional extra: nothing imports it until the Ray engine is asked for.
 """
 

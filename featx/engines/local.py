@@ -1,8 +1,8 @@
-"""The local engine (the default): this process decodes on threads and runs every backbone itself.
+"""The local engine (the default): this process builds the unit's models and embeds every row itself.
 
-It is the path featx always had: one `iter_batches` stream from the first row still to
-do, decoded `prefetch` batches ahead, each batch pushed through every backbone of the
-group. Nothing here waits on anything but the decode and the forward pass.
+It is the path featx always had: one decode stream from the first row still to do, decoded
+a few batches ahead on threads, each batch pushed through every backbone of the group.
+Nothing here waits on anything but the decode and the forward pass.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from featx.engines.work import EmbedRequest, Rows, embed_batches
+from featx.engines.work import Rows, Work
 
 
 class LocalEngine:
@@ -22,27 +22,12 @@ class LocalEngine:
         return "local engine (this process)"
 
     @contextmanager
-    def open(self, request: EmbedRequest, console) -> Iterator[Iterator[Rows]]:
-        from featx.data.images import iter_batches
-
-        forwards = {}
-        for key, recipe in request.recipes.items():
-            height, width = recipe.image_size
-            weights = "no weights" if recipe.weights.kind == "none" else f"{recipe.weights.label} weights"
-            console.print(f"Building {key} ({weights}, {height}x{width}) ...")
-            forwards[key] = recipe.build()
-        batches = iter_batches(
-            request.paths,
-            request.image_size,
-            request.resize_mode,
-            batch_size=request.batch_size,
-            start=request.start,
-            workers=request.workers,
-            **request.decode_options,
-        )
-        rows = embed_batches(batches, forwards, request.first_rows)
+    def open(self, work: Work, console) -> Iterator[Iterator[Rows]]:
+        embedder = work.build(console)
+        rows = embedder.rows(work.start, work.n_rows)
         try:
             yield rows
         finally:
-            rows.close()
-            batches.close()  # stops the decode threads now, not when the generator is collected
+            close = getattr(rows, "close", None)
+            if close is not None:
+                close()  # stops the decode threads now, not when the generator is collected

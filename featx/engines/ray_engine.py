@@ -1,8 +1,8 @@
 """The Ray engine: fixed row ranges embedded by a Ray Data actor pool, streamed back in row order.
 
-Each actor (one per GPU with num_gpus=1, or CPU actors sized to the cluster) builds every
-backbone once, then embeds whole row ranges with featx's own decode (iter_batches) and
-forward step, batches cut on the local engine's grid (featx.engines.work). Ranges come back
+Each actor (one per GPU with num_gpus=1, or CPU actors sized to the cluster) builds the unit
+of work it is handed once (stage one's featx.extract.work.EmbedRequest: every backbone), then
+embeds whole row ranges with it, batches cut on the local engine's grid (featx.engines.work). Ranges come back
 to the featx process in row order (Ray Data's preserve_order), which writes them through the
 one cache writer; a killed actor is restarted by Ray and its range retried, and since a
 range always holds the same rows in the same batches the retry gives the same bits.
@@ -23,14 +23,14 @@ import os
 import socket
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from featx.engines import EngineConfig, FitCluster, import_ray
 from featx.engines import range_rows as engine_range_rows
 from featx.engines.shards import ShardStore, fingerprint, trimmed
-from featx.engines.work import EmbedRequest, ModelRecipe, Rows, embed_batches, merge_rows, row_ranges
+from featx.engines.work import Rows, Work, merge_rows, row_ranges
 from featx.errors import FeatxError, short_reason
 
 # Decode is what a GPU actor waits on. Measured here (docs/internals.md, "engines"): one core decodes and
@@ -154,13 +154,8 @@ def _quiet_ray_data() -> None:
 class ActorSetup:
     """What every actor needs besides its ranges (sent once per actor)."""
 
-    recipes: dict[str, ModelRecipe]
-    image_size: tuple[int, int]
-    resize_mode: str
-    batch_size: int
-    first_rows: dict[str, int]
+    work: Work  # the unit: built once per actor, then asked for the Rows of each range
     threads: int  # decode threads and TensorFlow threads: the CPUs the actor reserved
-    decode_options: dict = field(default_factory=dict)
     shards: ShardStore | None = None  # where ranges are written (None: they go back through Ray)
 
 
@@ -182,29 +177,18 @@ class RangeEmbedder:
     def __init__(self, setup: ActorSetup):
         _limit_tensorflow_threads(setup.threads)
         self.setup = setup
-        self.forwards = {key: recipe.build() for key, recipe in setup.recipes.items()}
+        self.embedder = setup.work.build()
         self.worker = f"{os.getpid()}@{socket.gethostname()}"
 
-    def embed_range(self, start: int, paths) -> Rows:
-        from featx.data.images import iter_batches
-
-        setup = self.setup
-        batches = iter_batches(
-            list(paths),
-            setup.image_size,
-            setup.resize_mode,
-            batch_size=setup.batch_size,
-            workers=setup.threads,
-            **setup.decode_options,
-        )
-        return merge_rows(list(embed_batches(batches, self.forwards, setup.first_rows, offset=start)), self.worker)
+    def embed_range(self, start: int, stop: int) -> Rows:
+        return merge_rows(list(self.embedder.rows(start, stop, workers=self.setup.threads)), self.worker)
 
     def __call__(self, batch: dict) -> dict:
         starts = np.asarray(batch["start"], dtype=np.int64)
         out = np.empty(len(starts), dtype=object)
         stops = np.empty(len(starts), dtype=np.int64)
-        for index, (start, paths) in enumerate(zip(starts.tolist(), batch["paths"])):
-            rows = self.embed_range(start, paths)
+        for index, (start, stop) in enumerate(zip(starts.tolist(), np.asarray(batch["stop"]).tolist())):
+            rows = self.embed_range(start, stop)
             stops[index] = rows.stop
             if self.setup.shards is None:
                 out[index] = rows
@@ -227,7 +211,7 @@ class RayEngine:
         self.config = config
 
     @contextmanager
-    def open(self, request: EmbedRequest, console) -> Iterator[Iterator[Rows]]:
+    def open(self, request: Work, console) -> Iterator[Iterator[Rows]]:
         from featx.runtime import captured_stderr
 
         range_rows = engine_range_rows(self.config, request.batch_size)
@@ -243,7 +227,7 @@ class RayEngine:
                 note = f"; shards in {shards.folder} ({len(ranges) - len(submit)} already written)"
             console.print(
                 f"Ray: {len(ranges)} range(s) of up to {range_rows} rows on {layout.describe()}{note}; "
-                f"building {', '.join(request.recipes)} on each actor ..."
+                f"building {', '.join(request.first_rows)} on each actor ..."
             )
             dataset = _dataset(request, submit, layout, shards) if submit else None
             if shards is None:
@@ -256,21 +240,12 @@ class RayEngine:
                 rows.close()
 
 
-def _dataset(request: EmbedRequest, ranges: list[tuple[int, int]], layout: ActorLayout, shards=None):
+def _dataset(request: Work, ranges: list[tuple[int, int]], layout: ActorLayout, shards=None):
     """The Ray Data pipeline: one item per range, mapped by a fixed-size pool of RangeEmbedder actors."""
     import ray.data
 
-    setup = ActorSetup(
-        recipes=dict(request.recipes),
-        image_size=(int(request.image_size[0]), int(request.image_size[1])),
-        resize_mode=request.resize_mode,
-        batch_size=int(request.batch_size),
-        first_rows=dict(request.first_rows),
-        threads=layout.decode_threads,
-        decode_options=dict(request.decode_options),
-        shards=shards,
-    )
-    items = [{"start": lo, "paths": [str(path) for path in request.paths[lo:hi]]} for lo, hi in ranges]
+    setup = ActorSetup(work=request, threads=layout.decode_threads, shards=shards)
+    items = [{"start": lo, "stop": hi} for lo, hi in ranges]
     return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         RangeEmbedder,
         fn_constructor_args=(setup,),

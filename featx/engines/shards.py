@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featx.engines.work import EmbedRequest, Rows
+from featx.engines.work import Rows, Work
 
 SUFFIX = ".ray-shards"
 PLAN = "plan.json"
@@ -33,19 +33,9 @@ def shard_dir(out_dir: Path, keys) -> Path:
     return Path(out_dir) / ("+".join(sorted(keys)) + SUFFIX)
 
 
-def fingerprint(request: EmbedRequest, range_rows: int) -> str:
-    """What decides a shard's bits: the backbones (weights and seed included), image size, decode and batching, rows."""
-    paths = hashlib.sha256("\n".join(str(path) for path in request.paths).encode()).hexdigest()
-    decode = {key: value for key, value in request.decode_options.items() if isinstance(value, str | int | float)}
-    plan = [
-        sorted((key, repr(recipe)) for key, recipe in request.recipes.items()),
-        list(request.image_size),
-        request.resize_mode,
-        int(request.batch_size),
-        int(range_rows),
-        sorted(decode.items()),
-        paths,
-    ]
+def fingerprint(work: Work, range_rows: int) -> str:
+    """What decides a shard's bits: the unit's identity (backbones, weights, size, decode, batching, rows) and ranges."""
+    plan = [*work.identity(), int(range_rows)]
     return hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()
 
 

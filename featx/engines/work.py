@@ -1,79 +1,58 @@
-"""The unit of work both engines run: decode a run of manifest rows in batches, embed each batch.
+"""What engines run and return: any unit of work handed to them (the `Work` protocol), `Rows` in row order.
 
-Bits depend on how rows are grouped into batches (a ResNet50 on CPU gives other
-bits for an image alone than inside a batch of 32), so every engine cuts batches
-on one grid: rows start, start + batch_size, ... from the first row still to do,
-exactly as `featx.data.images.iter_batches` cuts them. The local engine streams the
-whole run that way; the Ray engine hands out fixed row ranges whose starts lie on
-the same grid (a range is a whole number of batches), so a row meets the same
-batch neighbours whichever engine, actor or retry embeds it.
+Engines import no stage. The unit itself (build the backbones from recipes, decode and embed a
+range of rows) is stage one's: `featx.extract.work.EmbedRequest`. An engine calls the unit's
+`build(console)` once in each process that embeds (this one, or every Ray actor), then asks the
+`Embedder` it returns for the Rows of row ranges.
+
+Bits depend on how rows are grouped into batches (a ResNet50 on CPU gives other bits for an
+image alone than inside a batch of 32), so every engine cuts batches on one grid: rows start,
+start + batch_size, ... from the first row still to do. The local engine embeds the whole run as
+one range; the Ray engine hands out fixed row ranges whose starts lie on the same grid (a range is
+a whole number of batches), so a row meets the same batch neighbours whichever engine, actor or
+retry embeds it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from featx.extract.backbones import WeightsInfo
 
 # A Ray work item is this many batches unless --ray-range-rows says otherwise (1,024 rows at batch 32).
 RANGE_BATCHES = 32
 
 
-@dataclass(frozen=True)
-class ModelRecipe:
-    """How to build one backbone's compiled forward step: small and picklable, so a Ray actor can build it."""
+class Embedder(Protocol):
+    """A unit's models, built in the process that embeds."""
 
-    backbone: str
-    weights: WeightsInfo  # a weights file must be readable where the recipe is built
-    image_size: tuple[int, int]
-    poolings: tuple[str, ...]
-    mixed_precision: bool = False
-
-    def build(self) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-        """The backbone built and its forward step traced once (so rates and ETAs are steady from the start)."""
-        from featx.extract import backbones
-        from featx.extract.forward import forward_step
-
-        spec = backbones.get_backbone(self.backbone)
-        model = backbones.create_backbone(
-            spec, self.weights, self.image_size, self.poolings, mixed_precision=self.mixed_precision
-        )
-        predict = forward_step(model, self.image_size, self.poolings)
-        predict(np.zeros((1, *self.image_size, 3), dtype=np.float32))
-        return predict
+    def rows(self, lo: int, hi: int, workers: int | None = None) -> Iterator[Rows]:
+        """The Rows of rows lo..hi in row order, one per batch cut every batch_size rows from lo."""
+        ...
 
 
-@dataclass(frozen=True)
-class EmbedRequest:
-    """What an engine embeds: the rows, how they are decoded and batched, and the backbones to run.
+class Work(Protocol):
+    """A unit of work an engine runs (picklable: Ray sends it to every actor once)."""
 
-    `first_rows[key]` is the first row backbone `key` still needs (its cache's n_done); rows before
-    min(first_rows) are not decoded. `decode_options` go to iter_batches unchanged (e.g. a filesystem).
-    """
-
-    paths: Sequence  # one per manifest row: a local path, or a path inside `decode_options["filesystem"]`
-    image_size: tuple[int, int]
-    resize_mode: str
     batch_size: int
-    recipes: Mapping[str, ModelRecipe]
-    first_rows: Mapping[str, int]
-    workers: int | None = None
-    decode_options: Mapping[str, Any] = field(default_factory=dict)
-    shards: Path | None = None  # Ray: the folder actors write range shards to (engines/shards.py); None: none
+    first_rows: Mapping[str, int]  # per output key, the first row it still needs
+    workers: int | None
+    shards: Path | None  # Ray: where actors write range shards (engines/shards.py); None: none
 
     @property
-    def start(self) -> int:
-        return min(self.first_rows.values())
+    def start(self) -> int: ...
 
     @property
-    def n_rows(self) -> int:
-        return len(self.paths)
+    def n_rows(self) -> int: ...
+
+    def build(self, console=None) -> Embedder: ...
+
+    def identity(self) -> list:
+        """JSON-able: what decides the bits of a range (a shard of another identity is never reused)."""
+        ...
 
 
 @dataclass
@@ -106,28 +85,6 @@ class Rows:
         skip = first - self.start
         errors = [(row, reason) for row, reason in self.errors if row >= first]
         return first, embeddings, self.ok[skip:], errors, self.sha256[skip:]
-
-
-def embed_batches(
-    batches: Iterable, forwards: Mapping[str, Callable], first_rows: Mapping[str, int], offset: int = 0
-) -> Generator[Rows, None, None]:
-    """One Rows per decoded batch (featx.data.images.Batch), each backbone run on the whole batch.
-
-    `offset` is the manifest row of the batches' row 0 (a Ray range starts mid-manifest). A backbone
-    whose first row falls inside a batch embeds that batch from its first row on, as the local engine
-    always has.
-    """
-    for batch in batches:
-        start = offset + batch.start
-        embeddings = {}
-        for key, forward in forwards.items():
-            skip = max(0, first_rows[key] - start)
-            if skip < len(batch):
-                embeddings[key] = (start + skip, forward(batch.images[skip:]))
-        failed = np.flatnonzero(~batch.ok).tolist()
-        errors = [(start + row, reason) for row, (_, reason) in zip(failed, batch.errors)]
-        sha256 = list(getattr(batch, "sha256", None) or [""] * len(batch))
-        yield Rows(start=start, ok=batch.ok, errors=errors, embeddings=embeddings, sha256=sha256)
 
 
 def merge_rows(parts: Sequence[Rows], worker: str = "") -> Rows:

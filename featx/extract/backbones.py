@@ -14,17 +14,27 @@ pins, kept in the registry), fetched with the public ``keras.utils.get_file`` in
 ``featx.config.keras_models_dir()`` and handed to the Keras constructor as a path;
 ``random`` is drawn from a recorded seed so the network can be rebuilt bit for
 bit; a PATH loads a local weights file and records its sha256.
+
+Sources (BackboneSpec.source): "keras" (keras.applications, the CNNs above), "keras-hub"
+(featx/extract/hub.py: DINOv2/DINOv3/ViT token models and timm CNNs, registry entries or a
+preset given as `hf://org/repo`, `kaggle://...` or a folder), "onnx" (featx/extract/onnx.py:
+`onnx:FILE`), and "featx" (tiny, pixels). `pretrained` weights are the source's published
+ones (ImageNet for the Keras CNNs, the preset's checkpoint for keras-hub entries). Token
+models pool tokens (cls, mean of patch tokens, cls+mean, gem over patch tokens); CNNs pool
+their final feature map (avg, max, gem, flatten). Every spec names its group
+(BACKBONE_GROUPS) for `featx backbones`, the cache, the leaderboard and the report.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from featx import config
@@ -32,13 +42,17 @@ from featx.errors import BackboneError, WeightsError, closest, one_of_message
 from featx.files import file_sha256
 from featx.runtime import import_tensorflow_quietly
 
-POOLINGS = ("avg", "max", "gem", "flatten")
+MAP_POOLINGS = ("avg", "max", "gem", "flatten")  # of a CNN's final feature map
+TOKEN_POOLINGS = ("cls", "mean", "cls+mean", "gem")  # of a token model's output (mean and gem: patch tokens only)
+POOLINGS = (*MAP_POOLINGS, "cls", "mean", "cls+mean")
+BACKBONE_GROUPS = ("ImageNet CNN", "self-supervised ViT", "medical foundation", "ONNX", "floor")
+SOURCES = ("keras", "keras-hub", "onnx", "featx")
 # Shown wherever numbers from a randomly initialised backbone appear: screen, caches, tables, report, predictions.
 RANDOM_BANNER = (
     "RANDOM-INIT WEIGHTS: the backbone was randomly initialised, not ImageNet; these numbers only test the pipeline"
 )
 PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
-WEIGHT_KINDS = ("imagenet", "random", "auto")
+WEIGHT_KINDS = ("imagenet", "pretrained", "random", "auto")
 WEIGHTS_FILE_SUFFIXES = (".weights.h5", ".h5", ".keras")
 GEM_P = 3.0
 GEM_EPS = 1e-6
@@ -55,6 +69,12 @@ _FLOOR_HALF = (2, 2, 0)  # 2x2 stride-2 "valid" pooling: floor(x / 2)
 _VALID3_S2 = (3, 2, 0)
 _VALID3_S1 = (3, 1, 0)
 _INCEPTION_STEM = (_VALID3_S2, _VALID3_S1, _VALID3_S2, _VALID3_S1, _VALID3_S2, _VALID3_S2, _VALID3_S2)
+
+# Attention maps dominate a ViT's activations: heads x tokens^2 floats per layer and image. A token model's
+# forward pass is cut into sub-batches that keep them under this budget (the pass holds a few such maps at
+# once), so 518 px (1,370 tokens) does not blow up memory whatever --batch-size says.
+ATTENTION_BUDGET_MIB = 256
+MAX_TOKEN_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -82,6 +102,40 @@ class BackboneSpec:
     weightless: bool = False
     # The network returns one (1, 1, channels) vector whatever the input size (so every pooling gives that vector).
     vector_output: bool = False
+    group: str = "ImageNet CNN"  # one of BACKBONE_GROUPS
+    source: str = "keras"  # one of SOURCES
+    preset: str = ""  # keras-hub: where the pretrained weights are (hf://..., kaggle://..., a folder); onnx: the file
+    architecture: str = ""  # keras-hub: JSON {"class": ..., "config": {...}} that random weights build
+    licence: str = ""  # licence and gating of the pretrained weights
+    tokens: bool = False  # the network returns tokens (b, prefix + patches, dim) instead of a feature map
+    prefix_tokens: int = 1  # tokens before the patch tokens (class token + registers)
+    stem: str = ""  # the cache file stem when the name is not one (hf://..., a folder, onnx:FILE)
+
+    @property
+    def poolings(self) -> tuple[str, ...]:
+        """The poolings this backbone's output supports."""
+        if self.tokens:
+            return TOKEN_POOLINGS
+        if self.source in ("keras-hub", "onnx"):
+            return ("avg", "max", "gem")
+        return MAP_POOLINGS
+
+    @property
+    def file_stem(self) -> str:
+        """The name of its cache file, features/<file_stem>.h5."""
+        return self.stem or self.name
+
+    @property
+    def pretrained(self) -> bool:
+        """True when the backbone has published weights featx can load (ImageNet files, a preset, an ONNX file)."""
+        return self.imagenet_weights or bool(self.preset)
+
+    def hub_architecture(self) -> tuple[str, dict]:
+        """(keras-hub class, constructor arguments) random weights build; ("", {}) when the preset's own config decides."""
+        if not self.architecture:
+            return "", {}
+        data = json.loads(self.architecture)
+        return str(data["class"]), dict(data.get("config", {}))
 
     @property
     def imagenet_weights(self) -> bool:
@@ -102,7 +156,9 @@ class BackboneSpec:
 
     def embedding_width(self, pooling: str, image_size=None) -> int:
         """Columns of the embedding for this pooling (flatten depends on the image size)."""
-        check_pooling(pooling)
+        check_pooling(pooling, self)
+        if pooling == "cls+mean":
+            return 2 * self.channels
         if pooling != "flatten":
             return self.channels
         height, width = self.feature_map_size(image_size or self.native_size)
@@ -350,24 +406,218 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
+def _hub(name, group, preset, klass, config, native, channels, description, licence, preprocess, tokens=True, **extra):
+    prefix = 1 + int(config.get("num_register_tokens", 0)) if tokens else 1
+    patch = int(config.get("patch_size", 32))
+    return BackboneSpec(
+        name=name,
+        family=klass.split(":")[-1].removesuffix("Backbone"),
+        constructor="keras_hub.models." + klass,
+        preprocess=preprocess,
+        native_size=native,
+        min_size=patch if tokens else 32,
+        channels=channels,
+        downsample=patch,
+        description=description,
+        size_ops=extra.pop("ops", ()),
+        group=group,
+        source="keras-hub",
+        preset=preset,
+        architecture=json.dumps({"class": klass, "config": config}, sort_keys=True),
+        licence=licence,
+        tokens=tokens,
+        prefix_tokens=prefix,
+    )
+
+
+def _dinov2(size: str, registers: bool = False) -> dict:
+    dim, layers, heads = {"small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16)}[size]
+    return {
+        "patch_size": 14,
+        "num_layers": layers,
+        "hidden_dim": dim,
+        "num_heads": heads,
+        "intermediate_dim": 4 * dim,
+        "layer_scale_init_value": 1.0,
+        "num_register_tokens": 4 if registers else 0,
+        "position_embedding_shape": [518, 518, 3],
+    }
+
+
+def _dinov3(size: str) -> dict:
+    dim, heads = {"small": (384, 6), "base": (768, 12)}[size]
+    return {
+        "patch_size": 16,
+        "num_layers": 12,
+        "hidden_dim": dim,
+        "num_heads": heads,
+        "intermediate_dim": 4 * dim,
+        "layer_scale_init_value": 1.0,
+        "num_register_tokens": 4,
+        "use_key_bias": False,
+    }
+
+
+# hub.py's canonical affine strings, spelled out so that the registry imports nothing (checked by a test)
+_IMAGENET_NORM = "affine:scale=0.0171247538,0.0175070028,0.0174291939;offset=-2.11790393,-2.03571429,-1.80444444"
+_UNIT_RANGE = "affine:scale=0.00784313725,0.00784313725,0.00784313725;offset=-1,-1,-1"
+_RAD_DINO_NORM = "affine:scale=0.0151822247,0.0151822247,0.0151822247;offset=-2.05458769,-2.05458769,-2.05458769"
+_DINOV2_LICENCE = "Apache-2.0 (facebook/dinov2-*), ungated"
+_DINOV3_LICENCE = "DINOv3 License (Meta); gated: accept the terms on the model page, then log in to download"
+
+_HUB_SPECS = (
+    _hub("rad-dino", "medical foundation", "hf://microsoft/rad-dino", "DINOV2Backbone", _dinov2("base"), 518, 768,
+         "RAD-DINO (Perez-Garcia et al. 2025): DINOv2 ViT-B/14 trained on chest X-rays; 518 px native.",
+         "Microsoft Research Licence Agreement (MSRLA): research use, ungated", _RAD_DINO_NORM),
+    _hub("dinov2-small", "self-supervised ViT", "hf://facebook/dinov2-small", "DINOV2Backbone", _dinov2("small"), 224,
+         384, "DINOv2 ViT-S/14 (Oquab et al. 2024), self-supervised on LVD-142M.", _DINOV2_LICENCE, _IMAGENET_NORM),
+    _hub("dinov2-base", "self-supervised ViT", "hf://facebook/dinov2-base", "DINOV2Backbone", _dinov2("base"), 224,
+         768, "DINOv2 ViT-B/14, self-supervised on LVD-142M.", _DINOV2_LICENCE, _IMAGENET_NORM),
+    _hub("dinov2-large", "self-supervised ViT", "hf://facebook/dinov2-large", "DINOV2Backbone", _dinov2("large"), 224,
+         1024, "DINOv2 ViT-L/14, self-supervised on LVD-142M.", _DINOV2_LICENCE, _IMAGENET_NORM),
+    _hub("dinov2-small-reg", "self-supervised ViT", "hf://facebook/dinov2-with-registers-small", "DINOV2Backbone",
+         _dinov2("small", True), 224, 384, "DINOv2 ViT-S/14 with 4 register tokens (Darcet et al. 2024).",
+         _DINOV2_LICENCE, _IMAGENET_NORM),
+    _hub("dinov2-base-reg", "self-supervised ViT", "hf://facebook/dinov2-with-registers-base", "DINOV2Backbone",
+         _dinov2("base", True), 224, 768, "DINOv2 ViT-B/14 with 4 register tokens.", _DINOV2_LICENCE, _IMAGENET_NORM),
+    _hub("dinov2-large-reg", "self-supervised ViT", "hf://facebook/dinov2-with-registers-large", "DINOV2Backbone",
+         _dinov2("large", True), 224, 1024, "DINOv2 ViT-L/14 with 4 register tokens.", _DINOV2_LICENCE,
+         _IMAGENET_NORM),
+    _hub("dinov3-vits16", "self-supervised ViT", "hf://facebook/dinov3-vits16-pretrain-lvd1689m", "DINOV3Backbone",
+         _dinov3("small"), 224, 384, "DINOv3 ViT-S/16 (Simeoni et al. 2025), self-supervised on LVD-1689M.",
+         _DINOV3_LICENCE, _IMAGENET_NORM),
+    _hub("dinov3-vitb16", "self-supervised ViT", "hf://facebook/dinov3-vitb16-pretrain-lvd1689m", "DINOV3Backbone",
+         _dinov3("base"), 224, 768, "DINOv3 ViT-B/16, self-supervised on LVD-1689M.", _DINOV3_LICENCE,
+         _IMAGENET_NORM),
+    _hub("vit-b16-21k", "ImageNet CNN", "hf://google/vit-base-patch16-224-in21k", "ViTBackbone",
+         {"patch_size": 16, "num_layers": 12, "num_heads": 12, "hidden_dim": 768, "mlp_dim": 3072}, 224, 768,
+         "ViT-B/16 supervised on ImageNet-21k (Dosovitskiy et al. 2021): the ImageNet transformer baseline.",
+         "Apache-2.0, ungated", _UNIT_RANGE),
+    _hub("timm-resnet50", "ImageNet CNN", "hf://timm/resnet50.a1_in1k", "timm:resnet", {"architecture": "resnet50"},
+         224, 2048, "ResNet-50 with timm's A1 ImageNet recipe (Wightman et al. 2021), converted by keras-hub.",
+         "Apache-2.0, ungated", _IMAGENET_NORM, tokens=False),
+    _hub("timm-densenet121", "ImageNet CNN", "hf://timm/densenet121.tv_in1k", "timm:densenet",
+         {"architecture": "densenet121"}, 224, 1024, "DenseNet-121, torchvision's ImageNet weights via timm.",
+         "BSD-3-Clause (torchvision), ungated", _IMAGENET_NORM, tokens=False),
+    _hub("tiny-vit", "self-supervised ViT", "", "DINOV2Backbone",
+         {"patch_size": 8, "num_layers": 2, "hidden_dim": 32, "num_heads": 2, "intermediate_dim": 64,
+          "position_embedding_shape": [32, 32, 3]}, 32, 32,
+         "A two-layer random-init DINOv2-style ViT (patch 8) for tests and the demo: the token path in seconds.",
+         "", _IMAGENET_NORM),
+)  # fmt: skip
+_LAST = ("tiny", PIXEL_FLOOR)  # the test net and the floor close the list, as before the hub entries
+BACKBONES = {
+    **{name: spec for name, spec in BACKBONES.items() if name not in _LAST},
+    **{spec.name: spec for spec in _HUB_SPECS},
+    "tiny": BACKBONES["tiny"],
+    PIXEL_FLOOR: replace(BACKBONES[PIXEL_FLOOR], group="floor"),
+}
+
+
+def backbone_group_of(name: str, attrs=None) -> str:
+    """A cache's backbone group: its `backbone_group` attr, else the registry's, else the rule for older caches
+    ("floor" for pixels/metadata, "ImageNet CNN" otherwise)."""
+    attrs = attrs or {}
+    group = attrs.get("backbone_group")
+    if group in BACKBONE_GROUPS:
+        return str(group)
+    if name in (PIXEL_FLOOR, "metadata"):
+        return "floor"
+    if str(name).startswith("onnx:"):
+        return "ONNX"
+    spec = BACKBONES.get(name)
+    return spec.group if spec is not None else "ImageNet CNN"
+
+
 # ------------------------------------------------------------------ validation
 
 
 def get_backbone(name) -> BackboneSpec:
-    """The registered spec; BackboneError listing the valid names and the closest one."""
+    """The registered spec, or one made for a source (hf://..., kaggle://..., a preset folder, onnx:FILE);
+    BackboneError listing the valid names and the closest one."""
     if isinstance(name, BackboneSpec):
         return name
+    if isinstance(name, str) and name.startswith("onnx:"):
+        from featx.extract import onnx
+
+        return onnx.onnx_spec(name)
+    if isinstance(name, str) and name not in BACKBONES:
+        from featx.extract import hub
+
+        if hub.is_hub_source(name):
+            return _preset_spec(name)
+        handle = hub.builtin_preset_handle(name)
+        if handle:
+            return _preset_spec(handle)
     try:
         return BACKBONES[name]
     except (KeyError, TypeError):
-        raise BackboneError(one_of_message("backbone", name, BACKBONES)) from None
+        message = one_of_message("backbone", name, BACKBONES)
+        alternatives = (
+            "], a keras-hub preset name (dinov2_small), an hf://org/repo preset, a preset folder or onnx:FILE. Got"
+        )
+        raise BackboneError(message.replace("]. Got", alternatives, 1)) from None
 
 
-def check_pooling(pooling) -> str:
-    """The pooling name unchanged; BackboneError with the one-of sentence when it is not in POOLINGS."""
-    if pooling not in POOLINGS:
-        raise BackboneError(one_of_message("pooling", pooling, POOLINGS))
+def source_stem(source: str) -> str:
+    """A file stem for a source string: 'hf://microsoft/rad-dino' -> 'hf-microsoft-rad-dino'."""
+    import re
+
+    text = source.rstrip("/")
+    if not text.startswith(("hf://", "kaggle://", "onnx:")):
+        text = "preset-" + Path(text).name
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text.replace("://", "-")).strip("-")
+
+
+@functools.cache
+def _preset_spec(source: str) -> BackboneSpec:
+    """A spec for a keras-hub preset given by URI or folder (its config.json read, fetched if need be)."""
+    from featx.extract import hub
+
+    if not source.startswith(hub.URI_PREFIXES):
+        source = str(Path(source).expanduser().resolve())
+    files = hub.preset_files(source)
+    arch = hub.architecture_of(files)
+    groups = {"DINOV2Backbone": "self-supervised ViT", "DINOV3Backbone": "self-supervised ViT"}
+    default = hub.UNIT_AFFINE if arch.class_name == "ViTBackbone" else hub.IMAGENET_AFFINE
+    return BackboneSpec(
+        name=source,
+        family=arch.class_name.removesuffix("Backbone"),
+        constructor="keras_hub.models." + arch.class_name,
+        preprocess=default,
+        native_size=arch.native_size,
+        min_size=arch.patch_size,
+        channels=arch.channels,
+        downsample=arch.patch_size,
+        description=f"keras-hub {arch.class_name} from the preset {source}.",
+        group=groups.get(arch.class_name, "ImageNet CNN"),
+        source="keras-hub",
+        preset=source,
+        architecture=json.dumps({"class": arch.class_name, "config": arch.config}, sort_keys=True, default=list),
+        tokens=arch.tokens,
+        prefix_tokens=arch.prefix_tokens,
+        stem=source_stem(source),
+    )
+
+
+def check_pooling(pooling, spec=None) -> str:
+    """The pooling name unchanged; BackboneError with the one-of sentence when it is not in POOLINGS
+    (with `spec`: not one that backbone's output supports)."""
+    allowed = POOLINGS if spec is None else get_backbone(spec).poolings
+    if pooling not in allowed:
+        what = "pooling" if spec is None else f"pooling of {get_backbone(spec).name}"
+        raise BackboneError(one_of_message(what, pooling, allowed))
     return pooling
+
+
+def poolings_for(spec, requested) -> tuple[str, ...]:
+    """The requested poolings this backbone supports; when it supports none of them, its first pooling
+    (cls+mean for token models, avg for CNNs) so `--pooling avg` still runs a mixed list of CNNs and ViTs."""
+    spec = get_backbone(spec)
+    mine = tuple(p for p in dict.fromkeys(requested) if p in spec.poolings)
+    if mine:
+        return mine
+    return ("cls+mean",) if spec.tokens else (spec.poolings[0],)
 
 
 def check_image_size(spec: BackboneSpec, size=None) -> tuple[int, int]:
@@ -403,11 +653,12 @@ def _pair(size) -> tuple[int, int]:
 class WeightsInfo:
     """What `--weights` resolved to, as recorded in the cache attrs and bundles."""
 
-    kind: str  # "imagenet" | "random" | "file" | "none" (a weightless backbone: the raw-pixel floor)
-    label: str  # the cache attr `weights`: "imagenet" | "random" | file name | "none"
-    sha256: str  # of the weights file for kind "file"; "" otherwise (Keras pins ImageNet files by its own hash)
+    kind: str  # "imagenet" | "random" | "file" | "none" (the raw-pixel floor) | "preset" (keras-hub) | "onnx"
+    label: str  # the cache attr `weights`: "imagenet" | "random" | file name | "none" | preset URI | ONNX file name
+    sha256: str  # of the weights file for kind "file"/"onnx", of the preset's files for "preset"; "" otherwise
     seed: int  # the seed random weights were drawn from; -1 otherwise
-    path: str = ""  # the weights file for kind "file"
+    path: str = ""  # the weights file for kind "file"/"onnx"; the local preset folder for kind "preset"
+    preprocess: str = ""  # the preset's own preprocessing (hub.preset_preprocessing); "" = the spec's
 
     @property
     def random(self) -> bool:
@@ -427,6 +678,14 @@ def resolve_weights(weights: str, seed: int = 0, spec=None, image_size=None) -> 
         spec = get_backbone(spec)
         if spec.weightless:
             return NO_WEIGHTS
+        if spec.source == "onnx":
+            from featx.extract import onnx
+
+            return onnx.onnx_weights(spec, weights)
+        if spec.source == "keras-hub":
+            return _preset_weights(spec, weights, seed)
+    if weights == "pretrained":
+        weights = "imagenet"
     if weights == "auto":
         use_imagenet = spec is not None and imagenet_available(spec, image_size)
         weights = "imagenet" if use_imagenet else "random"
@@ -457,9 +716,44 @@ def resolve_weights(weights: str, seed: int = 0, spec=None, image_size=None) -> 
 NO_WEIGHTS = WeightsInfo(kind="none", label="none", sha256="", seed=-1)
 
 
+def _preset_weights(spec: BackboneSpec, weights: str, seed: int) -> WeightsInfo:
+    """A keras-hub spec's weights: random (its architecture, seeded) or its preset's (fetched and hashed here)."""
+    from featx.extract import hub
+
+    if weights == "auto":
+        weights = "pretrained" if spec.preset and hub.available(spec.preset) else "random"
+    if weights == "random":
+        return WeightsInfo(kind="random", label="random", sha256="", seed=int(seed))
+    if weights not in ("pretrained", "imagenet"):
+        raise WeightsError(
+            f"Backbone {spec.name!r} takes --weights pretrained (its preset {spec.preset or '(none)'}), random or "
+            f"auto. Got {weights!r} instead."
+        )
+    if not spec.preset:
+        raise WeightsError(f"Backbone {spec.name!r} has no pretrained weights; pass --weights random.")
+    files = hub.preset_files(spec.preset)
+    return WeightsInfo(
+        kind="preset",
+        label=spec.preset if spec.preset.startswith(hub.URI_PREFIXES) else Path(spec.preset).name,
+        sha256=files.sha256,
+        seed=-1,
+        path=files.folder,
+        preprocess=hub.preset_preprocessing(files, spec.preprocess),
+    )
+
+
+def preprocess_of(spec, weights: WeightsInfo) -> str:
+    """What the cache attr `preprocess` records: the preset's own preprocessing, else the spec's."""
+    return weights.preprocess or get_backbone(spec).preprocess
+
+
 def imagenet_available(spec, image_size=None) -> bool:
     """True when Keras's ImageNet file for this backbone is already in keras_models_dir() (nothing is downloaded)."""
     spec = get_backbone(spec)
+    if spec.source == "keras-hub" and spec.preset:
+        from featx.extract import hub
+
+        return hub.available(spec.preset)
     if not spec.imagenet_weights:
         return False
     return (config.keras_models_dir() / spec.weights_file(image_size)).is_file()
@@ -651,7 +945,9 @@ def create_backbone(
     """
     spec = get_backbone(spec)
     height, width = check_image_size(spec, image_size)
-    poolings = tuple(dict.fromkeys(check_pooling(p) for p in poolings))
+    poolings = tuple(dict.fromkeys(check_pooling(p, spec) for p in poolings))
+    if spec.source == "onnx":
+        raise BackboneError(f"{spec.name!r} runs in ONNX Runtime, not Keras (featx.extract.onnx.onnx_forward).")
     import_tensorflow_quietly()
     if not poolings:
         raise BackboneError(f"At least one pooling is needed; choose from {list(POOLINGS)}.")
@@ -663,6 +959,9 @@ def create_backbone(
         raise WeightsError(f"Backbone {spec.name!r} needs weights (imagenet, random or a file); 'none' is for pixels.")
 
     import keras
+
+    if spec.source == "keras-hub":
+        return _hub_model(spec, weights, (height, width), poolings, mixed_precision)
 
     with _dtype_policy(mixed_precision):
         if weights.kind == "random":
@@ -679,6 +978,83 @@ def create_backbone(
         model = keras.Model(inputs, outputs, name=f"featx_{spec.name}")
     model.trainable = False
     return model
+
+
+def _hub_model(spec: BackboneSpec, weights: WeightsInfo, size: tuple[int, int], poolings, mixed_precision: bool):
+    """A keras-hub backbone behind the preset's affine preprocessing, pooled per `poolings`."""
+    import keras
+
+    from featx.extract import hub
+
+    scale, offset = hub.parse_affine(preprocess_of(spec, weights))
+    with _dtype_policy(mixed_precision):
+        network = hub.build_network(spec, weights, size)
+        network.trainable = False
+        inputs = keras.Input(shape=(*size, 3), dtype="float32", name="image_rgb")
+        x = _hub_layers()[0](scale, offset, name="preprocess", dtype="float32")(inputs)
+        # DINOv2 takes {"images": x}, DINOv3 {"pixel_values": x}; ViT and timm CNNs a tensor
+        named = network.input if isinstance(network.input, dict) else None
+        features = network({next(iter(named)): x} if named else x, training=False)
+        if spec.tokens:
+            token_pooling = _hub_layers()[1]
+            outputs = {
+                p: token_pooling(p, spec.prefix_tokens, name=f"pool_{p.replace('+', '_')}", dtype="float32")(features)
+                for p in poolings
+            }
+        else:
+            outputs = {p: _pooling_layer(p)(features) for p in poolings}
+        model = keras.Model(inputs, outputs, name=f"featx_{spec.file_stem}")
+    model.trainable = False
+    return model
+
+
+@functools.cache
+def _hub_layers():
+    """The affine preprocessing and the token pooling layers (Keras imported lazily)."""
+    import keras
+
+    @keras.saving.register_keras_serializable(package="featx")
+    class Affine(keras.layers.Layer):
+        """x * scale + offset per RGB channel: a preset's image converter applied to raw 0..255 RGB."""
+
+        def __init__(self, scale=(1.0, 1.0, 1.0), offset=(0.0, 0.0, 0.0), **kwargs):
+            super().__init__(**kwargs)
+            self.scale, self.offset = [float(v) for v in scale], [float(v) for v in offset]
+
+        def call(self, inputs):
+            ops = keras.ops
+            scale = ops.convert_to_tensor(self.scale, dtype=inputs.dtype)
+            return inputs * scale + ops.convert_to_tensor(self.offset, dtype=inputs.dtype)
+
+        def get_config(self):
+            return {**super().get_config(), "scale": self.scale, "offset": self.offset}
+
+    @keras.saving.register_keras_serializable(package="featx")
+    class TokenPooling(keras.layers.Layer):
+        """Tokens (b, prefix + patches, dim) -> (b, dim): cls (token 0), mean or gem (of the patch tokens only,
+        registers left out), cls+mean (both concatenated: the DINOv2 linear-probe feature), in float32."""
+
+        def __init__(self, mode="cls", prefix=1, p=GEM_P, eps=GEM_EPS, **kwargs):
+            super().__init__(**kwargs)
+            self.mode, self.prefix, self.p, self.eps = mode, int(prefix), float(p), float(eps)
+
+        def call(self, tokens):
+            ops = keras.ops
+            tokens = ops.cast(tokens, "float32")
+            patches = tokens[:, self.prefix :, :]
+            if self.mode == "cls":
+                return tokens[:, 0, :]
+            if self.mode == "mean":
+                return ops.mean(patches, axis=1)
+            if self.mode == "cls+mean":
+                return ops.concatenate([tokens[:, 0, :], ops.mean(patches, axis=1)], axis=-1)
+            clamped = ops.maximum(patches, self.eps)
+            return ops.power(ops.mean(ops.power(clamped, self.p), axis=1), 1.0 / self.p)
+
+        def get_config(self):
+            return {**super().get_config(), "mode": self.mode, "prefix": self.prefix, "p": self.p, "eps": self.eps}
+
+    return Affine, TokenPooling
 
 
 def bare_network(model):
@@ -779,48 +1155,82 @@ def _short(exc) -> str:
 # ------------------------------------------------------------------ listing
 
 
+def _weights_status(spec: BackboneSpec) -> str:
+    if spec.weightless:
+        return "none"
+    if spec.source == "keras-hub":
+        if not spec.preset:
+            return "random only"
+        from featx.extract import hub
+
+        return "cached" if hub.available(spec.preset) else "download"
+    if not spec.imagenet_weights:
+        return "random only"
+    return "cached" if imagenet_available(spec) else "download"
+
+
+def _prep_label(spec: BackboneSpec) -> str:
+    if spec.preprocess.startswith("affine:"):
+        return "mean/std"
+    return spec.preprocess
+
+
 def print_backbones(console) -> None:
-    """The registry as a table: input sizes, preprocessing, embedding widths at the native size, ImageNet cache."""
+    """The registry grouped (BACKBONE_GROUPS): sizes, output, widths, weights; source, licence, description."""
     from rich import box
     from rich.table import Table
 
     wide = console.width >= 150
-    table = Table(
-        title="featx backbones (embedding widths at the native input size)", box=box.SIMPLE_HEAD, pad_edge=False
-    )
-    table.add_column("name", no_wrap=True)
-    table.add_column("size/min", justify="right", no_wrap=True)
-    table.add_column("prep", no_wrap=True)
-    table.add_column("pooled", justify="right", no_wrap=True)
-    table.add_column("flatten", justify="right", no_wrap=True)
-    table.add_column("imagenet", no_wrap=True)
-    if wide:
-        table.add_column("description", overflow="fold")
-    for spec in BACKBONES.values():
-        native = (spec.native_size, spec.native_size)
-        h, w = spec.feature_map_size(native)
-        if not spec.imagenet_weights:
-            cached = "none"
-        else:
-            cached = "cached" if imagenet_available(spec) else "download"
-        row = [
-            spec.name,
-            f"{spec.native_size}/{spec.min_size}",
-            spec.preprocess,
-            f"{spec.channels:,}",
-            f"{spec.embedding_width('flatten', native):,} ({h}x{w})",
-            cached,
-        ]
-        table.add_row(*row, *([spec.description] if wide else []))
-    console.print(table)
-    if not wide:
-        for spec in BACKBONES.values():
-            console.print(f"[bold]{spec.name}[/]: {spec.description}", highlight=False)
+    for group in BACKBONE_GROUPS:
+        specs = [spec for spec in BACKBONES.values() if spec.group == group]
+        if group == "ONNX":
+            console.print(
+                f"[bold]{group}[/]: --backbone onnx:FILE runs any exported network in ONNX Runtime (a FILE.json "
+                "sidecar names its input, output, layout and mean/std; docs/backbones.md).",
+                highlight=False,
+            )
+            continue
+        table = Table(title=f"{group}", box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+        for column, justify in (("name", "left"), ("size/min", "right"), ("output", "left"), ("width", "right"),
+                                ("flatten", "right"), ("weights", "left")):  # fmt: skip
+            table.add_column(column, justify=justify, no_wrap=True)
+        if wide:
+            for column in ("source", "prep", "licence / gating", "description"):
+                table.add_column(column, overflow="fold")
+        for spec in specs:
+            native = (spec.native_size, spec.native_size)
+            flatten = "-"
+            if "flatten" in spec.poolings:
+                h, w = spec.feature_map_size(native)
+                flatten = f"{spec.embedding_width('flatten', native):,} ({h}x{w})"
+            licence = spec.licence or ("Keras applications" if spec.imagenet_weights else "-")
+            row = [spec.name, f"{spec.native_size}/{spec.min_size}", "tokens" if spec.tokens else "map",
+                   f"{spec.channels:,}", flatten, _weights_status(spec)]  # fmt: skip
+            extra = [spec.source, _prep_label(spec), licence, spec.description] if wide else []
+            table.add_row(*row, *extra)
+        console.print(table)
+        if not wide:
+            for spec in specs:
+                licence = f" [dim]Source {spec.source}; licence: {spec.licence}.[/]" if spec.licence else ""
+                console.print(f"[bold]{spec.name}[/]: {spec.description}{licence}", highlight=False)
     console.print(
-        f"size/min: native and smallest input in pixels; prep: the backbone's own preprocessing, applied inside "
-        f"the model to raw 0..255 RGB; pooled: width of avg, max and gem; flatten: h*w*channels of the final "
-        f"feature map. ImageNet weights "
-        f"are downloaded by Keras into {config.keras_models_dir()}; offline, put the file there or pass "
-        "--weights random (random-init features are for testing only).",
+        "size/min: native and smallest input in pixels; prep: the backbone's own preprocessing, applied inside "
+        "the model to raw 0..255 RGB; output: a CNN's feature map (poolings avg, max, gem, flatten) or a ViT's "
+        f"tokens (cls, mean, cls+mean, gem); width: of each pooling (cls+mean twice it, flatten h*w*channels). ImageNet weights are downloaded by Keras into {config.keras_models_dir()}; keras-hub "
+        "presets (--weights pretrained) from Hugging Face into its cache; --backbone also takes hf://org/repo, a "
+        "preset folder or onnx:FILE. Offline, pass --weights random (random-init features are for testing only).",
         highlight=False,
     )
+
+
+def forward_batch_limit(spec: BackboneSpec, image_size) -> int | None:
+    """Images per forward call for a token model (its attention maps within ATTENTION_BUDGET_MIB); None for a
+    CNN, whose batches go through whole as --batch-size cuts them."""
+    if not spec.tokens:
+        return None
+    heads = int(spec.hub_architecture()[1].get("num_heads", 12))
+    height, width = _pair(image_size)
+    patches = (height // max(1, spec.downsample)) * (width // max(1, spec.downsample))
+    tokens = patches + spec.prefix_tokens
+    per_image_mib = heads * tokens * tokens * 4 / 2**20
+    return int(max(1, min(MAX_TOKEN_BATCH, ATTENTION_BUDGET_MIB // max(per_image_mib, 1e-9))))

@@ -11,11 +11,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 
-def forward_step(model, image_size: tuple[int, int], poolings: Sequence[str]) -> Callable[[np.ndarray], dict]:
+def forward_step(
+    model, image_size: tuple[int, int], poolings: Sequence[str], max_batch: int | None = None
+) -> Callable[[np.ndarray], dict]:
     """A compiled forward pass: (b, h, w, 3) float32 -> {pooling: (b, width) float32 numpy}.
 
     One trace serves every batch size (the leading dimension is left open), so the
-    short last batch does not recompile.
+    short last batch does not recompile. `max_batch` cuts a batch into calls of at most that many
+    images, always from the batch's first row (so a batch gives the same bits wherever it runs).
     """
     import tensorflow as tf
 
@@ -26,6 +29,9 @@ def forward_step(model, image_size: tuple[int, int], poolings: Sequence[str]) ->
         return model(batch, training=False)
 
     def predict(images: np.ndarray) -> dict[str, np.ndarray]:
+        if max_batch is not None and len(images) > max_batch:
+            parts = [predict(images[start : start + max_batch]) for start in range(0, len(images), max_batch)]
+            return {pooling: np.concatenate([part[pooling] for part in parts]) for pooling in poolings}
         outputs = step(tf.convert_to_tensor(images, dtype=tf.float32))
         if not isinstance(outputs, dict):
             outputs = {poolings[0]: outputs}

@@ -161,7 +161,8 @@ def _extract_args(
     """The arguments of the `featx extract` command that rebuilds one backbone's cache (recorded in it, so
     every later complaint about the cache can name the exact command that fixes it)."""
     parts = ["--backbone", spec.name, "--manifest", str(manifest_path.resolve()), "--data-root", data_root]
-    parts += ["--weights", info.path if info.kind == "file" else info.label]
+    weights = {"file": info.path, "preset": "pretrained", "onnx": "pretrained"}.get(info.kind, info.label)
+    parts += ["--weights", weights]
     if info.kind == "random":
         parts += ["--seed", str(int(info.seed))]
     parts += ["--pooling", ",".join(poolings)]
@@ -234,6 +235,8 @@ def _plan(config: ExtractConfig):
     dicom_window = config.dicom_window if has_dicom else store.NO_DICOM
     jobs = []
     for spec, size, info in zip(specs, sizes, weights):
+        requested = poolings
+        poolings = backbones.poolings_for(spec, requested)
         attrs = {
             "format": store.FORMAT,
             "featx_version": __version__,
@@ -243,7 +246,8 @@ def _plan(config: ExtractConfig):
             "weights_seed": int(info.seed),
             "image_size": [int(size[0]), int(size[1])],
             "resize_mode": config.resize_mode,
-            "preprocess": spec.preprocess,
+            "preprocess": backbones.preprocess_of(spec, info),
+            "backbone_group": spec.group,
             "poolings": list(poolings),
             "manifest_sha256": manifest.sha256_hex,
             "data_root": data_root_text,
@@ -265,10 +269,13 @@ def _plan(config: ExtractConfig):
             spec=spec,
             weights=info,
             image_size=size,
-            path=store.cache_path(out_dir, spec.name),
+            path=store.cache_path(out_dir, spec.file_stem),
             attrs=attrs,
             widths=widths,
         )
+        if set(poolings) != set(requested):
+            job.notes.append(f"poolings {', '.join(poolings)} (of {', '.join(requested)}: what its output supports).")
+        poolings = requested
         if config.weights == "auto" and info.kind == "random":
             job.notes.append("--weights auto: no ImageNet weights cached, so random weights were used.")
         jobs.append(job)
@@ -400,7 +407,7 @@ def _run_group(group, config, size, resize_mode, paths, rows: _Rows, console, de
     from featx.data import dicom
     from featx.engines import get_engine
     from featx.engines.shards import shard_dir
-    from featx.engines.work import EmbedRequest, ModelRecipe
+    from featx.extract.work import EmbedRequest, ModelRecipe
 
     engine = get_engine(config.engine)
     versions = _versions()
@@ -443,7 +450,7 @@ def _run_group(group, config, size, resize_mode, paths, rows: _Rows, console, de
                 first_rows={job.spec.name: job.writer.n_done for job in todo},
                 workers=config.workers,
                 decode_options={"dicom_window": dicom_window, **(decode_options or {})},
-                shards=shard_dir(group[0].path.parent, [job.spec.name for job in todo])
+                shards=shard_dir(group[0].path.parent, [job.spec.file_stem for job in todo])
                 if config.engine.shards
                 else None,
             )

@@ -112,8 +112,11 @@ def classify_runs(config, console=None, writer: records.RunWriter | None = None)
     """Stage two into config.out_dir: every planned run as a run JSON and a model bundle, fitted unless a run
     with the same inputs is already there (records.RunWriter.reusable)."""
     from featx.classify.stage import run_classify
+    from featx.results.validation import score_externals
 
-    return run_classify(config, writer or records.RunWriter(config.out_dir), console)
+    paths = run_classify(config, writer or records.RunWriter(config.out_dir), console)
+    score_externals(config, paths, console)  # --external: each saved model on the other datasets' caches
+    return paths
 
 
 def classify_command(config, console) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 from featx.errors import ResultsError
 from featx.extract.backbones import PIXEL_FLOOR, RANDOM_BANNER
 from featx.files import atomic_write_bytes
-from featx.results.records import load_runs
+from featx.results.records import backbone_group, load_runs
 
 ALPHA = 0.05
 BEST_MARK = "★"
@@ -38,6 +38,7 @@ CSV_COLUMNS = (
     "run_id",
     "features",
     "backbone",
+    "group",
     "pooling",
     "classifier",
     "task",
@@ -63,6 +64,12 @@ CSV_COLUMNS = (
     "n_train",
     "n_test",
     "test_source",
+    # issue 17 (results/validation.py): the first external set's AUC, the permutation null's p-value
+    "external_set",
+    "external_auc",
+    "external_auc_ci_low",
+    "external_auc_ci_high",
+    "null_p_value",
     "fit_s",
     "total_s",
     "best_params",
@@ -220,6 +227,12 @@ def leaderboard_rows(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def _validation_columns(run: dict) -> dict:
+    from featx.results.validation import leaderboard_columns
+
+    return leaderboard_columns(run)
+
+
 def _row(run: dict, dataset: str, rank: int, mark: tuple[float | None, bool | None]) -> dict:
     test = run.get("test") or {}
     auc = test.get("auc") or {}
@@ -235,6 +248,7 @@ def _row(run: dict, dataset: str, rank: int, mark: tuple[float | None, bool | No
         "run_id": run["run_id"],
         "features": features_name(run),
         "backbone": run["backbone"],
+        "group": backbone_group(run),
         "pooling": run["pooling"],
         "classifier": run["classifier"],
         "task": run["task"],
@@ -260,6 +274,7 @@ def _row(run: dict, dataset: str, rank: int, mark: tuple[float | None, bool | No
         "n_train": data.get("n_train"),
         "n_test": data.get("n_test"),
         "test_source": data.get("test_source"),
+        **_validation_columns(run),
         "fit_s": sum(fit_parts) if all(v is not None for v in fit_parts) else _number(timings.get("search_s")),
         "total_s": _number(timings.get("total_s")),
         "best_params": run.get("best_params") or {},
@@ -327,7 +342,7 @@ def pixel_floor_sentence(runs: list[dict]) -> str:
 
     ordered = [run for run in sorted(runs, key=_sort_key) if not math.isnan(_test_auc(run))]
     floor = next((run for run in ordered if run["backbone"] == PIXEL_FLOOR), None)
-    best = next((run for run in ordered if run["backbone"] != PIXEL_FLOOR), None)
+    best = next((run for run in ordered if run["backbone"] not in (PIXEL_FLOOR, "metadata")), None)
     if floor is None:
         return (
             "No raw-pixel floor in these runs: extract the pixels backbone (featx extract adds it unless "
@@ -349,6 +364,48 @@ def pixel_floor_sentence(runs: list[dict]) -> str:
     )
 
 
+FOUNDATION_GROUPS = ("self-supervised ViT", "medical foundation")
+
+
+def _paired_p(best: dict, other: dict) -> str:
+    from featx.classify import evaluate
+
+    if not (_comparable(best) and _comparable(other) and dataset_key(best) == dataset_key(other)):
+        return ""
+    y_true, best_score = _aligned(best)
+    p_value = float(evaluate.delong_paired_pvalue(y_true, best_score, _aligned(other)[1]))
+    return "" if math.isnan(p_value) else f", paired DeLong p = {p_value:.3g}"
+
+
+def foundation_sentence(runs: list[dict]) -> str | None:
+    """What the best foundation-model run (self-supervised ViT or medical foundation) adds over the best ImageNet
+    CNN run and over the best floor run of one dataset, in one sentence; None without a foundation run."""
+    ordered = [run for run in sorted(runs, key=_sort_key) if not math.isnan(_test_auc(run))]
+    best: dict[str, dict] = {}
+    for run in ordered:
+        group = backbone_group(run)
+        key = "foundation" if group in FOUNDATION_GROUPS else group
+        best.setdefault(key, run)
+    if "foundation" not in best:
+        return None
+    top = best["foundation"]
+    random_note = ", random-init" if run_is_random(top) else ""
+    parts = []
+    for key, what in (("ImageNet CNN", "the best ImageNet CNN"), ("floor", "the floor")):
+        other = best.get(key)
+        if other is None:
+            parts.append(f"no {what.removeprefix('the ')} run to compare")
+            continue
+        gain = _test_auc(top) - _test_auc(other)
+        parts.append(
+            f"{gain:+.3f} AUC against {what} {_run_name(other)} ({_auc_ci_text(other)}{_paired_p(top, other)})"
+        )
+    return (
+        f"Foundation models: the best, {_run_name(top)}{random_note} ({backbone_group(top)}, "
+        f"{_auc_ci_text(top)}), is {' and '.join(parts)}."
+    )
+
+
 def split_level_sentence(runs: list[dict]) -> str | None:
     """The top run's configuration under patient-grouped vs plain image CV, in one sentence (None without the audit)."""
     for run in sorted(runs, key=_sort_key):
@@ -365,12 +422,24 @@ def split_level_sentence(runs: list[dict]) -> str | None:
 
 
 def dataset_sentences(runs: list[dict]) -> dict[str, list[str]]:
-    """Per dataset key, the lines its leaderboard carries: the raw-pixel floor, and the split level when audited."""
+    """Per dataset key, the lines its leaderboard carries: the raw-pixel floor, the metadata-only floor (with its
+    warning when it comes close to the image models) and the split level when audited."""
+    from featx.results.validation import metadata_floor_sentence
+
     by_dataset: dict[str, list[dict]] = {}
     for run in runs:
         by_dataset.setdefault(dataset_key(run), []).append(run)
     return {
-        key: [sentence for sentence in (pixel_floor_sentence(members), split_level_sentence(members)) if sentence]
+        key: [
+            sentence
+            for sentence in (
+                pixel_floor_sentence(members),
+                metadata_floor_sentence(members),
+                foundation_sentence(members),
+                split_level_sentence(members),
+            )
+            if sentence
+        ]
         for key, members in by_dataset.items()
     }
 

@@ -20,9 +20,9 @@ import numpy as np
 
 from featx.classify.scoring import class_probabilities
 from featx.engines import LOCAL, EngineConfig
-from featx.engines.work import ModelRecipe
 from featx.errors import BackboneError, BundleError, FeatxError, WeightsError
 from featx.extract.backbones import RANDOM_BANNER
+from featx.extract.work import ModelRecipe
 from featx.files import atomic_write_bytes, missing_reason, walk_files
 from featx.results.records import load_bundle
 
@@ -73,6 +73,15 @@ def _weights_info(bundle: dict, bundle_path: Path, spec):
                 "its backbone cannot be rebuilt."
             )
         return WeightsInfo(kind="random", label="random", sha256="", seed=int(seed))
+    if spec.source in ("keras-hub", "onnx"):  # a preset or an ONNX file: the identical files, checked by sha256
+        info = resolve_weights("pretrained", spec=spec)
+        expected = str(bundle.get("weights_sha256") or "")
+        if expected and info.sha256 != expected:
+            raise BundleError(
+                f"The weights of {spec.name!r} ({info.label}) have sha256 {info.sha256[:12]}…, but the backbone of "
+                f"'{bundle_path}' was built from {expected[:12]}…; predict needs the identical files."
+            )
+        return info
     if weights == "imagenet":
         if not spec.imagenet_weights:
             raise BundleError(
@@ -88,19 +97,26 @@ def backbone_recipe(bundle: dict, bundle_path) -> ModelRecipe:
     from featx.extract.backbones import get_backbone
 
     bundle_path = Path(bundle_path)
+    if bundle["backbone"] == "metadata":  # issue 17: classify/metadata_floor.py
+        raise BundleError(
+            f"Model bundle '{bundle_path}' is the metadata-only floor: it predicts from manifest metadata columns, "
+            "not from images; predict with the bundle of an image backbone's run."
+        )
     try:
         spec = get_backbone(bundle["backbone"])
     except BackboneError:
         raise BundleError(
             f"Model bundle '{bundle_path}' uses backbone {bundle['backbone']!r}, which this featx does not register."
         ) from None
+    from featx.extract.backbones import preprocess_of
+
+    weights = _weights_info(bundle, bundle_path, spec)
     recorded = bundle.get("preprocess")
-    if recorded is not None and recorded != spec.preprocess:
+    if recorded is not None and recorded != preprocess_of(spec, weights):
         raise BundleError(
             f"Model bundle '{bundle_path}' was made with {spec.name!r} preprocessing {recorded!r}, but this featx "
-            f"uses {spec.preprocess!r}; the embeddings would differ."
+            f"uses {preprocess_of(spec, weights)!r}; the embeddings would differ."
         )
-    weights = _weights_info(bundle, bundle_path, spec)
     return ModelRecipe(spec.name, weights, tuple(bundle["image_size"]), (bundle["pooling"],))
 
 
@@ -225,7 +241,7 @@ def predict_paths(
 
     from featx.data.dicom import DEFAULT_WINDOW
     from featx.engines import get_engine
-    from featx.engines.work import EmbedRequest
+    from featx.extract.work import EmbedRequest
 
     bundle_path = Path(bundle_path)
     if bundle is None:

@@ -20,6 +20,7 @@ import numpy as np
 
 from featx import __version__
 from featx.errors import BundleError, FeatxError, ResultsError
+from featx.extract.backbones import backbone_group_of
 from featx.files import atomic_write, atomic_write_bytes, check_writable_dir, file_sha256
 from featx.jsonvalues import jsonable
 from featx.runtime import interrupts_deferred, library_versions
@@ -96,6 +97,7 @@ def run_record(run: FittedRun, bundle_sha256: str | None = None) -> dict:
         "format": RUN_FORMAT,
         "run_id": run.plan.run_id,
         "backbone": run.plan.backbone,
+        "backbone_group": backbone_group_of(run.plan.backbone, attrs),
         "pooling": run.plan.pooling,
         "classifier": run.plan.classifier,
         "task": run.task,
@@ -146,6 +148,7 @@ def run_record(run: FittedRun, bundle_sha256: str | None = None) -> dict:
         "efficiency": run.efficiency,
         "audit": run.audit,
         "subgroups": run.subgroups,
+        "null": run.null,
         "search_scheme": getattr(run, "search_scheme", None),  # optional (issue 16): how the search used the rows
         "timings": run.timings,
         "bundle_sha256": bundle_sha256,
@@ -191,6 +194,11 @@ def bundle(run: FittedRun) -> dict:
         "feature_sha256": run.feature_sha256,
         "manifest_sha256": attrs.get("manifest_sha256"),
     }
+
+
+def backbone_group(record: dict) -> str:
+    """A run record's backbone group: its "backbone_group" key, else the rule for records written before it."""
+    return backbone_group_of(str(record.get("backbone", "")), {"backbone_group": record.get("backbone_group")})
 
 
 class RunWriter:
@@ -277,6 +285,33 @@ def _check_not_another_cache(record: Path, cache: Path) -> None:
             f"'{record}' holds a run fitted on '{recorded}', not on '{cache}', and a run of another feature file is "
             f"never overwritten; write to another folder with --out, or delete that run's files first."
         )
+
+
+def read_run(path) -> dict:
+    """One run record (results/runs/<run>.json); ResultsError when it is unreadable or not a run record."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ResultsError(f"Run record '{path}' cannot be read ({error}); re-run `featx classify --force`.") from None
+    if not isinstance(record, dict) or any(key not in record for key in RUN_REQUIRED_KEYS):
+        raise ResultsError(f"'{path}' is not a featx run record; re-run `featx classify --force`.")
+    return record
+
+
+def update_run(path, **sections) -> None:
+    """Set (or, with None, remove) optional top-level sections of a run record in place, atomically
+    (issue 17: "external", written after the run by results.validation.score_externals)."""
+    record = read_run(path)
+    for key, value in sections.items():
+        if key in RUN_REQUIRED_KEYS:
+            raise ValueError(f"update_run never rewrites the required key {key!r}")
+        if value is None:
+            record.pop(key, None)
+        else:
+            record[key] = value
+    text = json.dumps(jsonable(record), indent=2, allow_nan=False)
+    atomic_write_bytes(Path(path), text.encode())
 
 
 def _moved_here(record: dict, cache: Path) -> bool:

@@ -41,13 +41,23 @@ from featx.results.leaderboard import (
     features_name,
     format_auc,
     format_params,
+    foundation_sentence,
     leaderboard_rows,
     pixel_floor_sentence,
     plural,
     several_datasets_warning,
 )
 
-PLOT_PREFIXES = ("heatmap_", "roc_", "confusion_", "calibration_", "forest_", "efficiency_", "near_duplicates_")
+PLOT_PREFIXES = (
+    "heatmap_",
+    "roc_",
+    "confusion_",
+    "calibration_",
+    "forest_",
+    "efficiency_",
+    "near_duplicates_",
+    "external_",
+)
 SECTIONS = (
     ("dataset", "Dataset"),
     ("leaderboard", "Leaderboard"),
@@ -58,6 +68,9 @@ SECTIONS = (
     ("subgroups", "Subgroups"),
     ("efficiency", "Data efficiency"),
     ("audits", "Audits"),
+    ("external", "External validation"),  # issue 17: results/validation.py
+    ("null", "Permutation null"),
+    ("claim", "CLAIM checklist"),  # results/claim.py
     ("provenance", "Provenance"),
 )
 # Labels are data (class names, file names): drawn as typed, never parsed as mathtext or LaTeX.
@@ -916,7 +929,19 @@ def _run_name(run: dict) -> str:
 
 def _pixel_floor_line(runs: list[dict]) -> str:
     """The leaderboard's one sentence on what the best backbone run adds over the raw-pixel floor."""
-    return f"<p class='floor'>{_e(pixel_floor_sentence(runs))}</p>"
+    from featx.results.validation import metadata_floor_sentence
+
+    metadata = metadata_floor_sentence(runs)
+    css = "warn" if metadata and metadata.startswith("⚠") else "floor"
+    return f"<p class='floor'>{_e(pixel_floor_sentence(runs))}</p>" + (
+        f"<p class='{css}'>{_e(metadata)}</p>" if metadata else ""
+    )
+
+
+def _foundation_line(runs: list[dict]) -> str:
+    """One sentence: what the best foundation model adds over the best ImageNet CNN and the floor ('' without one)."""
+    sentence = foundation_sentence(runs)
+    return f"<p class='floor'>{_e(sentence)}</p>" if sentence else ""
 
 
 def _split_level_table(ranked: list[dict]) -> str:
@@ -1382,6 +1407,11 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
             old.unlink()
     for plot in plots:
         atomic_write_bytes(plots_dir / plot.name, plot.png)
+    from featx.results import claim, validation
+
+    external_html, external_plots = validation.external_section(ranked)
+    for name, png in external_plots:
+        atomic_write_bytes(plots_dir / name, png)
 
     findings = _feature_file_findings(ranked, results_dir)
     if manifest is not None:
@@ -1420,6 +1450,7 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
         + per_dataset(
             lambda where, panel: (
                 _pixel_floor_line(where.runs)
+                + _foundation_line(where.runs)
                 + _leaderboard_table(where.runs, rows_by_id)
                 + _split_level_table(where.runs)
             )
@@ -1443,6 +1474,9 @@ def write_report(results_dir, out=None, *, manifest=None, data_root=None) -> Pat
         "<h2 id='efficiency'>Data efficiency</h2>"
         + per_dataset(lambda where, panel: _efficiency_section(where.runs, (panel["efficiency"] or [None])[0])),
         "<h2 id='audits'>Audits</h2>" + per_dataset(lambda where, panel: audit_html[where.dataset.index]),
+        f"<h2 id='external'>External validation</h2>{external_html}",
+        f"<h2 id='null'>Permutation null</h2>{validation.null_section(ranked)}",
+        f"<h2 id='claim'>CLAIM checklist</h2>{claim.claim_section(ranked)}",
         f"<h2 id='provenance'>Provenance</h2>{_provenance_section(ranked)}",
     ]
     document = (
