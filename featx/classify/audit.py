@@ -120,6 +120,8 @@ def _exact_pairs(unit: np.ndarray, threshold: float, n_train: int, top: int, blo
             best_rows = np.concatenate([best_rows, rows])
             keep = np.argsort(-best_sim, kind="stable")[:top]
             best_sim, best_rows = best_sim[keep], best_rows[keep]
+    if not found_i:  # no rows
+        return (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)), (best_rows, best_sim)
     pairs = (np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s))
     return pairs, (best_rows, best_sim)
 
