@@ -26,7 +26,7 @@ def test_the_example_notebook_runs_offline_through_the_api(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     with open(workdir / "results" / "leaderboard.csv", newline="") as handle:
         backbones = {row["backbone"] for row in csv.DictReader(handle)}
-    assert backbones == {"pixels", "tiny"}
+    assert backbones == {"pixels", "tiny", "metadata"}  # the two floors beside the backbone
     assert (workdir / "test_auc_by_backbone.png").read_bytes().startswith(b"\x89PNG")
     with open(workdir / "predictions.csv", newline="") as handle:
         predictions = list(csv.DictReader(handle))

@@ -82,8 +82,8 @@ def test_several_poolings_come_from_one_forward_pass(tmp_path, tree, monkeypatch
     calls = []
     make_step = forward.forward_step  # the engines build every backbone's step through this module
 
-    def counting_step(model, size, poolings):
-        predict = make_step(model, size, poolings)
+    def counting_step(model, size, poolings, max_batch=None):
+        predict = make_step(model, size, poolings, max_batch=max_batch)
 
         def counted(batch):
             calls.append(len(batch))
