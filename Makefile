@@ -191,10 +191,12 @@ predict: install  ## predict new images: make predict model=results/models/<run>
 	  echo "make predict: pass $${missing}(a model bundle from results/models/ and image files, folders or a manifest CSV)." >&2; exit 2; fi
 	$(FEATX) predict --model $(model) $(images) $(if $(out),--out $(out)) $(if $(batch_size),--batch-size $(batch_size)) $(PREDICT_OPTIONS)
 
-bench: install  ## benchmarks: extract (bare forward vs full path, peak RSS), classify (default grids), analyses (audits, curve), compare (vs training on images)
+bench: install  ## benchmarks: extract (CNNs and ViTs), classify (default grids), analyses (audits, curve), scale (10^4-10^5 rows), compare (vs training on images)
 	$(FEATX) bench extract
+	$(FEATX) bench extract --models
 	$(FEATX) bench classify
 	$(FEATX) bench analyses
+	$(FEATX) bench scale --rows 20000,100000 --dim 1024
 	$(FEATX) bench compare --data-root ../shared/data/kermany224/train
 
 clean:  ## remove generated demo data, features and results (keeps .venv)

@@ -981,11 +981,18 @@ def test_above_a_row_count_the_search_runs_on_whole_patients_and_the_finalist_re
     assert levels["image"]["auc_mean"] is not None
 
 
-def test_the_plan_and_a_timing_probe_come_before_the_first_fit(tmp_path):
+def test_the_plan_and_a_timing_probe_come_before_the_first_fit(tmp_path, monkeypatch):
+    from featx.classify import stage
+
     features = tmp_path / "features"
     write_signal_cache(features / "tiny.h5", backbone="tiny", seed=0, feature_seed=1)
     console = quiet_console()
-    classify_runs(config_for(features, tmp_path / "results", classifiers=("logreg", "xgboost")), console)
+    classify_runs(config_for(features, tmp_path / "results", classifiers=("logreg",)), console)
+    assert "Plan: 1 run(s)" in console.file.getvalue()
+    assert "Estimated fitting time" not in console.file.getvalue()  # small work: no probe's fits
+    monkeypatch.setattr(stage, "PROBE_MIN_ROW_FITS", 1)
+    console = quiet_console()
+    classify_runs(config_for(features, tmp_path / "results", classifiers=("logreg", "xgboost"), force=True), console)
     text = console.file.getvalue()
     plan, estimate, first = text.index("Plan: 2 run(s)"), text.index("Estimated fitting time"), text.index("fitted ")
     assert plan < estimate < first and "search full" in text and "Audits:" in text

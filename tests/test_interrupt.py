@@ -84,7 +84,7 @@ def test_ctrl_c_during_a_fit_keeps_the_finished_runs(tmp_path, features, point, 
     code, out, err = interrupt_at(point, [*args, "--quick", "--cv", "2", "--n-jobs", "1"], tmp_path)
     assert_interrupted(code, err)
     # it says what was kept and how to go on (issue 19.2)
-    assert "the 1 run(s) fitted before it are kept" in " ".join(out.split())
+    assert "the 1 run(s) fitted before it are kept" in " ".join(out.split()), out[-800:]
     assert "run the same command to continue" in " ".join(out.split())
     results = tmp_path / "results"
     [run] = load_runs(results)

@@ -340,7 +340,7 @@ def test_on_a_cluster_with_gpus_xgboost_fits_reserve_a_share_of_one_and_fall_bac
         envs.unlink(missing_ok=True)
         config = ClassifyConfig(
             features_dir=features, out_dir=out, classifiers=("xgboost",), cv=3, n_jobs=n_jobs, quick=True,
-            engine=EngineConfig(engine),
+            engine=EngineConfig(engine), image_cv_all=True,  # xgboost's image-fold audit fits, asked for
         )  # fmt: skip
         classify_runs(config, console if engine == "ray" else quiet())
         runs[engine] = json.loads((out / "runs" / "tiny__avg__xgboost.json").read_text())

@@ -506,6 +506,14 @@ def describe_audits(config: ClassifyConfig) -> str:
 
 
 PROBE_ROWS = 1000  # training rows of the timing probe's one fit per classifier
+# Below this many training rows x planned fits a classify takes seconds to a minute or two: no probe (its own
+# fits, a dense head's trainer among them, would cost more than the estimate is worth).
+PROBE_MIN_ROW_FITS = 500_000
+
+
+def worth_probing(plans: Sequence[RunPlan], planned: dict) -> bool:
+    """True when the planned work is large enough for a timing probe's estimate to be worth its fits."""
+    return sum(plan.n_train_rows * planned[plan] for plan in plans) >= PROBE_MIN_ROW_FITS
 
 
 def describe_plan(plans: Sequence[RunPlan], config: ClassifyConfig, planned: dict) -> str:
@@ -965,7 +973,7 @@ def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Pa
                 features = store.load(plan.cache, plan.pooling, sha256=sha256[plan.cache])
                 loaded_key = (plan.cache, plan.pooling)
                 rows = split_rows(features, config)
-                if done == 0:  # the first matrix loaded: a timing probe on its training rows
+                if done == 0 and worth_probing([p for p, _ in to_fit], planned):  # a probe on the first matrix
                     estimate, probe_s = timing_probe(
                         [p for p, _ in to_fit], config, rows_of(features.X, rows.train), features.y[rows.train], planned
                     )
