@@ -277,5 +277,6 @@ def _print_where_and_next(finished, data_dir: Path, results_dir: Path, total: fl
         f"  {featx} predict --model {bundle} {data_dir / 'test'} --out predictions.csv\n"
         f"  real data: {featx} fetch kermany --dest data/kermany, then {featx} extract / classify (see docs/datasets.md)\n"
         "  ImageNet weights: put Keras's *_notop.h5 files in ~/.keras/models (or run once with network) and "
-        "re-run `featx demo`."
+        "re-run `featx demo`.",
+        soft_wrap=True,  # commands stay whole lines at any terminal width, so they can be pasted
     )

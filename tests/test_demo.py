@@ -23,6 +23,9 @@ def test_quick_demo_end_to_end_with_a_predict_round_trip(tmp_path, capsys):
         os.umask(old_umask)
     out = capsys.readouterr().out
     results = workdir / "results"
+    # the Next: commands are whole lines at any width (a wrapped path cannot be pasted)
+    assert any(line.strip().endswith(".joblib " + str(workdir / "data" / "test") + " --out predictions.csv")
+               for line in out.splitlines())  # fmt: skip
     modes = {
         p.relative_to(results).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in results.rglob("*") if p.is_file()
     }
