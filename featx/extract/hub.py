@@ -112,12 +112,9 @@ def _fetch(uri: str, name: str) -> Path | None:
     if not uri.startswith(URI_PREFIXES):
         found = path / name
         return found if found.is_file() else None
-    try:
-        from keras_hub.src.utils.preset_utils import get_file
-    except ImportError:
-        raise FeatxError(
-            f"keras-hub backbones need keras-hub, which is not installed; install it with {HUB_EXTRA}."
-        ) from None
+    import_keras_hub()  # FeatxError naming the extra when keras-hub is missing
+    from keras_hub.src.utils.preset_utils import get_file
+
     try:
         return Path(get_file(uri, name))
     except FileNotFoundError:
