@@ -169,6 +169,12 @@ def test_metadata_column_encoding_the_label_drives_the_floor_to_one_and_warns(tm
     floor = runs["metadata__avg__logreg"]
     assert floor["backbone"] == "metadata" and floor["weights"] == "none"
     assert floor["test"]["auc"]["value"] > 0.99
+    # rows sharing their metadata are identical there: no near-duplicate audit, the exact one (file hashes) stays
+    assert floor["audit"]["near_duplicates"] is None and floor["audit"]["near_duplicates_skipped"]
+    image_run = runs["tiny__avg__logreg"]["audit"]
+    assert image_run["near_duplicates"]["n_rows"] == floor["audit"]["exact_duplicates"]["n_rows"]
+    audits = {item: text for item, text, _ in claim.checklist(list(runs.values()))}["Evaluation: audits"]
+    assert f"exact-duplicate audit in {len(runs)} run(s), near-duplicate audit in {len(runs) - 1}," in audits
     sentence = validation.metadata_floor_sentence(list(runs.values()))
     assert sentence is not None and sentence.startswith("⚠") and "shortcuts" in sentence
     assert "Metadata-only floor" in console.file.getvalue()

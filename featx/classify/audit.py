@@ -401,6 +401,7 @@ def data_audit(
     test_source: str,
     threshold: float = NEAR_DUPLICATE_THRESHOLD,
     hashes: dict | None = None,
+    near_skipped: str | None = None,
 ) -> dict:
     """Near and exact duplicates across the splits one run uses: the data part of its run JSON's `audit`.
 
@@ -408,6 +409,8 @@ def data_audit(
     (failed images are not in them). Exact duplicates come from the cache's per-image sha256
     (`image_sha256`) when it has them, else from hashing the files under its data root;
     `hashes` memoises those across the caches of one command, keyed by (data_root, ids).
+    `near_skipped`: why the rows are not image embeddings to compare (the metadata floor's); the
+    near-duplicate audit is then None and the reason is kept as `near_duplicates_skipped`.
     """
     rows = np.concatenate([np.asarray(train_rows), np.asarray(test_rows)]).astype(np.int64)
     evaluated = np.zeros(len(rows), dtype=bool)
@@ -417,7 +420,9 @@ def data_audit(
         split = np.where(evaluated, "test", split)
     ids = np.asarray(features.ids).astype(str)[rows]
     patients = np.asarray(features.patient_id).astype(str)[rows]
-    near = near_duplicates(features.X, split, evaluated, ids, patients, threshold=threshold, rows=rows)
+    near = None
+    if near_skipped is None:
+        near = near_duplicates(features.X, split, evaluated, ids, patients, threshold=threshold, rows=rows)
     data_root = str(features.attrs.get("data_root", ""))
 
     started = time.perf_counter()
@@ -438,7 +443,10 @@ def data_audit(
         sha256 = np.asarray(all_sha256).astype(str)[rows]
         exact = {"source": source, "skipped": None, **exact_duplicates(ids, split, sha256)}
     exact["seconds"] = time.perf_counter() - started
-    return {"data_root": data_root, "pooling": features.pooling, "near_duplicates": near, "exact_duplicates": exact}
+    found = {"data_root": data_root, "pooling": features.pooling, "near_duplicates": near, "exact_duplicates": exact}
+    if near_skipped is not None:
+        found["near_duplicates_skipped"] = near_skipped
+    return found
 
 
 # ---------------------------------------------------------------- patient-level vs image-level CV

@@ -33,6 +33,7 @@ from featx.errors import CacheError
 from featx.extract import store
 
 METADATA_FLOOR = "metadata"
+
 METADATA_POOLING = "avg"  # the one pooling the floor's cache holds: --pooling avg (the default) keeps it
 FLOOR_GROUP = "floor"
 ENCODER_VERSION = 1
@@ -41,6 +42,16 @@ MAX_CATEGORIES = 30
 TRAIN_SPLITS = ("train", "val")
 # the floor within this much test AUC of the best image model (or not significantly below it) -> a warning
 CLOSE_MARGIN = 0.05
+
+
+def near_duplicates_skipped(backbone: str) -> str | None:
+    """Why the near-duplicate audit does not run on this backbone's rows (the floor's), or None where it runs."""
+    if backbone != METADATA_FLOOR:
+        return None
+    return (
+        "the metadata floor's rows are encoded manifest columns, not image embeddings: images that share "
+        "their metadata are identical rows there, not near-duplicate images"
+    )
 
 
 def _number(text: str) -> float | None:

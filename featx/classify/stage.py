@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from featx.classify import audit, efficiency, evaluate
+from featx.classify import audit, efficiency, evaluate, metadata_floor
 from featx.classify import registry as classifiers
 from featx.classify import subgroups as subgroup_auc
 from featx.classify.scoring import predict_scores, task_for
@@ -988,7 +988,13 @@ def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Pa
                     )
                 progress.update(bar, description=f"{plan.backbone} / {plan.pooling}: duplicate audit")
                 data_audit = audit.data_audit(
-                    features, rows.train, rows.test, rows.test_source, config.near_duplicate_threshold, image_hashes
+                    features,
+                    rows.train,
+                    rows.test,
+                    rows.test_source,
+                    config.near_duplicate_threshold,
+                    image_hashes,
+                    near_skipped=metadata_floor.near_duplicates_skipped(plan.backbone),
                 )
                 progress.update(bar, description=f"{plan.backbone} / {plan.pooling} / {plan.classifier}")
             assert features is not None

@@ -71,7 +71,9 @@ def checklist(ranked: list[dict]) -> list[tuple[str, str, str]]:
     backbones = Counter(run.get("backbone") for run in ranked)
     weights = _join(f"{run.get('backbone')}: {run.get('weights')}" for run in ranked)
     subgroups = [run for run in ranked if run.get("subgroups")]
-    audited = [run for run in ranked if (run.get("audit") or {}).get("near_duplicates")]
+    audited = [run for run in ranked if (run.get("audit") or {}).get("exact_duplicates")]
+    near_audited = [run for run in audited if run["audit"].get("near_duplicates")]
+    level_audited = [run for run in audited if run["audit"].get("split_levels")]
     external = sorted({name for run in ranked for name in (run.get("external") or {})})
     nulls = [run for run in ranked if run.get("null")]
     threshold = _dict(best.get("threshold"))
@@ -144,7 +146,12 @@ def checklist(ranked: list[dict]) -> list[tuple[str, str, str]]:
         ),
         (
             "Evaluation: audits",
-            f"duplicate and split-level audits in {len(audited)} run(s)" if audited else "not recorded",
+            (
+                f"exact-duplicate audit in {len(audited)} run(s), near-duplicate audit in {len(near_audited)}, "
+                f"patient- vs image-level CV in {len(level_audited)}"
+            )
+            if audited
+            else "not recorded",
             "run record audit",
         ),
         (
