@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from featx.bench.scale import IMAGES_PER_PATIENT, TEST_FRACTION, write_synthetic_cache
@@ -30,3 +32,21 @@ def test_multilabel_synthetic_caches_have_every_label_in_both_splits(tmp_path):
     split = np.asarray(features.split).astype(str)
     for rows in (split == "train", split == "test"):
         assert np.all(features.y[rows].sum(axis=0) > 0)
+
+
+def test_tree_memory_counts_the_memory_of_worker_processes():
+    import subprocess
+    import sys
+    import time
+
+    from featx.bench.scale import TreeMemory, _pss_mib
+
+    alone = _pss_mib(os.getpid())
+    with TreeMemory() as tree:
+        worker = subprocess.Popen(
+            [sys.executable, "-c", "import time; block = bytearray(96 * 1024**2); time.sleep(2)"],
+        )
+        time.sleep(1.5)
+        worker.wait()
+    # the worker's 96 MiB block (private pages, written by bytearray's zeroing) is in the tree's peak
+    assert tree.peak_mib > alone + 90

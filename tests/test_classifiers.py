@@ -322,3 +322,52 @@ def test_multilabel_logreg_shares_the_scaling_and_the_path_across_labels_with_on
         assert mine.shape == theirs.shape == (40, 3)
         np.testing.assert_allclose(mine, theirs, atol=2e-3)  # warm starts land within lbfgs's tolerance
         assert np.all(mine[:, 2] == 0.0)
+
+
+def test_multilabel_xgboost_bins_each_label_once_for_every_candidate_with_one_vs_rest_answers(monkeypatch):
+    from featx.classify import estimators
+    from featx.classify.registry import build_classifier, xgboost_candidate_probabilities
+    from featx.classify.search import each_candidate_probabilities
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(240, 12)).astype(np.float32)
+    Y = (X[:, :3] + rng.normal(scale=0.7, size=(240, 3)) > 0.5).astype(np.int8)
+    Y[:200, 2] = 0  # a label absent from every fit row: OneVsRest's constant predictor
+    estimator, _ = build_classifier("xgboost", "multilabel", 3)
+    candidates = [
+        {"estimator__max_depth": depth, "estimator__n_estimators": 40, "estimator__scale_pos_weight": weight}
+        for depth in (2, 3)
+        for weight in (1.0, "balanced")
+    ]
+    binned = []
+    build = estimators.EarlyStoppingXGB._matrices
+    monkeypatch.setattr(
+        estimators.EarlyStoppingXGB, "_matrices", lambda self, *args: binned.append(1) or build(self, *args)
+    )
+    fast = xgboost_candidate_probabilities(estimator, candidates, X[:200], Y[:200], X[200:])
+    assert len(binned) == 2  # one binned fold per label that varies, shared by the four candidates
+    binned.clear()
+    slow = each_candidate_probabilities(estimator, candidates, X[:200], Y[:200], X[200:])
+    assert len(binned) == 8
+    assert len(fast) == len(slow) == len(candidates)
+    for mine, theirs in zip(fast, slow):
+        assert mine.shape == theirs.shape == (40, 3)
+        np.testing.assert_array_equal(mine, theirs)  # the very boosters OneVsRest trains
+        assert np.all(mine[:, 2] == 0.0)
+
+
+@pytest.mark.parametrize(("n_train", "expected"), [(40, 16), (400, 50), (3_177, 128), (80_000, 128)])
+def test_dense_head_batches_give_small_sets_at_least_8_steps_and_keep_128_on_large_ones(n_train, expected):
+    from featx.classify.estimators import epoch_batch_size
+
+    assert epoch_batch_size(128, n_train) == expected
+
+
+def test_a_dense_head_records_the_batch_it_trained_with():
+    from featx.classify import estimators
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 6)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    head = estimators.DenseHead(max_epochs=3, random_state=0).fit(X, y)
+    assert head.batch_size_ == 42  # 340 inner training rows: 8 steps of 42, not 3 of 128

@@ -90,3 +90,48 @@ def test_row_block_scaler_matches_standard_scaler():
     np.testing.assert_allclose(blocked.mean_, whole.mean_, rtol=1e-10)
     np.testing.assert_allclose(blocked.scale_, whole.scale_, rtol=1e-7)
     assert blocked.n_samples_seen_ == whole.n_samples_seen_ == 5000
+
+
+def test_xgboost_bins_large_training_rows_in_chunks_without_copying_them(monkeypatch):
+    from featx.classify import estimators
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6000, 256)).astype(np.float32)  # 6 MiB
+    y = (X[:, 0] + rng.normal(size=6000) > 0).astype(int)
+
+    def fit():
+        return estimators.EarlyStoppingXGB(n_estimators=5, early_stopping_rounds=2).fit(X, y)
+
+    whole = fit()
+    copied = _peak(fit)
+    monkeypatch.setattr(estimators, "CHUNKED_BINNING_BYTES", X.nbytes // 16)
+    chunked = _peak(fit)
+    # one copy of the 85% inner-training rows before; after, one chunk of them and the 15% validation rows
+    assert copied > 0.85 * X.nbytes
+    assert chunked < 0.3 * X.nbytes
+    np.testing.assert_array_equal(fit().predict_proba(X), whole.predict_proba(X))  # the same bins and trees
+
+
+def test_a_dense_fit_trains_without_a_standardised_copy_of_the_matrix(monkeypatch):
+    from featx.classify import estimators
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(loc=2.0, size=(20_000, 256)).astype(np.float32)  # 20 MiB
+    y = (X[:, 0] + rng.normal(size=20_000) > 2.0).astype(int)
+    estimators.DenseHead(max_epochs=1).fit(X[:500], y[:500])  # TensorFlow started, a trainer built and kept
+    held = []
+    train = estimators._HeadsTrainer.train
+
+    def measured(self, *args):
+        held.append(tracemalloc.get_traced_memory()[0])
+        return train(self, *args)
+
+    monkeypatch.setattr(estimators._HeadsTrainer, "train", measured)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        estimators.DenseHead(max_epochs=1).fit(X, y)
+    finally:
+        tracemalloc.stop()
+    # the rows are standardised a batch at a time inside the trainer's graph: no (X - mean) / scale of all of them
+    assert held and held[0] - before < 0.25 * X.nbytes

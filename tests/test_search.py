@@ -133,6 +133,30 @@ def test_a_lone_finalist_is_refitted_beside_the_last_rounds_folds(monkeypatch):
     assert np.array_equal(one.predict_proba(X), two.predict_proba(X))
 
 
+def test_folds_on_a_subsample_hand_the_fits_that_subsample_and_refit_every_row_here(monkeypatch):
+    # stage two's search scheme at scale: the folds cover a patient subsample of the training rows
+    from featx.classify import search as search_module
+
+    X, y, groups = _data(n_patients=120, seed=5)
+    sub = np.flatnonzero(groups < 80)  # whole patients
+    local = evaluate.grouped_splits(y[sub], groups[sub], 3, seed=0)
+    estimator, grid = build_classifier("xgboost", "binary", 2, quick=True)
+    reference = make_search("xgboost", estimator, grid, local, "binary", n_jobs=1).fit(X[sub], y[sub])
+
+    handed = []
+    run_task = search_module._run_task
+    monkeypatch.setattr(search_module, "_run_task", lambda *args: handed.append(len(args[4])) or run_task(*args))
+    subsampled = make_search(
+        "xgboost", estimator, grid, [(sub[fit], sub[held]) for fit, held in local], "binary", n_jobs=1
+    ).fit(X, y)
+    assert handed and set(handed) == {len(sub)}  # the fits read the subsample's rows, not the whole matrix
+    assert np.array_equal(subsampled.cv_results_["mean_test_score"], reference.cv_results_["mean_test_score"])
+    assert np.array_equal(subsampled.oof_scores_[sub], reference.oof_scores_)
+    assert np.array_equal(subsampled.oof_rows_, sub)
+    whole = clone(estimator).set_params(**subsampled.best_params_).fit(X, y)  # the refit saw every row
+    assert np.array_equal(subsampled.predict_proba(X), whole.predict_proba(X))
+
+
 def test_a_planned_fit_count_matches_the_search_featx_runs():
     rows = np.arange(3000)
     splits = [(np.setdiff1d(rows, part), part) for part in np.array_split(rows, 5)]

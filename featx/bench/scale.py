@@ -5,7 +5,8 @@ chunked, checksummed, hashed on finish), then runs `featx classify` on it in a f
 (the same `results.finish.classify_command`, defaults unless told otherwise) and reads back from the
 run records the seconds of each phase: loading, the duplicate audits (near: exact or index; exact),
 each classifier's search, refit and image-level CV audit, and the leaderboard/report; and the child's
-peak resident memory (VmHWM) next to the float32 matrix, so growth between sizes shows as a ratio.
+peak resident memory (VmHWM) next to the float32 matrix, so growth between sizes shows as a ratio, and
+the peak summed PSS of the child and its fit workers (sampled), where parallel fits and a refit run.
 
 The cache mimics the public chest X-ray sets: 2 images per patient, 20% of patients in test, rows in
 split order (train first); binary, or `labels` labels for a multi-label task (NIH: 14-15).
@@ -19,6 +20,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -106,6 +108,60 @@ def _peak_rss_mib() -> float:
     return peak_rss_mib()
 
 
+def _descendants(pid: int) -> list[int]:
+    """The processes below `pid` (the fit workers, their own children), from /proc's children lists."""
+    found, queue = [], [pid]
+    while queue:
+        parent = queue.pop()
+        try:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def _pss_mib(pid: int) -> float:
+    """A process's proportional set size in MiB: its private pages plus its share of pages it shares (the
+    matrix the fit workers memory-map is counted once across them, not once per worker); 0 when gone."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return float(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class TreeMemory:
+    """Samples the summed PSS of this process and every process below it (the parallel fits run in worker
+    processes, whose memory this process's own peak RSS does not include); `peak_mib` after `stop()`."""
+
+    INTERVAL_S = 0.25
+
+    def __init__(self):
+        self.peak_mib = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        me = os.getpid()
+        while not self._done.is_set():
+            total = sum(_pss_mib(pid) for pid in [me, *_descendants(me)])
+            self.peak_mib = max(self.peak_mib, total)
+            self._done.wait(self.INTERVAL_S)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def _classify_in_child(config, out: Path) -> None:
     """The child: `featx classify` as the CLI runs it, then its peak memory and wall time into out/bench.json."""
     import faiss  # noqa: F401  (imported here so the baseline holds what the audit imports)
@@ -120,13 +176,20 @@ def _classify_in_child(config, out: Path) -> None:
 
     baseline = rss_mib()  # the interpreter and the libraries, before any data
     started = time.perf_counter()
-    with open(os.devnull, "w") as quiet:
+    with open(os.devnull, "w") as quiet, TreeMemory() as tree:
         classify_command(config, Console(file=quiet, width=160))
     wall = time.perf_counter() - started
     # a spawned child joins its children on exit: the idle fit workers would hold it for their 300 s timeout
     get_reusable_executor().shutdown(wait=True)
     (out / "bench.json").write_text(
-        json.dumps({"wall_s": wall, "peak_rss_mib": _peak_rss_mib(), "baseline_rss_mib": baseline})
+        json.dumps(
+            {
+                "wall_s": wall,
+                "peak_rss_mib": _peak_rss_mib(),
+                "baseline_rss_mib": baseline,
+                "tree_pss_mib": tree.peak_mib,
+            }
+        )
     )
 
 
@@ -218,6 +281,7 @@ def bench_scale_command(
                 "write_s": write_s,
                 "classify_s": measured["wall_s"],
                 "peak_rss_mib": measured["peak_rss_mib"],
+                "tree_pss_mib": measured.get("tree_pss_mib"),
                 "matrix_mib": matrix_mib,
                 "rss_over_matrix": measured["peak_rss_mib"] / matrix_mib,
                 "baseline_rss_mib": measured["baseline_rss_mib"],
@@ -240,14 +304,25 @@ def bench_scale_command(
                 f"(near duplicates {found['near_duplicates_s']:.1f} s, {found['near_method']}; exact "
                 f"{found['exact_duplicates_s']:.2f} s; {per}); peak RSS {measured['peak_rss_mib']:,.0f} MiB = "
                 f"{row['rss_over_matrix']:.2f}x the {matrix_mib:,.0f} MiB matrix ({row['baseline_rss_mib']:,.0f} MiB "
-                f"before any data: {row['rss_above_baseline_over_matrix']:.2f}x above it); load {row['load']:.1f}"
+                f"before any data: {row['rss_above_baseline_over_matrix']:.2f}x above it); with its fit workers, "
+                f"peak {row['tree_pss_mib']:,.0f} MiB PSS ({row['tree_pss_mib'] / matrix_mib:.2f}x the matrix, sampled "
+                f"every {TreeMemory.INTERVAL_S} s); load {row['load']:.1f}"
             )
             shutil.rmtree(features, ignore_errors=True)
     finally:
         if workdir is None:
             shutil.rmtree(scratch, ignore_errors=True)
     table = Table(title=f"stage two at scale ({dim} dims, {task}): seconds, and growth against the previous size")
-    columns = ("rows", "classify (s)", "near dup. (s)", "search (s)", "peak RSS (MiB)", "RSS / matrix", "rows/time/RSS")
+    columns = (
+        "rows",
+        "classify (s)",
+        "near dup. (s)",
+        "search (s)",
+        "peak RSS (MiB)",
+        "RSS / matrix",
+        "+ workers (MiB PSS)",
+        "rows/time/RSS",
+    )
     for column in columns:
         table.add_column(column, justify="right")
     previous = None
@@ -266,6 +341,7 @@ def bench_scale_command(
             f"{search:.1f}",
             f"{row['peak_rss_mib']:,.0f}",
             f"{row['rss_over_matrix']:.2f}",
+            f"{row['tree_pss_mib']:,.0f}",
             growth,
         )
         previous = row

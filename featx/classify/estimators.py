@@ -179,10 +179,15 @@ class EarlyStoppingXGB(ClassifierMixin, BaseEstimator):
         def rows(index):
             return X[index], encoded[index], None if weights is None else weights[index]
 
-        X_train, y_train, w_train = rows(train_rows)
         common = dict(max_bin=int(self.max_bin), nthread=int(self.n_jobs))
         with interrupts_deferred():  # QuantileDMatrix reads numpy through XGBoost's ctypes data iterator
-            train = xgboost.QuantileDMatrix(X_train, y_train, weight=w_train, **common)
+            if len(train_rows) * X.shape[1] * X.itemsize > CHUNKED_BINNING_BYTES:
+                # no float32 copy of the training rows: XGBoost sketches and bins them a chunk at a time
+                chunks = _RowChunks(X, encoded, weights, train_rows, CHUNKED_BINNING_BYTES // 4)
+                train = xgboost.QuantileDMatrix(chunks, **common)
+            else:
+                X_train, y_train, w_train = rows(train_rows)
+                train = xgboost.QuantileDMatrix(X_train, y_train, weight=w_train, **common)
             valid = None
             if valid_rows is not None:
                 # a plain DMatrix: the trees score its raw values as predict_proba scores new rows (inplace_predict),
@@ -267,6 +272,35 @@ class EarlyStoppingXGB(ClassifierMixin, BaseEstimator):
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
 
+# Training rows of more than this many bytes are binned from row chunks (_RowChunks), not from one copy.
+CHUNKED_BINNING_BYTES = 256 * 1024**2
+
+
+def _RowChunks(X, encoded, weights, rows, chunk_bytes: int):
+    """An xgboost.DataIter over X[rows] in chunks of about `chunk_bytes`: a QuantileDMatrix built from it
+    holds the binned rows (1 byte a value at max_bin <= 256) without a float32 copy of them all."""
+    import xgboost
+
+    class RowChunks(xgboost.DataIter):
+        def __init__(self):
+            self.step = max(1, int(chunk_bytes) // max(1, X.shape[1] * X.itemsize))
+            self.start = 0
+            super().__init__()
+
+        def next(self, input_data) -> bool:
+            if self.start >= len(rows):
+                return False
+            index = rows[self.start : self.start + self.step]
+            self.start += self.step
+            input_data(data=X[index], label=encoded[index], weight=None if weights is None else weights[index])
+            return True
+
+        def reset(self) -> None:
+            self.start = 0
+
+    return RowChunks()
+
+
 def _stop_on_interrupt():
     """An XGBoost training callback that ends boosting once Ctrl-C arrived (see featx.runtime)."""
     from xgboost.callback import TrainingCallback
@@ -329,6 +363,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             epochs = trainer.train(self, data, slots)
         self.model_ = trainer.standalone(slots[0])
         self.n_epochs_, self.best_epoch_ = epochs[0]
+        self.batch_size_ = trainer.batch_rows  # batch_size, or what epoch_batch_size made of it for these rows
         return self
 
     def candidate_probabilities(self, candidates, X_fit, y_fit, X_eval) -> list[np.ndarray]:
@@ -353,13 +388,12 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             with interrupts_deferred():  # Ctrl-C ends the epoch loop after an epoch, then is raised
                 trainer.train(group[0], data, slots)
             X_eval = validate_data(group[0], X_eval, dtype=np.float32, reset=False)
-            Z_eval = (X_eval - group[0].mean_) / group[0].scale_
-            for i, proba in zip(members, trainer.predict_proba(Z_eval, group[0].multilabel_, slots)):
+            for i, proba in zip(members, trainer.predict_proba(group[0], X_eval, slots)):
                 probabilities[i] = proba
         return probabilities
 
     def _prepare(self, X, y) -> dict:
-        """Validated, standardised training data; sets classes_, multilabel_, mean_, scale_, n_features_in_."""
+        """Validated training data (standardised where used); sets classes_, multilabel_, mean_, scale_, n_features_in_."""
         from sklearn.utils.multiclass import check_classification_targets, type_of_target
 
         X, y = validate_data(self, X, y, dtype=np.float32, multi_output=True, y_numeric=False)
@@ -380,7 +414,9 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         self.mean_ = X.mean(axis=0)
         scale = X.std(axis=0)
         self.scale_ = np.where(scale > 1e-12, scale, 1.0).astype(np.float32)
-        return {"Z": (X - self.mean_) / self.scale_, "targets": targets, "strata": strata}
+        # the rows are standardised a batch at a time where they are used (_standardised, the trainer's graph):
+        # a standardised copy of X would double the memory a fit on a large matrix needs
+        return {"X": X, "targets": targets, "strata": strata}
 
     def _head(self, keras, inputs, n_outputs: int):
         """This head's layers on `inputs`: its output tensor and its layers (for its variables)."""
@@ -437,15 +473,17 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         """(N, n_classes) softmax probabilities, or (N, K) independent sigmoids for multilabel."""
         check_is_fitted(self, "model_")
         X = validate_data(self, X, dtype=np.float32, reset=False)
-        Z = (X - self.mean_) / self.scale_
         chunks = [
-            np.asarray(self.model_(Z[start : start + 8192], training=False), dtype=np.float64)
-            for start in range(0, len(Z), 8192)
+            np.asarray(self.model_(self._standardised(X[start : start + 8192]), training=False), dtype=np.float64)
+            for start in range(0, len(X), 8192)
         ]
         proba = np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes_)))
         if not self.multilabel_:
             proba = proba / proba.sum(axis=1, keepdims=True)
         return proba
+
+    def _standardised(self, X: np.ndarray) -> np.ndarray:
+        return (X - self.mean_) / self.scale_
 
     def predict(self, X):
         """The most probable class per row, or (N, K) 0/1 at 0.5 for multilabel."""
@@ -482,6 +520,17 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             self.model_ = model
 
 
+def epoch_batch_size(batch_size: int, n_train: int) -> int:
+    """The batch a DenseHead trains with on `n_train` rows: `batch_size`, but at least ~8 steps per epoch on
+    small sets, so they are not starved of updates.
+
+    Large sets keep `batch_size`: growing the batch with the rows (at most 256 steps an epoch) was measured
+    slower on CPU — an 80,000-row refit of the linear head took 29 epochs at 266 rows a batch against 13 at
+    128 (18.8 s against 13.1 s, docs/scale.md): each step's fixed costs are small next to its rows here.
+    """
+    return max(1, min(int(batch_size), max(16, n_train // 8)))
+
+
 # What a DenseHead's training schedule is made of: heads agreeing on these can be trained side by side.
 _SCHEDULE_PARAMS = ("batch_size", "max_epochs", "patience", "validation_fraction", "random_state")
 # Compiled trainers kept for reuse (each holds its heads' models, Adams and traced functions)
@@ -501,7 +550,7 @@ def _trainer(heads: list[DenseHead], data: dict) -> tuple[_HeadsTrainer, list[in
     """
     first = heads[0]
     wanted = [_head_config(h) for h in heads]
-    shape = (int(first.random_state), data["Z"].shape[1], len(first.classes_), bool(first.multilabel_))
+    shape = (int(first.random_state), data["X"].shape[1], len(first.classes_), bool(first.multilabel_))
     found = None
     for key in _TRAINERS:  # the smallest kept trainer that hosts every wanted head
         slots = _slots(key[0], wanted) if key[1:] == shape else None
@@ -509,7 +558,7 @@ def _trainer(heads: list[DenseHead], data: dict) -> tuple[_HeadsTrainer, list[in
             found = (key, slots)
     if found is None:
         key, slots = (tuple(wanted), *shape), list(range(len(heads)))
-        trainer = _HeadsTrainer(heads, data["Z"].shape[1], len(first.classes_), bool(first.multilabel_))
+        trainer = _HeadsTrainer(heads, data["X"].shape[1], len(first.classes_), bool(first.multilabel_))
     else:
         key, slots = found
         trainer = _TRAINERS.pop(key)
@@ -621,6 +670,7 @@ class _HeadsTrainer:
         ]
         self.initial = [[np.array(v.numpy()) for v in model.variables] for model in self.models]
         self.training = tf.Variable([True] * len(heads), trainable=False)
+        self.batch_rows = 0  # the batch of the last train call
         self.multilabel = multilabel
         self._compile(tf, keras, n_features, multilabel)
 
@@ -642,14 +692,22 @@ class _HeadsTrainer:
 
             return step
 
-        @tf.function(input_signature=[data_spec, label_spec, rows_spec, tf.TensorSpec([], tf.int32)])
-        def train_epoch(data, labels, order, batch_size):
+        column_spec = tf.TensorSpec([n_features], tf.float32)
+
+        def standardised_rows(data, mean, scale, rows):
+            # as DenseHead._standardised: the same float32 (x - mean) / scale, a batch at a time
+            return (tf.gather(data, rows) - mean) / scale
+
+        @tf.function(
+            input_signature=[data_spec, column_spec, column_spec, label_spec, rows_spec, tf.TensorSpec([], tf.int32)]
+        )
+        def train_epoch(data, mean, scale, labels, order, batch_size):
             # the whole epoch in one call (a graph loop over its batches): Python's per-step call overhead
             # cost more than these small heads' arithmetic
             losses = tf.zeros([len(models)], tf.float32)
             for start in tf.range(0, tf.shape(order)[0], batch_size):
                 rows = order[start : start + batch_size]
-                x, t = tf.gather(data, rows), tf.gather(labels, rows)
+                x, t = standardised_rows(data, mean, scale, rows), tf.gather(labels, rows)
                 losses = tf.stack(
                     [
                         tf.cond(training[k], head_step(models[k], adams[k], x, t), lambda: tf.constant(0.0))
@@ -661,9 +719,9 @@ class _HeadsTrainer:
         def head_validation(model, x, t):
             return lambda: tf.cast(loss_fn(t, model(x, training=False)), tf.float32)
 
-        @tf.function(input_signature=[data_spec, label_spec, rows_spec])
-        def validation_losses(data, labels, rows):
-            x, t = tf.gather(data, rows), tf.gather(labels, rows)
+        @tf.function(input_signature=[data_spec, column_spec, column_spec, label_spec, rows_spec])
+        def validation_losses(data, mean, scale, labels, rows):
+            x, t = standardised_rows(data, mean, scale, rows), tf.gather(labels, rows)
             return tf.stack(
                 [
                     tf.cond(training[k], head_validation(models[k], x, t), lambda: tf.constant(0.0))
@@ -693,13 +751,14 @@ class _HeadsTrainer:
         import tensorflow as tf
 
         self.reset(slots)
-        Z, targets = data["Z"], data["targets"]
-        train_rows, valid_rows = first._inner_split(len(Z), data["strata"])
+        X, targets = data["X"], data["targets"]
+        train_rows, valid_rows = first._inner_split(len(X), data["strata"])
         n_heads = len(self.models)
         rng = np.random.default_rng(int(first.random_state))
-        # at least ~8 steps per epoch, so small training sets are not starved of updates
-        batch_size = tf.constant(max(1, min(int(first.batch_size), max(16, len(train_rows) // 8))), tf.int32)
-        features = tf.constant(Z)
+        self.batch_rows = epoch_batch_size(int(first.batch_size), len(train_rows))
+        batch_size = tf.constant(self.batch_rows, tf.int32)
+        features = tf.constant(X)
+        mean, scale = tf.constant(first.mean_), tf.constant(first.scale_)
         labels = tf.constant(targets.astype(np.float32) if self.multilabel else targets.astype(np.int32))
         valid = None if valid_rows is None else tf.constant(valid_rows.astype(np.int32))
         history: list[list[float]] = [[] for _ in range(n_heads)]
@@ -708,14 +767,14 @@ class _HeadsTrainer:
         with _quiet_retracing():
             for _ in range(int(first.max_epochs)):
                 order = tf.constant(rng.permutation(train_rows).astype(np.int32))
-                losses = self.train_epoch(features, labels, order, batch_size)
+                losses = self.train_epoch(features, mean, scale, labels, order, batch_size)
                 if interrupt_pending():
                     break
                 if valid is None:
                     for k in slots:
                         history[k].append(float(np.asarray(losses)[k]))
                     continue
-                epoch_losses = np.asarray(self.validation_losses(features, labels, valid))
+                epoch_losses = np.asarray(self.validation_losses(features, mean, scale, labels, valid))
                 for k in range(n_heads):
                     if not active[k]:
                         continue
@@ -745,16 +804,17 @@ class _HeadsTrainer:
         model.set_weights(self.models[k].get_weights())
         return model
 
-    def predict_proba(self, Z: np.ndarray, multilabel: bool, slots: list[int]) -> list[np.ndarray]:
-        """The probabilities of standardised rows Z under the heads in `slots`, in that order (as DenseHead's)."""
+    def predict_proba(self, head: DenseHead, X: np.ndarray, slots: list[int]) -> list[np.ndarray]:
+        """The probabilities of rows X (standardised as `head`'s) under the heads in `slots`, in that order
+        (as DenseHead's predict_proba)."""
         probabilities = []
         for model in (self.models[k] for k in slots):
             chunks = [
-                np.asarray(model(Z[start : start + 8192], training=False), dtype=np.float64)
-                for start in range(0, len(Z), 8192)
+                np.asarray(model(head._standardised(X[start : start + 8192]), training=False), dtype=np.float64)
+                for start in range(0, len(X), 8192)
             ]
             proba = np.concatenate(chunks) if chunks else np.zeros((0, model.output_shape[-1]))
-            if not multilabel:
+            if not head.multilabel_:
                 proba = proba / proba.sum(axis=1, keepdims=True)
             probabilities.append(proba)
         return probabilities

@@ -244,7 +244,35 @@ def xgboost_candidate_probabilities(estimator, candidates, X_fit, y_fit, X_eval)
     """
     names = [key for key in estimator.get_params() if key == "device" or key.endswith("__device")]
     estimator = estimator.set_params(**dict.fromkeys(names, xgboost_device()))
+    if _wraps_xgboost(estimator) and np.ndim(y_fit) == 2:
+        return _one_vs_rest_xgboost_probabilities(estimator.estimator, candidates, X_fit, y_fit, X_eval)
     return own_candidate_probabilities(estimator, candidates, X_fit, y_fit, X_eval)
+
+
+def _wraps_xgboost(estimator) -> bool:
+    from sklearn.multiclass import OneVsRestClassifier
+
+    return isinstance(estimator, OneVsRestClassifier) and isinstance(estimator.estimator, EarlyStoppingXGB)
+
+
+def _one_vs_rest_xgboost_probabilities(model: EarlyStoppingXGB, candidates, X_fit, Y_fit, X_eval) -> list[np.ndarray]:
+    """The multi-label fast path: what OneVsRestClassifier(model) with each candidate's parameters gives,
+    with each label's fold binned once for every candidate (EarlyStoppingXGB.candidate_probabilities)
+    instead of once per candidate and label. Each label keeps its own inner split, so every booster is
+    the one OneVsRest would train. A label present or absent in every fit row is predicted as that
+    constant, as OneVsRest's constant predictor does."""
+    local = [{key.removeprefix("estimator__"): value for key, value in params.items()} for params in candidates]
+    Y_fit = np.asarray(Y_fit)
+    out = [np.zeros((len(X_eval), Y_fit.shape[1]), dtype=np.float64) for _ in candidates]
+    for k in range(Y_fit.shape[1]):
+        label = Y_fit[:, k]
+        if np.unique(label).size < 2:
+            for proba in out:
+                proba[:, k] = float(label[0]) if len(label) else 0.0
+            continue
+        for proba, label_proba in zip(out, model.candidate_probabilities(local, X_fit, label, X_eval)):
+            proba[:, k] = label_proba[:, 1]
+    return out
 
 
 def _logreg_share_key(params: dict):

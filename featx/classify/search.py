@@ -133,7 +133,8 @@ def _run_task(tag, fitter, estimator, candidates, X, y, fit_rows, eval_rows, thr
 
 
 def _run_refit(estimator, params, X, y, threads):
-    """The refit of the chosen candidate on every row, as a task beside the last round's folds."""
+    """The refit of the chosen candidate on every row, as a task beside the last round's folds (not when the
+    folds cover a subsample: the workers are handed only its rows)."""
     started = time.perf_counter()
     with thread_limit(threads):
         fitted = with_threads(estimator, threads).set_params(**params).fit(X, y)
@@ -280,7 +281,17 @@ class FoldSearch(ClassifierMixin, BaseEstimator):
         # the rows the folds cross-validate: every row, or a subsample of them (stage two's search scheme at
         # scale), while the refit below always fits every row of X
         cv_rows = np.unique(np.concatenate([eval_rows for _, eval_rows in folds])) if folds else np.arange(len(y))
-        rounds = self.rounds(len(cv_rows), len(np.unique(y[cv_rows])))
+        subsampled = len(cv_rows) < len(y)
+        if subsampled:
+            # the folds cover a subsample: the fits get those rows only (a worker process is handed a copy of
+            # the matrix it reads, here the subsample's instead of every row's); the refit runs here, on every row
+            position = np.full(len(y), -1, dtype=np.int64)
+            position[cv_rows] = np.arange(len(cv_rows))
+            X_cv, y_cv = X[cv_rows], y[cv_rows]
+            cv_folds = [(position[fit_rows], position[eval_rows]) for fit_rows, eval_rows in folds]
+        else:
+            X_cv, y_cv, cv_folds = X, y, folds
+        rounds = self.rounds(len(cv_rows), len(np.unique(y_cv)))
         fitter = self.candidate_probabilities or each_candidate_probabilities
         share_key = self.share_key or share_everything
         n_jobs, threads = (-1 if int(self.n_jobs) == -1 else max(1, int(self.n_jobs))), max(1, int(self.threads))
@@ -294,7 +305,7 @@ class FoldSearch(ClassifierMixin, BaseEstimator):
             for index, round_ in enumerate(rounds):
                 last = index == len(rounds) - 1
                 alive = alive[: round_.candidates]
-                fold_rows = [self._subsample(fold, k, index, round_) for k, fold in enumerate(folds)]
+                fold_rows = [self._subsample(fold, k, index, round_) for k, fold in enumerate(cv_folds)]
                 groups: dict[Hashable, list[int]] = {}
                 for c in alive:
                     groups.setdefault(share_key(candidates[c]), []).append(c)
@@ -305,8 +316,8 @@ class FoldSearch(ClassifierMixin, BaseEstimator):
                         fitter,
                         self.estimator,
                         [candidates[c] for c in members],
-                        X,
-                        y,
+                        X_cv,
+                        y_cv,
                         *fold_rows[k],
                         threads,
                         not last,
@@ -314,7 +325,7 @@ class FoldSearch(ClassifierMixin, BaseEstimator):
                     for k, members in tasks
                 ]
                 jobs = [delayed(_run_task)(*call) for call in calls]
-                if last and len(alive) == 1 and parallel is not None:
+                if last and len(alive) == 1 and parallel is not None and not subsampled:
                     # the choice is made: the refit runs beside the folds (it would otherwise wait for the
                     # round's last, lone task while the other workers idle), first as the longest task
                     jobs.insert(0, delayed(_run_refit)(self.estimator, candidates[alive[0]], X, y, threads))
@@ -332,7 +343,7 @@ class FoldSearch(ClassifierMixin, BaseEstimator):
                         fit_time[c] += seconds / len(members)
                         if proba is not None:
                             fold_scores[c][k] = scores_from_probabilities(proba, self.task)
-                            fold_auc[c][k] = _auc_or_nan(self.task, y[eval_rows], fold_scores[c][k])
+                            fold_auc[c][k] = _auc_or_nan(self.task, y_cv[eval_rows], fold_scores[c][k])
                     if on_fits is not None:
                         on_fits(len(members))
                 for c in alive:
