@@ -183,16 +183,26 @@ def _one_vs_rest_path_probabilities(pipeline, candidates, X_fit, Y_fit, X_eval) 
 
     scaler = clone(pipeline.named_steps["scale"]).fit(X_fit)
     Z_fit, Z_eval = scaler.transform(X_fit), scaler.transform(X_eval)
+    return _per_label(
+        candidates, Y_fit, len(X_eval), lambda local, label: _path_on_scaled(pipeline, local, Z_fit, label, Z_eval)
+    )
+
+
+def _per_label(candidates, Y_fit, n_eval: int, label_probabilities) -> list[np.ndarray]:
+    """Each candidate's (n_eval, K) one-vs-rest probabilities, label by label: `label_probabilities(local
+    candidates, label column)` answers every candidate for one label that varies in the fit rows (its
+    parameters without OneVsRest's ``estimator__`` prefix); a label present or absent in every fit row is
+    predicted as that constant, as OneVsRest's constant predictor does."""
     local = [{key.removeprefix("estimator__"): value for key, value in params.items()} for params in candidates]
     Y_fit = np.asarray(Y_fit)
-    out = [np.zeros((len(X_eval), Y_fit.shape[1]), dtype=np.float64) for _ in candidates]
+    out = [np.zeros((n_eval, Y_fit.shape[1]), dtype=np.float64) for _ in candidates]
     for k in range(Y_fit.shape[1]):
         label = Y_fit[:, k]
         if np.unique(label).size < 2:
             for proba in out:
                 proba[:, k] = float(label[0]) if len(label) else 0.0
             continue
-        for proba, label_proba in zip(out, _path_on_scaled(pipeline, local, Z_fit, label, Z_eval)):
+        for proba, label_proba in zip(out, label_probabilities(local, label)):
             proba[:, k] = label_proba[:, 1]
     return out
 
@@ -261,18 +271,9 @@ def _one_vs_rest_xgboost_probabilities(model: EarlyStoppingXGB, candidates, X_fi
     instead of once per candidate and label. Each label keeps its own inner split, so every booster is
     the one OneVsRest would train. A label present or absent in every fit row is predicted as that
     constant, as OneVsRest's constant predictor does."""
-    local = [{key.removeprefix("estimator__"): value for key, value in params.items()} for params in candidates]
-    Y_fit = np.asarray(Y_fit)
-    out = [np.zeros((len(X_eval), Y_fit.shape[1]), dtype=np.float64) for _ in candidates]
-    for k in range(Y_fit.shape[1]):
-        label = Y_fit[:, k]
-        if np.unique(label).size < 2:
-            for proba in out:
-                proba[:, k] = float(label[0]) if len(label) else 0.0
-            continue
-        for proba, label_proba in zip(out, model.candidate_probabilities(local, X_fit, label, X_eval)):
-            proba[:, k] = label_proba[:, 1]
-    return out
+    return _per_label(
+        candidates, Y_fit, len(X_eval), lambda local, label: model.candidate_probabilities(local, X_fit, label, X_eval)
+    )
 
 
 def _logreg_share_key(params: dict):
