@@ -15,10 +15,12 @@ A benchmark reports numbers; it asserts nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -176,8 +178,12 @@ def _classify_in_child(config, out: Path) -> None:
 
     baseline = rss_mib()  # the interpreter and the libraries, before any data
     started = time.perf_counter()
-    with open(os.devnull, "w") as quiet, TreeMemory() as tree:
-        classify_command(config, Console(file=quiet, width=160))
+    try:
+        with open(os.devnull, "w") as quiet, TreeMemory() as tree:
+            classify_command(config, Console(file=quiet, width=160))
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the parent says "interrupted"
+        get_reusable_executor().shutdown(wait=False, kill_workers=True)
+        os._exit(130)
     wall = time.perf_counter() - started
     # a spawned child joins its children on exit: the idle fit workers would hold it for their 300 s timeout
     get_reusable_executor().shutdown(wait=True)
@@ -200,7 +206,16 @@ def classify_in_child(config) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     child = context.Process(target=_classify_in_child, args=(config, out))
     child.start()
-    child.join()
+    try:
+        child.join()
+    except KeyboardInterrupt:
+        child.join(timeout=10)  # a Ctrl-C at the terminal reached the child too: it stops its workers and exits
+        if child.is_alive():  # a SIGINT sent to featx alone: stop the child and its fit workers here
+            for pid in [*_descendants(child.pid), child.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            child.join()
+        raise
     if child.exitcode != 0:
         raise RuntimeError(f"featx classify failed in the benchmark's child process (exit code {child.exitcode})")
     return json.loads((out / "bench.json").read_text())
@@ -320,7 +335,7 @@ def bench_scale_command(
         "search (s)",
         "peak RSS (MiB)",
         "RSS / matrix",
-        "+ workers (MiB PSS)",
+        "tree PSS (MiB)",
         "rows/time/RSS",
     )
     for column in columns:
