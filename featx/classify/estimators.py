@@ -183,7 +183,7 @@ class EarlyStoppingXGB(ClassifierMixin, BaseEstimator):
         with interrupts_deferred():  # QuantileDMatrix reads numpy through XGBoost's ctypes data iterator
             if len(train_rows) * X.shape[1] * X.itemsize > CHUNKED_BINNING_BYTES:
                 # no float32 copy of the training rows: XGBoost sketches and bins them a chunk at a time
-                chunks = _RowChunks(X, encoded, weights, train_rows, CHUNKED_BINNING_BYTES // 4)
+                chunks = _row_chunks(X, encoded, weights, train_rows, CHUNKED_BINNING_BYTES // 4)
                 train = xgboost.QuantileDMatrix(chunks, **common)
             else:
                 X_train, y_train, w_train = rows(train_rows)
@@ -272,11 +272,11 @@ class EarlyStoppingXGB(ClassifierMixin, BaseEstimator):
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
 
-# Training rows of more than this many bytes are binned from row chunks (_RowChunks), not from one copy.
+# Training rows of more than this many bytes are binned from row chunks (_row_chunks), not from one copy.
 CHUNKED_BINNING_BYTES = 256 * 1024**2
 
 
-def _RowChunks(X, encoded, weights, rows, chunk_bytes: int):
+def _row_chunks(X, encoded, weights, rows, chunk_bytes: int):
     """An xgboost.DataIter over X[rows] in chunks of about `chunk_bytes`: a QuantileDMatrix built from it
     holds the binned rows (1 byte a value at max_bin <= 256) without a float32 copy of them all."""
     import xgboost
