@@ -1001,6 +1001,20 @@ def test_the_plan_and_a_timing_probe_come_before_the_first_fit(tmp_path, monkeyp
     assert run["search_scheme"]["scheme"] == "full" and run["search_scheme"]["search_rows"] == run["data"]["n_train"]
 
 
+def test_the_timing_estimate_weighs_each_planned_fit_by_the_rows_it_fits(tmp_path):
+    # halving's early rounds fit a share of each fold: counting every fit at a fold's rows made the Kermany-sized
+    # default's estimate about twice the time it took
+    from featx.classify import stage
+
+    config = config_for(tmp_path, tmp_path / "results", cv=5, quick=False, classifiers=("dense",))
+    plan = stage.RunPlan(tmp_path / "x.h5", "x", "avg", "dense", n_train_rows=4672)
+    sizes = stage.planned_fit_rows(plan, config)
+    assert sum(count for count, _ in sizes) == stage.planned_fits(plan, config) == (12 + 4 + 1) * 5 + 1
+    assert sizes[:4] == [(60, 519 * 0.8), (20, 1557 * 0.8), (5, 4672 * 0.8), (1, 4672.0)]  # the rounds, the refit
+    logreg = stage.planned_fit_rows(stage.RunPlan(tmp_path / "x.h5", "x", "avg", "logreg", n_train_rows=4672), config)
+    assert logreg == [(70, 4672 * 0.8), (1, 4672.0), (5, 4672 * 0.8)]  # one grid round; the image-level CV audit
+
+
 def test_a_moved_project_folder_keeps_its_runs(tmp_path, fits):
     """Issue 19.1: moving the project (features and results together) must not make classify fit anything again."""
     import shutil

@@ -14,6 +14,7 @@ from featx.classify.estimators import DenseHead, EarlyStoppingXGB
 from featx.classify.registry import build_classifier, logreg_path_probabilities, make_search, planned_fits
 from featx.classify.scoring import AUCScorer, predict_scores
 from featx.classify.search import FoldSearch, Round, count_fits, each_candidate_probabilities, search_rounds
+from featx.errors import ClassifyError
 
 
 def _data(n_patients=90, rows=3, dim=12, signal=0.8, seed=0):
@@ -39,6 +40,44 @@ def test_halving_rounds_follow_scikit_learn_and_end_on_the_full_folds():
         Round(2, 5215, 5215),
     ]
     assert count_fits(search_rounds("halving", 12, 5215), n_folds=5) == (12 + 4 + 2) * 5 + 1
+
+
+def test_finalists_cap_only_the_last_round_of_a_halving_search():
+    assert search_rounds("halving", 12, 5215, factor=3, finalists=1) == [
+        Round(12, 579, 5215),
+        Round(4, 1737, 5215),
+        Round(1, 5215, 5215),
+    ]
+    assert search_rounds("halving", 12, 5215, factor=3, finalists=5) == search_rounds("halving", 12, 5215, factor=3)
+    assert search_rounds("grid", 12, 5215, finalists=1) == [Round(12, 5215, 5215)]  # a grid has no finalists
+    with pytest.raises(ClassifyError, match="'finalists' must be at least 1. Got 0"):
+        search_rounds("halving", 12, 5215, finalists=0)
+
+
+def test_one_finalist_is_the_best_of_the_round_before_and_the_early_rounds_are_unchanged():
+    X, y, groups = _data(n_patients=200, dim=8, signal=0.3, seed=7)
+    splits = evaluate.grouped_splits(y, groups, 5, seed=0)
+    grid = {"C": [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0], "class_weight": [None, "balanced"]}
+    both = FoldSearch(LogisticRegression(max_iter=1000), grid, splits, strategy="halving", factor=3).fit(X, y)
+    one = FoldSearch(LogisticRegression(max_iter=1000), grid, splits, strategy="halving", factor=3, finalists=1)
+    one.fit(X, y)
+    assert both.n_candidates_ == [12, 4, 2] and one.n_candidates_ == [12, 4, 1]
+    assert one.n_fits_ == (12 + 4 + 1) * 5 + 1
+    early = [i for i, r in enumerate(both.cv_results_["iter"]) if r < 2]
+    assert np.array_equal(one.cv_results_["mean_test_score"][early], both.cv_results_["mean_test_score"][early])
+    assert list(one.cv_results_["iter"][12:16]) == [1] * 4
+    round_1 = {repr(one.cv_results_["params"][i]): one.cv_results_["mean_test_score"][i] for i in range(12, 16)}
+    assert round_1[repr(one.best_params_)] == max(round_1.values())  # the finalist: round 1's best (ties: either)
+    assert one.cv_results_["n_resources"][one.best_index_] == len(y)  # fitted on the full folds
+    assert np.count_nonzero(one.oof_scores_) == len(y)
+    # the finalist's full-fold scores are those the two-finalist search gave it
+    same = [
+        i
+        for i, r in enumerate(both.cv_results_["iter"])
+        if r == 2 and both.cv_results_["params"][i] == one.best_params_
+    ]
+    assert len(same) == 1
+    assert one.best_score_ == both.cv_results_["mean_test_score"][same[0]]
 
 
 def test_the_grid_search_finds_what_grid_search_cv_finds():
@@ -164,6 +203,8 @@ def test_a_planned_fit_count_matches_the_search_featx_runs():
         estimator, grid = build_classifier(name, "binary", 2)
         search = make_search(name, estimator, grid, splits, "binary")
         assert planned_fits(name, grid, len(rows), 5) == search.planned_fits(len(rows))
+    # the dense head's halving keeps one finalist: 12 -> 4 -> 1 candidates
+    assert planned_fits("dense", build_classifier("dense", "binary", 2)[1], len(rows), 5) == (12 + 4 + 1) * 5 + 1
 
 
 # ---------------------------------------------------------------- the fast paths give each candidate's answer

@@ -52,7 +52,13 @@ class Round:
 
 
 def search_rounds(
-    strategy: str, n_candidates: int, n_rows: int, factor: int = 3, n_folds: int = 5, n_classes: int = 2
+    strategy: str,
+    n_candidates: int,
+    n_rows: int,
+    factor: int = 3,
+    n_folds: int = 5,
+    n_classes: int = 2,
+    finalists: int | None = None,
 ) -> list[Round]:
     """The rounds of a search of `n_candidates` on `n_rows` training rows.
 
@@ -60,7 +66,8 @@ def search_rounds(
     HalvingGridSearchCV(resource="n_samples", min_resources="exhaust"), computed the way it
     computes them (so the same rows and candidates are fitted): 1 + floor(log_factor(candidates))
     rounds (fewer when rows run short), round i on min_resources * factor**i rows keeping the best
-    ceil(1/factor) of its candidates; except that the last round fits the full folds.
+    ceil(1/factor) of its candidates; except that the last round fits the full folds, and holds at most
+    `finalists` candidates where that is set (the best of the round before; None: scikit-learn's count).
     """
     if strategy not in STRATEGIES:
         raise ClassifyError(f"The 'strategy' parameter must be one of {list(STRATEGIES)}. Got {strategy!r} instead.")
@@ -77,6 +84,10 @@ def search_rounds(
         rows = n_rows if index == n_rounds - 1 else min(int(factor**index * min_rows), n_rows)
         rounds.append(Round(candidates, rows, n_rows))
         candidates = math.ceil(candidates / factor)
+    if finalists is not None and len(rounds) > 1:
+        if finalists < 1:
+            raise ClassifyError(f"The halving 'finalists' must be at least 1. Got {finalists} instead.")
+        rounds[-1] = Round(min(rounds[-1].candidates, int(finalists)), n_rows, n_rows)
     return rounds
 
 
@@ -191,6 +202,9 @@ class FoldSearch(ClassifierMixin, BaseEstimator):
         Every candidate on the full folds, or successive halving (see search_rounds).
     factor : int, default=3
         Halving's factor.
+    finalists : int or None, default=None
+        Halving: at most this many candidates (the previous round's best) in the last round, on the full
+        folds (None: scikit-learn's ceil(candidates / factor)).
     candidate_probabilities : callable or None
         ``f(estimator, candidates, X_fit, y_fit, X_eval) -> [predict_proba of X_eval per candidate]``:
         fits several candidates at once (None: each_candidate_probabilities, one clone at a time).
@@ -231,6 +245,7 @@ class FoldSearch(ClassifierMixin, BaseEstimator):
         task="binary",
         strategy="grid",
         factor=3,
+        finalists=None,
         candidate_probabilities=None,
         share_key=None,
         n_jobs=1,
@@ -243,6 +258,7 @@ class FoldSearch(ClassifierMixin, BaseEstimator):
         self.task = task
         self.strategy = strategy
         self.factor = factor
+        self.finalists = finalists
         self.candidate_probabilities = candidate_probabilities
         self.share_key = share_key
         self.n_jobs = n_jobs
@@ -259,7 +275,9 @@ class FoldSearch(ClassifierMixin, BaseEstimator):
 
     def rounds(self, n_rows: int, n_classes: int = 2) -> list[Round]:
         """The rounds a fit on `n_rows` rows of `n_classes` classes will run."""
-        return search_rounds(self.strategy, len(self.candidates()), n_rows, self.factor, len(self.cv), n_classes)
+        return search_rounds(
+            self.strategy, len(self.candidates()), n_rows, self.factor, len(self.cv), n_classes, self.finalists
+        )
 
     def planned_fits(self, n_rows: int, n_classes: int = 2) -> int:
         """The fits a fit on `n_rows` rows of `n_classes` label values will make (what `on_fits` counts)."""
@@ -359,8 +377,8 @@ class FoldSearch(ClassifierMixin, BaseEstimator):
                 if last:
                     best = _best_of(alive, fold_auc)
                     best_scores = fold_scores[best]
-                else:
-                    alive = _top_k(alive, fold_auc, math.ceil(len(alive) / self.factor))
+                else:  # the next round's count: ceil(alive / factor), or fewer finalists
+                    alive = _top_k(alive, fold_auc, rounds[index + 1].candidates)
         self._set_results(entries, candidates, len(folds))
         self.best_index_ = next(
             i for i, e in enumerate(entries) if e["iter"] == len(rounds) - 1 and e["candidate"] == best

@@ -476,12 +476,22 @@ def input_key(inputs: dict) -> str:
 def planned_fits(plan: RunPlan, config: ClassifyConfig) -> int:
     """The fits a run will make: grid points x folds over its search's rounds, the refit, and the fits of
     the image-fold audit and the data-efficiency curve when the config asks for them."""
+    return sum(count for count, _ in planned_fit_rows(plan, config))
+
+
+def planned_fit_rows(plan: RunPlan, config: ClassifyConfig) -> list[tuple[int, float]]:
+    """(fits, training rows of each) over a run's planned fits: each search round's candidates x folds on
+    that round's share of a fold, the refit on every training row, the analyses' fits on a fold's rows."""
     _, grid = classifiers.build_classifier(plan.classifier, plan.task, plan.n_classes, quick=config.quick)
     n_values = plan.n_classes if plan.task == "multiclass" else 2  # distinct label values (0/1 for multilabel)
-    search_rows = classifiers.search_scheme(plan.n_train_rows)["search_rows"]
-    return classifiers.planned_fits(plan.classifier, grid, search_rows, config.cv, n_values) + _analysis_fits(
-        config, plan.classifier
-    )
+    scheme = classifiers.search_scheme(plan.n_train_rows)
+    fold_share = (config.cv - 1) / config.cv
+    rounds = classifiers.planned_rounds(plan.classifier, grid, scheme["search_rows"], config.cv, n_values)
+    return [
+        *((r.candidates * config.cv, r.rows * fold_share) for r in rounds),
+        (1, float(scheme["refit_rows"])),
+        (_analysis_fits(config, plan.classifier), scheme["search_rows"] * fold_share),
+    ]
 
 
 def image_cv_runs(config: ClassifyConfig, classifier: str) -> bool:
@@ -538,12 +548,11 @@ def describe_plan(plans: Sequence[RunPlan], config: ClassifyConfig, planned: dic
     )
 
 
-def timing_probe(
-    plans: Sequence[RunPlan], config: ClassifyConfig, X_train, y_train, planned: dict
-) -> tuple[float, float]:
+def timing_probe(plans: Sequence[RunPlan], config: ClassifyConfig, X_train, y_train) -> tuple[float, float]:
     """(estimated seconds of every planned fit, seconds the probe took): each classifier's first grid point fitted
     on a quarter of PROBE_ROWS training rows and on all of them (a fixed cost per fit and a cost per row),
-    extrapolated to a fold's rows and divided by its parallel fits.
+    extrapolated to the rows of each planned fit (a halving round's share of a fold, the refit's every row:
+    planned_fit_rows) and divided by its parallel fits.
 
     Rough by design: grid points that share work (a regularisation path, one binned matrix) cost less than
     this counts, early stopping varies; it is there so the first screen says minutes or hours.
@@ -580,8 +589,7 @@ def timing_probe(
     for plan in plans:
         if plan.classifier in per_fit:
             fixed, per_row, parallel = per_fit[plan.classifier]
-            rows = classifiers.search_scheme(plan.n_train_rows)["search_rows"] * (config.cv - 1) / config.cv
-            total += (fixed + per_row * rows) * planned[plan] / parallel
+            total += sum(count * (fixed + per_row * rows) for count, rows in planned_fit_rows(plan, config)) / parallel
     return total, time.perf_counter() - started
 
 
@@ -975,7 +983,7 @@ def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Pa
                 rows = split_rows(features, config)
                 if done == 0 and worth_probing([p for p, _ in to_fit], planned):  # a probe on the first matrix
                     estimate, probe_s = timing_probe(
-                        [p for p, _ in to_fit], config, rows_of(features.X, rows.train), features.y[rows.train], planned
+                        [p for p, _ in to_fit], config, rows_of(features.X, rows.train), features.y[rows.train]
                     )
                     progress.console.print(
                         f"Estimated fitting time: about {_duration(estimate)} (a timing probe: one fit per classifier "
