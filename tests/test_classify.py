@@ -1015,6 +1015,24 @@ def test_the_timing_estimate_weighs_each_planned_fit_by_the_rows_it_fits(tmp_pat
     assert logreg == [(70, 4672 * 0.8), (1, 4672.0), (5, 4672 * 0.8)]  # one grid round; the image-level CV audit
 
 
+def test_the_timing_probe_fits_rows_of_every_class_of_a_manifest_listed_class_by_class(tmp_path, monkeypatch):
+    # Kermany's manifest lists every NORMAL image before the PNEUMONIA ones: the probe fitted the first training
+    # rows, all of one class, every probe fit failed and the screen said "Estimated fitting time: about 0 s"
+    from featx.classify import stage
+
+    data = signal_dataset(n_train_patients=80, seed=0)
+    train = np.asarray(data["split"]) == "train"
+    X, y = np.asarray(data["X"])[train], np.asarray(data["y"])[train]
+    order = np.argsort(y, kind="stable")  # one class, then the other
+    X, y = X[order], y[order]
+    monkeypatch.setattr(stage, "PROBE_ROWS", int(np.sum(y == y[0])))  # as many rows as the first class has
+    config = config_for(tmp_path, tmp_path / "results", classifiers=("logreg", "xgboost"))
+    plans = [stage.RunPlan(tmp_path / "x.h5", "x", "avg", name, n_train_rows=len(y)) for name in ("logreg", "xgboost")]
+    estimate, _ = stage.timing_probe(plans, config, X, y)
+    assert estimate is not None and estimate > 0
+    assert stage.timing_probe(plans, config, X[y == y[0]], y[y == y[0]])[0] is None  # one class: nothing to say
+
+
 def test_a_moved_project_folder_keeps_its_runs(tmp_path, fits):
     """Issue 19.1: moving the project (features and results together) must not make classify fit anything again."""
     import shutil

@@ -548,11 +548,13 @@ def describe_plan(plans: Sequence[RunPlan], config: ClassifyConfig, planned: dic
     )
 
 
-def timing_probe(plans: Sequence[RunPlan], config: ClassifyConfig, X_train, y_train) -> tuple[float, float]:
+def timing_probe(plans: Sequence[RunPlan], config: ClassifyConfig, X_train, y_train) -> tuple[float | None, float]:
     """(estimated seconds of every planned fit, seconds the probe took): each classifier's first grid point fitted
     on a quarter of PROBE_ROWS training rows and on all of them (a fixed cost per fit and a cost per row),
     extrapolated to the rows of each planned fit (a halving round's share of a fold, the refit's every row:
-    planned_fit_rows) and divided by its parallel fits.
+    planned_fit_rows) and divided by its parallel fits. The rows are a seeded sample of the training rows, not
+    the first ones: manifests listed class by class (Kermany's) would give the probe one class. None when no
+    classifier could be probed.
 
     Rough by design: grid points that share work (a regularisation path, one binned matrix) cost less than
     this counts, early stopping varies; it is there so the first screen says minutes or hours.
@@ -563,6 +565,8 @@ def timing_probe(plans: Sequence[RunPlan], config: ClassifyConfig, X_train, y_tr
 
     started = time.perf_counter()
     n = min(PROBE_ROWS, len(y_train))
+    sample = np.random.default_rng(config.seed).permutation(len(y_train))[:n]
+    X_probe, y_probe = X_train[sample], y_train[sample]
     per_fit: dict[str, tuple[float, float, int]] = {}
     for plan in plans:
         if plan.classifier in per_fit:
@@ -577,7 +581,7 @@ def timing_probe(plans: Sequence[RunPlan], config: ClassifyConfig, X_train, y_tr
             began = time.perf_counter()
             try:
                 with thread_limit(split.threads):
-                    model.fit(X_train[:size], y_train[:size])
+                    model.fit(X_probe[:size], y_probe[:size])
             except Exception:  # a probe slice can hold one class: no estimate for this classifier
                 break
             seconds.append(time.perf_counter() - began)
@@ -590,7 +594,7 @@ def timing_probe(plans: Sequence[RunPlan], config: ClassifyConfig, X_train, y_tr
         if plan.classifier in per_fit:
             fixed, per_row, parallel = per_fit[plan.classifier]
             total += sum(count * (fixed + per_row * rows) for count, rows in planned_fit_rows(plan, config)) / parallel
-    return total, time.perf_counter() - started
+    return (total if per_fit else None), time.perf_counter() - started
 
 
 def _analysis_fits(config: ClassifyConfig, classifier: str) -> int:
@@ -985,9 +989,12 @@ def run_classify(config: ClassifyConfig, sink: RunSink, console=None) -> list[Pa
                     estimate, probe_s = timing_probe(
                         [p for p, _ in to_fit], config, rows_of(features.X, rows.train), features.y[rows.train]
                     )
+                    probed = f"{min(PROBE_ROWS, len(rows.train)):,} rows, {probe_s:.1f} s"
                     progress.console.print(
                         f"Estimated fitting time: about {_duration(estimate)} (a timing probe: one fit per classifier "
-                        f"on {min(PROBE_ROWS, len(rows.train)):,} rows, {probe_s:.1f} s; rough)."
+                        f"on {probed}; rough)."
+                        if estimate is not None
+                        else f"No time estimate: no classifier could be fitted on the timing probe's {probed}."
                     )
                 if rows.test_source == "held_out_patients":
                     progress.console.print(
